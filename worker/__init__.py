@@ -1,0 +1,1 @@
+"""jewelmatch worker: consumes scan and catalog events, matches jewels, publishes results."""

@@ -1,0 +1,89 @@
+"""Wiring: settings → model, index, image store → handlers → consumer, with signals and probes."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from worker.consumer import Worker
+from worker.embedder import Embedder
+from worker.handlers import Handlers
+from worker.index import VectorIndex, open_index
+from worker.logs import get_logger
+from worker.matching import Matcher, MatchPolicy
+from worker.metrics import INDEX_POINTS, MODEL_LOAD_SECONDS
+from worker.ops import Health, serve_ops
+from worker.settings import Settings
+from worker.storage import open_image_store
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Components:
+    embedder: Embedder
+    index: VectorIndex
+    matcher: Matcher
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def build_components(settings: Settings, embedder: Embedder | None = None) -> Components:
+    """Load the model (once) and open its index."""
+    embedder = embedder or Embedder(settings.model)
+    MODEL_LOAD_SECONDS.set(embedder.load_seconds)
+    index = open_index(settings.index, embedder.model_id, embedder.dim)
+    INDEX_POINTS.set(index.count())
+    matcher = Matcher(embedder, index, MatchPolicy.from_settings(settings.matching))
+    return Components(embedder, index, matcher)
+
+
+@contextmanager
+def opened(settings: Settings, embedder: Embedder | None = None):
+    components = build_components(settings, embedder)
+    try:
+        yield components
+    finally:
+        components.close()
+
+
+def run_worker(settings: Settings) -> None:
+    """The `jewelmatch worker` process: probes first, then the model, then consume."""
+    health = Health()
+    ops_server = None
+    if settings.ops.http_port:
+        ops_server = serve_ops(health, settings.ops.http_host, settings.ops.http_port)
+        log.info(
+            "ops.listening", port=settings.ops.http_port, paths=["/livez", "/readyz", "/metrics"]
+        )
+    worker_box: list[Worker] = []
+    stop_requested = threading.Event()
+
+    def on_signal(signum, frame) -> None:
+        log.info(
+            "worker.stopping",
+            signal=signal.Signals(signum).name,
+            grace_s=settings.ops.drain_seconds,
+        )
+        stop_requested.set()
+        health.stopping = True
+        for worker in worker_box:
+            worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with opened(settings) as components:
+        health.model_loaded = True
+        store = open_image_store(settings.s3, settings.images.max_bytes)
+        handlers = Handlers(settings, store, components.matcher)
+        worker = Worker(settings, handlers, health)
+        worker_box.append(worker)
+        if not stop_requested.is_set():
+            worker.run()
+        handlers.close()
+    if ops_server is not None:
+        ops_server.shutdown()
+    log.info("worker.stopped")

@@ -1,0 +1,128 @@
+"""The `jewelmatch` command (also `python -m worker`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker.logs import configure_logging
+from worker.settings import LogSettings, Settings
+
+app = typer.Typer(
+    help="jewelmatch: identify unlabelled jewels from a photo.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+
+def _settings(quiet: bool = False) -> Settings:
+    settings = Settings()
+    log = settings.log if not quiet else LogSettings(level="WARNING", format=settings.log.format)
+    configure_logging(log)
+    return settings
+
+
+@app.command()
+def worker() -> None:
+    """Run the worker: consume scans and catalog events until SIGTERM."""
+    from worker.app import run_worker
+
+    run_worker(_settings())
+
+
+@app.command()
+def demo(
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder data set (one folder per product, catalog_* and query_* images). "
+            "Default: a generated jewelry catalog."
+        ),
+    ] = None,
+    products: Annotated[int, typer.Option(help="Products to generate.")] = 16,
+    scans_per_product: Annotated[int, typer.Option(help="Bag photos per generated product.")] = 2,
+    max_scans: Annotated[int | None, typer.Option(help="Scan at most this many photos.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only query photos of this split.")] = None,
+    show: Annotated[int, typer.Option(help="Rows of the result table to print.")] = 40,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the worker's log.")
+    ] = False,
+) -> None:
+    """Run the whole path in-process (in-memory broker, embedded Qdrant) and print matches."""
+    from worker.demo import run_demo
+
+    run_demo(
+        _settings(quiet=not verbose),
+        images,
+        products,
+        scans_per_product,
+        max_scans,
+        split,
+        console,
+        show,
+    )
+
+
+@app.command()
+def ingest(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder data set: <product_id>/catalog_* images (query_* files are skipped)."
+        ),
+    ],
+) -> None:
+    """Add every product of a folder to the configured index, with a progress bar."""
+    from worker.terminal import ingest_folder
+
+    count = ingest_folder(_settings(quiet=True), folder, console)
+    console.print(f"ingested {count} reference images")
+
+
+@app.command()
+def scan(
+    image: Annotated[Path, typer.Argument(help="A photo to identify.")],
+    top_k: Annotated[int, typer.Option(help="Products to list.")] = 5,
+    category: Annotated[str | None, typer.Option(help="Only products of this category.")] = None,
+) -> None:
+    """Identify one photo against the configured index and print the ranked products."""
+    from worker.terminal import scan_image
+
+    ranking, model_id = scan_image(_settings(quiet=True), image, top_k, category)
+    table = Table(title=f"{image} — {ranking.status.value} ({model_id})")
+    for column in ("rank", "product", "sku", "score", "image"):
+        table.add_column(column)
+    for match in ranking.ranked_products():
+        table.add_row(
+            str(match.rank), match.product_id, match.sku, f"{match.score:.4f}", match.image_id
+        )
+    console.print(table)
+
+
+@app.command()
+def schema(
+    out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files.")] = Path("schemas"),
+) -> None:
+    """Write the JSON Schema of every message (for publishers that are not Python)."""
+    from shared.messages import write_json_schemas
+
+    for path in write_json_schemas(out):
+        console.print(str(path))
+
+
+@app.command("prepare-model")
+def prepare_model() -> None:
+    """Prepare the configured built-in model's open_clip folder (e.g. at image build time)."""
+    from worker.embedder import Embedder
+
+    embedder = Embedder(_settings().model)
+    console.print(f"{embedder.model_id}: {embedder.dim}-d, loaded in {embedder.load_seconds:.1f} s")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,243 @@
+"""`jewelmatch demo`: the whole path on embedded defaults, nothing to install or run.
+
+kombu's in-memory transport stands in for RabbitMQ, a folder for S3 and the embedded Qdrant
+engine (in a temporary directory) for the index. The worker itself is the production one:
+it consumes product.created events, then bag.photographed events, and publishes results
+that the demo reads from the results queue and prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from kombu import Connection, Consumer
+from pydantic import SecretStr
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from shared import topology
+from shared.contract import (
+    BagPhotographed,
+    CatalogOutcome,
+    MatchResult,
+    ProductImage,
+    ProductUpserted,
+    S3Object,
+)
+from worker.app import opened
+from worker.broker import EVENTS, RESULTS, ConfirmedPublisher, Topology, connect
+from worker.consumer import Worker
+from worker.dataset import FolderDataset, QueryPhoto, read_folder_dataset
+from worker.handlers import Handlers
+from worker.settings import AmqpSettings, IndexSettings, OpsSettings, S3Settings, Settings
+from worker.storage import open_image_store
+from worker.synth import write_catalog
+
+CATALOG_BUCKET = "catalog"
+SCANS_BUCKET = "scans"
+
+
+@dataclass(frozen=True)
+class DemoReport:
+    results: list[tuple[QueryPhoto, MatchResult]]
+
+    @property
+    def correct(self) -> int:
+        return sum(
+            1
+            for query, result in self.results
+            if result.matches and result.matches[0].product_id == query.product_id
+        )
+
+    @property
+    def last_line(self) -> str:
+        return f"demo: {self.correct}/{len(self.results)} scans ranked the right product first"
+
+
+def demo_settings(base: Settings, workdir: Path, dataset_root: Path) -> Settings:
+    """Embedded defaults: in-memory broker, the data set folder as both buckets, a fresh index."""
+    buckets = workdir / "buckets"
+    buckets.mkdir(parents=True, exist_ok=True)
+    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
+        (buckets / bucket).symlink_to(dataset_root.resolve(), target_is_directory=True)
+    return base.model_copy(
+        update={
+            "amqp": AmqpSettings(url=SecretStr("memory://"), heartbeat_seconds=0),
+            "s3": S3Settings(
+                backend="local", local_root=buckets, allowed_buckets=[CATALOG_BUCKET, SCANS_BUCKET]
+            ),
+            "index": base.index.model_copy(
+                update={"path": workdir / "index", "backend": IndexSettings().backend}
+            ),
+            "ops": OpsSettings(http_port=0),
+        }
+    )
+
+
+def _select_queries(
+    dataset: FolderDataset, max_scans: int | None, split: str | None
+) -> list[QueryPhoto]:
+    """All queries, or `max_scans` of them taken round-robin over products."""
+    per_product = [[q for q in p.queries if split in (None, "", q.split)] for p in dataset.products]
+    chosen: list[QueryPhoto] = []
+    depth = 0
+    while any(depth < len(queries) for queries in per_product):
+        for queries in per_product:
+            if depth < len(queries):
+                chosen.append(queries[depth])
+        depth += 1
+    return chosen[:max_scans] if max_scans else chosen
+
+
+class _ResultCollector:
+    """Reads the results queue of the in-memory broker."""
+
+    def __init__(self, connection: Connection, topo: Topology) -> None:
+        self.outcomes: list[CatalogOutcome] = []
+        self.results: dict[str, MatchResult] = {}
+        self._connection = connection
+        channel = connection.channel()
+        self._consumers = [
+            Consumer(channel, [topo.results], on_message=self._on_result),
+            Consumer(channel, [topo.catalog_outcomes], on_message=self._on_outcome),
+        ]
+        for consumer in self._consumers:
+            consumer.consume()
+
+    def _on_result(self, message) -> None:
+        result = MatchResult.model_validate_json(message.body)
+        self.results[result.scan_id] = result
+        message.ack()
+
+    def _on_outcome(self, message) -> None:
+        self.outcomes.append(CatalogOutcome.model_validate_json(message.body))
+        message.ack()
+
+    def wait(
+        self,
+        count: callable,
+        target: int,
+        progress: Progress,
+        label: str,
+        worker_thread: threading.Thread,
+    ) -> None:
+        task = progress.add_task(label, total=target)
+        while count() < target:
+            if not worker_thread.is_alive():
+                raise RuntimeError("the worker stopped before all answers arrived")
+            with contextlib.suppress(TimeoutError):
+                self._connection.drain_events(timeout=0.2)
+            progress.update(task, completed=count())
+        progress.update(task, completed=count())
+
+
+def run_demo(
+    base: Settings,
+    images: Path | None = None,
+    products: int = 16,
+    scans_per_product: int = 2,
+    max_scans: int | None = None,
+    split: str | None = None,
+    console: Console | None = None,
+    show: int = 40,
+) -> DemoReport:
+    console = console or Console()
+    with tempfile.TemporaryDirectory(prefix="jewelmatch-demo-") as tmp:
+        workdir = Path(tmp)
+        if images is None:
+            images = workdir / "generated"
+            write_catalog(images, products, scans_per_product)
+            console.print(
+                f"Generated a catalog of {products} look-alike rings and pendants, "
+                f"{scans_per_product} bag photos each."
+            )
+        dataset = read_folder_dataset(images)
+        queries = _select_queries(dataset, max_scans, split)
+        settings = demo_settings(base, workdir, dataset.root)
+        with opened(settings) as components:
+            handlers = Handlers(
+                settings,
+                open_image_store(settings.s3, settings.images.max_bytes),
+                components.matcher,
+            )
+            worker = Worker(settings, handlers)
+            worker_thread = threading.Thread(target=worker.run, name="worker", daemon=True)
+            with connect(settings.amqp) as connection:
+                worker.topology.declare(connection.channel())
+                collector = _ResultCollector(connection, worker.topology)
+                publisher = ConfirmedPublisher(connection.channel())
+                worker_thread.start()
+                with Progress(console=console, transient=False) as progress:
+                    catalog = [p for p in dataset.products if p.catalog]
+                    for product in catalog:
+                        event = ProductUpserted(
+                            product_id=product.product_id,
+                            sku=product.product_id,
+                            category=product.category,
+                            images=[
+                                ProductImage(
+                                    image_id=path.name,
+                                    bucket=CATALOG_BUCKET,
+                                    key=f"{product.product_id}/{path.name}",
+                                )
+                                for path in product.catalog
+                            ],
+                        )
+                        publisher.publish(event.model_dump_json(), EVENTS, topology.PRODUCT_CREATED)
+                    collector.wait(
+                        lambda: len(collector.outcomes),
+                        len(catalog),
+                        progress,
+                        "ingesting catalog",
+                        worker_thread,
+                    )
+                    for n, query in enumerate(queries):
+                        scan = BagPhotographed(
+                            scan_id=f"scan-{n:05d}",
+                            top_k=5,
+                            image=S3Object(
+                                bucket=SCANS_BUCKET, key=f"{query.product_id}/{query.path.name}"
+                            ),
+                        )
+                        publisher.publish(scan.model_dump_json(), EVENTS, topology.BAG_PHOTOGRAPHED)
+                    collector.wait(
+                        lambda: len(collector.results),
+                        len(queries),
+                        progress,
+                        "matching scans",
+                        worker_thread,
+                    )
+                worker.stop()
+                worker_thread.join(timeout=30)
+            handlers.close()
+        report = DemoReport(
+            [(q, collector.results[f"scan-{n:05d}"]) for n, q in enumerate(queries)]
+        )
+    _print_report(report, console, show, RESULTS.name)
+    return report
+
+
+def _print_report(report: DemoReport, console: Console, show: int, exchange: str) -> None:
+    table = Table(title=f"Ranked matches (top 3 of 5) published on {exchange}")
+    for column in ("scan", "photo of", "status", "1st", "2nd", "3rd", "right product at"):
+        table.add_column(column)
+    for query, result in report.results[:show]:
+        ranks = [m.product_id for m in result.matches]
+        cells = [f"{m.product_id} {m.score:.3f}" for m in result.matches[:3]]
+        cells += [""] * (3 - len(cells))
+        at = ranks.index(query.product_id) + 1 if query.product_id in ranks else None
+        mark = "[green]1 ✓[/]" if at == 1 else (f"[yellow]{at}[/]" if at else "[red]-[/]")
+        table.add_row(result.scan_id, query.product_id, result.status.value, *cells, mark)
+    console.print(table)
+    if len(report.results) > show:
+        console.print(f"({len(report.results) - show} more scans not shown; --show N)")
+    top5 = sum(
+        1 for q, r in report.results if q.product_id in [m.product_id for m in r.matches[:5]]
+    )
+    console.print(f"right product in the top 5: {top5}/{len(report.results)}")
+    console.print(report.last_line)

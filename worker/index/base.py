@@ -1,0 +1,174 @@
+"""The index interface: reference images of products, and recent scans, per model.
+
+Two back ends implement it (the Qdrant engine in-process, and a Qdrant server); nothing
+above this package sees Qdrant's types.
+"""
+
+from __future__ import annotations
+
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+POINT_NAMESPACE = uuid.UUID("8f5f7c0e-4d0b-5b8e-9a43-6a1f0c1f9e11")
+
+SOURCE_CATALOG = "catalog"
+SOURCE_CONFIRMED_SCAN = "confirmed_scan"
+
+
+def point_id(product_id: str, image_id: str, model_id: str) -> str:
+    """Deterministic point id: the same product image under the same model is one point."""
+    return str(uuid.uuid5(POINT_NAMESPACE, f"{product_id}\x1f{image_id}\x1f{model_id}"))
+
+
+def scan_point_id(scan_id: str, model_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"scan\x1f{scan_id}\x1f{model_id}"))
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """One image of a product, embedded."""
+
+    product_id: str
+    image_id: str
+    sku: str
+    vector: np.ndarray
+    source: str = SOURCE_CATALOG
+    category: str | None = None
+    name: str | None = None
+    uri: str | None = None
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """What the index knows of a stored reference image (without its vector)."""
+
+    image_id: str
+    source: str
+    uri: str | None
+    sku: str
+    name: str | None = None
+    category: str | None = None
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> StoredImage:
+        return cls(
+            payload["image_id"],
+            payload["source"],
+            payload.get("uri"),
+            payload["sku"],
+            payload.get("name"),
+            payload.get("category"),
+        )
+
+
+@dataclass(frozen=True)
+class ImageHit:
+    """One reference image found near a query vector."""
+
+    product_id: str
+    image_id: str
+    sku: str
+    score: float
+    source: str
+    category: str | None = None
+
+
+@dataclass(frozen=True)
+class ProductHit:
+    """A product, scored by its best matching reference image."""
+
+    product_id: str
+    sku: str
+    score: float
+    image_id: str
+    source: str
+    category: str | None = None
+
+
+@dataclass
+class ScanRecord:
+    """What is kept of a scan so that a redelivery gets the same answer and a confirmation can
+    turn its photo into a reference image without fetching it again."""
+
+    scan_id: str
+    vector: np.ndarray
+    image_uri: str
+    created_at: float
+    result_json: str | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def group_by_product(hits: Iterable[ImageHit], top_k: int) -> list[ProductHit]:
+    """Keep each product's best image hit, best products first, at most `top_k`."""
+    best: dict[str, ImageHit] = {}
+    for hit in hits:
+        current = best.get(hit.product_id)
+        if current is None or hit.score > current.score:
+            best[hit.product_id] = hit
+    ranked = sorted(best.values(), key=lambda hit: (-hit.score, hit.product_id))[:top_k]
+    return [
+        ProductHit(h.product_id, h.sku, h.score, h.image_id, h.source, h.category) for h in ranked
+    ]
+
+
+class VectorIndex(ABC):
+    """Reference images grouped by product, and a memory of recent scans, for one model."""
+
+    model_id: str
+    dim: int
+
+    @abstractmethod
+    def upsert(self, images: Sequence[ReferenceImage]) -> None:
+        """Insert or replace reference images (same product, image and model: same point)."""
+
+    @abstractmethod
+    def product_images(self, product_id: str) -> list[StoredImage]:
+        """The reference images stored for a product."""
+
+    @abstractmethod
+    def delete_images(self, product_id: str, image_ids: Sequence[str]) -> None:
+        """Delete some reference images of a product."""
+
+    @abstractmethod
+    def delete_product(self, product_id: str) -> None:
+        """Delete every reference image of a product (catalog and confirmed scans)."""
+
+    @abstractmethod
+    def set_product_info(
+        self, product_id: str, sku: str, name: str | None, category: str | None
+    ) -> None:
+        """Update the descriptive payload of every stored image of a product."""
+
+    @abstractmethod
+    def search(
+        self, vectors: np.ndarray, top_k: int, category: str | None = None
+    ) -> list[list[ProductHit]]:
+        """For each query vector, the `top_k` nearest products by their best image."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of stored reference images."""
+
+    @abstractmethod
+    def remember_scan(self, record: ScanRecord) -> None:
+        """Store (or replace) what is kept of a scan."""
+
+    @abstractmethod
+    def recall_scan(self, scan_id: str) -> ScanRecord | None:
+        """The kept record of a scan, if it has not expired."""
+
+    @abstractmethod
+    def forget_scans_before(self, timestamp: float) -> None:
+        """Drop scan records created before `timestamp` (seconds since the epoch)."""
+
+    def optimize(self) -> bool:
+        """Build search structures for a large index; returns whether anything was done."""
+        return False
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release files and connections."""

@@ -1,0 +1,278 @@
+"""The embedded back end: the real Qdrant engine in-process (`qdrant-edge-py`).
+
+No server to run. Each model has its own directory with two shards, ``references`` and
+``scans``. One process owns a directory (the engine locks its write-ahead log). The engine
+has no grouped query, so hits are grouped by product here, fetching more candidates when
+too few distinct products came back. Up to `exact_search_max_points` reference images the
+search is exact (about 1 ms per 10 000 points); beyond that it uses the HNSW index, which
+`optimize()` builds and which is never built on the scan path.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from qdrant_edge import (
+    CountRequest,
+    Distance,
+    EdgeConfig,
+    EdgeShard,
+    EdgeVectorParams,
+    FieldCondition,
+    Filter,
+    HnswIndexConfig,
+    MatchValue,
+    PayloadSchemaType,
+    Point,
+    Query,
+    QueryBatchRequest,
+    QueryRequest,
+    RangeFloat,
+    ScrollRequest,
+    SearchParams,
+    UpdateOperation,
+)
+
+from worker.index.base import (
+    ImageHit,
+    ProductHit,
+    ReferenceImage,
+    ScanRecord,
+    StoredImage,
+    VectorIndex,
+    group_by_product,
+    point_id,
+    scan_point_id,
+)
+from worker.settings import IndexSettings
+
+
+class IndexLockedError(RuntimeError):
+    """Another process holds this index directory."""
+
+
+def _match(key: str, value: str) -> FieldCondition:
+    return FieldCondition(key, match=MatchValue(value))
+
+
+def _open_shard(
+    path: Path, config: EdgeConfig, keyword_fields: Sequence[str], float_fields: Sequence[str] = ()
+) -> EdgeShard:
+    try:
+        if (path / "edge_config.json").exists():
+            return EdgeShard.load(str(path), config)
+        shard = EdgeShard.create(str(path), config)
+    except Exception as error:  # the engine raises plain exceptions
+        if "WouldBlock" in str(error):
+            raise IndexLockedError(
+                f"index directory {path} is in use by another process; "
+                "one process owns an embedded index (set JEWELMATCH_INDEX__PATH)"
+            ) from error
+        raise
+    for field in keyword_fields:
+        shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Keyword))
+    for field in float_fields:
+        shard.update(UpdateOperation.create_field_index(field, PayloadSchemaType.Float))
+    return shard
+
+
+class EdgeIndex(VectorIndex):
+    def __init__(self, settings: IndexSettings, model_id: str, dim: int) -> None:
+        self.model_id = model_id
+        self.dim = dim
+        self.directory = Path(settings.path) / model_id
+        self._settings = settings
+        hnsw = HnswIndexConfig(
+            m=settings.hnsw_m, ef_construct=settings.hnsw_ef_construct, full_scan_threshold=10_000
+        )
+        config = EdgeConfig(
+            vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine), hnsw_config=hnsw
+        )
+        self._refs = _open_shard(
+            self.directory / "references", config, ["product_id", "category", "source"]
+        )
+        self._scans = _open_shard(
+            self.directory / "scans",
+            EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine)),
+            ["scan_id"],
+            ["created_at"],
+        )
+        self._count = self._refs.count(CountRequest(exact=True))
+
+    # references -----------------------------------------------------------------------
+
+    def upsert(self, images: Sequence[ReferenceImage]) -> None:
+        if not images:
+            return
+        points = [
+            Point(
+                point_id(image.product_id, image.image_id, self.model_id),
+                image.vector.astype(np.float32).tolist(),
+                {
+                    "product_id": image.product_id,
+                    "image_id": image.image_id,
+                    "sku": image.sku,
+                    "name": image.name,
+                    "category": image.category,
+                    "source": image.source,
+                    "uri": image.uri,
+                    "model": self.model_id,
+                },
+            )
+            for image in images
+        ]
+        self._refs.update(UpdateOperation.upsert_points(points))
+        self._refresh_count()
+
+    def product_images(self, product_id: str) -> list[StoredImage]:
+        records = self._scroll(self._refs, Filter(must=[_match("product_id", product_id)]))
+        return [StoredImage.from_payload(record.payload) for record in records]
+
+    def delete_images(self, product_id: str, image_ids: Sequence[str]) -> None:
+        if image_ids:
+            self._refs.update(
+                UpdateOperation.delete_points(
+                    [point_id(product_id, image_id, self.model_id) for image_id in image_ids]
+                )
+            )
+            self._refresh_count()
+
+    def delete_product(self, product_id: str) -> None:
+        self._refs.update(
+            UpdateOperation.delete_points_by_filter(Filter(must=[_match("product_id", product_id)]))
+        )
+        self._refresh_count()
+
+    def set_product_info(
+        self, product_id: str, sku: str, name: str | None, category: str | None
+    ) -> None:
+        self._refs.update(
+            UpdateOperation.set_payload_by_filter(
+                Filter(must=[_match("product_id", product_id)]),
+                {"sku": sku, "name": name, "category": category},
+            )
+        )
+
+    def search(
+        self, vectors: np.ndarray, top_k: int, category: str | None = None
+    ) -> list[list[ProductHit]]:
+        query_filter = Filter(must=[_match("category", category)]) if category else None
+        params = (
+            SearchParams(exact=True)
+            if self._count <= self._settings.exact_search_max_points
+            else SearchParams(hnsw_ef=self._settings.hnsw_ef)
+        )
+        limit = max(top_k * self._settings.candidates_per_product, top_k)
+        results: list[list[ProductHit] | None] = [None] * len(vectors)
+        pending = list(range(len(vectors)))
+        while pending:
+            batches = self._refs.query_batch(
+                QueryBatchRequest(
+                    [
+                        QueryRequest(
+                            limit=limit,
+                            query=Query.Nearest(vectors[i].tolist()),
+                            filter=query_filter,
+                            with_payload=True,
+                            params=params,
+                        )
+                        for i in pending
+                    ]
+                )
+            )
+            still_short = []
+            for i, points in zip(pending, batches, strict=True):
+                grouped = group_by_product((_image_hit(p) for p in points), top_k)
+                if len(grouped) < top_k and len(points) == limit and limit < self._count:
+                    still_short.append(i)  # one product's many images crowded out others
+                else:
+                    results[i] = grouped
+            pending, limit = still_short, limit * 4
+        return [r or [] for r in results]
+
+    def count(self) -> int:
+        return self._count
+
+    def optimize(self) -> bool:
+        """Build the HNSW index. Blocks queries on the shard while it runs: call it when idle."""
+        return bool(self._refs.optimize())
+
+    # scans ------------------------------------------------------------------------------
+
+    def remember_scan(self, record: ScanRecord) -> None:
+        self._scans.update(
+            UpdateOperation.upsert_points(
+                [
+                    Point(
+                        scan_point_id(record.scan_id, self.model_id),
+                        record.vector.astype(np.float32).tolist(),
+                        {
+                            "scan_id": record.scan_id,
+                            "image_uri": record.image_uri,
+                            "created_at": record.created_at,
+                            "result": record.result_json,
+                            "extra": json.dumps(record.extra),
+                        },
+                    )
+                ]
+            )
+        )
+
+    def recall_scan(self, scan_id: str) -> ScanRecord | None:
+        records = self._scans.retrieve(
+            [scan_point_id(scan_id, self.model_id)], with_payload=True, with_vector=True
+        )
+        if not records:
+            return None
+        payload = records[0].payload
+        return ScanRecord(
+            scan_id=payload["scan_id"],
+            vector=np.asarray(records[0].vector, dtype=np.float32),
+            image_uri=payload["image_uri"],
+            created_at=payload["created_at"],
+            result_json=payload.get("result"),
+            extra=json.loads(payload.get("extra") or "{}"),
+        )
+
+    def forget_scans_before(self, timestamp: float) -> None:
+        self._scans.update(
+            UpdateOperation.delete_points_by_filter(
+                Filter(must=[FieldCondition("created_at", range=RangeFloat(lt=timestamp))])
+            )
+        )
+
+    # ------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        for shard in (self._refs, self._scans):
+            shard.flush()
+            shard.close()
+
+    def _refresh_count(self) -> None:
+        self._count = self._refs.count(CountRequest(exact=True))
+
+    @staticmethod
+    def _scroll(shard: EdgeShard, scroll_filter: Filter) -> list:
+        records, offset = [], None
+        while True:
+            page, offset = shard.scroll(
+                ScrollRequest(offset=offset, limit=256, filter=scroll_filter, with_payload=True)
+            )
+            records.extend(page)
+            if offset is None:
+                return records
+
+
+def _image_hit(point) -> ImageHit:
+    payload = point.payload
+    return ImageHit(
+        payload["product_id"],
+        payload["image_id"],
+        payload["sku"],
+        float(point.score),
+        payload["source"],
+        payload.get("category"),
+    )

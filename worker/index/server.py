@@ -1,0 +1,286 @@
+"""The production back end: a Qdrant server through `qdrant-client`.
+
+Collections are named per model (``<prefix>-references-<model>``, ``<prefix>-scans-<model>``),
+and an alias ``<prefix>-references`` points at the collection of the model in service, so
+that a new model is indexed beside the old one and switched in one step (see `reindex`).
+Grouping by product is the server's own `query_points_groups`.
+
+`qdrant-client`'s local mode (``url=":memory:"`` or a folder path) runs this same code
+without a server; it is a stand-in for tests, far too slow for a real catalog.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from functools import wraps
+from typing import TypeVar
+
+import httpx
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from worker.errors import TransientError
+from worker.index.base import (
+    ProductHit,
+    ReferenceImage,
+    ScanRecord,
+    StoredImage,
+    VectorIndex,
+    point_id,
+    scan_point_id,
+)
+from worker.settings import IndexSettings
+
+T = TypeVar("T")
+
+
+def _transient_on_outage(method: Callable[..., T]) -> Callable[..., T]:
+    """A server that is down, overloaded or slow is a transient failure."""
+
+    @wraps(method)
+    def wrapper(*args, **kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except UnexpectedResponse as error:
+            if error.status_code is not None and error.status_code < 500:
+                raise
+            raise TransientError(f"Qdrant error: {error}") from None
+        except (
+            ResponseHandlingException,
+            httpx.TransportError,
+            ConnectionError,
+            TimeoutError,
+        ) as error:
+            raise TransientError(f"Qdrant unreachable: {error}") from None
+
+    return wrapper
+
+
+def _match(key: str, value: str) -> models.FieldCondition:
+    return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+
+def open_client(settings: IndexSettings) -> QdrantClient:
+    url = settings.url or ":memory:"
+    if url == ":memory:":
+        return QdrantClient(location=":memory:")
+    if "://" not in url:
+        return QdrantClient(path=url)
+    return QdrantClient(
+        url=url,
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        timeout=10,
+    )
+
+
+def references_collection(prefix: str, model_id: str) -> str:
+    return f"{prefix}-references-{model_id}"
+
+
+def references_alias(prefix: str) -> str:
+    return f"{prefix}-references"
+
+
+class QdrantServerIndex(VectorIndex):
+    def __init__(
+        self,
+        settings: IndexSettings,
+        model_id: str,
+        dim: int,
+        client: QdrantClient | None = None,
+        collection: str | None = None,
+    ) -> None:
+        self.model_id = model_id
+        self.dim = dim
+        self._client = client or open_client(settings)
+        self._settings = settings
+        self.references = collection or references_collection(settings.collection_prefix, model_id)
+        self.scans = f"{settings.collection_prefix}-scans-{model_id}"
+        self._ensure_collection(self.references, ["product_id", "category", "source"], [])
+        self._ensure_collection(self.scans, ["scan_id"], ["created_at"])
+
+    @_transient_on_outage
+    def _ensure_collection(
+        self, name: str, keyword_fields: list[str], float_fields: list[str]
+    ) -> None:
+        if self._client.collection_exists(name):
+            return
+        self._client.create_collection(
+            name,
+            vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+            hnsw_config=models.HnswConfigDiff(
+                m=self._settings.hnsw_m, ef_construct=self._settings.hnsw_ef_construct
+            ),
+        )
+        for field in keyword_fields:
+            self._client.create_payload_index(name, field, models.PayloadSchemaType.KEYWORD)
+        for field in float_fields:
+            self._client.create_payload_index(name, field, models.PayloadSchemaType.FLOAT)
+
+    @_transient_on_outage
+    def upsert(self, images: Sequence[ReferenceImage]) -> None:
+        if not images:
+            return
+        self._client.upsert(
+            self.references,
+            points=[
+                models.PointStruct(
+                    id=point_id(image.product_id, image.image_id, self.model_id),
+                    vector=image.vector.astype(np.float32).tolist(),
+                    payload={
+                        "product_id": image.product_id,
+                        "image_id": image.image_id,
+                        "sku": image.sku,
+                        "name": image.name,
+                        "category": image.category,
+                        "source": image.source,
+                        "uri": image.uri,
+                        "model": self.model_id,
+                    },
+                )
+                for image in images
+            ],
+            wait=True,
+        )
+
+    @_transient_on_outage
+    def product_images(self, product_id: str) -> list[StoredImage]:
+        stored, offset = [], None
+        while True:
+            records, offset = self._client.scroll(
+                self.references,
+                scroll_filter=models.Filter(must=[_match("product_id", product_id)]),
+                limit=256,
+                offset=offset,
+                with_payload=True,
+            )
+            stored.extend(StoredImage.from_payload(record.payload or {}) for record in records)
+            if offset is None:
+                return stored
+
+    @_transient_on_outage
+    def delete_images(self, product_id: str, image_ids: Sequence[str]) -> None:
+        if image_ids:
+            self._client.delete(
+                self.references,
+                points_selector=models.PointIdsList(
+                    points=[point_id(product_id, i, self.model_id) for i in image_ids]
+                ),
+                wait=True,
+            )
+
+    @_transient_on_outage
+    def delete_product(self, product_id: str) -> None:
+        self._client.delete(
+            self.references,
+            points_selector=models.FilterSelector(
+                filter=models.Filter(must=[_match("product_id", product_id)])
+            ),
+            wait=True,
+        )
+
+    @_transient_on_outage
+    def set_product_info(
+        self, product_id: str, sku: str, name: str | None, category: str | None
+    ) -> None:
+        self._client.set_payload(
+            self.references,
+            payload={"sku": sku, "name": name, "category": category},
+            points=models.Filter(must=[_match("product_id", product_id)]),
+            wait=True,
+        )
+
+    @_transient_on_outage
+    def search(
+        self, vectors: np.ndarray, top_k: int, category: str | None = None
+    ) -> list[list[ProductHit]]:
+        query_filter = models.Filter(must=[_match("category", category)]) if category else None
+        results = []
+        for vector in vectors:
+            groups = self._client.query_points_groups(
+                self.references,
+                group_by="product_id",
+                query=vector.tolist(),
+                query_filter=query_filter,
+                limit=top_k,
+                group_size=1,
+                with_payload=True,
+                search_params=models.SearchParams(hnsw_ef=self._settings.hnsw_ef),
+            ).groups
+            hits = []
+            for group in groups:
+                best = group.hits[0]
+                payload = best.payload or {}
+                hits.append(
+                    ProductHit(
+                        payload["product_id"],
+                        payload["sku"],
+                        float(best.score),
+                        payload["image_id"],
+                        payload["source"],
+                        payload.get("category"),
+                    )
+                )
+            results.append(hits)
+        return results
+
+    @_transient_on_outage
+    def count(self) -> int:
+        return self._client.count(self.references, exact=True).count
+
+    @_transient_on_outage
+    def remember_scan(self, record: ScanRecord) -> None:
+        self._client.upsert(
+            self.scans,
+            points=[
+                models.PointStruct(
+                    id=scan_point_id(record.scan_id, self.model_id),
+                    vector=record.vector.astype(np.float32).tolist(),
+                    payload={
+                        "scan_id": record.scan_id,
+                        "image_uri": record.image_uri,
+                        "created_at": record.created_at,
+                        "result": record.result_json,
+                        "extra": json.dumps(record.extra),
+                    },
+                )
+            ],
+            wait=True,
+        )
+
+    @_transient_on_outage
+    def recall_scan(self, scan_id: str) -> ScanRecord | None:
+        records = self._client.retrieve(
+            self.scans,
+            [scan_point_id(scan_id, self.model_id)],
+            with_payload=True,
+            with_vectors=True,
+        )
+        if not records:
+            return None
+        payload = records[0].payload or {}
+        return ScanRecord(
+            scan_id=payload["scan_id"],
+            vector=np.asarray(records[0].vector, dtype=np.float32),
+            image_uri=payload["image_uri"],
+            created_at=payload["created_at"],
+            result_json=payload.get("result"),
+            extra=json.loads(payload.get("extra") or "{}"),
+        )
+
+    @_transient_on_outage
+    def forget_scans_before(self, timestamp: float) -> None:
+        self._client.delete(
+            self.scans,
+            points_selector=models.FilterSelector(
+                filter=models.Filter(
+                    must=[models.FieldCondition(key="created_at", range=models.Range(lt=timestamp))]
+                )
+            ),
+            wait=True,
+        )
+
+    def close(self) -> None:
+        self._client.close()

