@@ -171,6 +171,8 @@ class ConfirmedPublisher:
         exchange: Exchange | str,
         routing_key: str,
         headers: dict | None = None,
+        content_type: str = "application/json",
+        content_encoding: str = "utf-8",
     ) -> None:
         self._returned.clear()
         self._producer.publish(
@@ -178,8 +180,8 @@ class ConfirmedPublisher:
             exchange=exchange,
             routing_key=routing_key,
             headers=headers or {},
-            content_type="application/json",
-            content_encoding="utf-8",
+            content_type=content_type,
+            content_encoding=content_encoding,
             delivery_mode=2,
             mandatory=True,
             retry=False,

@@ -75,6 +75,14 @@ def _routing_key(message: Message) -> str:
     )
 
 
+def raw_body(message) -> bytes:
+    """The body as sent (py-amqp decodes bodies that declare a content encoding)."""
+    body = message.body
+    if isinstance(body, str):
+        return body.encode(message.content_encoding or "utf-8")
+    return bytes(body)
+
+
 def _attempt(message: Message) -> int:
     try:
         return max(1, int((message.headers or {}).get(topology.HEADER_ATTEMPT, 1)))
@@ -214,14 +222,7 @@ class Worker:
             queue, buffer = topology.CATALOG_QUEUE, self._catalog
             limit, handler = self.settings.amqp.catalog_prefetch, self.handlers.handle_catalog
         messages = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
-        deliveries = [
-            Delivery(
-                _routing_key(m),
-                m.body if isinstance(m.body, bytes) else str(m.body).encode(),
-                _attempt(m),
-            )
-            for m in messages
-        ]
+        deliveries = [Delivery(_routing_key(m), raw_body(m), _attempt(m)) for m in messages]
         BATCH_SIZE.labels(queue).observe(len(messages))
         call = _Background(handler, deliveries)
         while not call.done():  # keep heartbeats flowing and the buffers filling
@@ -242,36 +243,27 @@ class Worker:
             self._publisher.publish(result.model_dump_json(), RESULTS, routing_key)
             if routing_key == topology.MATCH_RESULT:
                 SCAN_RESULTS.labels(getattr(result, "status", "unknown")).inc()
-        headers = {
-            **(message.headers or {}),
-            topology.HEADER_ORIGINAL_ROUTING_KEY: delivery.routing_key,
-            topology.HEADER_ORIGINAL_QUEUE: queue,
-            topology.HEADER_ATTEMPT: delivery.attempt,
-        }
         if outcome.action is Action.retry:
             retry_queue = self.topology.retry_queue(queue, delivery.attempt)
-            self._publisher.publish(
-                delivery.body,
+            self._republish(
+                message,
+                delivery,
+                outcome,
+                queue,
                 "",
                 retry_queue.name,
-                {
-                    **headers,
-                    topology.HEADER_ATTEMPT: delivery.attempt + 1,
-                    topology.HEADER_ERROR: outcome.error or "",
-                    topology.HEADER_EXCEPTION: outcome.exception or "",
-                },
+                attempt=delivery.attempt + 1,
             )
             RETRIES.labels(queue).inc()
         elif outcome.action is Action.dead_letter:
-            self._publisher.publish(
-                delivery.body,
+            self._republish(
+                message,
+                delivery,
+                outcome,
+                queue,
                 DEAD_LETTER,
                 delivery.routing_key,
-                {
-                    **headers,
-                    topology.HEADER_ERROR: outcome.error or "",
-                    topology.HEADER_EXCEPTION: outcome.exception or "",
-                },
+                attempt=delivery.attempt,
             )
             DEAD_LETTERS.labels(queue, outcome.log.get("reason") or "unknown").inc()
         message.ack()
@@ -288,6 +280,35 @@ class Worker:
             publish_ms=publish_ms,
             error=outcome.error,
             **outcome.log,
+        )
+
+    def _republish(
+        self,
+        message: Message,
+        delivery: Delivery,
+        outcome: Outcome,
+        queue: str,
+        exchange,
+        routing_key: str,
+        attempt: int,
+    ) -> None:
+        """Send the message on (to a delay queue or the dead letters) with the error attached,
+        keeping the body and content properties it came with."""
+        headers = {
+            **(message.headers or {}),
+            topology.HEADER_ORIGINAL_ROUTING_KEY: delivery.routing_key,
+            topology.HEADER_ORIGINAL_QUEUE: queue,
+            topology.HEADER_ATTEMPT: attempt,
+            topology.HEADER_ERROR: outcome.error or "",
+            topology.HEADER_EXCEPTION: outcome.exception or "",
+        }
+        self._publisher.publish(
+            delivery.body,
+            exchange,
+            routing_key,
+            headers,
+            content_type=message.content_type or "application/octet-stream",
+            content_encoding=message.content_encoding or "binary",
         )
 
     def _housekeeping(self) -> None:

@@ -4,12 +4,14 @@ or an optional ``.env`` file. Example: ``JEWELMATCH_AMQP__URL=amqp://user:pw@rab
 
 from __future__ import annotations
 
+import json
 import os
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = (
     Path(os.environ.get("XDG_DATA_HOME", Path.home() / ".local/share")) / "jewelmatch"
@@ -33,16 +35,16 @@ class AmqpSettings(BaseModel):
         default=SecretStr("amqp://guest:guest@localhost:5672//"),
         description="Broker URL; `memory://` runs an in-process broker (demo, tests).",
     )
-    heartbeat_seconds: int = Field(default=30, ge=0)
+    heartbeat_seconds: int = Field(default=30, ge=0, description="AMQP heartbeat; 0 disables.")
     scan_prefetch: int = Field(default=16, ge=1, description="Unacked scans held at once.")
     catalog_prefetch: int = Field(default=32, ge=1, description="Unacked catalog events.")
     delivery_limit: int = Field(
         default=5, ge=1, description="Quorum-queue redeliveries before a message is dead-lettered."
     )
     ssl: bool = Field(default=False, description="Connect with TLS (also implied by amqps://).")
-    ssl_ca_file: Path | None = None
-    ssl_cert_file: Path | None = None
-    ssl_key_file: Path | None = None
+    ssl_ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker.")
+    ssl_cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
+    ssl_key_file: Path | None = Field(default=None, description="Client key (mutual TLS).")
     outcomes_max_length: int = Field(
         default=100_000, ge=1, description="Catalog outcomes kept when nobody reads them."
     )
@@ -55,23 +57,27 @@ class S3Settings(BaseModel):
         description="`s3` (boto3) or `local` (a folder per bucket, demo).",
     )
     endpoint_url: str | None = Field(default=None, description="Any S3-compatible store.")
-    region: str = "us-east-1"
-    access_key_id: SecretStr | None = None
-    secret_access_key: SecretStr | None = None
-    allowed_buckets: list[str] = Field(
+    region: str = Field(default="us-east-1", description="S3 region.")
+    access_key_id: SecretStr | None = Field(
+        default=None, description="Credentials; unset: boto3's usual chain (env, role...)."
+    )
+    secret_access_key: SecretStr | None = Field(default=None, description="Never logged.")
+    allowed_buckets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Only these buckets are ever fetched (empty: none). JSON list or a,b,c.",
     )
     local_root: Path = Field(default=Path("images"), description="Root folder of `local`.")
-    connect_timeout_seconds: float = 5.0
-    read_timeout_seconds: float = 15.0
+    connect_timeout_seconds: float = Field(default=5.0, gt=0, description="S3 connect timeout.")
+    read_timeout_seconds: float = Field(default=15.0, gt=0, description="S3 read timeout.")
     max_attempts: int = Field(default=3, ge=1, description="boto3 retries within one fetch.")
-    fetch_threads: int = Field(default=8, ge=1)
+    fetch_threads: int = Field(default=8, ge=1, description="Images fetched in parallel.")
 
     @field_validator("allowed_buckets", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
@@ -101,8 +107,8 @@ class ModelSettings(BaseModel):
         ge=1,
         description="torch intra-op threads (default: the container CPU limit).",
     )
-    batch_size: int = Field(default=16, ge=1)
-    device: str = "cpu"
+    batch_size: int = Field(default=16, ge=1, description="Images per forward pass.")
+    device: str = Field(default="cpu", description="torch device, e.g. `cuda`.")
 
 
 class IndexBackend(StrEnum):
@@ -124,16 +130,18 @@ class IndexSettings(BaseModel):
         description="Qdrant server URL; `:memory:` or a path "
         "runs qdrant-client's local mode (tests only).",
     )
-    api_key: SecretStr | None = None
-    collection_prefix: str = "jewelmatch"
+    api_key: SecretStr | None = Field(default=None, description="Qdrant server API key.")
+    collection_prefix: str = Field(
+        default="jewelmatch", description="Qdrant collections are `<prefix>-references-<model>`."
+    )
     exact_search_max_points: int = Field(
         default=200_000,
         ge=0,
         description="Embedded engine: search exactly up to this many reference images.",
     )
-    hnsw_m: int = 32
-    hnsw_ef_construct: int = 256
-    hnsw_ef: int = 256
+    hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree.")
+    hnsw_ef_construct: int = Field(default=256, ge=4, description="HNSW build beam width.")
+    hnsw_ef: int = Field(default=256, ge=1, description="HNSW search beam width.")
     candidates_per_product: int = Field(
         default=8,
         ge=1,
@@ -142,7 +150,6 @@ class IndexSettings(BaseModel):
 
 
 class MatchingSettings(BaseModel):
-    default_top_k: int = Field(default=5, ge=1, le=50)
     min_score: float = Field(default=0.0, description="Best score below this: no confident match.")
     min_margin: float = Field(
         default=0.0,
@@ -161,7 +168,7 @@ class LogFormat(StrEnum):
 
 
 class LogSettings(BaseModel):
-    level: str = "INFO"
+    level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR.")
     format: LogFormat = Field(
         default=LogFormat.auto, description="`auto`: console on a terminal, JSON lines otherwise."
     )
@@ -174,7 +181,7 @@ class OpsSettings(BaseModel):
         le=65535,
         description="Health (/livez, /readyz) and /metrics; 0 disables.",
     )
-    http_host: str = "0.0.0.0"
+    http_host: str = Field(default="0.0.0.0", description="Address of the ops endpoint.")
     drain_seconds: float = Field(default=25.0, ge=0, description="Grace period after SIGTERM.")
     retry_delays_seconds: list[int] = Field(
         default=[2, 10, 60, 300],

@@ -1,0 +1,118 @@
+"""Shared fixtures: a tiny open_clip model, a real RabbitMQ node, moto's S3 server over HTTP."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+from PIL import Image
+
+from tests.support.servers import RabbitNode, free_port
+from tests.support.tiny_model import write_tiny_model
+
+CATALOG_BUCKET = "catalog-images"
+SCANS_BUCKET = "scan-photos"
+TEST_RETRY_DELAYS = [1, 2]
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings come from the test, not from the developer's shell."""
+    for name in list(os.environ):
+        if name.startswith("JEWELMATCH_"):
+            monkeypatch.delenv(name)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        monkeypatch.setenv(name, "testing")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-openclip")
+
+
+@pytest.fixture(scope="session")
+def tiny_embedder(tiny_model_dir: Path):
+    from worker.embedder import Embedder
+    from worker.settings import ModelSettings
+
+    return Embedder(ModelSettings(name=f"local-dir:{tiny_model_dir}", threads=1, batch_size=8))
+
+
+@pytest.fixture(scope="session")
+def rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
+    node = RabbitNode(tmp_path_factory.mktemp("rabbitmq"))
+    node.start()
+    yield node
+    node.cleanup()
+
+
+@pytest.fixture
+def amqp_url(rabbit: RabbitNode) -> str:
+    """The broker's URL, with every jewelmatch queue deleted first (tests don't share state)."""
+    from kombu import Connection
+
+    from worker.broker import Topology
+    from worker.settings import AmqpSettings, OpsSettings
+
+    if rabbit.process is None:  # a test stopped it
+        rabbit.start()
+    names = {
+        queue.name
+        for ops in (OpsSettings(), OpsSettings(retry_delays_seconds=TEST_RETRY_DELAYS))
+        for queue in Topology.build(AmqpSettings(), ops).all_queues()
+    }
+    with Connection(rabbit.url) as connection:
+        channel = connection.channel()
+        for name in sorted(names):
+            channel.queue_delete(name)
+    return rabbit.url
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3_endpoint: str):
+    """A boto3 client of the moto server, reset, with the two test buckets created."""
+    import requests
+
+    requests.post(f"{s3_endpoint}/moto-api/reset", timeout=10)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
+        client.create_bucket(Bucket=bucket)
+    return client
+
+
+def jpeg_bytes(image: Image.Image, quality: int = 92) -> bytes:
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def make_settings(tmp_path: Path, tiny_model_dir: Path | None = None, **sections):
+    """Settings for a test: embedded index under tmp_path, only the test buckets allowed."""
+    from worker.settings import Settings
+
+    values: dict = {
+        "index": {"path": str(tmp_path / "index")},
+        "s3": {"allowed_buckets": [CATALOG_BUCKET, SCANS_BUCKET]},
+        "ops": {"http_port": 0, "retry_delays_seconds": TEST_RETRY_DELAYS, "max_attempts": 3},
+        "log": {"format": "json"},
+    }
+    if tiny_model_dir is not None:
+        values["model"] = {"name": f"local-dir:{tiny_model_dir}", "threads": 1, "batch_size": 8}
+    for section, overrides in sections.items():
+        values[section] = {**values.get(section, {}), **overrides}
+    return Settings(_env_file=None, **values)

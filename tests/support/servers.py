@@ -1,0 +1,124 @@
+"""Real servers for integration tests: a throwaway RabbitMQ node and moto's S3 server.
+
+A missing server binary is a test failure with a clear message, never a skip: `.ci/run`
+installs Debian's `rabbitmq-server`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+RABBITMQ_SERVER = Path(
+    os.environ.get("JEWELMATCH_TEST_RABBITMQ_SERVER", "/usr/lib/rabbitmq/bin/rabbitmq-server")
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode} before listening")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
+
+
+class RabbitNode:
+    """A RabbitMQ node of its own (own ports, own data folder) that tests can stop and start."""
+
+    def __init__(self, workdir: Path) -> None:
+        if not RABBITMQ_SERVER.exists():
+            raise RuntimeError(
+                f"{RABBITMQ_SERVER} not found: install Debian's rabbitmq-server "
+                "(`apt-get install rabbitmq-server`, as .ci/run does)"
+            )
+        self.workdir = workdir
+        self.port = free_port()
+        self.dist_port = free_port()
+        self.name = f"jewelmatch-test-{self.port}@localhost"
+        self.process: subprocess.Popen | None = None
+        for folder in ("mnesia", "log"):
+            (workdir / folder).mkdir(parents=True, exist_ok=True)
+        (workdir / "enabled_plugins").write_text("[].\n")
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}//"
+
+    def start(self, timeout: float = 60.0) -> None:
+        env = {
+            **os.environ,
+            "RABBITMQ_NODENAME": self.name,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(self.workdir / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(self.workdir / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
+            "HOME": str(self.workdir),
+        }
+        self.process = subprocess.Popen(
+            [str(RABBITMQ_SERVER)],
+            env=env,
+            stdout=open(self.workdir / "server.out", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for_port(self.port, timeout, self.process)
+        self._wait_until_amqp_works(timeout)
+
+    def _wait_until_amqp_works(self, timeout: float) -> None:
+        from kombu import Connection
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with Connection(self.url, connect_timeout=2) as connection:
+                    connection.ensure_connection(max_retries=1)
+                    connection.channel().close()
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        """Kill the node hard (as a crash or an abrupt restart would)."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+        self.process = None
+        # epmd may remember the node name for a moment
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    time.sleep(0.1)
+            except OSError:
+                break
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)

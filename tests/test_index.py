@@ -1,0 +1,206 @@
+"""The same index behaviour on both back ends: the embedded Qdrant engine (qdrant-edge-py)
+and the server code path (qdrant-client, in its local mode as the server's stand-in)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from worker.index import (
+    SOURCE_CATALOG,
+    SOURCE_CONFIRMED_SCAN,
+    ReferenceImage,
+    ScanRecord,
+    open_index,
+)
+from worker.index.edge import EdgeIndex, IndexLockedError
+from worker.settings import IndexSettings
+
+DIM = 16
+
+
+def unit(vector) -> np.ndarray:
+    vector = np.asarray(vector, dtype=np.float32)
+    return vector / np.linalg.norm(vector)
+
+
+def basis(i: int, noise: float = 0.0, seed: int = 0) -> np.ndarray:
+    vector = np.zeros(DIM, dtype=np.float32)
+    vector[i] = 1.0
+    if noise:
+        vector += np.random.default_rng(seed).normal(scale=noise, size=DIM).astype(np.float32)
+    return unit(vector)
+
+
+def ref(product: str, image: str, vector, category=None, source=SOURCE_CATALOG, sku=None):
+    return ReferenceImage(
+        product_id=product,
+        image_id=image,
+        sku=sku or f"SKU-{product}",
+        vector=vector,
+        source=source,
+        category=category,
+        uri=f"s3://cat/{product}/{image}.jpg",
+    )
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def index(request, tmp_path: Path):
+    if request.param == "edge":
+        settings = IndexSettings(backend="edge", path=tmp_path / "index")
+    else:
+        settings = IndexSettings(backend="qdrant", url=":memory:")
+    opened = open_index(settings, "test-model", DIM)
+    yield opened
+    opened.close()
+
+
+def test_upsert_and_grouped_search_returns_each_product_once(index):
+    index.upsert(
+        [
+            ref("ring-a", "front", basis(0)),
+            ref("ring-a", "side", basis(1)),
+            ref("ring-b", "front", basis(2)),
+            ref("ring-c", "front", basis(3)),
+        ]
+    )
+    assert index.count() == 4
+    query = unit(basis(0) * 0.9 + basis(1) * 0.8 + basis(2) * 0.3)
+    [hits] = index.search(query[None, :], top_k=3)
+    assert [h.product_id for h in hits] == ["ring-a", "ring-b", "ring-c"]
+    assert hits[0].image_id == "front" and hits[0].sku == "SKU-ring-a"
+    assert hits[0].score == pytest.approx(float(query @ basis(0)), abs=1e-5)
+
+
+def test_search_answers_several_queries_in_one_call(index):
+    index.upsert([ref(f"p{i}", "front", basis(i)) for i in range(5)])
+    queries = np.stack([basis(3, 0.1, 1), basis(1, 0.1, 2)])
+    found = index.search(queries, top_k=1)
+    assert [hits[0].product_id for hits in found] == ["p3", "p1"]
+
+
+def test_a_product_with_many_images_does_not_crowd_out_others(index):
+    # 40 near-identical images of one product sit closest to the query
+    index.upsert(
+        [ref("crowd", f"img{i}", basis(0, 0.01, i)) for i in range(40)]
+        + [
+            ref("other", "front", unit(basis(0) * 0.5 + basis(1))),
+            ref("third", "front", unit(basis(0) * 0.2 + basis(2))),
+        ]
+    )
+    [hits] = index.search(basis(0)[None, :], top_k=3)
+    assert [h.product_id for h in hits] == ["crowd", "other", "third"]
+
+
+def test_redelivered_upsert_creates_no_duplicate(index):
+    images = [ref("p1", "front", basis(0)), ref("p1", "back", basis(1))]
+    index.upsert(images)
+    index.upsert(images)
+    assert index.count() == 2
+    assert sorted(i.image_id for i in index.product_images("p1")) == ["back", "front"]
+
+
+def test_category_filter_restricts_candidates(index):
+    index.upsert(
+        [
+            ref("ring", "front", basis(0), category="rings"),
+            ref("pendant", "front", basis(0, 0.05, 3), category="pendants"),
+        ]
+    )
+    [unfiltered] = index.search(basis(0)[None, :], top_k=2)
+    [rings] = index.search(basis(0, 0.05, 3)[None, :], top_k=2, category="rings")
+    [none] = index.search(basis(0)[None, :], top_k=2, category="earrings")
+    assert {h.product_id for h in unfiltered} == {"ring", "pendant"}
+    assert [h.product_id for h in rings] == ["ring"]
+    assert none == []
+
+
+def test_delete_product_removes_all_its_images(index):
+    index.upsert(
+        [
+            ref("gone", "front", basis(0)),
+            ref("gone", "side", basis(1)),
+            ref("gone", "scan:s1", basis(2), source=SOURCE_CONFIRMED_SCAN),
+            ref("kept", "front", basis(3)),
+        ]
+    )
+    index.delete_product("gone")
+    assert index.count() == 1
+    assert index.product_images("gone") == []
+    [hits] = index.search(basis(0)[None, :], top_k=5)
+    assert [h.product_id for h in hits] == ["kept"]
+
+
+def test_delete_images_and_update_product_info(index):
+    index.upsert([ref("p1", "front", basis(0)), ref("p1", "back", basis(1))])
+    index.delete_images("p1", ["back"])
+    index.set_product_info("p1", "NEW-SKU", "Ring", "rings")
+    stored = index.product_images("p1")
+    assert [(s.image_id, s.sku, s.category) for s in stored] == [("front", "NEW-SKU", "rings")]
+    [hits] = index.search(basis(0)[None, :], top_k=1, category="rings")
+    assert hits[0].sku == "NEW-SKU"
+
+
+def test_empty_index_answers_with_no_hits(index):
+    assert index.search(basis(0)[None, :], top_k=3) == [[]]
+
+
+def test_scan_memory_remember_recall_forget(index):
+    record = ScanRecord(
+        scan_id="scan-1",
+        vector=basis(4),
+        image_uri="s3://scans/1.jpg",
+        created_at=1000.0,
+        result_json='{"x": 1}',
+        extra={"a": "b"},
+    )
+    index.remember_scan(record)
+    index.remember_scan(ScanRecord("scan-2", basis(5), "s3://scans/2.jpg", 2000.0))
+    recalled = index.recall_scan("scan-1")
+    assert recalled is not None
+    assert recalled.image_uri == "s3://scans/1.jpg" and recalled.result_json == '{"x": 1}'
+    assert recalled.extra == {"a": "b"}
+    np.testing.assert_allclose(recalled.vector, basis(4), atol=1e-6)
+    assert index.recall_scan("scan-404") is None
+    index.forget_scans_before(1500.0)
+    assert index.recall_scan("scan-1") is None
+    assert index.recall_scan("scan-2") is not None
+    assert index.count() == 0  # scans are not reference images
+
+
+def test_models_never_mix(tmp_path: Path):
+    settings = IndexSettings(backend="edge", path=tmp_path)
+    a = open_index(settings, "model-a", DIM)
+    b = open_index(settings, "model-b", DIM)
+    a.upsert([ref("p1", "front", basis(0))])
+    assert (a.count(), b.count()) == (1, 0)
+    a.close()
+    b.close()
+
+
+def test_embedded_index_persists_and_is_owned_by_one_opener(tmp_path: Path):
+    settings = IndexSettings(backend="edge", path=tmp_path)
+    index = EdgeIndex(settings, "m", DIM)
+    index.upsert([ref("p1", "front", basis(0))])
+    with pytest.raises(IndexLockedError, match="in use"):
+        EdgeIndex(settings, "m", DIM)
+    index.close()
+    reopened = EdgeIndex(settings, "m", DIM)
+    assert reopened.count() == 1
+    assert reopened.search(basis(0)[None, :], 1)[0][0].product_id == "p1"
+    reopened.close()
+
+
+def test_embedded_index_uses_hnsw_beyond_the_exact_search_size(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(300, DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    settings = IndexSettings(backend="edge", path=tmp_path, exact_search_max_points=100)
+    index = EdgeIndex(settings, "m", DIM)
+    index.upsert([ref(f"p{i}", "front", v) for i, v in enumerate(vectors)])
+    index.optimize()
+    found = index.search(vectors[:20], top_k=1)
+    assert [hits[0].product_id for hits in found] == [f"p{i}" for i in range(20)]
+    index.close()

