@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from worker.bench.cli import bench
 from worker.logs import configure_logging
 from worker.settings import LogSettings, Settings
 
@@ -18,9 +19,10 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 console = Console()
+app.add_typer(bench, name="bench")
 
 
-def _settings(quiet: bool = False) -> Settings:
+def load_settings(quiet: bool = False) -> Settings:
     settings = Settings()
     log = settings.log if not quiet else LogSettings(level="WARNING", format=settings.log.format)
     configure_logging(log)
@@ -32,7 +34,7 @@ def worker() -> None:
     """Run the worker: consume scans and catalog events until SIGTERM."""
     from worker.app import run_worker
 
-    run_worker(_settings())
+    run_worker(load_settings())
 
 
 @app.command()
@@ -57,7 +59,7 @@ def demo(
     from worker.demo import run_demo
 
     run_demo(
-        _settings(quiet=not verbose),
+        load_settings(quiet=not verbose),
         images,
         products,
         scans_per_product,
@@ -80,7 +82,7 @@ def ingest(
     """Add every product of a folder to the configured index, with a progress bar."""
     from worker.terminal import ingest_folder
 
-    count = ingest_folder(_settings(quiet=True), folder, console)
+    count = ingest_folder(load_settings(quiet=True), folder, console)
     console.print(f"ingested {count} reference images")
 
 
@@ -93,7 +95,7 @@ def scan(
     """Identify one photo against the configured index and print the ranked products."""
     from worker.terminal import scan_image
 
-    ranking, model_id = scan_image(_settings(quiet=True), image, top_k, category)
+    ranking, model_id = scan_image(load_settings(quiet=True), image, top_k, category)
     table = Table(title=f"{image} — {ranking.status.value} ({model_id})")
     for column in ("rank", "product", "sku", "score", "image"):
         table.add_column(column)
@@ -120,7 +122,7 @@ def prepare_model() -> None:
     """Prepare the configured built-in model's open_clip folder (e.g. at image build time)."""
     from worker.embedder import Embedder
 
-    embedder = Embedder(_settings().model)
+    embedder = Embedder(load_settings().model)
     console.print(f"{embedder.model_id}: {embedder.dim}-d, loaded in {embedder.load_seconds:.1f} s")
 
 

@@ -1,0 +1,78 @@
+"""The accuracy benchmark's plumbing, on a hand-made data set where the answer is known."""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+
+from rich.progress import Progress
+from typer.testing import CliRunner
+
+from tests.conftest import make_settings
+from worker.bench.accuracy import AccuracyOptions, run_accuracy
+from worker.cli import app
+from worker.synth import catalog_designs, photograph, render
+
+
+def write_dataset(root):
+    """6 products; each val photo is an exact copy of the product's first train photo."""
+    rng = random.Random(1)
+    for design in catalog_designs(6, seed=2):
+        folder = root / design.product_id
+        folder.mkdir(parents=True)
+        picture = render(design, 160)
+        picture.save(folder / "catalog_0.png")
+        for n in range(2):
+            photograph(picture, rng, 160).save(folder / f"query_train_{n}.jpg")
+        shutil.copy(folder / "query_train_0.jpg", folder / "query_val_0.jpg")
+    return root
+
+
+def test_confirmed_photos_and_open_set_are_measured(tmp_path, tiny_model_dir):
+    data = write_dataset(tmp_path / "data")
+    settings = make_settings(tmp_path, tiny_model_dir)
+    options = AccuracyOptions(
+        data=data, confirmed=(0, 1), open_set=1, contact_sheet=tmp_path / "sheet.png"
+    )
+    with Progress(disable=True) as progress:
+        report = run_accuracy(settings, options, progress)
+    figures = report.to_json()
+    assert report.products_in_catalog == 5 and len(report.products_left_out) == 1
+    zero, one = figures["runs"]
+    assert (zero["queries"], zero["open_set_queries"]) == (5, 1)
+    # with the first train photo confirmed, each val photo (its exact copy) ranks first
+    assert one["confirmed_per_product"] == 1
+    assert one["recall@1"] == 1.0 and one["mrr"] == 1.0
+    assert zero["recall@5"] == 1.0  # only 5 products in the catalog
+    left_out = report.products_left_out[0]
+    assert all(o.rank is None for o in report.runs[1].unknown)
+    assert all(left_out not in o.ranked for o in report.runs[1].known)
+    assert (tmp_path / "sheet.png").stat().st_size > 0
+
+
+def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkeypatch):
+    data = write_dataset(tmp_path / "data")
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
+    out = tmp_path / "accuracy.json"
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "accuracy",
+            "--data",
+            str(data),
+            "--confirmed",
+            "0,1",
+            "--open-set",
+            "1",
+            "--out",
+            str(out),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    document = json.loads(out.read_text())
+    assert document["benchmark"] == "accuracy"
+    assert document["machine"]["cpus_usable"] >= 1 and document["machine"]["cpu_model"]
+    assert [r["confirmed_per_product"] for r in document["figures"]["runs"]] == [0, 1]
+    assert "R@1" in result.output

@@ -1,0 +1,59 @@
+import math
+
+import pytest
+
+from worker.bench.metrics import (
+    confusion_pairs,
+    coverage_accuracy_curve,
+    mean_reciprocal_rank,
+    percentiles,
+    rank_of,
+    recall_at_k,
+    share,
+)
+
+
+def test_rank_of():
+    assert rank_of("b", ["a", "b", "c"]) == 2
+    assert rank_of("z", ["a", "b"]) is None
+
+
+def test_recall_at_k_counts_absent_answers_as_misses():
+    ranks = [1, 2, None, 5, 1]
+    assert recall_at_k(ranks, 1) == pytest.approx(2 / 5)
+    assert recall_at_k(ranks, 2) == pytest.approx(3 / 5)
+    assert recall_at_k(ranks, 5) == pytest.approx(4 / 5)
+    assert math.isnan(recall_at_k([], 1))
+
+
+def test_mean_reciprocal_rank():
+    assert mean_reciprocal_rank([1, 2, None, 4]) == pytest.approx((1 + 0.5 + 0 + 0.25) / 4)
+
+
+def test_percentiles_interpolate_like_numpy_and_report_the_max():
+    values = list(range(1, 101))  # 1..100
+    figures = percentiles(values)
+    assert figures["p50"] == pytest.approx(50.5)
+    assert figures["p95"] == pytest.approx(95.05)
+    assert figures["p99"] == pytest.approx(99.01)
+    assert figures["max"] == 100
+    assert percentiles([7.0]) == {"p50": 7.0, "p95": 7.0, "p99": 7.0, "max": 7.0}
+
+
+def test_share_of_no_confident_match():
+    assert share([True, False, False, True]) == 0.5
+    assert math.isnan(share([]))
+
+
+def test_confusion_pairs_ignore_right_answers_and_sort_by_count():
+    pairs = [("a", "b"), ("a", "b"), ("c", "a"), ("a", "a"), ("b", "a"), ("b", "a"), ("d", "e")]
+    assert confusion_pairs(pairs, top=2) == [("a", "b", 2), ("b", "a", 2)]
+
+
+def test_coverage_accuracy_curve():
+    curve = coverage_accuracy_curve(
+        [0.9, 0.8, 0.3, 0.1], [True, False, True, False], thresholds=[0.0, 0.5, 0.95]
+    )
+    assert curve[0] == {"threshold": 0.0, "answered": 1.0, "accuracy": 0.5}
+    assert curve[1] == {"threshold": 0.5, "answered": 0.5, "accuracy": 0.5}
+    assert curve[2]["answered"] == 0.0 and math.isnan(curve[2]["accuracy"])

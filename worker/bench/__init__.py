@@ -1,0 +1,1 @@
+"""`jewelmatch bench`: accuracy, latency, throughput, scale and model benchmarks."""

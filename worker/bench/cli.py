@@ -1,0 +1,101 @@
+"""`jewelmatch bench ...` commands: each prints a table and writes a JSON file."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+bench = typer.Typer(
+    help="Benchmarks: accuracy, latency, throughput, scale, models.", no_args_is_help=True
+)
+console = Console()
+RESULTS = Path("benchmarks/results")
+
+
+def _command() -> str:
+    return "jewelmatch " + " ".join(shlex.quote(arg) for arg in sys.argv[1:])
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
+def _fmt(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+@bench.command()
+def accuracy(
+    data: Annotated[Path, typer.Option(help="Folder data set (catalog_* and query_* files).")],
+    split: Annotated[str, typer.Option(help="Split of the query photos to match.")] = "val",
+    confirmed: Annotated[
+        str,
+        typer.Option(
+            help="Confirmed photos per product to add from --confirmed-split, e.g. 0,1,3,10."
+        ),
+    ] = "0",
+    confirmed_split: Annotated[
+        str, typer.Option(help="Where confirmed photos come from.")
+    ] = "train",
+    open_set: Annotated[int, typer.Option(help="Products left out of the catalog.")] = 8,
+    max_queries: Annotated[int | None, typer.Option(help="Match at most this many.")] = None,
+    out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "accuracy.json",
+    contact_sheet: Annotated[
+        Path | None, typer.Option(help="PNG: query photos beside their top 5, errors first.")
+    ] = None,
+) -> None:
+    """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
+    from worker.bench.accuracy import AccuracyOptions, run_accuracy
+    from worker.bench.report import write_result
+    from worker.cli import load_settings
+
+    settings = load_settings(quiet=True)
+    options = AccuracyOptions(
+        data=data,
+        split=split,
+        confirmed=_ints(confirmed),
+        confirmed_split=confirmed_split,
+        open_set=open_set,
+        max_queries=max_queries,
+        contact_sheet=contact_sheet,
+    )
+    with Progress(console=console, transient=True) as progress:
+        report = run_accuracy(settings, options, progress)
+    figures = report.to_json()
+    table = Table(
+        title=f"Accuracy of {report.model} on {data} ({split}; "
+        f"{len(report.products_left_out)} products left out)"
+    )
+    columns = {
+        "confirmed_per_product": "confirmed",
+        "queries": "queries",
+        "recall@1": "R@1",
+        "recall@5": "R@5",
+        "mrr": "MRR",
+        "no_confident_match_in_catalog": "no-match known",
+        "answered_accuracy": "answered acc",
+        "no_confident_match_open_set": "no-match open set",
+    }
+    for label in columns.values():
+        table.add_column(label, justify="right")
+    for run in figures["runs"]:
+        table.add_row(*(_fmt(run[key]) for key in columns))
+
+    console.print(table)
+    if figures["confusions"]:
+        console.print(
+            "most frequent confusions (true → ranked first): "
+            + "; ".join(
+                f"{c['true']} → {c['predicted']} ×{c['count']}" for c in figures["confusions"][:6]
+            )
+        )
+    console.print(f"written: {write_result(out, 'accuracy', _command(), figures)}")
+    if contact_sheet:
+        console.print(f"contact sheet: {contact_sheet}")
