@@ -39,7 +39,9 @@ def tiny_embedder(tiny_model_dir: Path):
     from worker.embedder import Embedder
     from worker.settings import ModelSettings
 
-    return Embedder(ModelSettings(name=f"local-dir:{tiny_model_dir}", threads=1, batch_size=8))
+    return Embedder(ModelSettings(name=f"local-dir:{tiny_model_dir}", threads=1, batch_size=8,
+                                  scan_crops=[1.0]))
+
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +114,10 @@ def make_settings(tmp_path: Path, tiny_model_dir: Path | None = None, **sections
         "log": {"format": "json"},
     }
     if tiny_model_dir is not None:
-        values["model"] = {"name": f"local-dir:{tiny_model_dir}", "threads": 1, "batch_size": 8}
+        # scans embedded as the full picture, like catalog images: with random weights only an
+        # identical view of the same picture is reliably nearest
+        values["model"] = {"name": f"local-dir:{tiny_model_dir}", "threads": 1, "batch_size": 8,
+                           "scan_crops": [1.0]}
     for section, overrides in sections.items():
         values[section] = {**values.get(section, {}), **overrides}
     return Settings(_env_file=None, **values)

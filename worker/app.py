@@ -37,7 +37,10 @@ def build_components(settings: Settings, embedder: Embedder | None = None) -> Co
     MODEL_LOAD_SECONDS.set(embedder.load_seconds)
     index = open_index(settings.index, embedder.model_id, embedder.dim)
     INDEX_POINTS.set(index.count())
-    matcher = Matcher(embedder, index, MatchPolicy.from_settings(settings.matching))
+    matcher = Matcher(
+        embedder, index, MatchPolicy.from_settings(settings.matching), settings.learning
+    )
+    matcher.refit()  # what the index already teaches (domain means, learned metric)
     return Components(embedder, index, matcher)
 
 

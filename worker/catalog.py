@@ -2,12 +2,12 @@
 
 Every operation is idempotent: a product event applied twice leaves the index as once
 (point ids are deterministic, and an image already stored from the same URI is not
-embedded again).
+embedded again). Every change is reported to `on_change` (the matcher's learned state).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +35,11 @@ def confirmed_scan_image_id(scan_id: str) -> str:
 
 
 class Catalog:
-    def __init__(self, index: VectorIndex) -> None:
+    def __init__(
+        self, index: VectorIndex, on_change: Callable[[Iterable[str], int], None] | None = None
+    ) -> None:
         self.index = index
+        self._on_change = on_change or (lambda product_ids, count: None)
 
     def plan(self, event: ProductUpserted) -> SyncPlan:
         stored = {image.image_id: image for image in self.index.product_images(event.product_id)}
@@ -77,9 +80,12 @@ class Catalog:
         )
         self.index.delete_images(event.product_id, plan.to_remove)
         self.index.set_product_info(event.product_id, event.sku, event.name, event.category)
+        if embedded or plan.to_remove:
+            self._on_change([event.product_id], 1)
 
-    def add_confirmed_scan(self, product_id: str, scan: ScanRecord) -> bool:
-        """Make a confirmed scan's photo a reference image of the product.
+    def confirm(self, product_id: str, scan: ScanRecord) -> bool:
+        """Make a confirmed scan's photo a reference image of the product. A scan confirmed
+        before for another product (a correction) moves; `scan.extra` records where.
 
         Returns False when the product is unknown (no stored images to take sku and
         category from), in which case nothing is stored.
@@ -87,6 +93,10 @@ class Catalog:
         stored = self.index.product_images(product_id)
         if not stored:
             return False
+        previous = scan.extra.get("confirmed_product_id")
+        if previous and previous != product_id:
+            self.index.delete_images(previous, [confirmed_scan_image_id(scan.scan_id)])
+            self._on_change([previous], 1)
         product = stored[0]
         self.index.upsert(
             [
@@ -102,7 +112,10 @@ class Catalog:
                 )
             ]
         )
+        scan.extra["confirmed_product_id"] = product_id
+        self._on_change([product_id], 1)
         return True
 
     def delete(self, product_id: str) -> None:
         self.index.delete_product(product_id)
+        self._on_change([product_id], 1)

@@ -312,9 +312,13 @@ class Worker:
         )
 
     def _housekeeping(self) -> None:
+        """Idle-time work: refit the learned metric when due (in the background), and purge
+        expired scan records hourly."""
+        self.handlers.matcher.refit_in_background_if_due()
         now = time.monotonic()
         if now - self._last_housekeeping < HOUSEKEEPING_SECONDS:
             return
+
         self._last_housekeeping = now
         try:
             self.handlers.forget_old_scans()

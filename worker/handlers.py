@@ -33,7 +33,8 @@ from shared.contract import (
     S3Object,
 )
 from shared.messages import InvalidMessage, parse_event
-from worker.catalog import Catalog, confirmed_scan_image_id
+from worker.catalog import Catalog
+from worker.embedder import ImageKind
 from worker.errors import PermanentError, TransientError
 from worker.images import decode_image
 from worker.index import ScanRecord
@@ -104,7 +105,8 @@ class Handlers:
         self.settings = settings
         self.store = store
         self.matcher = matcher
-        self.catalog = Catalog(matcher.index)
+        self.catalog = Catalog(matcher.index, matcher.note_changes)
+
         self.clock = clock
         self._fetch_pool = ThreadPoolExecutor(settings.s3.fetch_threads, thread_name_prefix="fetch")
 
@@ -182,7 +184,7 @@ class Handlers:
 
     def _match_scans(self, ready, outcomes: list[Outcome | None]) -> None:
         started = time.perf_counter()
-        vectors = self.matcher.embed([image for _, _, image, _ in ready])
+        vectors = self.matcher.embed([image for _, _, image, _ in ready], ImageKind.scan)
         embed_seconds = time.perf_counter() - started
         # Scans asking for the same category and top_k are searched in one batch.
         groups: dict[tuple[str | None, int], list[int]] = {}
@@ -221,6 +223,7 @@ class Handlers:
             outcomes[i] = Outcome(
                 Action.ack, [(topology.MATCH_RESULT, result)], log=_scan_log(result)
             )
+        self.matcher.note_changes(count=0)  # new scans refine the scan statistics
 
     def _failed_result(
         self, scan_id: str, reason: FailureReason, detail: str, timer: Timer
@@ -356,8 +359,7 @@ class Handlers:
                     )
                 ],
             )
-        previous = scan.extra.get("confirmed_product_id")
-        if not self.catalog.add_confirmed_scan(event.product_id, scan):
+        if not self.catalog.confirm(event.product_id, scan):
             return self._catalog_outcome(
                 delivery,
                 event.product_id,
@@ -370,10 +372,7 @@ class Handlers:
                     )
                 ],
             )
-        if previous and previous != event.product_id:  # a correction moves the photo
-            index.delete_images(previous, [confirmed_scan_image_id(event.scan_id)])
-        scan.extra["confirmed_product_id"] = event.product_id
-        index.remember_scan(scan)
+        index.remember_scan(scan)  # remembers where the photo went (a correction moves it)
         return self._catalog_outcome(
             delivery,
             event.product_id,
@@ -416,7 +415,10 @@ class Handlers:
                 if n not in transient
                 for image, picture in good[n]
             ]
-            vectors = _timed(timer, "embed", self.matcher.embed, [p for _, _, p in flat])
+            vectors = _timed(
+                timer, "embed", self.matcher.embed, [p for _, _, p in flat], ImageKind.catalog
+            )
+
             embedded: dict[int, list] = {n: [] for n in plans}
             for (n, image, _), vector in zip(flat, vectors, strict=True):
                 embedded[n].append((image, vector))

@@ -30,6 +30,9 @@ def container_cpu_limit() -> int:
     return max(1, available or 1)
 
 
+CropFraction = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
 class AmqpSettings(BaseModel):
     url: SecretStr = Field(
         default=SecretStr("amqp://guest:guest@localhost:5672//"),
@@ -107,7 +110,21 @@ class ModelSettings(BaseModel):
         ge=1,
         description="torch intra-op threads (default: the container CPU limit).",
     )
-    batch_size: int = Field(default=16, ge=1, description="Images per forward pass.")
+    batch_size: int = Field(default=16, ge=1, description="Crops per forward pass.")
+    catalog_crops: list[CropFraction] = Field(
+        default=[1.0],
+        min_length=1,
+        description="Centred square crops (fractions of the shorter side) averaged into a "
+        "catalog image's vector.",
+    )
+    scan_crops: list[CropFraction] = Field(
+        default=[1.0, 0.75, 0.5],
+        min_length=1,
+        description="Centred square crops averaged into a scan's vector (zoom for jewels "
+        "photographed small).",
+    )
+    flip: bool = Field(default=True, description="Also embed each crop mirrored (averaged).")
+
     device: str = Field(default="cpu", description="torch device, e.g. `cuda`.")
 
 
@@ -161,6 +178,55 @@ class MatchingSettings(BaseModel):
     )
 
 
+class LearningSettings(BaseModel):
+    """How the system learns from scans and confirmed matches (backbone frozen)."""
+
+    centre_domains: bool = Field(
+        default=True,
+        description="Subtract the mean scan and catalog vectors (from unlabeled "
+        "scans) before comparing.",
+    )
+    metric: bool = Field(
+        default=True,
+        description="Fit an LDA metric on confirmed matches and re-rank with it "
+        "(only when it beats the plain space on held-out confirmations).",
+    )
+    metric_max_dim: int = Field(default=128, ge=2, description="Dimensions of the metric.")
+    metric_shrinkage: float = Field(
+        default=0.3,
+        ge=0.0,
+        le=1.0,
+        description="Shrinkage of the within-product scatter toward the identity.",
+    )
+    min_confirmations: int = Field(
+        default=20, ge=2, description="Confirmed scans needed before a metric is fitted."
+    )
+    min_scans_for_centring: int = Field(
+        default=20, ge=1, description="Scans needed before scans are centred."
+    )
+    rerank_candidates: int = Field(
+        default=20, ge=1, description="Products found in the plain space that the metric re-ranks."
+    )
+    refit_after_changes: int = Field(
+        default=25,
+        ge=1,
+        description="Refit (in the background) after this many catalog "
+        "changes, confirmations or scans...",
+    )
+    refit_seconds: float = Field(
+        default=300.0, gt=0, description="...or this long after the last fit, if anything changed."
+    )
+    scans_for_statistics: int = Field(
+        default=5000, ge=0, description="Remembered scans read for the scan mean."
+    )
+    prototype_ttl_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A cached product prototype is recomputed after this "
+        "long (other workers may have changed the product).",
+    )
+
+
 class LogFormat(StrEnum):
     auto = "auto"
     json = "json"
@@ -206,5 +272,7 @@ class Settings(BaseSettings):
     model: ModelSettings = ModelSettings()
     index: IndexSettings = IndexSettings()
     matching: MatchingSettings = MatchingSettings()
+    learning: LearningSettings = LearningSettings()
+
     log: LogSettings = LogSettings()
     ops: OpsSettings = OpsSettings()

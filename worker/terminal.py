@@ -1,51 +1,96 @@
-"""Commands for a person at a terminal: ingest a folder, scan one photo (no broker, no S3)."""
+"""Commands for a person at a terminal: ingest a folder, scan one photo (no broker, no S3).
+
+The folder helpers here are shared with the accuracy benchmark.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
+from shared.contract import ProductUpserted
 from worker.app import opened
 from worker.catalog import Catalog
-from worker.dataset import read_folder_dataset
+from worker.dataset import FolderProduct, read_folder_dataset
+from worker.embedder import ImageKind
 from worker.images import decode_image
-from worker.index import SOURCE_CATALOG, ReferenceImage
-from worker.matching import Ranking
+from worker.matching import Matcher, Ranking
 from worker.settings import Settings
+
+FOLDER_BUCKET = "folder"
+
+
+def _load(path: Path, settings: Settings) -> Image.Image:
+    return decode_image(path.read_bytes(), settings.images)
+
+
+def embed_paths(
+    matcher: Matcher,
+    paths: Sequence[Path],
+    kind: ImageKind,
+    settings: Settings,
+    progress: Progress,
+    label: str,
+) -> np.ndarray:
+    """Decode and embed files in batches, with a progress bar."""
+    task = progress.add_task(label, total=len(paths))
+    chunks = []
+    step = max(1, settings.model.batch_size)
+    for start in range(0, len(paths), step):
+        batch = [_load(p, settings) for p in paths[start : start + step]]
+        chunks.append(matcher.embed(batch, kind))
+        progress.advance(task, len(batch))
+    if not chunks:
+        return np.zeros((0, matcher.embedder.dim), dtype=np.float32)
+    return np.concatenate(chunks)
+
+
+def ingest_products(
+    matcher: Matcher,
+    catalog: Catalog,
+    products: Sequence[FolderProduct],
+    settings: Settings,
+    progress: Progress,
+) -> int:
+    """Ingest each product's `catalog_*` images as a `product.created` event would."""
+    paths = [path for product in products for path in product.catalog]
+    vectors = iter(
+        embed_paths(matcher, paths, ImageKind.catalog, settings, progress, "catalog images")
+    )
+    for product in products:
+        event = ProductUpserted(
+            product_id=product.product_id,
+            sku=product.product_id,
+            category=product.category,
+            images=[
+                {
+                    "image_id": path.name,
+                    "bucket": FOLDER_BUCKET,
+                    "key": f"{product.product_id}/{path.name}",
+                }
+                for path in product.catalog
+            ],
+        )
+        plan = catalog.plan(event)
+        by_id = {image.image_id: image for image in event.images}
+        embedded = [(by_id[path.name], next(vectors)) for path in product.catalog]
+        catalog.apply(
+            event, plan, [(image, vector) for image, vector in embedded if image in plan.to_embed]
+        )
+    return len(paths)
 
 
 def ingest_folder(settings: Settings, folder: Path, console: Console) -> int:
     dataset = read_folder_dataset(folder)
     products = [p for p in dataset.products if p.catalog]
-    total = sum(len(p.catalog) for p in products)
-    stored = 0
     with opened(settings) as components, Progress(console=console) as progress:
-        task = progress.add_task("ingesting", total=total)
-        catalog = Catalog(components.index)
-        for product in products:
-            pictures = [
-                decode_image(path.read_bytes(), settings.images) for path in product.catalog
-            ]
-            vectors = components.embedder.embed(pictures)
-            catalog.index.upsert(
-                [
-                    ReferenceImage(
-                        product_id=product.product_id,
-                        image_id=path.name,
-                        sku=product.product_id,
-                        vector=vector,
-                        source=SOURCE_CATALOG,
-                        category=product.category,
-                        uri=path.resolve().as_uri(),
-                    )
-                    for path, vector in zip(product.catalog, vectors, strict=True)
-                ]
-            )
-            stored += len(product.catalog)
-            progress.update(task, advance=len(product.catalog))
-    return stored
+        catalog = Catalog(components.index, components.matcher.note_changes)
+        return ingest_products(components.matcher, catalog, products, settings, progress)
 
 
 def scan_image(

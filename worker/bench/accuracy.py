@@ -4,11 +4,13 @@ Protocol (fixed, so that runs compare):
 1. A few products are left out of the catalog (open set): their photos must not be matched.
 2. Every other product's `catalog_*` images are ingested as a `product.created` event would be
    (`Catalog.plan` / `Catalog.apply`).
-3. For each count N of confirmed photos (0, 1, 3, 10...), the first N photos of each product
-   in the confirmation split (`train`) are added the way `match.confirmed` adds them
-   (`remember_scan` then `Catalog.add_confirmed_scan`), and every photo of the evaluation
-   split (`val`) is matched with `Matcher.rank`: the embedder, the index's grouped search
-   and the `no_confident_match` policy in service.
+3. The first photos of every product in the confirmation split (`train`) are scanned, as a
+   running system would have seen them: remembered, unlabeled (they teach the scan mean).
+4. For each count N of confirmed photos (0, 1, 3, 10...), the first N of those scans per
+   product are confirmed the way `match.confirmed` does (`Catalog.confirm`), the metric is
+   refitted (as the worker does in the background), and every photo of the evaluation split
+   (`val`) that was not scanned before is matched with `Matcher.rank`: the embedder, the
+   index's grouped search, the learned metric and the `no_confident_match` policy.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import numpy as np
 from PIL import Image
 from rich.progress import Progress
 
-from shared.contract import MatchStatus, ProductUpserted
+from shared.contract import MatchStatus
 from worker.app import opened
 from worker.bench.metrics import (
     confusion_pairs,
@@ -36,10 +38,11 @@ from worker.bench.metrics import (
 )
 from worker.catalog import Catalog
 from worker.dataset import FolderDataset, FolderProduct, QueryPhoto, read_folder_dataset
-from worker.images import decode_image
+from worker.embedder import ImageKind
 from worker.index import ScanRecord
 from worker.matching import Matcher, Ranking
 from worker.settings import Settings
+from worker.terminal import embed_paths, ingest_products
 
 TOP_K = 5
 BENCH_BUCKET = "bench"
@@ -55,6 +58,7 @@ class AccuracyOptions:
     seed: int = 0
     max_queries: int | None = None
     contact_sheet: Path | None = None
+    unlabeled_scans_per_product: int = 10
 
 
 @dataclass
@@ -84,6 +88,7 @@ class AccuracyRun:
     known: list[QueryOutcome]
     unknown: list[QueryOutcome]
     seconds: float
+    metric: dict = field(default_factory=dict)
 
     def summary(self) -> dict:
         ranks = [o.rank for o in self.known]
@@ -103,6 +108,7 @@ class AccuracyRun:
                 [o.ranking.status is MatchStatus.no_confident_match for o in self.unknown]
             ),
             "seconds": round(self.seconds, 2),
+            "metric": self.metric,
         }
 
     def confusions(self, top: int = 10) -> list[tuple[str, str, int]]:
@@ -125,92 +131,52 @@ class AccuracyReport:
     runs: list[AccuracyRun] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        margins = [round(x, 3) for x in np.arange(0.0, 0.1001, 0.005)]
+        margins = [round(x, 3) for x in np.arange(0.0, 0.3001, 0.01)]
+
         return {
             "model": self.model,
             "dataset": self.dataset,
             "products_in_catalog": self.products_in_catalog,
             "products_left_out": self.products_left_out,
-            "runs": [run.summary() for run in self.runs],
+            "runs": [{**run.summary(), "margin_curve": run.margin_curve(margins)}
+                     for run in self.runs],
             "confusions": [
                 {"true": t, "predicted": p, "count": n}
                 for t, p, n in (self.runs[0].confusions() if self.runs else [])
             ],
-            "margin_curve": self.runs[0].margin_curve(margins) if self.runs else [],
+
         }
 
 
-def _load(path: Path, settings: Settings) -> Image.Image:
-    return decode_image(path.read_bytes(), settings.images)
+def _scan_id(photo: QueryPhoto) -> str:
+    return f"bench-{photo.product_id}-{photo.path.name}"
 
 
-def _embed_paths(
-    matcher: Matcher, paths: Sequence[Path], settings: Settings, progress: Progress, label: str
-) -> np.ndarray:
-    task = progress.add_task(label, total=len(paths))
-    chunks = []
-    step = max(1, settings.model.batch_size)
-    for start in range(0, len(paths), step):
-        batch = [_load(p, settings) for p in paths[start : start + step]]
-        chunks.append(matcher.embed(batch))
-        progress.advance(task, len(batch))
-    if not chunks:
-        return np.zeros((0, matcher.embedder.dim), dtype=np.float32)
-    return np.concatenate(chunks)
-
-
-def _ingest_catalog(
-    matcher: Matcher,
-    catalog: Catalog,
-    products: Sequence[FolderProduct],
-    settings: Settings,
-    progress: Progress,
+def _remember_scans(
+    matcher: Matcher, photos: Sequence[QueryPhoto], settings: Settings, progress: Progress
 ) -> None:
-    paths = [path for product in products for path in product.catalog]
-    vectors = iter(_embed_paths(matcher, paths, settings, progress, "catalog images"))
-    for product in products:
-        event = ProductUpserted(
-            product_id=product.product_id,
-            sku=product.product_id,
-            category=product.category,
-            images=[
-                {
-                    "image_id": path.name,
-                    "bucket": BENCH_BUCKET,
-                    "key": f"{product.product_id}/{path.name}",
-                }
-                for path in product.catalog
-            ],
-        )
-        plan = catalog.plan(event)
-        by_id = {image.image_id: image for image in event.images}
-        embedded = [(by_id[path.name], next(vectors)) for path in product.catalog]
-        catalog.apply(
-            event, plan, [(image, vector) for image, vector in embedded if image in plan.to_embed]
-        )
-
-
-def _confirm(
-    matcher: Matcher,
-    catalog: Catalog,
-    photos: Sequence[QueryPhoto],
-    settings: Settings,
-    progress: Progress,
-) -> None:
-    """Add photos the way `match.confirmed` does: the scan is remembered, then confirmed."""
-    vectors = _embed_paths(
-        matcher, [p.path for p in photos], settings, progress, "confirmed photos"
+    """Photos the running system has scanned (unlabeled), as the worker remembers them."""
+    vectors = embed_paths(
+        matcher, [p.path for p in photos], ImageKind.scan, settings, progress, "scanned photos"
     )
     for photo, vector in zip(photos, vectors, strict=True):
-        scan_id = f"bench-{photo.product_id}-{photo.path.name}"
-        record = ScanRecord(
-            scan_id=scan_id,
-            vector=vector,
-            image_uri=f"s3://{BENCH_BUCKET}/{photo.product_id}/{photo.path.name}",
-            created_at=time.time(),
+        matcher.index.remember_scan(
+            ScanRecord(
+                scan_id=_scan_id(photo),
+                vector=vector,
+                created_at=time.time(),
+                image_uri=f"s3://{BENCH_BUCKET}/{photo.product_id}/{photo.path.name}",
+            )
         )
+
+
+def _confirm(matcher: Matcher, catalog: Catalog, photos: Sequence[QueryPhoto]) -> None:
+    """Confirm remembered scans the way `match.confirmed` does."""
+    for photo in photos:
+        record = matcher.index.recall_scan(_scan_id(photo))
+        assert record is not None
+        catalog.confirm(photo.product_id, record)
         matcher.index.remember_scan(record)
-        catalog.add_confirmed_scan(photo.product_id, record)
 
 
 def _rank_all(
@@ -220,11 +186,13 @@ def _rank_all(
     return [QueryOutcome(q, r) for q, r in zip(queries, rankings, strict=True)]
 
 
+def _first_photos(product: FolderProduct, split: str, count: int) -> list[QueryPhoto]:
+    photos = sorted((q for q in product.queries if q.split == split), key=lambda q: q.path.name)
+    return photos[:count]
+
+
 def run_accuracy(
-    settings: Settings,
-    options: AccuracyOptions,
-    progress: Progress,
-    prepare: Callable[[Matcher], None] | None = None,
+    settings: Settings, options: AccuracyOptions, progress: Progress
 ) -> AccuracyReport:
     dataset: FolderDataset = read_folder_dataset(options.data)
     rng = random.Random(options.seed)
@@ -235,23 +203,35 @@ def run_accuracy(
     ]
     left_out = sorted(rng.sample(with_queries, min(options.open_set, len(with_queries) - 1)))
     in_catalog = [p for p in dataset.products if p.catalog and p.product_id not in left_out]
-    queries = [q for q in dataset.queries if q.split in (options.split, "")]
+    known_ids = {p.product_id for p in in_catalog}
+    # The system has already scanned (unlabeled) the first photos of every product in the
+    # confirmation split; confirmations are later taken from those. None of them is matched.
+    per_product = max([options.unlabeled_scans_per_product, *options.confirmed])
+    scanned = [
+        q for p in dataset.products for q in _first_photos(p, options.confirmed_split, per_product)
+    ]
+    seen = {q.path for q in scanned}
+    queries = [q for q in dataset.queries if q.split in (options.split, "") and q.path not in seen]
     if options.max_queries:
         queries = random.Random(options.seed).sample(
             queries, min(options.max_queries, len(queries))
         )
-    known_ids = {p.product_id for p in in_catalog}
     with tempfile.TemporaryDirectory(prefix="jewelmatch-bench-") as tmp:
         bench_settings = settings.model_copy(
             update={"index": settings.index.model_copy(update={"path": Path(tmp) / "index"})}
         )
         with opened(bench_settings) as components:
-            matcher, catalog = components.matcher, Catalog(components.index)
-            if prepare is not None:
-                prepare(matcher)
-            _ingest_catalog(matcher, catalog, in_catalog, settings, progress)
-            query_vectors = _embed_paths(
-                matcher, [q.path for q in queries], settings, progress, f"{options.split} photos"
+            matcher = components.matcher
+            catalog = Catalog(components.index, matcher.note_changes)
+            ingest_products(matcher, catalog, in_catalog, settings, progress)
+            _remember_scans(matcher, scanned, settings, progress)
+            query_vectors = embed_paths(
+                matcher,
+                [q.path for q in queries],
+                ImageKind.scan,
+                settings,
+                progress,
+                f"{options.split} photos",
             )
             report = AccuracyReport(
                 model=matcher.model_id,
@@ -261,17 +241,17 @@ def run_accuracy(
             )
             confirmed_so_far = 0
             for count in sorted(set(options.confirmed)):
-                photos = [
-                    q
-                    for p in in_catalog
-                    for q in sorted(
-                        (q for q in p.queries if q.split == options.confirmed_split),
-                        key=lambda q: q.path.name,
-                    )[confirmed_so_far:count]
-                ]
-                if photos:
-                    _confirm(matcher, catalog, photos, settings, progress)
+                _confirm(
+                    matcher,
+                    catalog,
+                    [
+                        q
+                        for p in in_catalog
+                        for q in _first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
+                    ],
+                )
                 confirmed_so_far = count
+                metric = matcher.refit()  # what the worker does in the background
                 started = time.perf_counter()
                 outcomes = _rank_all(matcher, query_vectors, queries)
                 report.runs.append(
@@ -280,6 +260,7 @@ def run_accuracy(
                         [o for o in outcomes if o.query.product_id in known_ids],
                         [o for o in outcomes if o.query.product_id not in known_ids],
                         time.perf_counter() - started,
+                        dict(metric.report),
                     )
                 )
     if options.contact_sheet and report.runs:

@@ -6,6 +6,7 @@ above this package sees Qdrant's types.
 
 from __future__ import annotations
 
+import json
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
@@ -40,6 +41,19 @@ class ReferenceImage:
     category: str | None = None
     name: str | None = None
     uri: str | None = None
+
+    def payload(self, model_id: str) -> dict:
+        """What is stored beside the vector (indexed: product_id, category, source)."""
+        return {
+            "product_id": self.product_id,
+            "image_id": self.image_id,
+            "sku": self.sku,
+            "name": self.name,
+            "category": self.category,
+            "source": self.source,
+            "uri": self.uri,
+            "model": model_id,
+        }
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,35 @@ class ProductHit:
     category: str | None = None
 
 
+@dataclass(frozen=True)
+class ReferenceSet:
+    """Reference vectors with their product ids and sources, for fitting and prototypes."""
+
+    vectors: np.ndarray
+    product_ids: np.ndarray
+    sources: np.ndarray
+
+    @classmethod
+    def from_rows(cls, rows: list[tuple[str, str, list[float]]], dim: int) -> ReferenceSet:
+        if not rows:
+            return cls(
+                np.zeros((0, dim), np.float32),
+                np.array([], dtype=object),
+                np.array([], dtype=object),
+            )
+        return cls(
+            np.asarray([r[2] for r in rows], dtype=np.float32),
+            np.array([r[0] for r in rows], dtype=object),
+            np.array([r[1] for r in rows], dtype=object),
+        )
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def subset(self, mask: np.ndarray) -> ReferenceSet:
+        return ReferenceSet(self.vectors[mask], self.product_ids[mask], self.sources[mask])
+
+
 @dataclass
 class ScanRecord:
     """What is kept of a scan so that a redelivery gets the same answer and a confirmation can
@@ -100,6 +143,26 @@ class ScanRecord:
     created_at: float
     result_json: str | None = None
     extra: dict = field(default_factory=dict)
+
+    def payload(self) -> dict:
+        return {
+            "scan_id": self.scan_id,
+            "image_uri": self.image_uri,
+            "created_at": self.created_at,
+            "result": self.result_json,
+            "extra": json.dumps(self.extra),
+        }
+
+    @classmethod
+    def from_point(cls, payload: dict, vector) -> ScanRecord:
+        return cls(
+            scan_id=payload["scan_id"],
+            vector=np.asarray(vector, dtype=np.float32),
+            image_uri=payload["image_uri"],
+            created_at=payload["created_at"],
+            result_json=payload.get("result"),
+            extra=json.loads(payload.get("extra") or "{}"),
+        )
 
 
 def group_by_product(hits: Iterable[ImageHit], top_k: int) -> list[ProductHit]:
@@ -152,6 +215,14 @@ class VectorIndex(ABC):
     @abstractmethod
     def count(self) -> int:
         """Number of stored reference images."""
+
+    @abstractmethod
+    def references(self, product_id: str | None = None) -> ReferenceSet:
+        """Stored reference vectors, of one product or of all (for fitting the metric)."""
+
+    @abstractmethod
+    def scan_vectors(self, limit: int) -> np.ndarray:
+        """Vectors of up to `limit` remembered scans (unlabeled, for domain statistics)."""
 
     @abstractmethod
     def remember_scan(self, record: ScanRecord) -> None:

@@ -10,7 +10,6 @@ search is exact (about 1 ms per 10 000 points); beyond that it uses the HNSW ind
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,6 +39,7 @@ from worker.index.base import (
     ImageHit,
     ProductHit,
     ReferenceImage,
+    ReferenceSet,
     ScanRecord,
     StoredImage,
     VectorIndex,
@@ -111,16 +111,7 @@ class EdgeIndex(VectorIndex):
             Point(
                 point_id(image.product_id, image.image_id, self.model_id),
                 image.vector.astype(np.float32).tolist(),
-                {
-                    "product_id": image.product_id,
-                    "image_id": image.image_id,
-                    "sku": image.sku,
-                    "name": image.name,
-                    "category": image.category,
-                    "source": image.source,
-                    "uri": image.uri,
-                    "model": self.model_id,
-                },
+                image.payload(self.model_id),
             )
             for image in images
         ]
@@ -196,6 +187,17 @@ class EdgeIndex(VectorIndex):
     def count(self) -> int:
         return self._count
 
+    def references(self, product_id: str | None = None) -> ReferenceSet:
+        scroll_filter = Filter(must=[_match("product_id", product_id)]) if product_id else None
+        records = self._scroll(self._refs, scroll_filter, with_vector=True)
+        return ReferenceSet.from_rows(
+            [(r.payload["product_id"], r.payload["source"], r.vector) for r in records], self.dim
+        )
+
+    def scan_vectors(self, limit: int) -> np.ndarray:
+        records = self._scroll(self._scans, None, with_vector=True, limit=limit)
+        return np.asarray([r.vector for r in records], dtype=np.float32).reshape(-1, self.dim)
+
     def optimize(self) -> bool:
         """Build the HNSW index. Blocks queries on the shard while it runs: call it when idle."""
         return bool(self._refs.optimize())
@@ -209,13 +211,7 @@ class EdgeIndex(VectorIndex):
                     Point(
                         scan_point_id(record.scan_id, self.model_id),
                         record.vector.astype(np.float32).tolist(),
-                        {
-                            "scan_id": record.scan_id,
-                            "image_uri": record.image_uri,
-                            "created_at": record.created_at,
-                            "result": record.result_json,
-                            "extra": json.dumps(record.extra),
-                        },
+                        record.payload(),
                     )
                 ]
             )
@@ -227,15 +223,7 @@ class EdgeIndex(VectorIndex):
         )
         if not records:
             return None
-        payload = records[0].payload
-        return ScanRecord(
-            scan_id=payload["scan_id"],
-            vector=np.asarray(records[0].vector, dtype=np.float32),
-            image_uri=payload["image_uri"],
-            created_at=payload["created_at"],
-            result_json=payload.get("result"),
-            extra=json.loads(payload.get("extra") or "{}"),
-        )
+        return ScanRecord.from_point(records[0].payload, records[0].vector)
 
     def forget_scans_before(self, timestamp: float) -> None:
         self._scans.update(
@@ -255,15 +243,27 @@ class EdgeIndex(VectorIndex):
         self._count = self._refs.count(CountRequest(exact=True))
 
     @staticmethod
-    def _scroll(shard: EdgeShard, scroll_filter: Filter) -> list:
+    def _scroll(
+        shard: EdgeShard,
+        scroll_filter: Filter | None,
+        with_vector: bool = False,
+        limit: int | None = None,
+    ) -> list:
         records, offset = [], None
-        while True:
+        while limit is None or len(records) < limit:
             page, offset = shard.scroll(
-                ScrollRequest(offset=offset, limit=256, filter=scroll_filter, with_payload=True)
+                ScrollRequest(
+                    offset=offset,
+                    limit=1024,
+                    filter=scroll_filter,
+                    with_payload=True,
+                    with_vector=with_vector,
+                )
             )
             records.extend(page)
             if offset is None:
-                return records
+                break
+        return records[:limit] if limit is not None else records
 
 
 def _image_hit(point) -> ImageHit:

@@ -11,7 +11,6 @@ without a server; it is a stand-in for tests, far too slow for a real catalog.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from functools import wraps
 from typing import TypeVar
@@ -25,6 +24,7 @@ from worker.errors import TransientError
 from worker.index.base import (
     ProductHit,
     ReferenceImage,
+    ReferenceSet,
     ScanRecord,
     StoredImage,
     VectorIndex,
@@ -96,9 +96,13 @@ class QdrantServerIndex(VectorIndex):
         self.dim = dim
         self._client = client or open_client(settings)
         self._settings = settings
-        self.references = collection or references_collection(settings.collection_prefix, model_id)
+        self.references_collection = collection or references_collection(
+            settings.collection_prefix, model_id
+        )
         self.scans = f"{settings.collection_prefix}-scans-{model_id}"
-        self._ensure_collection(self.references, ["product_id", "category", "source"], [])
+        self._ensure_collection(
+            self.references_collection, ["product_id", "category", "source"], []
+        )
         self._ensure_collection(self.scans, ["scan_id"], ["created_at"])
 
     @_transient_on_outage
@@ -124,21 +128,12 @@ class QdrantServerIndex(VectorIndex):
         if not images:
             return
         self._client.upsert(
-            self.references,
+            self.references_collection,
             points=[
                 models.PointStruct(
                     id=point_id(image.product_id, image.image_id, self.model_id),
                     vector=image.vector.astype(np.float32).tolist(),
-                    payload={
-                        "product_id": image.product_id,
-                        "image_id": image.image_id,
-                        "sku": image.sku,
-                        "name": image.name,
-                        "category": image.category,
-                        "source": image.source,
-                        "uri": image.uri,
-                        "model": self.model_id,
-                    },
+                    payload=image.payload(self.model_id),
                 )
                 for image in images
             ],
@@ -147,24 +142,16 @@ class QdrantServerIndex(VectorIndex):
 
     @_transient_on_outage
     def product_images(self, product_id: str) -> list[StoredImage]:
-        stored, offset = [], None
-        while True:
-            records, offset = self._client.scroll(
-                self.references,
-                scroll_filter=models.Filter(must=[_match("product_id", product_id)]),
-                limit=256,
-                offset=offset,
-                with_payload=True,
-            )
-            stored.extend(StoredImage.from_payload(record.payload or {}) for record in records)
-            if offset is None:
-                return stored
+        records = self._scroll(
+            self.references_collection, models.Filter(must=[_match("product_id", product_id)])
+        )
+        return [StoredImage.from_payload(record.payload or {}) for record in records]
 
     @_transient_on_outage
     def delete_images(self, product_id: str, image_ids: Sequence[str]) -> None:
         if image_ids:
             self._client.delete(
-                self.references,
+                self.references_collection,
                 points_selector=models.PointIdsList(
                     points=[point_id(product_id, i, self.model_id) for i in image_ids]
                 ),
@@ -174,7 +161,7 @@ class QdrantServerIndex(VectorIndex):
     @_transient_on_outage
     def delete_product(self, product_id: str) -> None:
         self._client.delete(
-            self.references,
+            self.references_collection,
             points_selector=models.FilterSelector(
                 filter=models.Filter(must=[_match("product_id", product_id)])
             ),
@@ -186,7 +173,7 @@ class QdrantServerIndex(VectorIndex):
         self, product_id: str, sku: str, name: str | None, category: str | None
     ) -> None:
         self._client.set_payload(
-            self.references,
+            self.references_collection,
             payload={"sku": sku, "name": name, "category": category},
             points=models.Filter(must=[_match("product_id", product_id)]),
             wait=True,
@@ -200,7 +187,7 @@ class QdrantServerIndex(VectorIndex):
         results = []
         for vector in vectors:
             groups = self._client.query_points_groups(
-                self.references,
+                self.references_collection,
                 group_by="product_id",
                 query=vector.tolist(),
                 query_filter=query_filter,
@@ -228,7 +215,40 @@ class QdrantServerIndex(VectorIndex):
 
     @_transient_on_outage
     def count(self) -> int:
-        return self._client.count(self.references, exact=True).count
+        return self._client.count(self.references_collection, exact=True).count
+
+    @_transient_on_outage
+    def references(self, product_id: str | None = None) -> ReferenceSet:
+        scroll_filter = (
+            models.Filter(must=[_match("product_id", product_id)]) if product_id else None
+        )
+        records = self._scroll(self.references_collection, scroll_filter, with_vectors=True)
+        return ReferenceSet.from_rows(
+            [(r.payload["product_id"], r.payload["source"], r.vector) for r in records], self.dim
+        )
+
+    @_transient_on_outage
+    def scan_vectors(self, limit: int) -> np.ndarray:
+        records = self._scroll(self.scans, None, with_vectors=True, limit=limit)
+        return np.asarray([r.vector for r in records], dtype=np.float32).reshape(-1, self.dim)
+
+    def _scroll(
+        self, collection: str, scroll_filter, with_vectors: bool = False, limit: int | None = None
+    ) -> list:
+        records, offset = [], None
+        while limit is None or len(records) < limit:
+            page, offset = self._client.scroll(
+                collection,
+                scroll_filter=scroll_filter,
+                limit=1024,
+                offset=offset,
+                with_payload=True,
+                with_vectors=with_vectors,
+            )
+            records.extend(page)
+            if offset is None:
+                break
+        return records[:limit] if limit is not None else records
 
     @_transient_on_outage
     def remember_scan(self, record: ScanRecord) -> None:
@@ -238,13 +258,7 @@ class QdrantServerIndex(VectorIndex):
                 models.PointStruct(
                     id=scan_point_id(record.scan_id, self.model_id),
                     vector=record.vector.astype(np.float32).tolist(),
-                    payload={
-                        "scan_id": record.scan_id,
-                        "image_uri": record.image_uri,
-                        "created_at": record.created_at,
-                        "result": record.result_json,
-                        "extra": json.dumps(record.extra),
-                    },
+                    payload=record.payload(),
                 )
             ],
             wait=True,
@@ -260,15 +274,7 @@ class QdrantServerIndex(VectorIndex):
         )
         if not records:
             return None
-        payload = records[0].payload or {}
-        return ScanRecord(
-            scan_id=payload["scan_id"],
-            vector=np.asarray(records[0].vector, dtype=np.float32),
-            image_uri=payload["image_uri"],
-            created_at=payload["created_at"],
-            result_json=payload.get("result"),
-            extra=json.loads(payload.get("extra") or "{}"),
-        )
+        return ScanRecord.from_point(records[0].payload or {}, records[0].vector)
 
     @_transient_on_outage
     def forget_scans_before(self, timestamp: float) -> None:

@@ -1,0 +1,232 @@
+"""What the system learns from its catalog, its scans and confirmed matches; the backbone stays
+frozen and nothing here needs more than a few seconds of CPU.
+
+Two pieces, both chosen on the accuracy benchmark (README, "Matching quality"):
+
+* **Domain centring.** Scans (hand-held photos of a jewel in a bag) and catalog images (clean
+  studio shots) differ systematically. Subtracting each domain's mean vector before comparing
+  removes much of that difference. The scan mean comes from unlabeled scans, so it needs no
+  confirmation at all. It is applied to the query only: stored vectors never change.
+* **A learned metric (LDA) fitted on confirmed matches.** Linear discriminant analysis on the
+  reference images grouped by product (catalog images and confirmed scans) finds the
+  directions that separate products and ignores those that vary within a product (light,
+  bag, angle). Candidates found in the plain space are re-ranked by their product prototype in
+  the LDA space. It is only switched on when it beats the plain space on confirmed scans it
+  was not fitted on.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ReferenceSet
+
+
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)
+
+
+@dataclass(frozen=True)
+class DomainMeans:
+    catalog: np.ndarray | None = None
+    scan: np.ndarray | None = None
+
+    def for_source(self, source: str) -> np.ndarray | None:
+        return self.catalog if source == SOURCE_CATALOG else self.scan
+
+    def centre_query(self, vectors: np.ndarray) -> np.ndarray:
+        return unit_rows(vectors - self.scan) if self.scan is not None else vectors
+
+    def centre_references(self, refs: ReferenceSet) -> np.ndarray:
+        centred = refs.vectors.copy()
+        for source in (SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN):
+            mean = self.for_source(source)
+            if mean is not None:
+                centred[refs.sources == source] -= mean
+        return unit_rows(centred)
+
+
+def fit_lda(
+    vectors: np.ndarray, labels: np.ndarray, max_dim: int, shrinkage: float
+) -> np.ndarray | None:
+    """Projection (d × k) maximising between-product over within-product scatter.
+
+    The within-product scatter is shrunk toward a multiple of the identity, so that products
+    with a single image, and dimensions no confirmation has varied, stay usable.
+    """
+    classes, inverse = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        return None
+    dim = vectors.shape[1]
+    counts = np.bincount(inverse).astype(np.float64)
+    sums = np.zeros((len(classes), dim))
+    np.add.at(sums, inverse, vectors)
+    class_means = sums / counts[:, None]
+    overall = vectors.mean(axis=0)
+    within = vectors - class_means[inverse]
+    scatter_within = within.T @ within / len(vectors)
+    between = (class_means - overall) * np.sqrt(counts)[:, None]
+    scatter_between = between.T @ between / len(vectors)
+    scatter_within = (1 - shrinkage) * scatter_within + shrinkage * np.trace(
+        scatter_within
+    ) / dim * np.eye(dim)
+    scatter_within += 1e-9 * np.eye(dim)
+    # generalised symmetric eigenproblem via whitening of the within scatter
+    eigenvalues, eigenvectors = np.linalg.eigh(scatter_within)
+    whiten = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-12))
+    values, vectors_b = np.linalg.eigh(whiten.T @ scatter_between @ whiten)
+    order = np.argsort(values)[::-1][: min(max_dim, len(classes) - 1)]
+    return (whiten @ vectors_b[:, order]).astype(np.float32)
+
+
+def prototypes(projected: np.ndarray, product_ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Each product's prototype: the unit mean of its unit projected reference vectors."""
+    grouped: dict[str, list[int]] = defaultdict(list)
+    for row, product_id in enumerate(product_ids):
+        grouped[product_id].append(row)
+    return {
+        product_id: unit_rows(projected[rows].mean(axis=0)) for product_id, rows in grouped.items()
+    }
+
+
+@dataclass
+class LearnedMetric:
+    """The fitted state a matcher applies to queries and candidates."""
+
+    means: DomainMeans = field(default_factory=DomainMeans)
+    projection: np.ndarray | None = None
+    fitted_at: float = 0.0
+    report: dict = field(default_factory=dict)
+
+    @property
+    def reranks(self) -> bool:
+        return self.projection is not None
+
+    def project(self, centred: np.ndarray) -> np.ndarray:
+        assert self.projection is not None
+        return unit_rows(centred @ self.projection)
+
+    def prototype(self, refs: ReferenceSet) -> np.ndarray:
+        """The LDA-space prototype of one product from its reference vectors."""
+        return unit_rows(self.project(self.means.centre_references(refs)).mean(axis=0))
+
+
+@dataclass(frozen=True)
+class MetricOptions:
+    max_dim: int = 128
+    shrinkage: float = 0.3
+    min_confirmations: int = 20
+    min_scans_for_centring: int = 20
+    validation_share: float = 0.2
+    max_validation_queries: int = 2000
+
+    min_gain: float = 0.0
+
+
+def _held_out(refs: ReferenceSet, share: float, limit: int) -> np.ndarray:
+    """A deterministic share (at most `limit`) of the confirmed scans, held out to validate."""
+    keys = np.array(
+        [zlib.crc32(f"{p}/{i}".encode()) % 1000 for i, p in enumerate(refs.product_ids)]
+    )
+    held = (refs.sources == SOURCE_CONFIRMED_SCAN) & (keys < share * 1000)
+    held[np.flatnonzero(held)[limit:]] = False
+    return held
+
+
+def _recall_at_1(
+    queries: np.ndarray,
+    truth: np.ndarray,
+    refs: ReferenceSet,
+    metric: LearnedMetric,
+    rerank_candidates: int,
+) -> float:
+    """Recall@1 of `queries` (raw scan vectors) against `refs`, as `Matcher` would rank."""
+    centred_queries = metric.means.centre_query(queries)
+    product_list, columns = np.unique(refs.product_ids, return_inverse=True)
+    scores = centred_queries @ refs.vectors.T
+    for source in (SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN):
+        mean = metric.means.for_source(source)
+        if mean is not None:  # the same per-source correction Matcher applies
+            scores[:, refs.sources == source] -= (centred_queries @ mean)[:, None]
+    best = np.full((len(queries), len(product_list)), -np.inf)
+    for column in range(len(product_list)):
+        best[:, column] = scores[:, columns == column].max(axis=1)
+    if metric.reranks:
+        protos = prototypes(metric.project(metric.means.centre_references(refs)), refs.product_ids)
+        proto_matrix = np.stack([protos[p] for p in product_list])
+        projected = metric.project(centred_queries) @ proto_matrix.T
+        candidates = np.argsort(-best, axis=1)[:, :rerank_candidates]
+        reranked = np.full_like(best, -np.inf)
+        rows = np.arange(len(queries))[:, None]
+        reranked[rows, candidates] = projected[rows, candidates]
+        best = reranked
+    predicted = product_list[np.argmax(best, axis=1)]
+    return float(np.mean(predicted == truth)) if len(truth) else float("nan")
+
+
+def fit_metric(
+    refs: ReferenceSet, scan_vectors: np.ndarray, options: MetricOptions, rerank_candidates: int
+) -> LearnedMetric:
+    """Fit domain means, then the LDA metric if enough confirmations exist and it validates."""
+    catalog_mask = refs.sources == SOURCE_CATALOG
+    scans = np.concatenate([scan_vectors, refs.vectors[~catalog_mask]])
+    means = DomainMeans(
+        catalog=refs.vectors[catalog_mask].mean(axis=0) if catalog_mask.any() else None,
+        scan=scans.mean(axis=0) if len(scans) >= options.min_scans_for_centring else None,
+    )
+    confirmations = int((~catalog_mask).sum())
+    report = {
+        "references": len(refs),
+        "confirmations": confirmations,
+        "scans_for_centring": len(scans),
+        "centred": means.scan is not None,
+        "lda": False,
+    }
+    metric = LearnedMetric(means=means, fitted_at=time.time(), report=report)
+    if confirmations < options.min_confirmations:
+        report["lda_skipped"] = f"fewer than {options.min_confirmations} confirmations"
+        return metric
+    held_out = _held_out(refs, options.validation_share, options.max_validation_queries)
+    fit_part, check_part = refs.subset(~held_out), refs.subset(held_out)
+    projection = fit_lda(
+        means.centre_references(fit_part), fit_part.product_ids, options.max_dim, options.shrinkage
+    )
+    if projection is None or not len(check_part):
+        report["lda_skipped"] = "nothing to validate on"
+        return metric
+    trial = LearnedMetric(means=means, projection=projection)
+    plain = _recall_at_1(
+        check_part.vectors, check_part.product_ids, fit_part, metric, rerank_candidates
+    )
+    learned = _recall_at_1(
+        check_part.vectors, check_part.product_ids, fit_part, trial, rerank_candidates
+    )
+    report.update(
+        validation_queries=len(check_part),
+        validation_recall_plain=plain,
+        validation_recall_lda=learned,
+    )
+    if learned < plain + options.min_gain:
+        report["lda_skipped"] = "did not beat the plain space on held-out confirmations"
+        return metric
+    metric.projection = fit_lda(
+        means.centre_references(refs), refs.product_ids, options.max_dim, options.shrinkage
+    )
+    report["lda"] = metric.projection is not None
+    report["lda_dim"] = 0 if metric.projection is None else int(metric.projection.shape[1])
+    return metric
+
+
+def rerank_scores(
+    query: np.ndarray, metric: LearnedMetric, protos: Sequence[np.ndarray]
+) -> np.ndarray:
+    """LDA-space scores of one (raw) query vector against candidate prototypes."""
+    projected = metric.project(metric.means.centre_query(query[None, :]))[0]
+    return np.array([float(projected @ proto) for proto in protos])
