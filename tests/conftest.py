@@ -11,8 +11,8 @@ import boto3
 import pytest
 from PIL import Image
 
-from tests.support.servers import RabbitNode, free_port
 from tests.support.tiny_model import write_tiny_model
+from worker.bench.servers import RabbitNode, start_moto_server
 
 CATALOG_BUCKET = "catalog-images"
 SCANS_BUCKET = "scan-photos"
@@ -39,9 +39,9 @@ def tiny_embedder(tiny_model_dir: Path):
     from worker.embedder import Embedder
     from worker.settings import ModelSettings
 
-    return Embedder(ModelSettings(name=f"local-dir:{tiny_model_dir}", threads=1, batch_size=8,
-                                  scan_crops=[1.0]))
-
+    return Embedder(
+        ModelSettings(name=f"local-dir:{tiny_model_dir}", threads=1, batch_size=8, scan_crops=[1.0])
+    )
 
 
 @pytest.fixture(scope="session")
@@ -76,12 +76,8 @@ def amqp_url(rabbit: RabbitNode) -> str:
 
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
+    server, endpoint = start_moto_server()
+    yield endpoint
     server.stop()
 
 
@@ -112,12 +108,19 @@ def make_settings(tmp_path: Path, tiny_model_dir: Path | None = None, **sections
         "s3": {"allowed_buckets": [CATALOG_BUCKET, SCANS_BUCKET]},
         "ops": {"http_port": 0, "retry_delays_seconds": TEST_RETRY_DELAYS, "max_attempts": 3},
         "log": {"format": "json"},
+        # thresholds are calibrated for real weights; random ones get their own below
+        "matching": {"min_margin": 0.0},
     }
+
     if tiny_model_dir is not None:
         # scans embedded as the full picture, like catalog images: with random weights only an
         # identical view of the same picture is reliably nearest
-        values["model"] = {"name": f"local-dir:{tiny_model_dir}", "threads": 1, "batch_size": 8,
-                           "scan_crops": [1.0]}
+        values["model"] = {
+            "name": f"local-dir:{tiny_model_dir}",
+            "threads": 1,
+            "batch_size": 8,
+            "scan_crops": [1.0],
+        }
     for section, overrides in sections.items():
         values[section] = {**values.get(section, {}), **overrides}
     return Settings(_env_file=None, **values)

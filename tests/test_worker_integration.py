@@ -283,3 +283,26 @@ def test_unreachable_s3_is_retried_then_answered_as_unavailable(
     assert result.reason is FailureReason.dependency_unavailable
     assert letter.headers[topology.HEADER_ATTEMPT] == 2
     assert "S3 unreachable" in letter.headers[topology.HEADER_ERROR]
+
+
+def test_a_scan_too_close_to_call_is_no_confident_match_with_its_ranking(
+    tmp_path, tiny_model_dir, amqp_url, s3_endpoint, catalog, tiny_embedder
+):
+    settings = make_settings(
+        tmp_path,
+        tiny_model_dir,
+        amqp={"url": amqp_url},
+        s3={"endpoint_url": s3_endpoint},
+        matching={"min_margin": 5.0},
+    )
+    with WorkerHarness(settings, tiny_embedder) as worker:
+        ingest_all(worker)
+        worker.publish(
+            topology.BAG_PHOTOGRAPHED,
+            scan_event("scan-8", f"bag-{DESIGNS[1].product_id}.jpg", top_k=3),
+        )
+        [result] = worker.results()
+    assert result.status is MatchStatus.no_confident_match
+    assert result.reason is None
+    assert [m.rank for m in result.matches] == [1, 2, 3]
+    assert result.matches[0].product_id == DESIGNS[1].product_id

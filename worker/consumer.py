@@ -37,6 +37,9 @@ from worker.settings import Settings
 log = get_logger(__name__)
 
 HOUSEKEEPING_SECONDS = 3600.0
+HANDLER_POLL_SECONDS = 0.002
+"""How often the loop looks whether the handler thread is done (adds at most this latency)."""
+
 BROKER_ERRORS = (OperationalError, AMQPError, ConnectionError, OSError)
 
 
@@ -226,7 +229,7 @@ class Worker:
         BATCH_SIZE.labels(queue).observe(len(messages))
         call = _Background(handler, deliveries)
         while not call.done():  # keep heartbeats flowing and the buffers filling
-            self._drain(connection, timeout=0.05)
+            self._drain(connection, timeout=HANDLER_POLL_SECONDS)
             self.health.beat()
         outcomes: Sequence[Outcome] = call.result()
         if len(outcomes) != len(messages):

@@ -500,7 +500,7 @@ class Handlers:
             self._failed_attempt(delivery, error),
             error=str(error),
             exception=type(error).__name__,
-            log={**ids, "error": str(error)},
+            log=dict(ids),
         )
 
     # housekeeping -------------------------------------------------------------------

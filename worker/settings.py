@@ -169,10 +169,12 @@ class IndexSettings(BaseModel):
 class MatchingSettings(BaseModel):
     min_score: float = Field(default=0.0, description="Best score below this: no confident match.")
     min_margin: float = Field(
-        default=0.0,
+        default=0.10,
         ge=0.0,
-        description="Gap between the first and second product below this: no confident match.",
+        description="Gap between the first and second product below this: no confident match "
+        "(calibrated on the train split, README).",
     )
+
     scan_memory_days: float = Field(
         default=30.0, gt=0, description="How long a scan can still be confirmed."
     )

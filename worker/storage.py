@@ -96,6 +96,9 @@ class S3ImageStore:
                     FailureReason.image_access_denied, f"access to {ref.uri} denied ({code})"
                 ) from None
             raise TransientError(f"S3 error fetching {ref.uri}: {code or error}") from None
+        except botocore.exceptions.NoCredentialsError:
+            # configuration, not the message: retried until an operator sets credentials
+            raise TransientError(f"no S3 credentials configured to fetch {ref.uri}") from None
         except (botocore.exceptions.BotoCoreError, OSError) as error:
             # Connection refused, timeouts, truncated reads: the store may come back.
             raise TransientError(f"S3 unreachable fetching {ref.uri}: {error}") from None

@@ -138,13 +138,13 @@ class AccuracyReport:
             "dataset": self.dataset,
             "products_in_catalog": self.products_in_catalog,
             "products_left_out": self.products_left_out,
-            "runs": [{**run.summary(), "margin_curve": run.margin_curve(margins)}
-                     for run in self.runs],
+            "runs": [
+                {**run.summary(), "margin_curve": run.margin_curve(margins)} for run in self.runs
+            ],
             "confusions": [
                 {"true": t, "predicted": p, "count": n}
                 for t, p, n in (self.runs[0].confusions() if self.runs else [])
             ],
-
         }
 
 

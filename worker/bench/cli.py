@@ -99,3 +99,61 @@ def accuracy(
     console.print(f"written: {write_result(out, 'accuracy', _command(), figures)}")
     if contact_sheet:
         console.print(f"contact sheet: {contact_sheet}")
+
+
+def _servers_help() -> str:
+    return "Default: a throwaway node / moto server started by the benchmark."
+
+
+@bench.command()
+def latency(
+    data: Annotated[Path, typer.Option(help="Folder data set: catalog and photos to scan.")],
+    scans: Annotated[int, typer.Option(help="Scans, published one at a time.")] = 200,
+    amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL. " + _servers_help())] = None,
+    s3_endpoint: Annotated[str | None, typer.Option(help="S3 endpoint. " + _servers_help())] = None,
+    out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "latency.json",
+) -> None:
+    """End-to-end scan latency through RabbitMQ and S3, with the worker's stage breakdown."""
+    from worker.bench.pipeline import run_latency, summarize_stage_table
+    from worker.bench.report import write_result
+    from worker.cli import load_settings
+
+    settings = load_settings(quiet=True)
+    with Progress(console=console, transient=True) as progress:
+        figures = run_latency(settings, data, scans, amqp_url, s3_endpoint, progress)
+    table = Table(title=f"Scan latency, {scans} scans one at a time (ms)")
+    for column in ("", "p50", "p95", "p99", "max"):
+        table.add_column(column, justify="right")
+    for name, values in summarize_stage_table(figures):
+        table.add_row(name, *(f"{values[k]:.1f}" for k in ("p50", "p95", "p99", "max")))
+    console.print(table)
+    console.print(f"written: {write_result(out, 'latency', _command(), figures)}")
+
+
+@bench.command()
+def throughput(
+    data: Annotated[Path, typer.Option(help="Folder data set whose catalog_* images are used.")],
+    copies: Annotated[int, typer.Option(help="Products made of each catalog image.")] = 4,
+    amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL. " + _servers_help())] = None,
+    s3_endpoint: Annotated[str | None, typer.Option(help="S3 endpoint. " + _servers_help())] = None,
+    out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "throughput.json",
+) -> None:
+    """Catalog ingestion through the broker beside the raw forward pass, images per second."""
+    from worker.bench.pipeline import run_throughput
+    from worker.bench.report import write_result
+    from worker.cli import load_settings
+
+    settings = load_settings(quiet=True)
+    with Progress(console=console, transient=True) as progress:
+        figures = run_throughput(settings, data, copies, amqp_url, s3_endpoint, progress)
+    table = Table(title=f"Catalog ingestion, {figures['images']} images")
+    for column in ("pipeline img/s", "raw forward img/s", "ratio", "batch"):
+        table.add_column(column, justify="right")
+    table.add_row(
+        f"{figures['pipeline_images_per_second']:.1f}",
+        f"{figures['raw_forward_images_per_second']:.1f}",
+        f"{figures['pipeline_over_raw']:.2f}",
+        str(figures["batch_size"]),
+    )
+    console.print(table)
+    console.print(f"written: {write_result(out, 'throughput', _command(), figures)}")

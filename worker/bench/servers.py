@@ -1,7 +1,8 @@
-"""Real servers for integration tests: a throwaway RabbitMQ node and moto's S3 server.
+"""Throwaway real servers for benchmarks and integration tests: a RabbitMQ node of its own
+and moto's S3 server over HTTP.
 
-A missing server binary is a test failure with a clear message, never a skip: `.ci/run`
-installs Debian's `rabbitmq-server`.
+A missing server binary is an error with a clear message (tests fail, never skip):
+`scripts/dev-setup` installs Debian's `rabbitmq-server`.
 """
 
 from __future__ import annotations
@@ -122,3 +123,17 @@ class RabbitNode:
     def cleanup(self) -> None:
         self.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def start_moto_server():
+    """moto's S3 server on a free local port (needs the `bench` or `dev` extra)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no access log per request
+    port = free_port()
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    return server, f"http://127.0.0.1:{port}"
