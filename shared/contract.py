@@ -126,6 +126,11 @@ class MatchConfirmed(_Message):
     scan_id: Identifier
     product_id: Identifier
     confirmed_by: str | None = None
+    image: S3Object | None = Field(
+        default=None,
+        description="The scan's photo (as given in its match.result). Lets a worker that does "
+        "not remember the scan (another replica, or after scan_memory_days) still use it.",
+    )
 
 
 class MatchStatus(StrEnum):
@@ -168,6 +173,7 @@ class MatchResult(_Message):
     reason: FailureReason | None = None
     detail: str | None = Field(default=None, description="Human-readable detail of a failure.")
     matches: list[RankedProduct] = Field(default_factory=list)
+    image: S3Object | None = Field(default=None, description="The scan's photo, as received.")
     model: str = Field(description="Id of the model that embedded the scan.")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     produced_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -207,4 +213,7 @@ class CatalogOutcome(_Message):
     images_indexed: int = 0
     problems: list[ImageProblem] = Field(default_factory=list)
     model: str
+    replica: str | None = Field(
+        default=None, description="The index replica that applied it (one outcome each)."
+    )
     produced_at: datetime = Field(default_factory=lambda: datetime.now(UTC))

@@ -55,6 +55,16 @@ HEADER_ORIGINAL_QUEUE: Final = "x-jewelmatch-original-queue"
 HEADER_ORIGINAL_ROUTING_KEY: Final = "x-jewelmatch-original-routing-key"
 
 
+def catalog_queue_name(replica_id: str | None = None) -> str:
+    """The catalog queue a worker consumes.
+
+    Workers sharing one index (a Qdrant server) share `jewelmatch.catalog`. Workers that each
+    keep their own embedded index are replicas: each consumes every catalog event from its
+    own queue `jewelmatch.catalog.<replica_id>`, so that every copy of the index is complete.
+    """
+    return f"{CATALOG_QUEUE}.{replica_id}" if replica_id else CATALOG_QUEUE
+
+
 def retry_queue_name(queue: str, delay_seconds: int) -> str:
     """Name of the delay queue that holds messages of `queue` for `delay_seconds`.
 

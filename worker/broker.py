@@ -73,9 +73,10 @@ class Topology:
                 for delay in sorted(set(ops.retry_delays_seconds))
             }
 
+        catalog_queue = topology.catalog_queue_name(amqp.replica_id)
         return cls(
             scans=work_queue(topology.SCANS_QUEUE, topology.SCAN_ROUTING_KEYS),
-            catalog=work_queue(topology.CATALOG_QUEUE, topology.CATALOG_ROUTING_KEYS),
+            catalog=work_queue(catalog_queue, topology.CATALOG_ROUTING_KEYS),
             results=Queue(
                 topology.RESULTS_QUEUE,
                 exchange=RESULTS,
@@ -102,8 +103,7 @@ class Topology:
                 queue_arguments={"x-queue-type": "quorum"},
             ),
             retry_queues={
-                origin: retry_queues(origin)
-                for origin in (topology.SCANS_QUEUE, topology.CATALOG_QUEUE)
+                origin: retry_queues(origin) for origin in (topology.SCANS_QUEUE, catalog_queue)
             },
         )
 

@@ -93,6 +93,10 @@ def _attempt(message: Message) -> int:
         return 1
 
 
+class DrainTimeout(Exception):
+    """The batch in hand outlived the grace period after a stop."""
+
+
 class Worker:
     def __init__(
         self,
@@ -110,11 +114,18 @@ class Worker:
         self._scans: deque[Message] = deque()
         self._catalog: deque[Message] = deque()
         self._last_housekeeping = 0.0
+        self._stop_requested_at = 0.0
+        self._consumers: list[Consumer] = []
 
     # lifecycle ------------------------------------------------------------------------
 
     def stop(self) -> None:
-        """Ask the loop to finish the batch in hand and return (safe from a signal handler)."""
+        """Ask the loop to finish the batch in hand and return (safe from a signal handler).
+
+        A batch that is not done `drain_seconds` after this is abandoned: its messages are
+        not acked, so the broker gives them to another worker."""
+        if not self._stop.is_set():
+            self._stop_requested_at = time.monotonic()
         self.health.stopping = True
         self._stop.set()
 
@@ -129,6 +140,9 @@ class Worker:
                     backoff = 1.0
                     if self._serve(connection, idle_exit_seconds):
                         return
+            except DrainTimeout as error:
+                log.warning("worker.drain_timeout", error=str(error))
+                break
             except BROKER_ERRORS as error:
                 self.health.broker_connected = False
                 self._forget_buffers()
@@ -168,10 +182,11 @@ class Worker:
                 no_ack=False,
             ),
         ]
+        self._consumers = consumers
         for consumer in consumers:
             consumer.consume()
         self.health.broker_connected = True
-        log.info("worker.consuming", queues=[topology.SCANS_QUEUE, topology.CATALOG_QUEUE])
+        log.info("worker.consuming", queues=[self.topology.scans.name, self.topology.catalog.name])
         idle_since = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -190,11 +205,15 @@ class Worker:
             return True
         finally:
             try:
-                for consumer in consumers:
-                    consumer.cancel()
+                self._cancel_consumers()
                 self._requeue_buffered()
             except BROKER_ERRORS:
                 pass  # the connection is gone: the broker requeues what was unacked
+
+    def _cancel_consumers(self) -> None:
+        for consumer in self._consumers:
+            consumer.cancel()
+        self._consumers = []
 
     def _pending(self) -> bool:
         return bool(self._scans or self._catalog)
@@ -222,7 +241,8 @@ class Worker:
             queue, buffer = topology.SCANS_QUEUE, self._scans
             limit, handler = self.settings.model.batch_size, self.handlers.handle_scans
         else:
-            queue, buffer = topology.CATALOG_QUEUE, self._catalog
+            queue, buffer = self.topology.catalog.name, self._catalog
+
             limit, handler = self.settings.amqp.catalog_prefetch, self.handlers.handle_catalog
         messages = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
         deliveries = [Delivery(_routing_key(m), raw_body(m), _attempt(m)) for m in messages]
@@ -231,6 +251,14 @@ class Worker:
         while not call.done():  # keep heartbeats flowing and the buffers filling
             self._drain(connection, timeout=HANDLER_POLL_SECONDS)
             self.health.beat()
+            if self._stop.is_set():
+                self._cancel_consumers()  # take nothing new while draining
+                waited = time.monotonic() - self._stop_requested_at
+                if waited > self.settings.ops.drain_seconds:
+                    raise DrainTimeout(
+                        f"batch of {len(messages)} not done {waited:.0f} s "
+                        "after the stop; left unacked for redelivery"
+                    )
         outcomes: Sequence[Outcome] = call.result()
         if len(outcomes) != len(messages):
             raise RuntimeError(

@@ -205,6 +205,7 @@ class Handlers:
                 scan_id=scan.scan_id,
                 status=ranking.status,
                 matches=ranking.ranked_products(),
+                image=scan.image,
                 model=self.matcher.model_id,
                 timings_ms=timer.ms,
             )
@@ -343,6 +344,17 @@ class Handlers:
     def _confirm(self, delivery: Delivery, event: MatchConfirmed) -> Outcome:
         index = self.matcher.index
         scan = index.recall_scan(event.scan_id)
+        if scan is None and event.image is not None:
+            try:
+                scan = self._scan_from_image(event.scan_id, event.image)
+            except PermanentError as error:
+                return self._catalog_outcome(
+                    delivery,
+                    event.product_id,
+                    CatalogOutcomeStatus.rejected,
+                    scan_id=event.scan_id,
+                    problems=[ImageProblem(reason=error.reason, detail=error.detail)],
+                )
         if scan is None:
             return self._catalog_outcome(
                 delivery,
@@ -353,8 +365,10 @@ class Handlers:
                     ImageProblem(
                         reason=FailureReason.unknown_scan,
                         detail=(
-                            f"scan {event.scan_id!r} is not known (never answered, or older than "
-                            f"{self.settings.matching.scan_memory_days:g} days)"
+                            f"scan {event.scan_id!r} is not known here (answered by another "
+                            "replica, never answered, or older than "
+                            f"{self.settings.matching.scan_memory_days:g} days) and the "
+                            "confirmation carries no image"
                         ),
                     )
                 ],
@@ -379,6 +393,14 @@ class Handlers:
             CatalogOutcomeStatus.applied,
             scan_id=event.scan_id,
             images_indexed=1,
+        )
+
+    def _scan_from_image(self, scan_id: str, image: S3Object) -> ScanRecord:
+        """A scan this worker does not remember, embedded again from its photo."""
+        picture, _ = self._load(image)
+        vector = self.matcher.embed([picture], ImageKind.scan)[0]
+        return ScanRecord(
+            scan_id=scan_id, vector=vector, image_uri=image.uri, created_at=self.clock()
         )
 
     def _upsert_products(self, batch: list[tuple[Delivery, ProductUpserted]]) -> list[Outcome]:
@@ -474,7 +496,9 @@ class Handlers:
             images_indexed=images_indexed,
             problems=list(problems),
             model=self.matcher.model_id,
+            replica=self.settings.amqp.replica_id,
         )
+
         return Outcome(
             Action.ack,
             [(topology.CATALOG_OUTCOME, outcome)],

@@ -48,6 +48,12 @@ class AmqpSettings(BaseModel):
     ssl_ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker.")
     ssl_cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
     ssl_key_file: Path | None = Field(default=None, description="Client key (mutual TLS).")
+    replica_id: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
+        description="Workers that each keep their own embedded index: a stable id per worker; "
+        "each then consumes every catalog event from `jewelmatch.catalog.<replica_id>`.",
+    )
     outcomes_max_length: int = Field(
         default=100_000, ge=1, description="Catalog outcomes kept when nobody reads them."
     )
@@ -159,6 +165,12 @@ class IndexSettings(BaseModel):
     hnsw_m: int = Field(default=32, ge=4, description="HNSW graph degree.")
     hnsw_ef_construct: int = Field(default=256, ge=4, description="HNSW build beam width.")
     hnsw_ef: int = Field(default=256, ge=1, description="HNSW search beam width.")
+    quantization: str = Field(
+        default="none",
+        pattern="^(none|int8)$",
+        description="Embedded engine: `int8` scalar quantization (searched with rescoring).",
+    )
+
     candidates_per_product: int = Field(
         default=8,
         ge=1,

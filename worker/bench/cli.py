@@ -157,3 +157,115 @@ def throughput(
     )
     console.print(table)
     console.print(f"written: {write_result(out, 'throughput', _command(), figures)}")
+
+
+@bench.command()
+def scale(
+    sizes: Annotated[str, typer.Option(help="Reference-image counts.")] = "10000,100000",
+    kinds: Annotated[
+        str, typer.Option(help="random, clustered, real (needs --data).")
+    ] = "random,clustered,real",
+    data: Annotated[Path | None, typer.Option(help="Folder data set for real vectors.")] = None,
+    real_photos: Annotated[int, typer.Option(help="Photos embedded for real vectors.")] = 400,
+    dim: Annotated[int | None, typer.Option(help="Vector size (default: the model's).")] = None,
+    queries: Annotated[int, typer.Option(help="Grouped queries per measurement.")] = 200,
+    hnsw: Annotated[
+        str, typer.Option(help="HNSW configs m:ef_construct[:int8], comma sep.")
+    ] = "16:128,32:256,32:256:int8",
+    ef: Annotated[str, typer.Option(help="hnsw_ef values swept at query time.")] = "64,128,256,512",
+    hnsw_max_size: Annotated[int, typer.Option(help="Build HNSW up to this size only.")] = 100_000,
+    local_mode_max_size: Annotated[
+        int, typer.Option(help="Measure qdrant-client's local mode up to this size.")
+    ] = 10_000,
+    out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "scale.json",
+) -> None:
+    """Grouped-query latency, insert rate, memory, reopen time and HNSW recall vs exact."""
+    from worker.bench.report import write_result
+    from worker.bench.scale import HnswConfig, run_scale
+    from worker.cli import load_settings
+
+    settings = load_settings(quiet=True)
+    configs = []
+    for spec in hnsw.split(","):
+        parts = spec.split(":")
+        configs.append(
+            HnswConfig(int(parts[0]), int(parts[1]), parts[2] if len(parts) > 2 else "none")
+        )
+    kind_list = [k.strip() for k in kinds.split(",") if k.strip()]
+    with Progress(console=console, transient=True) as progress:
+        real, vector_dim = None, dim
+        if "real" in kind_list or vector_dim is None:
+            from worker.bench.scale_real import real_vectors
+
+            real, model_dim = real_vectors(settings, data, real_photos, progress)
+            vector_dim = vector_dim or model_dim
+        figures = run_scale(
+            _ints(sizes),
+            kind_list,
+            vector_dim,
+            4,
+            queries,
+            configs,
+            _ints(ef),
+            hnsw_max_size,
+            local_mode_max_size,
+            real,
+            progress,
+        )
+    table = Table(title=f"Grouped top-10 query on the embedded engine ({vector_dim}-d)")
+    for column in (
+        "size",
+        "kind",
+        "search",
+        "p50 ms",
+        "p95 ms",
+        "recall@10",
+        "build s",
+        "insert/s",
+        "RSS MiB",
+        "reopen s",
+    ):
+        table.add_column(column, justify="right")
+    for row in figures["results"]:
+        edge = row["edge"]
+        table.add_row(
+            str(row["size"]),
+            row["kind"],
+            "exact",
+            f"{edge['exact_query_ms']['p50']:.1f}",
+            f"{edge['exact_query_ms']['p95']:.1f}",
+            "1.000",
+            "",
+            f"{edge['insert_points_per_second']:.0f}",
+            f"{edge['rss_growth_mib']:.0f}",
+            f"{edge['reopen_seconds']:.2f}",
+        )
+        for h in edge["hnsw"]:
+            table.add_row(
+                "",
+                "",
+                f"{h['config']} ef{h['hnsw_ef']}",
+                f"{h['query_ms']['p50']:.1f}",
+                f"{h['query_ms']['p95']:.1f}",
+                f"{h['recall@10']:.3f}",
+                f"{h['build_seconds']:.0f}",
+                "",
+                "",
+                "",
+            )
+        if "qdrant_client_local" in row:
+            local = row["qdrant_client_local"]
+            table.add_row(
+                "",
+                "",
+                "qdrant-client local mode",
+                f"{local['query_ms']['p50']:.1f}",
+                f"{local['query_ms']['p95']:.1f}",
+                "1.000",
+                "",
+                f"{local['insert_points_per_second']:.0f}",
+                "",
+                "",
+            )
+    console.print(table)
+    console.print(f"written: {write_result(out, 'scale', _command(), figures)}")

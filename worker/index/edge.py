@@ -26,10 +26,13 @@ from qdrant_edge import (
     MatchValue,
     PayloadSchemaType,
     Point,
+    QuantizationSearchParams,
     Query,
     QueryBatchRequest,
     QueryRequest,
     RangeFloat,
+    ScalarQuantizationConfig,
+    ScalarType,
     ScrollRequest,
     SearchParams,
     UpdateOperation,
@@ -88,8 +91,15 @@ class EdgeIndex(VectorIndex):
         hnsw = HnswIndexConfig(
             m=settings.hnsw_m, ef_construct=settings.hnsw_ef_construct, full_scan_threshold=10_000
         )
+        quantization = (
+            ScalarQuantizationConfig(ScalarType.Int8, quantile=0.99)
+            if settings.quantization == "int8"
+            else None
+        )
         config = EdgeConfig(
-            vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine), hnsw_config=hnsw
+            vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine),
+            hnsw_config=hnsw,
+            quantization_config=quantization,
         )
         self._refs = _open_shard(
             self.directory / "references", config, ["product_id", "category", "source"]
@@ -151,11 +161,7 @@ class EdgeIndex(VectorIndex):
         self, vectors: np.ndarray, top_k: int, category: str | None = None
     ) -> list[list[ProductHit]]:
         query_filter = Filter(must=[_match("category", category)]) if category else None
-        params = (
-            SearchParams(exact=True)
-            if self._count <= self._settings.exact_search_max_points
-            else SearchParams(hnsw_ef=self._settings.hnsw_ef)
-        )
+        params = self.search_params()
         limit = max(top_k * self._settings.candidates_per_product, top_k)
         results: list[list[ProductHit] | None] = [None] * len(vectors)
         pending = list(range(len(vectors)))
@@ -186,6 +192,26 @@ class EdgeIndex(VectorIndex):
 
     def count(self) -> int:
         return self._count
+
+    def configure_search(
+        self, hnsw_ef: int | None = None, exact_search_max_points: int | None = None
+    ) -> None:
+        """Change search parameters of an open index (benchmarks sweep them)."""
+        update = {"hnsw_ef": hnsw_ef, "exact_search_max_points": exact_search_max_points}
+        self._settings = self._settings.model_copy(
+            update={key: value for key, value in update.items() if value is not None}
+        )
+
+    def search_params(self) -> SearchParams:
+        """Exact up to `exact_search_max_points`; beyond, HNSW (rescored when quantized)."""
+        if self._count <= self._settings.exact_search_max_points:
+            return SearchParams(exact=True)
+        quantization = (
+            QuantizationSearchParams(rescore=True, oversampling=2.0)
+            if self._settings.quantization == "int8"
+            else None
+        )
+        return SearchParams(hnsw_ef=self._settings.hnsw_ef, quantization=quantization)
 
     def references(self, product_id: str | None = None) -> ReferenceSet:
         scroll_filter = Filter(must=[_match("product_id", product_id)]) if product_id else None
