@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -63,15 +62,9 @@ def run_worker(settings: Settings) -> None:
             "ops.listening", port=settings.ops.http_port, paths=["/livez", "/readyz", "/metrics"]
         )
     worker_box: list[Worker] = []
-    stop_requested = threading.Event()
 
     def on_signal(signum, frame) -> None:
-        log.info(
-            "worker.stopping",
-            signal=signal.Signals(signum).name,
-            grace_s=settings.ops.drain_seconds,
-        )
-        stop_requested.set()
+        # Plain assignments only: no logging, no locks (the interrupted code may hold them).
         health.stopping = True
         for worker in worker_box:
             worker.stop()
@@ -84,8 +77,9 @@ def run_worker(settings: Settings) -> None:
         handlers = Handlers(settings, store, components.matcher)
         worker = Worker(settings, handlers, health)
         worker_box.append(worker)
-        if not stop_requested.is_set():
+        if not health.stopping:
             worker.run()
+
         handlers.close()
     if ops_server is not None:
         ops_server.shutdown()

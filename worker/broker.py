@@ -5,6 +5,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass
 
+from amqp.exceptions import MessageNacked
 from kombu import Connection, Exchange, Producer, Queue, binding
 
 from shared import topology
@@ -18,6 +19,10 @@ DEFAULT = Exchange("", "direct")
 
 class Unroutable(ConnectionError):
     """The broker could not route a mandatory message to any queue (it was returned)."""
+
+
+class PublishRejected(ConnectionError):
+    """The broker nacked a message (a queue not yet available after a restart, or full)."""
 
 
 def _quorum(**extra) -> dict:
@@ -175,16 +180,19 @@ class ConfirmedPublisher:
         content_encoding: str = "utf-8",
     ) -> None:
         self._returned.clear()
-        self._producer.publish(
-            body,
-            exchange=exchange,
-            routing_key=routing_key,
-            headers=headers or {},
-            content_type=content_type,
-            content_encoding=content_encoding,
-            delivery_mode=2,
-            mandatory=True,
-            retry=False,
-        )
+        try:
+            self._producer.publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                headers=headers or {},
+                content_type=content_type,
+                content_encoding=content_encoding,
+                delivery_mode=2,
+                mandatory=True,
+                retry=False,
+            )
+        except MessageNacked:
+            raise PublishRejected(f"the broker nacked a message to {routing_key}") from None
         if self._returned:
             raise Unroutable("; ".join(self._returned))

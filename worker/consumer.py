@@ -110,7 +110,8 @@ class Worker:
         self.health = health or Health()
         self.topology = Topology.build(settings.amqp, settings.ops)
         self._connect = connection_factory or (lambda: connect(settings.amqp))
-        self._stop = threading.Event()
+        self._stopping = False
+        self._stop_logged = False
         self._scans: deque[Message] = deque()
         self._catalog: deque[Message] = deque()
         self._last_housekeeping = 0.0
@@ -124,16 +125,18 @@ class Worker:
 
         A batch that is not done `drain_seconds` after this is abandoned: its messages are
         not acked, so the broker gives them to another worker."""
-        if not self._stop.is_set():
+        # Only plain assignments: this runs inside a signal handler, where taking a lock that
+        # the interrupted code may hold (a logger's, an Event's) would deadlock.
+        if not self._stopping:
             self._stop_requested_at = time.monotonic()
         self.health.stopping = True
-        self._stop.set()
+        self._stopping = True
 
     def run(self, idle_exit_seconds: float | None = None) -> None:
         """Consume until `stop()`; with `idle_exit_seconds`, also return once the queues have
         been empty that long. Reconnects with backoff when the broker goes away."""
         backoff = 1.0
-        while not self._stop.is_set():
+        while not self._stopping:
             try:
                 with self._connect() as connection:
                     connection.ensure_connection(max_retries=1)
@@ -151,9 +154,19 @@ class Worker:
                     error=str(error) or type(error).__name__,
                     retry_in_s=backoff,
                 )
-                self._stop.wait(backoff)
+                self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         self.health.broker_connected = False
+
+    def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._stopping and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def _note_stop(self) -> None:
+        if not self._stop_logged:
+            self._stop_logged = True
+            log.info("worker.stopping", grace_s=self.settings.ops.drain_seconds)
 
     def _forget_buffers(self) -> None:
         # Unacked deliveries of a dead connection are redelivered by the broker.
@@ -189,7 +202,7 @@ class Worker:
         log.info("worker.consuming", queues=[self.topology.scans.name, self.topology.catalog.name])
         idle_since = time.monotonic()
         try:
-            while not self._stop.is_set():
+            while not self._stopping:
                 self.health.beat()
                 self._drain(connection, timeout=0.05 if self._pending() else 1.0)
                 if self._pending():
@@ -204,8 +217,11 @@ class Worker:
                         return True
             return True
         finally:
+            if self._stopping:
+                self._note_stop()
             try:
                 self._cancel_consumers()
+
                 self._requeue_buffered()
             except BROKER_ERRORS:
                 pass  # the connection is gone: the broker requeues what was unacked
@@ -251,7 +267,8 @@ class Worker:
         while not call.done():  # keep heartbeats flowing and the buffers filling
             self._drain(connection, timeout=HANDLER_POLL_SECONDS)
             self.health.beat()
-            if self._stop.is_set():
+            if self._stopping:
+                self._note_stop()
                 self._cancel_consumers()  # take nothing new while draining
                 waited = time.monotonic() - self._stop_requested_at
                 if waited > self.settings.ops.drain_seconds:

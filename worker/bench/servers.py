@@ -116,13 +116,32 @@ class RabbitNode:
             except OSError:
                 break
 
+    def add_vhost(self, name: str) -> str:
+        """A fresh virtual host (guest may use it); returns its AMQP URL."""
+        ctl = RABBITMQ_SERVER.with_name("rabbitmqctl")
+        env = {**os.environ, "HOME": str(self.workdir)}
+        for args in (
+            ["add_vhost", name],
+            ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        ):
+            subprocess.run(
+                [str(ctl), "-n", self.name, *args],
+                env=env,
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/{name}"
+
     def restart(self) -> None:
+
         self.stop()
         self.start()
 
     def cleanup(self) -> None:
         self.stop()
-        shutil.rmtree(self.workdir, ignore_errors=True)
+        if not os.environ.get("JEWELMATCH_KEEP_BROKER_DATA"):  # kept for a post-mortem
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_moto_server():
