@@ -10,9 +10,24 @@ import structlog
 from worker.settings import LogFormat, LogSettings
 
 
+class _CurrentStderr:
+    """Whatever `sys.stderr` is at the moment of writing (test runners swap it)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure_logging(settings: LogSettings, stream=None) -> None:
-    """Configure structlog and the standard library's logging to write to `stream`."""
-    stream = stream or sys.stderr
+    """Configure structlog and the standard library's logging to write to `stream`
+    (by default the process's standard error, looked up at each write)."""
+    stream = stream or _CurrentStderr()
+
     level = logging.getLevelNamesMapping().get(settings.level.upper(), logging.INFO)
     use_json = settings.format is LogFormat.json or (
         settings.format is LogFormat.auto and not stream.isatty()
