@@ -117,6 +117,79 @@ def schema(
         console.print(str(path))
 
 
+@app.command()
+def reindex(
+    from_model: Annotated[str, typer.Argument(help="Model id of the index in service now.")],
+    switch: Annotated[bool, typer.Option(help="Make the new index current when done.")] = True,
+) -> None:
+    """Re-embed the catalog (and confirmed scans) of another model's index with the configured
+    model, from S3, beside the old index; then switch to it atomically."""
+    from rich.progress import Progress
+
+    from worker.embedder import Embedder
+    from worker.index import open_index, stored_dimension
+    from worker.index.edge import IndexLockedError, make_current
+    from worker.reindex import reindex as run_reindex
+    from worker.settings import IndexBackend
+    from worker.storage import open_image_store
+
+    settings = load_settings(quiet=True)
+    dim = stored_dimension(settings.index, from_model)
+    if dim is None:
+        raise typer.BadParameter(f"no index of model {from_model!r} to re-embed")
+    embedder = Embedder(settings.model)
+    if embedder.model_id == from_model:
+        raise typer.BadParameter("the configured model is the one in service: nothing to do")
+    try:
+        source = open_index(settings.index, from_model, dim)
+    except IndexLockedError as error:
+        raise typer.BadParameter(f"{error}: stop the worker that owns it first") from None
+    target = open_index(settings.index, embedder.model_id, embedder.dim)
+    store = open_image_store(settings.s3, settings.images.max_bytes)
+    with Progress(console=console) as progress:
+        report = run_reindex(
+            source, target, store, embedder, settings.images, progress, settings.model.batch_size
+        )
+    if switch:
+        if settings.index.backend is IndexBackend.qdrant:
+            target.make_current()
+        else:
+            make_current(settings.index.path, embedder.model_id)
+    source.close()
+    target.close()
+    console.print(
+        f"re-embedded {report.reindexed} of {report.images} images for "
+        f"{embedder.model_id} ({report.skipped} skipped)" + ("; now current" if switch else "")
+    )
+
+
+@app.command("seed-demo")
+def seed_demo(
+    catalog_bucket: Annotated[
+        str, typer.Option(help="Bucket for catalog images.")
+    ] = "catalog-images",
+    scans_bucket: Annotated[str, typer.Option(help="Bucket for bag photos.")] = "scan-photos",
+    products: Annotated[int, typer.Option(help="Products to generate.")] = 12,
+) -> None:
+    """Against a running stack: upload the demo catalog to S3, publish its events, print
+    the answers (docker compose runs this once)."""
+    from worker.seed import seed_demo as run_seed
+
+    run_seed(load_settings(), catalog_bucket, scans_bucket, products, console)
+
+
+@app.command("rabbitmq-definitions")
+def rabbitmq_definitions(
+    out: Annotated[Path, typer.Option(help="Definitions file to write.")] = Path(
+        "deploy/rabbitmq/definitions.json"
+    ),
+) -> None:
+    """Write RabbitMQ definitions (exchanges, quorum queues, users) matching the worker."""
+    from worker.definitions import write_definitions
+
+    console.print(str(write_definitions(out)))
+
+
 @app.command("prepare-model")
 def prepare_model() -> None:
     """Prepare the configured built-in model's open_clip folder (e.g. at image build time)."""

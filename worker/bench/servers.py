@@ -43,7 +43,13 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
 class RabbitNode:
     """A RabbitMQ node of its own (own ports, own data folder) that tests can stop and start."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: str | None = None,
+        credentials: str = "guest:guest",
+        vhost: str = "",
+    ) -> None:
         if not RABBITMQ_SERVER.exists():
             raise RuntimeError(
                 f"{RABBITMQ_SERVER} not found: install Debian's rabbitmq-server "
@@ -54,6 +60,9 @@ class RabbitNode:
         self.dist_port = free_port()
         self.name = f"jewelmatch-test-{self.port}@localhost"
         self.process: subprocess.Popen | None = None
+        self.config = config
+        # for the readiness check (definitions may drop guest and the default vhost)
+        self.credentials, self.vhost = credentials, vhost
         for folder in ("mnesia", "log"):
             (workdir / folder).mkdir(parents=True, exist_ok=True)
         (workdir / "enabled_plugins").write_text("[].\n")
@@ -74,6 +83,10 @@ class RabbitNode:
             "RABBITMQ_ENABLED_PLUGINS_FILE": str(self.workdir / "enabled_plugins"),
             "HOME": str(self.workdir),
         }
+        if self.config is not None:  # rabbitmq.conf lines, e.g. load_definitions = ...
+            (self.workdir / "rabbitmq.conf").write_text(self.config)
+            env["RABBITMQ_CONFIG_FILE"] = str(self.workdir / "rabbitmq.conf")
+
         self.process = subprocess.Popen(
             [str(RABBITMQ_SERVER)],
             env=env,
@@ -90,7 +103,9 @@ class RabbitNode:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                with Connection(self.url, connect_timeout=2) as connection:
+                url = f"amqp://{self.credentials}@127.0.0.1:{self.port}/{self.vhost}"
+
+                with Connection(url, connect_timeout=2) as connection:
                     connection.ensure_connection(max_retries=1)
                     connection.channel().close()
                 return

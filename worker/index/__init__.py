@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from worker.index.base import (
     SOURCE_CATALOG,
     SOURCE_CONFIRMED_SCAN,
@@ -16,6 +19,22 @@ from worker.index.base import (
     point_id,
 )
 from worker.settings import IndexBackend, IndexSettings
+
+
+def stored_dimension(settings: IndexSettings, model_id: str) -> int | None:
+    """The vector size of an existing index of `model_id`, or None if there is none."""
+    if settings.backend is IndexBackend.qdrant:
+        from worker.index.server import open_client, references_collection
+
+        client = open_client(settings)
+        name = references_collection(settings.collection_prefix, model_id)
+        if not client.collection_exists(name):
+            return None
+        return client.get_collection(name).config.params.vectors.size
+    config = Path(settings.path) / model_id / "references" / "edge_config.json"
+    if not config.is_file():
+        return None
+    return int(json.loads(config.read_text())["vectors"][""]["size"])
 
 
 def open_index(settings: IndexSettings, model_id: str, dim: int) -> VectorIndex:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -66,6 +66,7 @@ class StoredImage:
     sku: str
     name: str | None = None
     category: str | None = None
+    product_id: str = ""
 
     @classmethod
     def from_payload(cls, payload: dict) -> StoredImage:
@@ -76,6 +77,7 @@ class StoredImage:
             payload["sku"],
             payload.get("name"),
             payload.get("category"),
+            payload.get("product_id", ""),
         )
 
 
@@ -191,6 +193,10 @@ class VectorIndex(ABC):
     @abstractmethod
     def product_images(self, product_id: str) -> list[StoredImage]:
         """The reference images stored for a product."""
+
+    @abstractmethod
+    def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]:
+        """Every stored reference image, a page at a time (for re-embedding)."""
 
     @abstractmethod
     def delete_images(self, product_id: str, image_ids: Sequence[str]) -> None:

@@ -10,7 +10,8 @@ search is exact (about 1 ms per 10 000 points); beyond that it uses the HNSW ind
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,22 @@ from worker.index.base import (
     scan_point_id,
 )
 from worker.settings import IndexSettings
+
+
+def make_current(index_root: Path, model_id: str) -> Path:
+    """Point `<index_root>/current` at a model's directory, atomically: the embedded engine's
+    counterpart of a Qdrant alias."""
+    link = index_root / "current"
+    staging = index_root / f".current-{os.getpid()}"
+    staging.unlink(missing_ok=True)
+    staging.symlink_to(model_id, target_is_directory=True)
+    os.replace(staging, link)
+    return link
+
+
+def current_model(index_root: Path) -> str | None:
+    link = index_root / "current"
+    return os.readlink(link) if link.is_symlink() else None
 
 
 class IndexLockedError(RuntimeError):
@@ -111,6 +128,8 @@ class EdgeIndex(VectorIndex):
             ["created_at"],
         )
         self._count = self._refs.count(CountRequest(exact=True))
+        if current_model(Path(settings.path)) is None:  # the first model in service
+            make_current(Path(settings.path), model_id)
 
     # references -----------------------------------------------------------------------
 
@@ -131,6 +150,16 @@ class EdgeIndex(VectorIndex):
     def product_images(self, product_id: str) -> list[StoredImage]:
         records = self._scroll(self._refs, Filter(must=[_match("product_id", product_id)]))
         return [StoredImage.from_payload(record.payload) for record in records]
+
+    def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]:
+        offset = None
+        while True:
+            page, offset = self._refs.scroll(
+                ScrollRequest(offset=offset, limit=page_size, with_payload=True)
+            )
+            yield [StoredImage.from_payload(record.payload) for record in page]
+            if offset is None:
+                return
 
     def delete_images(self, product_id: str, image_ids: Sequence[str]) -> None:
         if image_ids:

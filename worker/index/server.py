@@ -11,7 +11,7 @@ without a server; it is a stand-in for tests, far too slow for a real catalog.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
 from typing import TypeVar
 
@@ -104,6 +104,8 @@ class QdrantServerIndex(VectorIndex):
             self.references_collection, ["product_id", "category", "source"], []
         )
         self._ensure_collection(self.scans, ["scan_id"], ["created_at"])
+        if self.current_collection() is None:  # the first model in service
+            self.make_current()
 
     @_transient_on_outage
     def _ensure_collection(
@@ -146,6 +148,16 @@ class QdrantServerIndex(VectorIndex):
             self.references_collection, models.Filter(must=[_match("product_id", product_id)])
         )
         return [StoredImage.from_payload(record.payload or {}) for record in records]
+
+    def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]:
+        offset = None
+        while True:
+            records, offset = _transient_on_outage(self._client.scroll)(
+                self.references_collection, limit=page_size, offset=offset, with_payload=True
+            )
+            yield [StoredImage.from_payload(record.payload or {}) for record in records]
+            if offset is None:
+                return
 
     @_transient_on_outage
     def delete_images(self, product_id: str, image_ids: Sequence[str]) -> None:
@@ -288,5 +300,34 @@ class QdrantServerIndex(VectorIndex):
             wait=True,
         )
 
+    @_transient_on_outage
+    def make_current(self) -> None:
+        """Point the alias `<prefix>-references` at this model's collection, in one atomic
+        operation (readers of the alias never see it missing)."""
+        alias = references_alias(self._settings.collection_prefix)
+        operations: list = []
+        if self.current_collection() is not None:
+            operations.append(
+                models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+            )
+        operations.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(
+                    collection_name=self.references_collection, alias_name=alias
+                )
+            )
+        )
+        self._client.update_collection_aliases(change_aliases_operations=operations)
+
+    @_transient_on_outage
+    def current_collection(self) -> str | None:
+        """The collection the alias `<prefix>-references` points at, if any."""
+        alias = references_alias(self._settings.collection_prefix)
+        for description in self._client.get_aliases().aliases:
+            if description.alias_name == alias:
+                return description.collection_name
+        return None
+
     def close(self) -> None:
+
         self._client.close()

@@ -1,0 +1,226 @@
+"""The deployment files agree with the code: names from `shared/`, settings the worker reads,
+probes it serves, resources matching its thread count; and they load where they can here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from kombu import Connection
+
+from shared import topology
+from worker.broker import EVENTS, ConfirmedPublisher, Topology
+from worker.definitions import definitions
+from worker.settings import AmqpSettings, OpsSettings, Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "deploy" / "k8s"
+
+
+def setting_variables() -> set[str]:
+    return {
+        f"JEWELMATCH_{section.upper()}__{name.upper()}"
+        for section, field in Settings.model_fields.items()
+        for name in field.annotation.model_fields
+    }
+
+
+def load_all(path: Path) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def k8s_objects(folder: Path) -> dict[str, dict]:
+    objects = {}
+    for path in folder.glob("*.yaml"):
+        for doc in load_all(path):
+            objects[doc["kind"]] = doc
+    return objects
+
+
+def configmap_literals(kustomization: dict) -> dict[str, str]:
+    literals = {}
+    for generator in kustomization.get("configMapGenerator", []):
+        literals.update(line.split("=", 1) for line in generator.get("literals", []))
+    return literals
+
+
+# --- compose ----------------------------------------------------------------------------
+
+COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_file_is_valid_for_docker_compose_v2():
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    result = subprocess.run(
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_compose_wires_the_worker_with_settings_it_reads():
+    services = COMPOSE["services"]
+    assert {"rabbitmq", "minio", "buckets", "qdrant", "worker", "demo"} <= set(services)
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] == 2
+    environment = worker["environment"]
+    assert set(environment) <= setting_variables()
+    assert environment["JEWELMATCH_INDEX__BACKEND"] == "qdrant"  # replicas share a server
+    url = environment["JEWELMATCH_AMQP__URL"]
+    user, vhost = url.split("//")[1].split(":")[0], url.rsplit("/", 1)[1]
+    assert user in {u["name"] for u in definitions()["users"]} and vhost == "jewelmatch"
+    created = services["buckets"]["command"][0]
+    for bucket in environment["JEWELMATCH_S3__ALLOWED_BUCKETS"].split(","):
+        assert f"local/{bucket}" in created
+    assert services["demo"]["command"][0] == "seed-demo"
+    mounts = " ".join(services["rabbitmq"]["volumes"])
+    assert "deploy/rabbitmq/definitions.json" in mounts and "rabbitmq.conf" in mounts
+    grace = int(worker["stop_grace_period"].rstrip("s"))
+    assert grace > OpsSettings().drain_seconds
+
+
+# --- RabbitMQ definitions ---------------------------------------------------------------
+
+
+def test_committed_definitions_are_the_generated_ones():
+    committed = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
+    assert committed == definitions(), "run `jewelmatch rabbitmq-definitions`"
+    queues = {q["name"] for q in committed["queues"]}
+    assert {
+        topology.SCANS_QUEUE,
+        topology.CATALOG_QUEUE,
+        topology.RESULTS_QUEUE,
+        topology.DEAD_LETTER_QUEUE,
+    } <= queues
+    scans = next(q for q in committed["queues"] if q["name"] == topology.SCANS_QUEUE)
+    assert scans["arguments"]["x-queue-type"] == "quorum"
+    assert scans["arguments"]["x-delivery-limit"] == AmqpSettings().delivery_limit
+    assert scans["arguments"]["x-dead-letter-exchange"] == topology.DEAD_LETTER_EXCHANGE
+
+
+@pytest.mark.integration
+def test_definitions_load_into_a_real_broker_with_least_privilege(tmp_path):
+    from worker.bench.servers import RabbitNode
+
+    path = tmp_path / "definitions.json"
+    path.write_text(json.dumps(definitions()))
+    node = RabbitNode(
+        tmp_path / "node",
+        config=f"load_definitions = {path}\n",
+        credentials="admin:admin",
+        vhost="jewelmatch",
+    )
+
+    node.start()
+    try:
+        base = f"127.0.0.1:{node.port}/jewelmatch"
+        with Connection(f"amqp://jewelmatch-worker:jewelmatch-worker@{base}") as connection:
+            # the worker declares the same topology: identical arguments, so no conflict
+            Topology.build(AmqpSettings(), OpsSettings()).declare(connection.channel())
+        with Connection(
+            f"amqp://scan-station:scan-station@{base}", transport_options={"confirm_publish": True}
+        ) as connection:
+            ConfirmedPublisher(connection.channel()).publish(
+                b"{}", EVENTS, topology.BAG_PHOTOGRAPHED
+            )  # allowed: publish events
+            channel = connection.channel()
+            with pytest.raises(Exception, match="ACCESS_REFUSED"):
+                channel.queue_declare("sneaky", durable=True)
+        with (
+            pytest.raises(Exception, match=r"ACCESS_REFUSED|refused"),
+            Connection(f"amqp://guest:guest@{base}") as connection,
+        ):
+            connection.ensure_connection(max_retries=1)  # no default guest user
+
+    finally:
+        node.cleanup()
+
+
+# --- Kubernetes -------------------------------------------------------------------------
+
+BASE = k8s_objects(K8S / "base")
+KUSTOMIZATION = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())
+CONFIG = configmap_literals(KUSTOMIZATION)
+DEPLOYMENT = BASE["Deployment"]
+CONTAINER = DEPLOYMENT["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_kustomization_lists_every_manifest():
+    listed = set(KUSTOMIZATION["resources"])
+    assert listed == {p.name for p in (K8S / "base").glob("*.yaml")} - {"kustomization.yaml"}
+
+
+def test_configuration_uses_only_settings_the_worker_reads():
+    assert set(CONFIG) <= setting_variables()
+    overlay = yaml.safe_load((K8S / "overlays/production/kustomization.yaml").read_text())
+    assert set(configmap_literals(overlay)) <= setting_variables()
+
+
+def test_probes_point_at_what_the_worker_serves():
+    port = {p["name"]: p["containerPort"] for p in CONTAINER["ports"]}["ops"]
+    assert port == int(CONFIG["JEWELMATCH_OPS__HTTP_PORT"])
+    assert CONTAINER["livenessProbe"]["httpGet"]["path"] == "/livez"
+    assert CONTAINER["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert CONTAINER["startupProbe"]["httpGet"]["path"] == "/livez"
+    assert all(
+        CONTAINER[p]["httpGet"]["port"] == "ops"
+        for p in ("livenessProbe", "readinessProbe", "startupProbe")
+    )
+
+
+def test_cpu_limit_matches_torch_threads_and_grace_covers_the_drain():
+    limits, requests = CONTAINER["resources"]["limits"], CONTAINER["resources"]["requests"]
+    assert int(limits["cpu"]) == int(requests["cpu"]) == int(CONFIG["JEWELMATCH_MODEL__THREADS"])
+    overlay = yaml.safe_load((K8S / "overlays/production/kustomization.yaml").read_text())
+    patched = next(p for p in overlay["patches"] if p["target"]["kind"] == "Deployment")
+    value = yaml.safe_load(patched["patch"])[0]["value"]
+    assert int(value["limits"]["cpu"]) == int(
+        configmap_literals(overlay)["JEWELMATCH_MODEL__THREADS"]
+    )
+    grace = DEPLOYMENT["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > float(CONFIG["JEWELMATCH_OPS__DRAIN_SECONDS"])
+
+
+def test_secrets_are_referenced_not_committed():
+    env_from = CONTAINER["envFrom"]
+    assert {"secretRef": {"name": "jewelmatch-secrets"}} in env_from
+    assert "Secret" not in BASE
+    assert not any(k.startswith(("JEWELMATCH_AMQP__URL", "JEWELMATCH_S3__SECRET")) for k in CONFIG)
+
+
+def test_autoscaling_watches_the_worker_queues():
+    scaled = BASE["ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] == DEPLOYMENT["metadata"]["name"]
+    queues = {t["metadata"]["queueName"] for t in scaled["spec"]["triggers"]}
+    assert queues == {topology.SCANS_QUEUE, topology.CATALOG_QUEUE}
+    auth = {t["authenticationRef"]["name"] for t in scaled["spec"]["triggers"]}
+    assert auth == {BASE["TriggerAuthentication"]["metadata"]["name"]}
+
+
+def test_selectors_match_the_pods_and_pods_run_as_non_root():
+    labels = DEPLOYMENT["spec"]["template"]["metadata"]["labels"]
+    assert DEPLOYMENT["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert BASE["Service"]["spec"]["selector"].items() <= labels.items()
+    assert BASE["PodDisruptionBudget"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    security = DEPLOYMENT["spec"]["template"]["spec"]["securityContext"]
+    assert security["runAsNonRoot"] and security["runAsUser"] != 0
+
+
+# --- Dockerfile -------------------------------------------------------------------------
+
+
+def test_dockerfile_builds_a_non_root_worker_with_weights_baked_in():
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=" in dockerfile and "FROM ${BASE_IMAGE}" in dockerfile
+    assert "jewelmatch prepare-model" in dockerfile  # at build time, never at start
+    assert "USER 10001" in dockerfile
+    assert "/livez" in dockerfile.split("HEALTHCHECK", 1)[1]
+    assert 'ENTRYPOINT ["jewelmatch"]' in dockerfile and 'CMD ["worker"]' in dockerfile
+    assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile

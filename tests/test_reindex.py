@@ -1,0 +1,145 @@
+"""Changing the model: re-embed the catalog from moto's S3 server into a new index beside the
+old one, on both back ends, while queries keep being answered from the old one."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+from rich.progress import Progress
+
+from shared.contract import ProductUpserted
+from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
+from tests.support.tiny_model import write_tiny_model
+from worker.catalog import Catalog
+from worker.embedder import Embedder, ImageKind
+from worker.index import SOURCE_CONFIRMED_SCAN, ScanRecord
+from worker.index.edge import EdgeIndex, current_model, make_current
+from worker.index.server import QdrantServerIndex, references_alias
+from worker.reindex import reindex
+from worker.settings import ImageSettings, IndexSettings, ModelSettings, S3Settings
+from worker.storage import S3ImageStore
+from worker.synth import catalog_designs, render
+
+pytestmark = pytest.mark.integration
+
+DESIGNS = catalog_designs(8, seed=31)
+
+
+def embedder_from(directory) -> Embedder:
+    return Embedder(ModelSettings(name=f"local-dir:{directory}", threads=1, scan_crops=[1.0]))
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("reindex-models")
+    return (
+        embedder_from(write_tiny_model(root / "model-old", seed=1)),
+        embedder_from(write_tiny_model(root / "model-new", seed=2)),
+    )
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def indexes(request, tmp_path, models):
+    old, new = models
+    if request.param == "edge":
+        settings = IndexSettings(path=tmp_path / "index")
+        pair = (
+            EdgeIndex(settings, old.model_id, old.dim),
+            EdgeIndex(settings, new.model_id, new.dim),
+        )
+    else:  # the server code path; local mode stands in for the server
+        settings = IndexSettings(backend="qdrant", url=":memory:")
+        client = QdrantClient(location=":memory:")
+        pair = (
+            QdrantServerIndex(settings, old.model_id, old.dim, client=client),
+            QdrantServerIndex(settings, new.model_id, new.dim, client=client),
+        )
+    yield request.param, settings, pair
+    for index in pair:
+        index.close()
+
+
+def pictures():
+    return {design.product_id: render(design, 160) for design in DESIGNS}
+
+
+def test_reindex_builds_the_new_index_while_the_old_one_answers(indexes, models, s3, s3_endpoint):
+    backend, settings, (source, target) = indexes
+    old, new = models
+    images = pictures()
+    for product_id, picture in images.items():
+        s3.put_object(Bucket=CATALOG_BUCKET, Key=f"{product_id}.jpg", Body=jpeg_bytes(picture))
+    s3.put_object(Bucket=SCANS_BUCKET, Key="bag-1.jpg", Body=jpeg_bytes(images["p002"]))
+    catalog = Catalog(source)
+    for design in DESIGNS:  # the catalog as the old model indexed it
+        event = ProductUpserted(
+            product_id=design.product_id,
+            sku=design.sku,
+            images=[
+                {"image_id": "front", "bucket": CATALOG_BUCKET, "key": f"{design.product_id}.jpg"}
+            ],
+        )
+        vector = old.embed([images[design.product_id]], ImageKind.catalog)[0]
+        catalog.apply(event, catalog.plan(event), [(event.images[0], vector)])
+    catalog.confirm(
+        "p002",
+        ScanRecord(
+            scan_id="bag-1",
+            vector=old.embed([images["p002"]], ImageKind.scan)[0],
+            image_uri=f"s3://{SCANS_BUCKET}/bag-1.jpg",
+            created_at=0.0,
+        ),
+    )
+
+    old_queries = old.embed(list(images.values()), ImageKind.scan)
+    answered, wrong, errors = [0], [], []
+    done = threading.Event()
+
+    def keep_querying() -> None:  # the workers in service, meanwhile
+        while not done.is_set() or answered[0] < 20:
+            try:
+                for expected, hits in zip(images, source.search(old_queries, 1), strict=True):
+                    answered[0] += 1
+                    if hits[0].product_id != expected:
+                        wrong.append((expected, hits[0].product_id))
+            except Exception as error:
+                errors.append(error)
+                return
+
+    querying = threading.Thread(target=keep_querying)
+    querying.start()
+    store = S3ImageStore(
+        S3Settings(endpoint_url=s3_endpoint, allowed_buckets=[CATALOG_BUCKET, SCANS_BUCKET]),
+        max_bytes=10_000_000,
+    )
+    with Progress(disable=True) as progress:
+        report = reindex(source, target, store, new, ImageSettings(), progress, batch_size=3)
+    done.set()
+    querying.join(timeout=60)
+    assert errors == [] and wrong == [] and answered[0] >= 20
+
+    assert (report.images, report.reindexed, report.skipped) == (9, 9, 0)
+    assert target.count() == source.count() == 9
+    confirmed = [i for i in target.product_images("p002") if i.source == SOURCE_CONFIRMED_SCAN]
+    assert [i.image_id for i in confirmed] == ["scan:bag-1"]
+    new_queries = new.embed(list(images.values()), ImageKind.scan)
+    assert [hits[0].product_id for hits in target.search(new_queries, 1)] == list(images)
+    assert not np.allclose(
+        old_queries[:, : min(old.dim, new.dim)], new_queries[:, : min(old.dim, new.dim)]
+    )  # really another model
+
+    # the switch: atomic, and the old index stays intact for a rollback
+    if backend == "edge":
+        assert current_model(settings.path) == old.model_id
+        make_current(settings.path, new.model_id)
+        assert current_model(settings.path) == new.model_id
+    else:
+        assert source.current_collection() == source.references_collection
+        target.make_current()
+        assert target.current_collection() == target.references_collection
+        aliases = {a.alias_name for a in target._client.get_aliases().aliases}
+        assert aliases == {references_alias(settings.collection_prefix)}
+    assert source.count() == 9

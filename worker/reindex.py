@@ -1,0 +1,95 @@
+"""Re-embedding the whole catalog with another model, beside the index in service.
+
+Changing the model changes every vector, so a new model gets a new index (a directory per
+model on the embedded engine, a collection per model on a Qdrant server) built from the
+images in S3 while the old one keeps answering; then one atomic switch makes the new one
+current: the alias `<prefix>-references` on a server, the `current` link of the embedded
+engine's data directory. Confirmed scans are re-embedded too (as scans), so what the system
+learned survives the change of model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+from rich.progress import Progress
+
+from shared.contract import FailureReason, S3Object
+from worker.embedder import Embedder, ImageKind
+from worker.errors import PermanentError
+from worker.images import decode_image
+from worker.index import SOURCE_CATALOG, ReferenceImage, StoredImage, VectorIndex
+from worker.logs import get_logger
+from worker.settings import ImageSettings
+from worker.storage import ImageStore
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ReindexReport:
+    images: int = 0
+    reindexed: int = 0
+    skipped: int = 0
+
+
+def reindex(
+    source: VectorIndex,
+    target: VectorIndex,
+    store: ImageStore,
+    embedder: Embedder,
+    limits: ImageSettings,
+    progress: Progress,
+    batch_size: int = 32,
+) -> ReindexReport:
+    """Re-embed every reference image of `source` into `target` (idempotent: run it again
+    to catch up with events that reached only the old index meanwhile)."""
+    report = ReindexReport()
+    task = progress.add_task(f"re-embedding for {target.model_id}", total=source.count())
+    for page in source.all_images(batch_size):
+        loaded: list[tuple[StoredImage, Image.Image]] = []
+        for stored in page:
+            report.images += 1
+            try:
+                if not stored.uri or not stored.uri.startswith("s3://"):
+                    raise PermanentError(
+                        FailureReason.image_not_found, f"no S3 location: {stored.uri!r}"
+                    )
+                data = store.fetch(S3Object.model_validate(stored.uri))
+                loaded.append((stored, decode_image(data, limits)))
+            except PermanentError as error:
+                report.skipped += 1
+                log.warning(
+                    "reindex.skipped",
+                    product_id=stored.product_id,
+                    image_id=stored.image_id,
+                    reason=str(error),
+                )
+        for kind in (ImageKind.catalog, ImageKind.scan):
+            chosen = [
+                (s, p)
+                for s, p in loaded
+                if (s.source == SOURCE_CATALOG) == (kind is ImageKind.catalog)
+            ]
+            if not chosen:
+                continue
+            vectors = embedder.embed([picture for _, picture in chosen], kind)
+            target.upsert(
+                [
+                    ReferenceImage(
+                        product_id=s.product_id,
+                        image_id=s.image_id,
+                        sku=s.sku,
+                        vector=vector,
+                        source=s.source,
+                        category=s.category,
+                        name=s.name,
+                        uri=s.uri,
+                    )
+                    for (s, _), vector in zip(chosen, vectors, strict=True)
+                ]
+            )
+            report.reindexed += len(chosen)
+        progress.advance(task, len(page))
+    return report

@@ -1,0 +1,118 @@
+"""`jewelmatch seed-demo`: what a PIM and a scan station would send, against a running stack.
+
+Generates the demo's jewelry catalog, uploads its images to the configured S3 store, publishes
+`product.created` for each product and `bag.photographed` for each bag photo, then prints
+the answers read from the results queue (the workers log each match too).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+from kombu import Consumer
+from rich.console import Console
+
+from shared import topology
+from shared.contract import BagPhotographed, MatchResult, ProductUpserted
+from worker.broker import EVENTS, ConfirmedPublisher, Topology, connect
+from worker.dataset import read_folder_dataset
+from worker.settings import Settings
+from worker.synth import write_catalog
+
+
+def seed_demo(
+    settings: Settings,
+    catalog_bucket: str,
+    scans_bucket: str,
+    products: int,
+    console: Console,
+    timeout: float = 600.0,
+) -> int:
+    """Returns how many scans ranked the right product first."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=settings.s3.endpoint_url,
+        region_name=settings.s3.region,
+        aws_access_key_id=(
+            settings.s3.access_key_id.get_secret_value() if settings.s3.access_key_id else None
+        ),
+        aws_secret_access_key=(
+            settings.s3.secret_access_key.get_secret_value()
+            if settings.s3.secret_access_key
+            else None
+        ),
+    )
+    with tempfile.TemporaryDirectory(prefix="jewelmatch-seed-") as tmp:
+        write_catalog(Path(tmp), products, scans_per_product=1)
+        dataset = read_folder_dataset(Path(tmp))
+
+        events, scans = [], {}
+        for product in dataset.products:
+            for path in product.catalog:
+                s3.put_object(
+                    Bucket=catalog_bucket,
+                    Key=f"demo/{product.product_id}/{path.name}",
+                    Body=path.read_bytes(),
+                )
+            events.append(
+                ProductUpserted(
+                    product_id=product.product_id,
+                    sku=product.product_id,
+                    images=[
+                        {
+                            "image_id": p.name,
+                            "bucket": catalog_bucket,
+                            "key": f"demo/{product.product_id}/{p.name}",
+                        }
+                        for p in product.catalog
+                    ],
+                )
+            )
+            for query in product.queries:
+                key = f"demo/{product.product_id}/{query.path.name}"
+                s3.put_object(Bucket=scans_bucket, Key=key, Body=query.path.read_bytes())
+                scan_id = f"demo-{product.product_id}-{query.path.stem}-{int(time.time())}"
+                scans[scan_id] = (product.product_id, key)
+    topo = Topology.build(settings.amqp, settings.ops)
+    with connect(settings.amqp) as connection:
+        connection.ensure_connection(max_retries=10)
+        publisher = ConfirmedPublisher(connection.channel())
+        for event in events:
+            publisher.publish(event.model_dump_json(), EVENTS, topology.PRODUCT_CREATED)
+        console.print(f"published {len(events)} product.created events")
+        time.sleep(5)  # scans come first in the worker: let the catalog land before them
+        for scan_id, (_, key) in scans.items():
+            scan = BagPhotographed(scan_id=scan_id, image={"bucket": scans_bucket, "key": key})
+            publisher.publish(scan.model_dump_json(), EVENTS, topology.BAG_PHOTOGRAPHED)
+        console.print(f"published {len(scans)} bag.photographed events")
+        answers: dict[str, MatchResult] = {}
+
+        def on_result(message) -> None:
+            result = MatchResult.model_validate_json(message.body)
+            if result.scan_id in scans:
+                answers[result.scan_id] = result
+                message.ack()
+            else:
+                message.requeue()  # someone else's answer: leave it for them
+
+        Consumer(connection.channel(), [topo.results], on_message=on_result).consume()
+        deadline = time.monotonic() + timeout
+        while len(answers) < len(scans) and time.monotonic() < deadline:
+            try:
+                connection.drain_events(timeout=1)
+            except TimeoutError:
+                connection.heartbeat_check()
+    right = 0
+    for scan_id, (product_id, _) in scans.items():
+        result = answers.get(scan_id)
+        best = result.matches[0].product_id if result and result.matches else None
+        right += best == product_id
+        console.print(
+            f"{scan_id}: photo of {product_id} → {best} "
+            f"({result.status.value if result else 'no answer'})"
+        )
+    console.print(f"seed-demo: {right}/{len(scans)} scans ranked the right product first")
+    return right
