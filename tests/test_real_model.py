@@ -64,3 +64,15 @@ def test_package_weights_rename_completely_onto_timm_layout():
     wanted = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
     assert set(renamed) == wanted
     model.load_state_dict(renamed, strict=False)
+
+
+def test_prepared_model_folder_is_readable_by_other_users(default_embedder, tmp_path):
+    """Prepared as root at image build time, read by the container's non-root user."""
+    import stat
+
+    from worker.models import prepare_builtin
+
+    folder = prepare_builtin("efficientnet-lite0", tmp_path)
+    assert stat.S_IMODE(folder.stat().st_mode) & 0o005 == 0o005
+    for path in folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) & 0o004

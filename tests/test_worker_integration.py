@@ -306,3 +306,47 @@ def test_a_scan_too_close_to_call_is_no_confident_match_with_its_ranking(
     assert result.reason is None
     assert [m.rank for m in result.matches] == [1, 2, 3]
     assert result.matches[0].product_id == DESIGNS[1].product_id
+
+
+def test_a_confirmed_correction_makes_the_next_photo_of_that_product_rank_first(
+    settings, catalog, tiny_embedder
+):
+    """The bag photo of product A looks more like product B: the first answer is wrong; once
+    a person confirms A, the next photo of A ranks A first."""
+    import numpy as np
+    from PIL import Image
+
+    def blocks(seed: int) -> Image.Image:
+        pixels = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+        return Image.fromarray(pixels).resize((256, 256), Image.Resampling.NEAREST)
+
+    a, b = blocks(1), blocks(2)
+    for name, picture in {"block-a": a, "block-b": b}.items():
+        catalog.put_object(Bucket=CATALOG_BUCKET, Key=f"{name}.jpg", Body=jpeg_bytes(picture))
+    first_photo, second_photo = Image.blend(b, a, 0.30), Image.blend(b, a, 0.33)
+    catalog.put_object(Bucket=SCANS_BUCKET, Key="bag-first.jpg", Body=jpeg_bytes(first_photo))
+    catalog.put_object(Bucket=SCANS_BUCKET, Key="bag-again.jpg", Body=jpeg_bytes(second_photo))
+    with WorkerHarness(settings, tiny_embedder) as worker:
+        for name in ("block-a", "block-b"):
+            worker.publish(
+                topology.PRODUCT_CREATED,
+                {
+                    "product_id": name,
+                    "sku": name,
+                    "images": [{"image_id": "front", "uri": f"s3://{CATALOG_BUCKET}/{name}.jpg"}],
+                },
+            )
+        worker.outcomes(2)
+        worker.publish(topology.BAG_PHOTOGRAPHED, scan_event("scan-first", "bag-first.jpg"))
+        [first] = worker.results()
+        worker.publish(topology.MATCH_CONFIRMED, {"scan_id": "scan-first", "product_id": "block-a"})
+        [confirmed] = worker.outcomes()
+        worker.publish(topology.BAG_PHOTOGRAPHED, scan_event("scan-again", "bag-again.jpg"))
+        [second] = worker.results()
+    assert first.matches[0].product_id == "block-b"  # wrong: it looks more like B
+    assert confirmed.status is CatalogOutcomeStatus.applied
+    assert second.matches[0].product_id == "block-a"
+    assert (second.matches[0].source, second.matches[0].image_id) == (
+        "confirmed_scan",
+        "scan:scan-first",
+    )

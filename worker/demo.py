@@ -224,15 +224,17 @@ def run_demo(
 
 def _print_report(report: DemoReport, console: Console, show: int, exchange: str) -> None:
     table = Table(title=f"Ranked matches (top 3 of 5) published on {exchange}")
-    for column in ("scan", "photo of", "status", "1st", "2nd", "3rd", "right product at"):
-        table.add_column(column)
-    for query, result in report.results[:show]:
+    for column in ("#", "photo of", "answer", "1st", "2nd", "3rd", "right at"):
+        table.add_column(column, overflow="fold")
+    status = {"matched": "matched", "no_confident_match": "not sure", "failed": "failed"}
+    for n, (query, result) in enumerate(report.results[:show], start=1):
         ranks = [m.product_id for m in result.matches]
-        cells = [f"{m.product_id} {m.score:.3f}" for m in result.matches[:3]]
+        cells = [f"{m.product_id} {m.score:.2f}" for m in result.matches[:3]]
         cells += [""] * (3 - len(cells))
         at = ranks.index(query.product_id) + 1 if query.product_id in ranks else None
         mark = "[green]1 ✓[/]" if at == 1 else (f"[yellow]{at}[/]" if at else "[red]-[/]")
-        table.add_row(result.scan_id, query.product_id, result.status.value, *cells, mark)
+        table.add_row(str(n), query.product_id, status[result.status.value], *cells, mark)
+
     console.print(table)
     if len(report.results) > show:
         console.print(f"({len(report.results) - show} more scans not shown; --show N)")

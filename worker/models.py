@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -149,7 +150,11 @@ def prepare_builtin(name: str, cache_dir: Path) -> Path:
     (staging / CONFIG_FILE).write_text(json.dumps(spec.open_clip_config(), indent=2))
 
     torch.manual_seed(0)  # the (unused) random text tower is the same on every machine
-    model = open_clip.create_model(f"local-dir:{staging}")
+    logging.disable(logging.WARNING)  # open_clip warns that the folder has no weights yet
+    try:
+        model = open_clip.create_model(f"local-dir:{staging}")
+    finally:
+        logging.disable(logging.NOTSET)
     trunk = model.visual.trunk
     state = torch.load(spec.weights_path(), map_location="cpu", weights_only=True)
     trunk.load_state_dict(
@@ -158,6 +163,9 @@ def prepare_builtin(name: str, cache_dir: Path) -> Path:
     save_file(
         {k: v.contiguous() for k, v in model.state_dict().items()}, str(staging / WEIGHTS_FILE)
     )
+    staging.chmod(0o755)  # mkdtemp makes it private; other users (a container's) must read it
+    for path in staging.iterdir():
+        path.chmod(0o644)
     try:
         os.replace(staging, target)  # atomic: a concurrent builder may have won, both are equal
     except OSError:

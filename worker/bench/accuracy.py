@@ -59,6 +59,7 @@ class AccuracyOptions:
     max_queries: int | None = None
     contact_sheet: Path | None = None
     unlabeled_scans_per_product: int = 10
+    category_hint: bool = False
 
 
 @dataclass
@@ -180,9 +181,22 @@ def _confirm(matcher: Matcher, catalog: Catalog, photos: Sequence[QueryPhoto]) -
 
 
 def _rank_all(
-    matcher: Matcher, vectors: np.ndarray, queries: Sequence[QueryPhoto]
+    matcher: Matcher,
+    vectors: np.ndarray,
+    queries: Sequence[QueryPhoto],
+    categories: dict[str, str | None] | None = None,
 ) -> list[QueryOutcome]:
-    rankings = matcher.rank(vectors, TOP_K) if len(vectors) else []
+    """Rank every query; with `categories`, each scan carries its product's category hint
+    (as a station that knows the tray's category would send it)."""
+    if not len(vectors):
+        return []
+    if categories is None:
+        rankings = matcher.rank(vectors, TOP_K)
+    else:
+        rankings = [
+            matcher.rank(vectors[i : i + 1], TOP_K, categories.get(q.product_id))[0]
+            for i, q in enumerate(queries)
+        ]
     return [QueryOutcome(q, r) for q, r in zip(queries, rankings, strict=True)]
 
 
@@ -253,7 +267,13 @@ def run_accuracy(
                 confirmed_so_far = count
                 metric = matcher.refit()  # what the worker does in the background
                 started = time.perf_counter()
-                outcomes = _rank_all(matcher, query_vectors, queries)
+                categories = (
+                    {p.product_id: p.category for p in dataset.products}
+                    if options.category_hint
+                    else None
+                )
+                outcomes = _rank_all(matcher, query_vectors, queries, categories)
+
                 report.runs.append(
                     AccuracyRun(
                         count,

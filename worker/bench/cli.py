@@ -50,6 +50,12 @@ def accuracy(
     contact_sheet: Annotated[
         Path | None, typer.Option(help="PNG: query photos beside their top 5, errors first.")
     ] = None,
+    category_hint: Annotated[
+        bool,
+        typer.Option(
+            help="Scans carry their product's category (the manifest's coarse class) as a hint."
+        ),
+    ] = False,
 ) -> None:
     """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
     from worker.bench.accuracy import AccuracyOptions, run_accuracy
@@ -65,7 +71,9 @@ def accuracy(
         open_set=open_set,
         max_queries=max_queries,
         contact_sheet=contact_sheet,
+        category_hint=category_hint,
     )
+
     with Progress(console=console, transient=True) as progress:
         report = run_accuracy(settings, options, progress)
     figures = report.to_json()
@@ -269,3 +277,54 @@ def scale(
             )
     console.print(table)
     console.print(f"written: {write_result(out, 'scale', _command(), figures)}")
+
+
+@bench.command()
+def models(
+    data: Annotated[Path, typer.Option(help="Folder data set for the accuracy rows.")],
+    names: Annotated[
+        str, typer.Option(help="Models to compare.")
+    ] = "efficientnet-lite0,efficientnet-lite1,efficientnet-lite2",
+    confirmed: Annotated[str, typer.Option(help="Confirmed photos per product.")] = "0,10",
+    out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "models.json",
+) -> None:
+    """Accuracy and speed of each model that loads offline, on the same protocol."""
+    from worker.bench.accuracy import AccuracyOptions, run_accuracy
+    from worker.bench.models import embedding_speed
+    from worker.bench.report import write_result
+    from worker.cli import load_settings
+
+    settings = load_settings(quiet=True)
+    rows = []
+    for name in [n.strip() for n in names.split(",") if n.strip()]:
+        model_settings = settings.model.model_copy(update={"name": name})
+        run_settings = settings.model_copy(update={"model": model_settings})
+        with Progress(console=console, transient=True) as progress:
+            report = run_accuracy(
+                run_settings, AccuracyOptions(data=data, confirmed=_ints(confirmed)), progress
+            )
+            speed = embedding_speed(run_settings, data, progress)
+        rows.append({"model": name, "runs": report.to_json()["runs"], **speed})
+    table = Table(title=f"Models on {data} (val)")
+    for column in (
+        "model",
+        "image px",
+        "R@1 catalog only",
+        "R@1 10 confirmed",
+        "scan embed ms",
+        "catalog img/s",
+    ):
+        table.add_column(column, justify="right")
+    for row in rows:
+        by_count = {r["confirmed_per_product"]: r for r in row["runs"]}
+        first, last = by_count[min(by_count)], by_count[max(by_count)]
+        table.add_row(
+            row["model"],
+            str(row["image_size"]),
+            f"{first['recall@1']:.3f}",
+            f"{last['recall@1']:.3f}",
+            f"{row['scan_embed_ms']['p50']:.1f}",
+            f"{row['catalog_images_per_second']:.1f}",
+        )
+    console.print(table)
+    console.print(f"written: {write_result(out, 'models', _command(), {'models': rows})}")
