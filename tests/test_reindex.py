@@ -143,3 +143,10 @@ def test_reindex_builds_the_new_index_while_the_old_one_answers(indexes, models,
         aliases = {a.alias_name for a in target._client.get_aliases().aliases}
         assert aliases == {references_alias(settings.collection_prefix)}
     assert source.count() == 9
+
+    # a catch-up pass brings the new index level with events that reached only the old one
+    source.delete_product("p001")
+    with Progress(disable=True) as progress:
+        again = reindex(source, target, store, new, ImageSettings(), progress, batch_size=4)
+    assert (again.images, again.reindexed, again.removed) == (8, 8, 1)
+    assert target.product_images("p001") == [] and target.count() == 8

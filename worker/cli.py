@@ -159,7 +159,8 @@ def reindex(
     target.close()
     console.print(
         f"re-embedded {report.reindexed} of {report.images} images for "
-        f"{embedder.model_id} ({report.skipped} skipped)" + ("; now current" if switch else "")
+        f"{embedder.model_id} ({report.skipped} skipped, {report.removed} removed)"
+        + ("; now current" if switch else "")
     )
 
 

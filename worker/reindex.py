@@ -32,6 +32,7 @@ class ReindexReport:
     images: int = 0
     reindexed: int = 0
     skipped: int = 0
+    removed: int = 0
 
 
 def reindex(
@@ -43,14 +44,17 @@ def reindex(
     progress: Progress,
     batch_size: int = 32,
 ) -> ReindexReport:
-    """Re-embed every reference image of `source` into `target` (idempotent: run it again
-    to catch up with events that reached only the old index meanwhile)."""
+    """Re-embed every reference image of `source` into `target`, and remove from `target`
+    what `source` no longer has. Idempotent: run it again to catch up with the product events
+    (upserts and deletes) that reached only the old index meanwhile."""
     report = ReindexReport()
+    in_source: set[tuple[str, str]] = set()
     task = progress.add_task(f"re-embedding for {target.model_id}", total=source.count())
     for page in source.all_images(batch_size):
         loaded: list[tuple[StoredImage, Image.Image]] = []
         for stored in page:
             report.images += 1
+            in_source.add((stored.product_id, stored.image_id))
             try:
                 if not stored.uri or not stored.uri.startswith("s3://"):
                     raise PermanentError(
@@ -92,4 +96,17 @@ def reindex(
             )
             report.reindexed += len(chosen)
         progress.advance(task, len(page))
+    report.removed = _remove_missing(target, in_source)
     return report
+
+
+def _remove_missing(target: VectorIndex, in_source: set[tuple[str, str]]) -> int:
+    """Delete the images of `target` that the source index no longer holds."""
+    stale: dict[str, list[str]] = {}
+    for page in target.all_images():
+        for stored in page:
+            if (stored.product_id, stored.image_id) not in in_source:
+                stale.setdefault(stored.product_id, []).append(stored.image_id)
+    for product_id, image_ids in stale.items():
+        target.delete_images(product_id, image_ids)
+    return sum(len(ids) for ids in stale.values())
