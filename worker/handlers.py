@@ -341,6 +341,17 @@ class Handlers:
             return self._catalog_error(delivery, error, {"product_id": event.product_id})
         return outcome
 
+    def _rejected_confirmation(
+        self, delivery: Delivery, event: MatchConfirmed, reason: FailureReason, detail: str
+    ) -> Outcome:
+        return self._catalog_outcome(
+            delivery,
+            event.product_id,
+            CatalogOutcomeStatus.rejected,
+            scan_id=event.scan_id,
+            problems=[ImageProblem(reason=reason, detail=detail)],
+        )
+
     def _confirm(self, delivery: Delivery, event: MatchConfirmed) -> Outcome:
         index = self.matcher.index
         scan = index.recall_scan(event.scan_id)
@@ -348,43 +359,22 @@ class Handlers:
             try:
                 scan = self._scan_from_image(event.scan_id, event.image)
             except PermanentError as error:
-                return self._catalog_outcome(
-                    delivery,
-                    event.product_id,
-                    CatalogOutcomeStatus.rejected,
-                    scan_id=event.scan_id,
-                    problems=[ImageProblem(reason=error.reason, detail=error.detail)],
-                )
+                return self._rejected_confirmation(delivery, event, error.reason, error.detail)
         if scan is None:
-            return self._catalog_outcome(
+            return self._rejected_confirmation(
                 delivery,
-                event.product_id,
-                CatalogOutcomeStatus.rejected,
-                scan_id=event.scan_id,
-                problems=[
-                    ImageProblem(
-                        reason=FailureReason.unknown_scan,
-                        detail=(
-                            f"scan {event.scan_id!r} is not known here (answered by another "
-                            "replica, never answered, or older than "
-                            f"{self.settings.matching.scan_memory_days:g} days) and the "
-                            "confirmation carries no image"
-                        ),
-                    )
-                ],
+                event,
+                FailureReason.unknown_scan,
+                f"scan {event.scan_id!r} is not known here (answered by another replica, never "
+                f"answered, or older than {self.settings.matching.scan_memory_days:g} days) and "
+                "the confirmation carries no image",
             )
         if not self.catalog.confirm(event.product_id, scan):
-            return self._catalog_outcome(
+            return self._rejected_confirmation(
                 delivery,
-                event.product_id,
-                CatalogOutcomeStatus.rejected,
-                scan_id=event.scan_id,
-                problems=[
-                    ImageProblem(
-                        reason=FailureReason.unknown_product,
-                        detail=f"product {event.product_id!r} is not in the catalog",
-                    )
-                ],
+                event,
+                FailureReason.unknown_product,
+                f"product {event.product_id!r} is not in the catalog",
             )
         index.remember_scan(scan)  # remembers where the photo went (a correction moves it)
         return self._catalog_outcome(

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -165,6 +165,18 @@ class ScanRecord:
             result_json=payload.get("result"),
             extra=json.loads(payload.get("extra") or "{}"),
         )
+
+
+def collect_pages(fetch_page: Callable[[object], tuple[list, object]], limit: int | None) -> list:
+    """Every record of a paged scroll (`fetch_page(offset)` gives a page and the next offset,
+    None at the end), or the first `limit` of them."""
+    records, offset = [], None
+    while limit is None or len(records) < limit:
+        page, offset = fetch_page(offset)
+        records.extend(page)
+        if offset is None:
+            break
+    return records[:limit] if limit is not None else records
 
 
 def group_by_product(hits: Iterable[ImageHit], top_k: int) -> list[ProductHit]:

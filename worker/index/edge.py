@@ -47,6 +47,7 @@ from worker.index.base import (
     ScanRecord,
     StoredImage,
     VectorIndex,
+    collect_pages,
     group_by_product,
     point_id,
     scan_point_id,
@@ -304,9 +305,8 @@ class EdgeIndex(VectorIndex):
         with_vector: bool = False,
         limit: int | None = None,
     ) -> list:
-        records, offset = [], None
-        while limit is None or len(records) < limit:
-            page, offset = shard.scroll(
+        return collect_pages(
+            lambda offset: shard.scroll(
                 ScrollRequest(
                     offset=offset,
                     limit=1024,
@@ -314,11 +314,9 @@ class EdgeIndex(VectorIndex):
                     with_payload=True,
                     with_vector=with_vector,
                 )
-            )
-            records.extend(page)
-            if offset is None:
-                break
-        return records[:limit] if limit is not None else records
+            ),
+            limit,
+        )
 
 
 def _image_hit(point) -> ImageHit:

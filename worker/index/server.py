@@ -28,6 +28,7 @@ from worker.index.base import (
     ScanRecord,
     StoredImage,
     VectorIndex,
+    collect_pages,
     point_id,
     scan_point_id,
 )
@@ -247,20 +248,17 @@ class QdrantServerIndex(VectorIndex):
     def _scroll(
         self, collection: str, scroll_filter, with_vectors: bool = False, limit: int | None = None
     ) -> list:
-        records, offset = [], None
-        while limit is None or len(records) < limit:
-            page, offset = self._client.scroll(
+        return collect_pages(
+            lambda offset: self._client.scroll(
                 collection,
                 scroll_filter=scroll_filter,
                 limit=1024,
                 offset=offset,
                 with_payload=True,
                 with_vectors=with_vectors,
-            )
-            records.extend(page)
-            if offset is None:
-                break
-        return records[:limit] if limit is not None else records
+            ),
+            limit,
+        )
 
     @_transient_on_outage
     def remember_scan(self, record: ScanRecord) -> None:
