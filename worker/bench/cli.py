@@ -286,6 +286,7 @@ def models(
         str, typer.Option(help="Models to compare.")
     ] = "efficientnet-lite0,efficientnet-lite1,efficientnet-lite2",
     confirmed: Annotated[str, typer.Option(help="Confirmed photos per product.")] = "0,10",
+    split: Annotated[str, typer.Option(help="Split of the query photos to match.")] = "val",
     out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "models.json",
 ) -> None:
     """Accuracy and speed of each model that loads offline, on the same protocol."""
@@ -301,28 +302,26 @@ def models(
         run_settings = settings.model_copy(update={"model": model_settings})
         with Progress(console=console, transient=True) as progress:
             report = run_accuracy(
-                run_settings, AccuracyOptions(data=data, confirmed=_ints(confirmed)), progress
+                run_settings,
+                AccuracyOptions(data=data, split=split, confirmed=_ints(confirmed)),
+                progress,
             )
             speed = embedding_speed(run_settings, data, progress)
         rows.append({"model": name, "runs": report.to_json()["runs"], **speed})
-    table = Table(title=f"Models on {data} (val)")
-    for column in (
-        "model",
-        "image px",
-        "R@1 catalog only",
-        "R@1 10 confirmed",
-        "scan embed ms",
-        "catalog img/s",
-    ):
-        table.add_column(column, justify="right")
+    table = Table(title=f"Models on {data} ({split})")
+    counts = _ints(confirmed)
+    table.add_column("model")
+    table.add_column("image px", justify="right")
+    for count in counts:
+        table.add_column(f"R@1, {count} confirmed", justify="right")
+    table.add_column("scan embed ms p50", justify="right")
+    table.add_column("catalog img/s", justify="right")
     for row in rows:
         by_count = {r["confirmed_per_product"]: r for r in row["runs"]}
-        first, last = by_count[min(by_count)], by_count[max(by_count)]
         table.add_row(
             row["model"],
             str(row["image_size"]),
-            f"{first['recall@1']:.3f}",
-            f"{last['recall@1']:.3f}",
+            *(f"{by_count[count]['recall@1']:.3f}" for count in counts),
             f"{row['scan_embed_ms']['p50']:.1f}",
             f"{row['catalog_images_per_second']:.1f}",
         )
