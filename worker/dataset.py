@@ -9,6 +9,8 @@ import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shared.contract import ProductUpserted
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
@@ -25,6 +27,25 @@ class FolderProduct:
     catalog: list[Path] = field(default_factory=list)
     queries: list[QueryPhoto] = field(default_factory=list)
     category: str | None = None
+
+    def object_key(self, path: Path, prefix: str = "") -> str:
+        """Where one of this product's files lies in a bucket."""
+        return f"{prefix}{self.product_id}/{path.name}"
+
+    def catalog_event(
+        self, bucket: str, prefix: str = "", product_id: str | None = None
+    ) -> ProductUpserted:
+        """The `product.created` event of this product, its catalog images at `object_key`
+        in `bucket` (`product_id` names a copy of the product)."""
+        return ProductUpserted(
+            product_id=product_id or self.product_id,
+            sku=product_id or self.product_id,
+            category=self.category,
+            images=[
+                {"image_id": path.name, "bucket": bucket, "key": self.object_key(path, prefix)}
+                for path in self.catalog
+            ],
+        )
 
 
 @dataclass

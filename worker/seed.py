@@ -16,7 +16,7 @@ from kombu import Consumer
 from rich.console import Console
 
 from shared import topology
-from shared.contract import BagPhotographed, MatchResult, ProductUpserted
+from shared.contract import BagPhotographed, MatchResult
 from worker.broker import EVENTS, ConfirmedPublisher, Topology, connect
 from worker.dataset import read_folder_dataset
 from worker.settings import Settings
@@ -54,25 +54,12 @@ def seed_demo(
             for path in product.catalog:
                 s3.put_object(
                     Bucket=catalog_bucket,
-                    Key=f"demo/{product.product_id}/{path.name}",
+                    Key=product.object_key(path, "demo/"),
                     Body=path.read_bytes(),
                 )
-            events.append(
-                ProductUpserted(
-                    product_id=product.product_id,
-                    sku=product.product_id,
-                    images=[
-                        {
-                            "image_id": p.name,
-                            "bucket": catalog_bucket,
-                            "key": f"demo/{product.product_id}/{p.name}",
-                        }
-                        for p in product.catalog
-                    ],
-                )
-            )
+            events.append(product.catalog_event(catalog_bucket, "demo/"))
             for query in product.queries:
-                key = f"demo/{product.product_id}/{query.path.name}"
+                key = product.object_key(query.path, "demo/")
                 s3.put_object(Bucket=scans_bucket, Key=key, Body=query.path.read_bytes())
                 scan_id = f"demo-{product.product_id}-{query.path.stem}-{int(time.time())}"
                 scans[scan_id] = (product.product_id, key)

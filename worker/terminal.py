@@ -13,7 +13,6 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
-from shared.contract import ProductUpserted
 from worker.app import opened
 from worker.catalog import Catalog
 from worker.dataset import FolderProduct, read_folder_dataset
@@ -63,19 +62,7 @@ def ingest_products(
         embed_paths(matcher, paths, ImageKind.catalog, settings, progress, "catalog images")
     )
     for product in products:
-        event = ProductUpserted(
-            product_id=product.product_id,
-            sku=product.product_id,
-            category=product.category,
-            images=[
-                {
-                    "image_id": path.name,
-                    "bucket": FOLDER_BUCKET,
-                    "key": f"{product.product_id}/{path.name}",
-                }
-                for path in product.catalog
-            ],
-        )
+        event = product.catalog_event(FOLDER_BUCKET)
         plan = catalog.plan(event)
         by_id = {image.image_id: image for image in event.images}
         embedded = [(by_id[path.name], next(vectors)) for path in product.catalog]

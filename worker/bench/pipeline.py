@@ -169,27 +169,11 @@ def _upload_catalog(
     for product in products:
         for path in product.catalog:
             s3.put_object(
-                Bucket=CATALOG_BUCKET,
-                Key=f"{product.product_id}/{path.name}",
-                Body=path.read_bytes(),
+                Bucket=CATALOG_BUCKET, Key=product.object_key(path), Body=path.read_bytes()
             )
         for copy in range(copies):
             product_id = product.product_id if copy == 0 else f"{product.product_id}~{copy}"
-            events.append(
-                ProductUpserted(
-                    product_id=product_id,
-                    sku=product_id,
-                    category=product.category,
-                    images=[
-                        {
-                            "image_id": path.name,
-                            "bucket": CATALOG_BUCKET,
-                            "key": f"{product.product_id}/{path.name}",
-                        }
-                        for path in product.catalog
-                    ],
-                )
-            )
+            events.append(product.catalog_event(CATALOG_BUCKET, product_id=product_id))
         progress.advance(task)
     return events
 
