@@ -93,6 +93,7 @@ class RabbitNode:
             stdout=open(self.workdir / "server.out", "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=self.workdir,  # Erlang writes crash dumps (MnesiaCore.*) to its working folder
         )
         wait_for_port(self.port, timeout, self.process)
         self._wait_until_amqp_works(timeout)
