@@ -103,6 +103,13 @@ class ProductUpserted(_Message):
     name: str | None = None
     category: str | None = None
     images: list[ProductImage] = Field(default_factory=list, max_length=50)
+    version: int | None = Field(
+        default=None,
+        ge=0,
+        description="The product's revision in the PIM (any number that grows with each "
+        "change, e.g. updated_at in milliseconds). An event older than the last one applied "
+        "changes nothing and is answered `stale`. Unversioned events are always applied.",
+    )
 
     @field_validator("images")
     @classmethod
@@ -117,6 +124,12 @@ class ProductDeleted(_Message):
     """A product was deleted in the PIM. Routing key ``product.deleted``."""
 
     product_id: Identifier
+    version: int | None = Field(
+        default=None,
+        ge=0,
+        description="The product's revision at deletion: a later-delivered older update "
+        "does not bring the product back.",
+    )
 
 
 class MatchConfirmed(_Message):
@@ -125,11 +138,21 @@ class MatchConfirmed(_Message):
 
     scan_id: Identifier
     product_id: Identifier
-    confirmed_by: str | None = None
+    confirmed_by: str | None = Field(
+        default=None,
+        description="Who at the sender confirmed (a person's name, for the audit log only). "
+        "The system that sent the confirmation is the broker-validated AMQP user_id.",
+    )
     image: S3Object | None = Field(
         default=None,
-        description="The scan's photo (as given in its match.result). Lets a worker that does "
-        "not remember the scan (another replica, or after scan_memory_days) still use it.",
+        description="The scan's photo (as given in its match.result). With `receipt`, lets a "
+        "worker that does not remember the scan (another replica) still use it.",
+    )
+    receipt: str | None = Field(
+        default=None,
+        max_length=64,
+        description="The `receipt` of the scan's match.result, proof that this system answered "
+        "that scan with that photo.",
     )
 
 
@@ -149,6 +172,8 @@ class FailureReason(StrEnum):
     image_too_large = "image_too_large"
     image_unreadable = "image_unreadable"
     unknown_scan = "unknown_scan"
+    scan_id_reused = "scan_id_reused"
+    not_authorized = "not_authorized"
     unknown_product = "unknown_product"
     dependency_unavailable = "dependency_unavailable"
     internal_error = "internal_error"
@@ -174,6 +199,11 @@ class MatchResult(_Message):
     detail: str | None = Field(default=None, description="Human-readable detail of a failure.")
     matches: list[RankedProduct] = Field(default_factory=list)
     image: S3Object | None = Field(default=None, description="The scan's photo, as received.")
+    receipt: str | None = Field(
+        default=None,
+        description="Proof that this system answered this scan with this photo, to send back "
+        "in match.confirmed (set when workers share a receipt key).",
+    )
     model: str = Field(description="Id of the model that embedded the scan.")
     timings_ms: dict[str, float] = Field(default_factory=dict)
     produced_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -189,6 +219,7 @@ class CatalogOutcomeStatus(StrEnum):
     applied = "applied"
     partially_applied = "partially_applied"
     rejected = "rejected"
+    stale = "stale"
 
 
 class ImageProblem(BaseModel):
@@ -210,7 +241,11 @@ class CatalogOutcome(_Message):
     product_id: str
     scan_id: str | None = None
     status: CatalogOutcomeStatus
-    images_indexed: int = 0
+    images_indexed: int = Field(
+        default=0,
+        description="How many of the event's images are in the index once it is handled "
+        "(newly embedded or already there): the same number on every redelivery.",
+    )
     problems: list[ImageProblem] = Field(default_factory=list)
     model: str
     replica: str | None = Field(

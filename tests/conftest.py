@@ -108,6 +108,8 @@ def make_settings(tmp_path: Path, tiny_model_dir: Path | None = None, **sections
         "s3": {"allowed_buckets": [CATALOG_BUCKET, SCANS_BUCKET]},
         "ops": {"http_port": 0, "retry_delays_seconds": TEST_RETRY_DELAYS, "max_attempts": 3},
         "log": {"format": "json"},
+        # the test clients log in as guest
+        "amqp": {"confirm_users": ["guest"]},
         # thresholds are calibrated for real weights; random ones get their own below
         "matching": {"min_margin": 0.0},
     }

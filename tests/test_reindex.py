@@ -13,7 +13,7 @@ from rich.progress import Progress
 from shared.contract import ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
 from tests.support.tiny_model import write_tiny_model
-from worker.catalog import Catalog
+from worker.catalog import Catalog, EmbeddedImage
 from worker.embedder import Embedder, ImageKind
 from worker.index import SOURCE_CONFIRMED_SCAN, ScanRecord
 from worker.index.edge import EdgeIndex, current_model, make_current
@@ -83,7 +83,7 @@ def test_reindex_builds_the_new_index_while_the_old_one_answers(indexes, models,
             ],
         )
         vector = old.embed([images[design.product_id]], ImageKind.catalog)[0]
-        catalog.apply(event, catalog.plan(event), [(event.images[0], vector)])
+        catalog.apply(event, catalog.plan(event), [EmbeddedImage(event.images[0], vector)])
     catalog.confirm(
         "p002",
         ScanRecord(

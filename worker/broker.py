@@ -178,8 +178,12 @@ class ConfirmedPublisher:
         headers: dict | None = None,
         content_type: str = "application/json",
         content_encoding: str = "utf-8",
+        user_id: str | None = None,
     ) -> None:
+        """`user_id` states the publishing user; RabbitMQ refuses any other than the
+        connection's own, so a consumer can trust it."""
         self._returned.clear()
+        properties = {"user_id": user_id} if user_id else {}
         try:
             self._producer.publish(
                 body,
@@ -191,6 +195,7 @@ class ConfirmedPublisher:
                 delivery_mode=2,
                 mandatory=True,
                 retry=False,
+                **properties,
             )
         except MessageNacked:
             raise PublishRejected(f"the broker nacked a message to {routing_key}") from None

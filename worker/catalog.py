@@ -1,8 +1,10 @@
 """Keeping the index in step with the PIM's catalog and with confirmed scans.
 
 Every operation is idempotent: a product event applied twice leaves the index as once
-(point ids are deterministic, and an image already stored from the same URI is not
-embedded again). Every change is reported to `on_change` (the matcher's learned state).
+(point ids are deterministic, and an image already stored from the same object, same URI and
+same ETag, is not embedded again). Product events may carry a version: one older than the
+last applied (a deletion included) changes nothing. Every change is reported to `on_change`
+(the matcher's learned state).
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from shared.contract import ProductImage, ProductUpserted
+from shared.contract import ProductDeleted, ProductImage, ProductUpserted
 from worker.index import (
     SOURCE_CATALOG,
     SOURCE_CONFIRMED_SCAN,
+    ProductState,
     ReferenceImage,
     ScanRecord,
     VectorIndex,
@@ -30,6 +33,13 @@ class SyncPlan:
     to_remove: list[str]
 
 
+@dataclass(frozen=True)
+class EmbeddedImage:
+    image: ProductImage
+    vector: np.ndarray
+    etag: str | None = None
+
+
 def confirmed_scan_image_id(scan_id: str) -> str:
     return f"scan:{scan_id}"
 
@@ -41,13 +51,36 @@ class Catalog:
         self.index = index
         self._on_change = on_change or (lambda product_ids, count: None)
 
-    def plan(self, event: ProductUpserted) -> SyncPlan:
+    def is_stale(self, product_id: str, version: int | None) -> bool:
+        """Whether an event of this version comes after a newer one (or the same version's
+        deletion) was applied. Unversioned events are never stale."""
+        state = self.index.product_state(product_id)
+        if version is None or state is None or state.version is None:
+            return False
+        return version < state.version or (version == state.version and state.deleted)
+
+    def already_stored(self, event: ProductUpserted) -> dict[str, ProductImage]:
+        """The event's images stored before from the same URI, whose object may still have
+        changed (their stored ETag is compared with the current one)."""
+        stored = {image.image_id: image for image in self.index.product_images(event.product_id)}
+        return {
+            image.image_id: image
+            for image in event.images
+            if image.image_id in stored
+            and stored[image.image_id].uri == image.uri
+            and stored[image.image_id].etag is not None
+        }
+
+    def plan(self, event: ProductUpserted, changed: set[str] = frozenset()) -> SyncPlan:
+        """`changed`: ids of images whose object was replaced at the same URI."""
         stored = {image.image_id: image for image in self.index.product_images(event.product_id)}
         wanted = {image.image_id for image in event.images}
         to_embed = [
             image
             for image in event.images
-            if image.image_id not in stored or stored[image.image_id].uri != image.uri
+            if image.image_id not in stored
+            or stored[image.image_id].uri != image.uri
+            or image.image_id in changed
         ]
         to_remove = [
             image_id
@@ -60,27 +93,35 @@ class Catalog:
         self,
         event: ProductUpserted,
         plan: SyncPlan,
-        embedded: Sequence[tuple[ProductImage, np.ndarray]],
+        embedded: Sequence[EmbeddedImage],
+        unusable: Sequence[str] = (),
     ) -> None:
-        """Store the embedded new images, remove dropped ones, refresh the product's payload."""
+        """Store the embedded new images, remove dropped ones and those now `unusable` (their
+        object is gone or broken), refresh the product's payload, record the version."""
+        state = self.index.product_state(event.product_id)
         self.index.upsert(
             [
                 ReferenceImage(
                     product_id=event.product_id,
-                    image_id=image.image_id,
+                    image_id=item.image.image_id,
                     sku=event.sku,
-                    vector=vector,
+                    vector=item.vector,
                     source=SOURCE_CATALOG,
                     category=event.category,
                     name=event.name,
-                    uri=image.uri,
+                    uri=item.image.uri,
+                    etag=item.etag,
                 )
-                for image, vector in embedded
+                for item in embedded
             ]
         )
-        self.index.delete_images(event.product_id, plan.to_remove)
+        removed = [*plan.to_remove, *unusable]
+        self.index.delete_images(event.product_id, removed)
         self.index.set_product_info(event.product_id, event.sku, event.name, event.category)
-        if embedded or plan.to_remove:
+        version = event.version if event.version is not None else state and state.version
+        if version is not None or (state is not None and state.deleted):
+            self.index.set_product_state(ProductState(event.product_id, version, deleted=False))
+        if embedded or removed:
             self._on_change([event.product_id], 1)
 
     def confirm(self, product_id: str, scan: ScanRecord) -> bool:
@@ -116,6 +157,10 @@ class Catalog:
         self._on_change([product_id], 1)
         return True
 
-    def delete(self, product_id: str) -> None:
-        self.index.delete_product(product_id)
-        self._on_change([product_id], 1)
+    def delete(self, event: ProductDeleted) -> None:
+        """Delete every image of the product and leave a tombstone with its version."""
+        state = self.index.product_state(event.product_id)
+        version = event.version if event.version is not None else state and state.version
+        self.index.delete_product(event.product_id)
+        self.index.set_product_state(ProductState(event.product_id, version, deleted=True))
+        self._on_change([event.product_id], 1)

@@ -1,38 +1,35 @@
-"""The consumer loop: RabbitMQ in, handlers, confirmed results out, then the ack.
+"""The consumer loop: the connection's life cycle, handlers in the background, settlement.
 
-All AMQP work happens on this loop's thread (kombu connections are not thread-safe).
-Handlers run in a background thread while the loop keeps the connection alive: it sends
-heartbeats and receives further deliveries (bounded by the prefetch) into local buffers.
-Scans are always handled before catalog work, whatever arrived first.
+All AMQP work happens on this loop's thread (kombu connections are not thread-safe), the way
+kombu's `ConsumerMixin` and dramatiq's consumer thread divide the work: the loop connects,
+consumes into the `Inbox`, keeps heartbeats flowing while a batch is handled in a background
+thread, and settles each delivery (`Settlement`). When the queues are idle it runs the idle
+hook (refits, housekeeping). Broker failures reconnect with backoff; nothing a message does
+can stop the loop.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 
 from amqp.exceptions import AMQPError
 from kombu import Connection, Consumer
 from kombu.exceptions import OperationalError
-from kombu.message import Message
 
 from shared import topology
-from worker.broker import DEAD_LETTER, RESULTS, ConfirmedPublisher, Topology, connect
-from worker.handlers import Action, Delivery, Handlers, Outcome
+from worker.broker import ConfirmedPublisher, Topology, connect
+from worker.handlers import Handlers
+from worker.inbox import Inbox
 from worker.logs import get_logger
-from worker.metrics import (
-    BATCH_SIZE,
-    DEAD_LETTERS,
-    MESSAGES,
-    RETRIES,
-    SCAN_RESULTS,
-    STAGE_SECONDS,
-    observe_stages,
-)
+from worker.metrics import BATCH_SIZE
 from worker.ops import Health
+from worker.outcome import Action, Outcome
 from worker.settings import Settings
+from worker.settlement import Settlement, raw_body, trusted_delivery
+
+__all__ = ["DrainTimeout", "Worker", "raw_body"]
 
 log = get_logger(__name__)
 
@@ -70,27 +67,12 @@ class _Background:
         return self._result
 
 
-def _routing_key(message: Message) -> str:
-    headers = message.headers or {}
-    return str(
-        headers.get(topology.HEADER_ORIGINAL_ROUTING_KEY)
-        or message.delivery_info.get("routing_key", "")
-    )
-
-
-def raw_body(message) -> bytes:
-    """The body as sent (py-amqp decodes bodies that declare a content encoding)."""
-    body = message.body
-    if isinstance(body, str):
-        return body.encode(message.content_encoding or "utf-8")
-    return bytes(body)
-
-
-def _attempt(message: Message) -> int:
-    try:
-        return max(1, int((message.headers or {}).get(topology.HEADER_ATTEMPT, 1)))
-    except (TypeError, ValueError):
-        return 1
+def worker_user(connection: Connection) -> str | None:
+    """The AMQP user this worker logs in as (None on the in-memory transport, where nobody
+    validates a user_id)."""
+    if connection.transport.driver_type != "amqp":
+        return None
+    return connection.userid
 
 
 class DrainTimeout(Exception):
@@ -112,8 +94,7 @@ class Worker:
         self._connect = connection_factory or (lambda: connect(settings.amqp))
         self._stopping = False
         self._stop_logged = False
-        self._scans: deque[Message] = deque()
-        self._catalog: deque[Message] = deque()
+        self.inbox = Inbox(settings.model.batch_size, settings.amqp.catalog_prefetch)
         self._last_housekeeping = 0.0
         self._stop_requested_at = 0.0
         self._consumers: list[Consumer] = []
@@ -148,7 +129,7 @@ class Worker:
                 break
             except BROKER_ERRORS as error:
                 self.health.broker_connected = False
-                self._forget_buffers()
+                self.inbox.forget()
                 log.warning(
                     "broker.disconnected",
                     error=str(error) or type(error).__name__,
@@ -168,11 +149,6 @@ class Worker:
             self._stop_logged = True
             log.info("worker.stopping", grace_s=self.settings.ops.drain_seconds)
 
-    def _forget_buffers(self) -> None:
-        # Unacked deliveries of a dead connection are redelivered by the broker.
-        self._scans.clear()
-        self._catalog.clear()
-
     # serving --------------------------------------------------------------------------
 
     def _serve(self, connection: Connection, idle_exit_seconds: float | None) -> bool:
@@ -180,23 +156,19 @@ class Worker:
         amqp = self.settings.amqp
         publish_channel = connection.channel()
         self.topology.declare(publish_channel)
-        self._publisher = ConfirmedPublisher(publish_channel)
+        self.settlement = Settlement(
+            ConfirmedPublisher(publish_channel), self.topology, worker_user(connection)
+        )
         scan_channel, catalog_channel = connection.channel(), connection.channel()
         scan_channel.basic_qos(0, amqp.scan_prefetch, False)
         catalog_channel.basic_qos(0, amqp.catalog_prefetch, False)
-        consumers = [
+        self._consumers = [
+            Consumer(scan_channel, [self.topology.scans], on_message=self.inbox.scans.append),
             Consumer(
-                scan_channel, [self.topology.scans], on_message=self._scans.append, no_ack=False
-            ),
-            Consumer(
-                catalog_channel,
-                [self.topology.catalog],
-                on_message=self._catalog.append,
-                no_ack=False,
+                catalog_channel, [self.topology.catalog], on_message=self.inbox.catalog.append
             ),
         ]
-        self._consumers = consumers
-        for consumer in consumers:
+        for consumer in self._consumers:
             consumer.consume()
         self.health.broker_connected = True
         log.info("worker.consuming", queues=[self.topology.scans.name, self.topology.catalog.name])
@@ -204,12 +176,12 @@ class Worker:
         try:
             while not self._stopping:
                 self.health.beat()
-                self._drain(connection, timeout=0.05 if self._pending() else 1.0)
-                if self._pending():
+                self._drain(connection, timeout=0.05 if self.inbox.pending() else 1.0)
+                if self.inbox.pending():
                     self._handle_next_batch(connection)
                     idle_since = time.monotonic()
                 else:
-                    self._housekeeping()
+                    self._when_idle()
                     if (
                         idle_exit_seconds is not None
                         and time.monotonic() - idle_since >= idle_exit_seconds
@@ -221,8 +193,7 @@ class Worker:
                 self._note_stop()
             try:
                 self._cancel_consumers()
-
-                self._requeue_buffered()
+                self.inbox.give_back()
             except BROKER_ERRORS:
                 pass  # the connection is gone: the broker requeues what was unacked
 
@@ -230,9 +201,6 @@ class Worker:
         for consumer in self._consumers:
             consumer.cancel()
         self._consumers = []
-
-    def _pending(self) -> bool:
-        return bool(self._scans or self._catalog)
 
     def _drain(self, connection: Connection, timeout: float) -> None:
         """Receive whatever the broker has for us, waiting at most `timeout` for the first."""
@@ -244,27 +212,17 @@ class Worker:
             pass
         connection.heartbeat_check()
 
-    def _requeue_buffered(self) -> None:
-        """On the way out, give back what was received but not handled."""
-        for buffer in (self._scans, self._catalog):
-            while buffer:
-                message = buffer.popleft()
-                if not message.acknowledged:
-                    message.reject(requeue=True)
-
     def _handle_next_batch(self, connection: Connection) -> None:
-        if self._scans:
-            queue, buffer = topology.SCANS_QUEUE, self._scans
-            limit, handler = self.settings.model.batch_size, self.handlers.handle_scans
+        batch = self.inbox.next_batch()
+        if batch.kind == "scans":
+            queue, handler = topology.SCANS_QUEUE, self.handlers.handle_scans
         else:
-            queue, buffer = self.topology.catalog.name, self._catalog
-
-            limit, handler = self.settings.amqp.catalog_prefetch, self.handlers.handle_catalog
-        messages = [buffer.popleft() for _ in range(min(limit, len(buffer)))]
-        deliveries = [Delivery(_routing_key(m), raw_body(m), _attempt(m)) for m in messages]
-        BATCH_SIZE.labels(queue).observe(len(messages))
+            queue, handler = self.topology.catalog.name, self.handlers.handle_catalog
+        user = self.settlement.worker_user
+        deliveries = [trusted_delivery(m, user) for m in batch.messages]
+        BATCH_SIZE.labels(queue).observe(len(batch.messages))
         call = _Background(handler, deliveries)
-        while not call.done():  # keep heartbeats flowing and the buffers filling
+        while not call.done():  # keep heartbeats flowing and the inbox filling
             self._drain(connection, timeout=HANDLER_POLL_SECONDS)
             self.health.beat()
             if self._stopping:
@@ -273,100 +231,36 @@ class Worker:
                 waited = time.monotonic() - self._stop_requested_at
                 if waited > self.settings.ops.drain_seconds:
                     raise DrainTimeout(
-                        f"batch of {len(messages)} not done {waited:.0f} s "
+                        f"batch of {len(batch.messages)} not done {waited:.0f} s "
                         "after the stop; left unacked for redelivery"
                     )
-        outcomes: Sequence[Outcome] = call.result()
-        if len(outcomes) != len(messages):
-            raise RuntimeError(
-                f"handler returned {len(outcomes)} outcomes for {len(messages)} messages"
-            )
-        for message, delivery, outcome in zip(messages, deliveries, outcomes, strict=True):
-            self._settle(queue, message, delivery, outcome)
+        outcomes = self._outcomes(call, len(deliveries))
+        for message, delivery, outcome in zip(batch.messages, deliveries, outcomes, strict=True):
+            self.settlement.settle(queue, message, delivery, outcome)
 
-    def _settle(self, queue: str, message: Message, delivery: Delivery, outcome: Outcome) -> None:
-        """Publish the outcome's results (confirmed), then ack, retry or dead-letter."""
-        started = time.perf_counter()
-        for routing_key, result in outcome.results:
-            self._publisher.publish(result.model_dump_json(), RESULTS, routing_key)
-            if routing_key == topology.MATCH_RESULT:
-                SCAN_RESULTS.labels(getattr(result, "status", "unknown")).inc()
-        if outcome.action is Action.retry:
-            retry_queue = self.topology.retry_queue(queue, delivery.attempt)
-            self._republish(
-                message,
-                delivery,
-                outcome,
-                queue,
-                "",
-                retry_queue.name,
-                attempt=delivery.attempt + 1,
-            )
-            RETRIES.labels(queue).inc()
-        elif outcome.action is Action.dead_letter:
-            self._republish(
-                message,
-                delivery,
-                outcome,
-                queue,
-                DEAD_LETTER,
-                delivery.routing_key,
-                attempt=delivery.attempt,
-            )
-            DEAD_LETTERS.labels(queue, outcome.log.get("reason") or "unknown").inc()
-        message.ack()
-        publish_ms = round((time.perf_counter() - started) * 1000, 2)
-        STAGE_SECONDS.labels("publish").observe(publish_ms / 1000)
-        observe_stages(outcome.log.get("timings_ms") or {})
-        MESSAGES.labels(queue, outcome.action.value).inc()
-        log.info(
-            "message.handled",
-            queue=queue,
-            routing_key=delivery.routing_key,
-            attempt=delivery.attempt,
-            outcome=outcome.action.value,
-            publish_ms=publish_ms,
-            error=outcome.error,
-            **outcome.log,
-        )
+    @staticmethod
+    def _outcomes(call: _Background, count: int) -> Sequence[Outcome]:
+        """The handlers isolate every message; should they still fail as a whole, every
+        message of the batch is dead-lettered rather than the loop stopping."""
+        try:
+            outcomes = call.result()
+            if len(outcomes) == count:
+                return outcomes
+            error = f"handler returned {len(outcomes)} outcomes for {count} messages"
+        except Exception as raised:
+            error = str(raised) or type(raised).__name__
+        log.error("batch.failed", error=error, size=count)
+        return [
+            Outcome(Action.dead_letter, error=error, exception="BatchFailed") for _ in range(count)
+        ]
 
-    def _republish(
-        self,
-        message: Message,
-        delivery: Delivery,
-        outcome: Outcome,
-        queue: str,
-        exchange,
-        routing_key: str,
-        attempt: int,
-    ) -> None:
-        """Send the message on (to a delay queue or the dead letters) with the error attached,
-        keeping the body and content properties it came with."""
-        headers = {
-            **(message.headers or {}),
-            topology.HEADER_ORIGINAL_ROUTING_KEY: delivery.routing_key,
-            topology.HEADER_ORIGINAL_QUEUE: queue,
-            topology.HEADER_ATTEMPT: attempt,
-            topology.HEADER_ERROR: outcome.error or "",
-            topology.HEADER_EXCEPTION: outcome.exception or "",
-        }
-        self._publisher.publish(
-            delivery.body,
-            exchange,
-            routing_key,
-            headers,
-            content_type=message.content_type or "application/octet-stream",
-            content_encoding=message.content_encoding or "binary",
-        )
-
-    def _housekeeping(self) -> None:
-        """Idle-time work: refit the learned metric when due (in the background), and purge
+    def _when_idle(self) -> None:
+        """Idle hook: refit the learned metric when due (in the background), and purge
         expired scan records hourly."""
         self.handlers.matcher.refit_in_background_if_due()
         now = time.monotonic()
         if now - self._last_housekeeping < HOUSEKEEPING_SECONDS:
             return
-
         self._last_housekeeping = now
         try:
             self.handlers.forget_old_scans()

@@ -1,8 +1,11 @@
 """RabbitMQ definitions (for `load_definitions`) generated from the topology the worker
 declares, so that a pre-declared broker and the worker always agree on names and arguments.
 
-Users follow least privilege: the worker may declare and use `jewelmatch.*` only; scan
-stations and the PIM may only publish events; the inventory system may only read results.
+Users follow least privilege, one role per system, and each may publish only its own event
+types (topic permissions on the routing key): scan stations `bag.photographed`, the PIM
+`product.*` (and it reads catalog outcomes), the inventory system `match.confirmed` (and it
+reads results and catalog outcomes); the worker declares and uses `jewelmatch.*` and
+publishes no event.
 The passwords here are for the local stack; production defines users from secrets.
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from kombu import Queue
@@ -58,44 +63,118 @@ def _bindings(queue: Queue) -> list[dict]:
     ]  # the default exchange binds implicitly
 
 
-USERS = {
-    # name: (password for the local stack, tags, configure, write, read)
-    "jewelmatch-worker": ("jewelmatch-worker", "", OWN, r"^(jewelmatch\..*|amq\.default)$", OWN),
-    "scan-station": ("scan-station", "", "^$", rf"^{topology.EVENTS_EXCHANGE}$", "^$"),
-    "pim": ("pim", "", "^$", rf"^{topology.EVENTS_EXCHANGE}$", "^$"),
-    "inventory": (
+def exactly(*names: str) -> str:
+    """A RabbitMQ permission regex matching exactly these names (dots escaped)."""
+    return "^(" + "|".join(re.escape(name) for name in names) + ")$"
+
+
+NOTHING = "^$"
+EVERYTHING = ".*"
+RESULT_KEYS = exactly(topology.MATCH_RESULT, topology.CATALOG_OUTCOME)
+
+
+@dataclass(frozen=True)
+class Role:
+    """One system's rights: resource permissions (configure, write, read: regexes over
+    exchange and queue names) and topic permissions (the routing keys it may publish to each
+    topic exchange, which RabbitMQ checks on every publish)."""
+
+    password: str
+    tags: str
+    configure: str
+    write: str
+    read: str
+    topics: dict[str, tuple[str, str]]
+    """Topic exchange -> routing-key regexes this role may publish there, and bind a queue
+    to there (write, read)."""
+
+
+ROLES = {
+    # The worker declares and uses its own resources, publishes answers and dead letters,
+    # parks retries through the default exchange, and never publishes an event.
+    "jewelmatch-worker": Role(
+        "jewelmatch-worker",
+        "",
+        OWN,
+        r"^(jewelmatch\..*|amq\.default)$",
+        OWN,
+        {
+            topology.EVENTS_EXCHANGE: (
+                NOTHING,
+                exactly(*topology.SCAN_ROUTING_KEYS, *topology.CATALOG_ROUTING_KEYS),
+            ),
+            topology.RESULTS_EXCHANGE: (RESULT_KEYS, RESULT_KEYS),
+            topology.DEAD_LETTER_EXCHANGE: (EVERYTHING, EVERYTHING),
+        },
+    ),
+    "scan-station": Role(
+        "scan-station",
+        "",
+        NOTHING,
+        exactly(topology.EVENTS_EXCHANGE),
+        NOTHING,
+        {topology.EVENTS_EXCHANGE: (exactly(topology.BAG_PHOTOGRAPHED), NOTHING)},
+    ),
+    "pim": Role(
+        "pim",
+        "",
+        NOTHING,
+        exactly(topology.EVENTS_EXCHANGE),
+        exactly(topology.CATALOG_OUTCOMES_QUEUE),
+        {
+            topology.EVENTS_EXCHANGE: (
+                exactly(
+                    topology.PRODUCT_CREATED, topology.PRODUCT_UPDATED, topology.PRODUCT_DELETED
+                ),
+                NOTHING,
+            )
+        },
+    ),
+    "inventory": Role(
         "inventory",
         "",
-        "^$",
-        rf"^{topology.EVENTS_EXCHANGE}$",
-        rf"^({topology.RESULTS_QUEUE}|{topology.CATALOG_OUTCOMES_QUEUE})$",
+        NOTHING,
+        exactly(topology.EVENTS_EXCHANGE),
+        exactly(topology.RESULTS_QUEUE, topology.CATALOG_OUTCOMES_QUEUE),
+        {topology.EVENTS_EXCHANGE: (exactly(topology.MATCH_CONFIRMED), NOTHING)},
     ),
-    "admin": ("admin", "administrator", ".*", ".*", ".*"),
+    "admin": Role("admin", "administrator", EVERYTHING, EVERYTHING, EVERYTHING, {}),
 }
 
 
 def definitions(amqp: AmqpSettings | None = None, ops: OpsSettings | None = None) -> dict:
     topo = Topology.build(amqp or AmqpSettings(), ops or OpsSettings())
     queues = topo.all_queues()
-    users, permissions = [], []
-    for n, (name, (password, tags, configure, write, read)) in enumerate(USERS.items()):
+    users, permissions, topic_permissions = [], [], []
+    for n, (name, role) in enumerate(ROLES.items()):
         salt = hashlib.sha256(f"jewelmatch-local-{n}".encode()).digest()[:4]  # reproducible
         users.append(
             {
                 "name": name,
-                "password_hash": password_hash(password, salt),
+                "password_hash": password_hash(role.password, salt),
                 "hashing_algorithm": "rabbit_password_hashing_sha256",
-                "tags": [tags] if tags else [],
+                "tags": [role.tags] if role.tags else [],
             }
         )
         permissions.append(
-            {"user": name, "vhost": VHOST, "configure": configure, "write": write, "read": read}
+            {
+                "user": name,
+                "vhost": VHOST,
+                "configure": role.configure,
+                "write": role.write,
+                "read": role.read,
+            }
+        )
+        topic_permissions.extend(
+            {"user": name, "vhost": VHOST, "exchange": exchange, "write": write, "read": read}
+            for exchange, (write, read) in role.topics.items()
         )
     return {
         "rabbit_version": "3.13.0",
         "users": users,
         "vhosts": [{"name": VHOST}],
         "permissions": permissions,
+        "topic_permissions": topic_permissions,
         "exchanges": [
             {
                 "name": exchange.name,

@@ -172,6 +172,11 @@ class Matcher:
             for product_id in product_ids:
                 self._prototypes.pop(product_id, None)
 
+    def note_scans(self, count: int) -> None:
+        """New scans refine the scan statistics (domain centring): each counts toward
+        `refit_after_changes` like a catalog change."""
+        self.note_changes((), count)
+
     def refit(self) -> LearnedMetric:
         """Fit the metric from the index now (synchronously) and start using it."""
         started = time.perf_counter()

@@ -60,7 +60,7 @@ def reindex(
                     raise PermanentError(
                         FailureReason.image_not_found, f"no S3 location: {stored.uri!r}"
                     )
-                data = store.fetch(S3Object.model_validate(stored.uri))
+                data = store.fetch(S3Object.model_validate(stored.uri)).data
                 loaded.append((stored, decode_image(data, limits)))
             except PermanentError as error:
                 report.skipped += 1

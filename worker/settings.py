@@ -30,6 +30,15 @@ def container_cpu_limit() -> int:
     return max(1, available or 1)
 
 
+def split_list(value: object) -> object:
+    """A list setting from the environment: a JSON list, or comma-separated values."""
+    if isinstance(value, str):
+        if value.strip().startswith("["):
+            return json.loads(value)
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 CropFraction = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
@@ -57,6 +66,17 @@ class AmqpSettings(BaseModel):
     outcomes_max_length: int = Field(
         default=100_000, ge=1, description="Catalog outcomes kept when nobody reads them."
     )
+    confirm_users: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["inventory"],
+        description="AMQP users whose `match.confirmed` is accepted (the broker-validated "
+        "`user_id` of the message; empty: any user the broker lets publish it). JSON list or "
+        "a,b,c.",
+    )
+
+    @field_validator("confirm_users", mode="before")
+    @classmethod
+    def _split_users(cls, value: object) -> object:
+        return split_list(value)
 
 
 class S3Settings(BaseModel):
@@ -84,11 +104,7 @@ class S3Settings(BaseModel):
     @field_validator("allowed_buckets", mode="before")
     @classmethod
     def _split_csv(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.strip().startswith("["):
-                return json.loads(value)
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+        return split_list(value)
 
 
 class ImageSettings(BaseModel):
@@ -189,6 +205,12 @@ class MatchingSettings(BaseModel):
 
     scan_memory_days: float = Field(
         default=30.0, gt=0, description="How long a scan can still be confirmed."
+    )
+    receipt_key: SecretStr | None = Field(
+        default=None,
+        description="Shared secret of all workers: signs each answer's `receipt`, so that a "
+        "replica that did not see a scan accepts its confirmation (with photo and receipt). "
+        "Unset: only the replica that answered a scan accepts its confirmation.",
     )
 
 

@@ -7,6 +7,10 @@ an unreachable store is transient.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -28,9 +32,21 @@ _DENIED = {
 }
 
 
+@dataclass(frozen=True)
+class Blob:
+    """An object's bytes and the version tag they had (S3's ETag), if the store has one."""
+
+    data: bytes
+    etag: str | None = None
+
+
 class ImageStore(Protocol):
-    def fetch(self, ref: S3Object) -> bytes:
+    def fetch(self, ref: S3Object) -> Blob:
         """Return the object's bytes; raise PermanentError or TransientError."""
+        ...
+
+    def etag(self, ref: S3Object) -> str | None:
+        """The object's current version tag, without its bytes (None: the store has none)."""
         ...
 
 
@@ -75,9 +91,9 @@ class S3ImageStore:
             ),
         )
 
-    def fetch(self, ref: S3Object) -> bytes:
+    def fetch(self, ref: S3Object) -> Blob:
         check_bucket_allowed(ref, self._allowed)
-        try:
+        with self._classified_errors(ref):
             response = self._client.get_object(Bucket=ref.bucket, Key=ref.key)
             size = response.get("ContentLength") or 0
             if size > self._max_bytes:
@@ -85,6 +101,19 @@ class S3ImageStore:
                 raise _too_large(ref, size, self._max_bytes)
             data = response["Body"].read(self._max_bytes + 1)
             response["Body"].close()
+        if len(data) > self._max_bytes:
+            raise _too_large(ref, len(data), self._max_bytes)
+        return Blob(data, response.get("ETag"))
+
+    def etag(self, ref: S3Object) -> str | None:
+        check_bucket_allowed(ref, self._allowed)
+        with self._classified_errors(ref):
+            return self._client.head_object(Bucket=ref.bucket, Key=ref.key).get("ETag")
+
+    @contextmanager
+    def _classified_errors(self, ref: S3Object) -> Iterator[None]:
+        try:
+            yield
         except botocore.exceptions.ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND:
@@ -102,9 +131,6 @@ class S3ImageStore:
         except (botocore.exceptions.BotoCoreError, OSError) as error:
             # Connection refused, timeouts, truncated reads: the store may come back.
             raise TransientError(f"S3 unreachable fetching {ref.uri}: {error}") from None
-        if len(data) > self._max_bytes:
-            raise _too_large(ref, len(data), self._max_bytes)
-        return data
 
 
 class LocalImageStore:
@@ -115,16 +141,30 @@ class LocalImageStore:
         self._allowed = list(allowed_buckets)
         self._max_bytes = max_bytes
 
-    def fetch(self, ref: S3Object) -> bytes:
+    def _path(self, ref: S3Object) -> Path:
         check_bucket_allowed(ref, self._allowed)
         bucket_dir = (self._root / ref.bucket).resolve()
         path = (bucket_dir / ref.key).resolve()
         if not path.is_relative_to(bucket_dir) or not path.is_file():
             raise PermanentError(FailureReason.image_not_found, f"{ref.uri} does not exist")
+        return path
+
+    def fetch(self, ref: S3Object) -> Blob:
+        path = self._path(ref)
         size = path.stat().st_size
         if size > self._max_bytes:
             raise _too_large(ref, size, self._max_bytes)
-        return path.read_bytes()
+        data = path.read_bytes()
+        return Blob(data, _local_etag(path))
+
+    def etag(self, ref: S3Object) -> str | None:
+        return _local_etag(self._path(ref))
+
+
+def _local_etag(path: Path) -> str:
+    """A folder's stand-in for an ETag: changes when the file is rewritten."""
+    stat = path.stat()
+    return hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
 
 
 def open_image_store(settings: S3Settings, max_bytes: int) -> ImageStore:

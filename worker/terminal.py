@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from worker.app import opened
-from worker.catalog import Catalog
+from worker.catalog import Catalog, EmbeddedImage
 from worker.dataset import FolderProduct, read_folder_dataset
 from worker.embedder import ImageKind
 from worker.images import decode_image
@@ -67,7 +67,9 @@ def ingest_products(
         by_id = {image.image_id: image for image in event.images}
         embedded = [(by_id[path.name], next(vectors)) for path in product.catalog]
         catalog.apply(
-            event, plan, [(image, vector) for image, vector in embedded if image in plan.to_embed]
+            event,
+            plan,
+            [EmbeddedImage(image, vector) for image, vector in embedded if image in plan.to_embed],
         )
     return len(paths)
 

@@ -45,7 +45,9 @@ class ResilientPeer:
                     raise
                 time.sleep(0.5)
 
-    def publish(self, routing_key: str, body: BaseModel | dict | bytes | str) -> None:
+    def publish(
+        self, routing_key: str, body: BaseModel | dict | bytes | str, headers: dict | None = None
+    ) -> None:
         if isinstance(body, BaseModel):
             body = body.model_dump_json()
         elif isinstance(body, dict):
@@ -53,7 +55,10 @@ class ResilientPeer:
 
         def send() -> None:
             self._channel()
-            self._publisher.publish(body, EVENTS, routing_key)
+            # like a real client, it states its user (the broker checks it)
+            self._publisher.publish(
+                body, EVENTS, routing_key, headers, user_id=self._connection.userid
+            )
 
         self._retrying(send)
 

@@ -29,12 +29,12 @@ class DeadLetter:
 
 
 class WorkerHarness:
-    def __init__(self, settings: Settings, embedder) -> None:
+    def __init__(self, settings: Settings, embedder, store=None) -> None:
         self.settings = settings
         self.components = build_components(settings, embedder)
         self.handlers = Handlers(
             settings,
-            open_image_store(settings.s3, settings.images.max_bytes),
+            store or open_image_store(settings.s3, settings.images.max_bytes),
             self.components.matcher,
         )
         self.worker = Worker(settings, self.handlers)
@@ -78,7 +78,8 @@ class WorkerHarness:
             body = body.model_dump_json()
         elif isinstance(body, dict):
             body = json.dumps(body)
-        self._publisher.publish(body, EVENTS, routing_key)
+        # like a real client, it states its user (the broker checks it)
+        self._publisher.publish(body, EVENTS, routing_key, user_id=self._connection.userid)
 
     def _read(self, queue: str, count: int, timeout: float) -> list:
         messages = []

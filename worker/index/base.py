@@ -29,6 +29,27 @@ def scan_point_id(scan_id: str, model_id: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, f"scan\x1f{scan_id}\x1f{model_id}"))
 
 
+def product_point_id(product_id: str, model_id: str) -> str:
+    return str(uuid.uuid5(POINT_NAMESPACE, f"product\x1f{product_id}\x1f{model_id}"))
+
+
+@dataclass(frozen=True)
+class ProductState:
+    """The last product event applied: its version, and whether it deleted the product (a
+    tombstone, so that an older update delivered late does not bring the product back)."""
+
+    product_id: str
+    version: int | None
+    deleted: bool = False
+
+    def payload(self) -> dict:
+        return {"product_id": self.product_id, "version": self.version, "deleted": self.deleted}
+
+    @classmethod
+    def from_payload(cls, payload: dict) -> ProductState:
+        return cls(payload["product_id"], payload.get("version"), bool(payload.get("deleted")))
+
+
 @dataclass(frozen=True)
 class ReferenceImage:
     """One image of a product, embedded."""
@@ -41,6 +62,7 @@ class ReferenceImage:
     category: str | None = None
     name: str | None = None
     uri: str | None = None
+    etag: str | None = None
 
     def payload(self, model_id: str) -> dict:
         """What is stored beside the vector (indexed: product_id, category, source)."""
@@ -52,6 +74,7 @@ class ReferenceImage:
             "category": self.category,
             "source": self.source,
             "uri": self.uri,
+            "etag": self.etag,
             "model": model_id,
         }
 
@@ -67,6 +90,7 @@ class StoredImage:
     name: str | None = None
     category: str | None = None
     product_id: str = ""
+    etag: str | None = None
 
     @classmethod
     def from_payload(cls, payload: dict) -> StoredImage:
@@ -78,6 +102,7 @@ class StoredImage:
             payload.get("name"),
             payload.get("category"),
             payload.get("product_id", ""),
+            payload.get("etag"),
         )
 
 
@@ -145,10 +170,17 @@ class ScanRecord:
     created_at: float
     result_json: str | None = None
     extra: dict = field(default_factory=dict)
+    station_id: str | None = None
+
+    def same_photo(self, image_uri: str, station_id: str | None) -> bool:
+        """Whether a scan event is this scan again (a redelivery) rather than another photo
+        under a reused scan id."""
+        return self.image_uri == image_uri and self.station_id == station_id
 
     def payload(self) -> dict:
         return {
             "scan_id": self.scan_id,
+            "station_id": self.station_id,
             "image_uri": self.image_uri,
             "created_at": self.created_at,
             "result": self.result_json,
@@ -164,6 +196,7 @@ class ScanRecord:
             created_at=payload["created_at"],
             result_json=payload.get("result"),
             extra=json.loads(payload.get("extra") or "{}"),
+            station_id=payload.get("station_id"),
         )
 
 
@@ -253,6 +286,14 @@ class VectorIndex(ABC):
     @abstractmethod
     def forget_scans_before(self, timestamp: float) -> None:
         """Drop scan records created before `timestamp` (seconds since the epoch)."""
+
+    @abstractmethod
+    def product_state(self, product_id: str) -> ProductState | None:
+        """The last product event applied to `product_id`, if any."""
+
+    @abstractmethod
+    def set_product_state(self, state: ProductState) -> None:
+        """Record the last product event applied (a version, or a deletion's tombstone)."""
 
     def optimize(self) -> bool:
         """Build search structures for a large index; returns whether anything was done."""

@@ -42,6 +42,7 @@ from qdrant_edge import (
 from worker.index.base import (
     ImageHit,
     ProductHit,
+    ProductState,
     ReferenceImage,
     ReferenceSet,
     ScanRecord,
@@ -50,6 +51,7 @@ from worker.index.base import (
     collect_pages,
     group_by_product,
     point_id,
+    product_point_id,
     scan_point_id,
 )
 from worker.settings import IndexSettings
@@ -127,6 +129,11 @@ class EdgeIndex(VectorIndex):
             EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine)),
             ["scan_id"],
             ["created_at"],
+        )
+        self._products = _open_shard(
+            self.directory / "products",
+            EdgeConfig(vectors=EdgeVectorParams(size=1, distance=Distance.Dot)),
+            ["product_id"],
         )
         self._count = self._refs.count(CountRequest(exact=True))
         if current_model(Path(settings.path)) is None:  # the first model in service
@@ -288,10 +295,25 @@ class EdgeIndex(VectorIndex):
             )
         )
 
+    # product states ---------------------------------------------------------------------
+
+    def product_state(self, product_id: str) -> ProductState | None:
+        records = self._products.retrieve(
+            [product_point_id(product_id, self.model_id)], with_payload=True, with_vector=False
+        )
+        return ProductState.from_payload(records[0].payload) if records else None
+
+    def set_product_state(self, state: ProductState) -> None:
+        self._products.update(
+            UpdateOperation.upsert_points(
+                [Point(product_point_id(state.product_id, self.model_id), [1.0], state.payload())]
+            )
+        )
+
     # ------------------------------------------------------------------------------------
 
     def close(self) -> None:
-        for shard in (self._refs, self._scans):
+        for shard in (self._refs, self._scans, self._products):
             shard.flush()
             shard.close()
 

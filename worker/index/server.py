@@ -23,6 +23,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from worker.errors import TransientError
 from worker.index.base import (
     ProductHit,
+    ProductState,
     ReferenceImage,
     ReferenceSet,
     ScanRecord,
@@ -30,6 +31,7 @@ from worker.index.base import (
     VectorIndex,
     collect_pages,
     point_id,
+    product_point_id,
     scan_point_id,
 )
 from worker.settings import IndexSettings
@@ -105,18 +107,22 @@ class QdrantServerIndex(VectorIndex):
             self.references_collection, ["product_id", "category", "source"], []
         )
         self._ensure_collection(self.scans, ["scan_id"], ["created_at"])
+        self.products = f"{settings.collection_prefix}-products-{model_id}"
+        self._ensure_collection(self.products, ["product_id"], [], size=1)
         if self.current_collection() is None:  # the first model in service
             self.make_current()
 
     @_transient_on_outage
     def _ensure_collection(
-        self, name: str, keyword_fields: list[str], float_fields: list[str]
+        self, name: str, keyword_fields: list[str], float_fields: list[str], size: int = 0
     ) -> None:
         if self._client.collection_exists(name):
             return
         self._client.create_collection(
             name,
-            vectors_config=models.VectorParams(size=self.dim, distance=models.Distance.COSINE),
+            vectors_config=models.VectorParams(
+                size=size or self.dim, distance=models.Distance.COSINE
+            ),
             hnsw_config=models.HnswConfigDiff(
                 m=self._settings.hnsw_m, ef_construct=self._settings.hnsw_ef_construct
             ),
@@ -295,6 +301,27 @@ class QdrantServerIndex(VectorIndex):
                     must=[models.FieldCondition(key="created_at", range=models.Range(lt=timestamp))]
                 )
             ),
+            wait=True,
+        )
+
+    @_transient_on_outage
+    def product_state(self, product_id: str) -> ProductState | None:
+        records = self._client.retrieve(
+            self.products, [product_point_id(product_id, self.model_id)], with_payload=True
+        )
+        return ProductState.from_payload(records[0].payload or {}) if records else None
+
+    @_transient_on_outage
+    def set_product_state(self, state: ProductState) -> None:
+        self._client.upsert(
+            self.products,
+            points=[
+                models.PointStruct(
+                    id=product_point_id(state.product_id, self.model_id),
+                    vector=[1.0],
+                    payload=state.payload(),
+                )
+            ],
             wait=True,
         )
 

@@ -1,0 +1,327 @@
+"""The handlers' decisions, fast: a folder image store, a temporary embedded index and the tiny
+model, no servers. Each test sends deliveries as the consumer would and reads the outcomes."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shared import topology
+from shared.contract import (
+    BagPhotographed,
+    CatalogOutcome,
+    CatalogOutcomeStatus,
+    FailureReason,
+    MatchConfirmed,
+    MatchResult,
+    MatchStatus,
+    ProductDeleted,
+    ProductUpserted,
+    S3Object,
+)
+from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
+from worker.app import build_components
+from worker.embedder import ImageKind
+from worker.handlers import Action, Delivery, Handlers
+from worker.storage import Blob, LocalImageStore
+from worker.synth import catalog_designs, render
+
+DESIGNS = catalog_designs(4, seed=5)
+INVENTORY = "inventory"
+
+
+class FaultyStore(LocalImageStore):
+    """A real folder store that raises an unexpected error for one key (fault injection)."""
+
+    def fetch(self, ref: S3Object) -> Blob:
+        if ref.key == "explodes.jpg":
+            raise ZeroDivisionError("an error nobody planned for")
+        return super().fetch(ref)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
+        (root / bucket).mkdir(parents=True)
+    for design in DESIGNS:
+        data = jpeg_bytes(render(design, 192))
+        (root / CATALOG_BUCKET / f"{design.product_id}.jpg").write_bytes(data)
+        (root / SCANS_BUCKET / f"bag-{design.product_id}.jpg").write_bytes(data)
+    (root / SCANS_BUCKET / "explodes.jpg").write_bytes(b"whatever")
+    return root
+
+
+def _handlers(tmp_path, tiny_model_dir, tiny_embedder, images, **sections) -> Handlers:
+    settings = make_settings(
+        tmp_path,
+        tiny_model_dir,
+        s3={"backend": "local", "local_root": str(images)},
+        amqp={"confirm_users": [INVENTORY]},
+        **sections,
+    )
+    components = build_components(settings, tiny_embedder)
+    store = FaultyStore(images, settings.s3.allowed_buckets, settings.images.max_bytes)
+    handlers = Handlers(settings, store, components.matcher)
+    return handlers
+
+
+@pytest.fixture
+def handlers(tmp_path, tiny_model_dir, tiny_embedder, images):
+    handlers = _handlers(tmp_path, tiny_model_dir, tiny_embedder, images)
+    yield handlers
+    handlers.close()
+    handlers.matcher.index.close()
+
+
+def product(design, version: int | None = None, key: str | None = None) -> ProductUpserted:
+    return ProductUpserted(
+        product_id=design.product_id,
+        sku=design.sku,
+        images=[
+            {
+                "image_id": "front",
+                "bucket": CATALOG_BUCKET,
+                "key": key or f"{design.product_id}.jpg",
+            }
+        ],
+        version=version,
+    )
+
+
+def delivery(routing_key: str, body, user_id: str | None = None, attempt: int = 1) -> Delivery:
+    if not isinstance(body, bytes):
+        body = (
+            body.model_dump_json().encode()
+            if hasattr(body, "model_dump_json")
+            else (json.dumps(body).encode())
+        )
+    return Delivery(routing_key, body, attempt, user_id)
+
+
+def scan(scan_id: str, key: str, **extra) -> Delivery:
+    event = BagPhotographed(scan_id=scan_id, image={"bucket": SCANS_BUCKET, "key": key}, **extra)
+    return delivery(topology.BAG_PHOTOGRAPHED, event)
+
+
+def confirm(scan_id: str, product_id: str, user_id: str | None = INVENTORY, **extra) -> Delivery:
+    event = MatchConfirmed(scan_id=scan_id, product_id=product_id, **extra)
+    return delivery(topology.MATCH_CONFIRMED, event, user_id=user_id)
+
+
+def results(outcome) -> list:
+    return [result for _, result in outcome.results]
+
+
+def only_result(outcome):
+    [result] = results(outcome)
+    return result
+
+
+def ingest(handlers: Handlers) -> None:
+    outcomes = handlers.handle_catalog(
+        [delivery(topology.PRODUCT_CREATED, product(d)) for d in DESIGNS]
+    )
+    assert [only_result(o).status for o in outcomes] == [CatalogOutcomeStatus.applied] * 4
+
+
+# --- isolation -------------------------------------------------------------------------
+
+
+def test_a_message_that_raises_is_its_own_failure_and_its_batch_mates_are_answered(handlers):
+    ingest(handlers)
+    batch = [
+        scan("good-1", f"bag-{DESIGNS[0].product_id}.jpg"),
+        scan("boom", "explodes.jpg"),
+        scan("good-2", f"bag-{DESIGNS[1].product_id}.jpg"),
+    ]
+    outcomes = handlers.handle_scans(batch)
+    good_1, boom, good_2 = outcomes
+    assert only_result(good_1).status is MatchStatus.matched
+    assert only_result(good_2).status is MatchStatus.matched
+    failed = only_result(boom)
+    assert (failed.status, failed.reason) == (MatchStatus.failed, FailureReason.internal_error)
+    assert boom.action is Action.dead_letter  # never retried, kept for operators
+    assert "nobody planned" in boom.error  # the raw error for operators...
+    assert "nobody planned" not in failed.detail  # ...never for consumers
+
+
+def test_a_scan_event_under_another_routing_key_is_refused_not_crashed_on(handlers):
+    body = BagPhotographed(scan_id="s", image={"bucket": SCANS_BUCKET, "key": "x.jpg"})
+    [outcome] = handlers.handle_scans([delivery(topology.PRODUCT_DELETED, body)])
+    assert outcome.action is Action.dead_letter
+    assert only_result(outcome).reason is FailureReason.invalid_message
+
+
+# --- scan identity ---------------------------------------------------------------------
+
+
+def test_the_same_scan_again_gets_the_same_answer_and_another_photo_is_refused(handlers):
+    ingest(handlers)
+    first_key = f"bag-{DESIGNS[0].product_id}.jpg"
+    [first] = handlers.handle_scans([scan("s-1", first_key, station_id="st-1")])
+    [again] = handlers.handle_scans([scan("s-1", first_key, station_id="st-1")])
+    assert only_result(again) == only_result(first)
+    [reused] = handlers.handle_scans(
+        [scan("s-1", f"bag-{DESIGNS[1].product_id}.jpg", station_id="st-2")]
+    )
+    refusal = only_result(reused)
+    assert refusal.reason is FailureReason.scan_id_reused
+    assert refusal.image.key == f"bag-{DESIGNS[1].product_id}.jpg"  # says which photo
+    assert refusal.matches == []  # never the first photo's ranking
+    assert reused.action is Action.dead_letter
+    [other_station] = handlers.handle_scans([scan("s-1", first_key, station_id="st-2")])
+    assert only_result(other_station).reason is FailureReason.scan_id_reused
+
+
+def test_an_invalid_body_with_an_answered_scan_id_publishes_no_second_answer(handlers):
+    ingest(handlers)
+    handlers.handle_scans([scan("s-2", f"bag-{DESIGNS[0].product_id}.jpg")])
+    bad = delivery(topology.BAG_PHOTOGRAPHED, {"scan_id": "s-2", "image": 42})
+    [outcome] = handlers.handle_scans([bad])
+    assert outcome.results == []
+    assert outcome.action is Action.dead_letter
+    fresh = delivery(topology.BAG_PHOTOGRAPHED, {"scan_id": "never-seen", "image": 42})
+    [outcome] = handlers.handle_scans([fresh])
+    assert only_result(outcome).reason is FailureReason.invalid_message
+
+
+# --- confirmations ---------------------------------------------------------------------
+
+
+def test_a_confirmation_needs_an_answered_scan_and_an_authorized_sender(handlers):
+    ingest(handlers)
+    target = DESIGNS[2].product_id
+    [made_up] = handlers.handle_catalog(
+        [confirm("never-answered", target, image=f"s3://{SCANS_BUCKET}/bag-{target}.jpg")]
+    )
+    assert only_result(made_up).status is CatalogOutcomeStatus.rejected
+    assert only_result(made_up).problems[0].reason is FailureReason.unknown_scan
+    handlers.handle_scans([scan("s-3", f"bag-{DESIGNS[0].product_id}.jpg")])
+    for user in (None, "scan-station"):
+        [refused] = handlers.handle_catalog([confirm("s-3", target, user_id=user)])
+        assert only_result(refused).problems[0].reason is FailureReason.not_authorized
+    before = handlers.matcher.index.count()
+    [accepted] = handlers.handle_catalog([confirm("s-3", target, confirmed_by="Ana")])
+    assert only_result(accepted).status is CatalogOutcomeStatus.applied
+    assert handlers.matcher.index.count() == before + 1
+
+
+def test_another_replica_accepts_a_confirmation_only_with_the_answers_receipt(
+    tmp_path, tiny_model_dir, tiny_embedder, images
+):
+    key = {"receipt_key": "shared-between-workers"}
+    answering = _handlers(tmp_path / "a", tiny_model_dir, tiny_embedder, images, matching=key)
+    other = _handlers(tmp_path / "b", tiny_model_dir, tiny_embedder, images, matching=key)
+    try:
+        for replica in (answering, other):
+            ingest(replica)
+        photo = f"bag-{DESIGNS[0].product_id}.jpg"
+        [answered] = answering.handle_scans([scan("s-4", photo)])
+        receipt = only_result(answered).receipt
+        assert receipt
+        image = f"s3://{SCANS_BUCKET}/{photo}"
+        target = DESIGNS[0].product_id
+        [forged] = other.handle_catalog([confirm("s-4", target, image=image, receipt="0" * 32)])
+        assert only_result(forged).problems[0].reason is FailureReason.unknown_scan
+        other_photo = f"s3://{SCANS_BUCKET}/bag-{DESIGNS[1].product_id}.jpg"
+        [swapped] = other.handle_catalog(
+            [confirm("s-4", target, image=other_photo, receipt=receipt)]
+        )
+        assert only_result(swapped).status is CatalogOutcomeStatus.rejected
+        [proven] = other.handle_catalog([confirm("s-4", target, image=image, receipt=receipt)])
+        assert only_result(proven).status is CatalogOutcomeStatus.applied
+    finally:
+        for replica in (answering, other):
+            replica.close()
+            replica.matcher.index.close()
+
+
+# --- catalog versions and outcomes -----------------------------------------------------
+
+
+def test_a_stale_update_or_a_late_update_after_a_delete_changes_nothing(handlers):
+    design = DESIGNS[0]
+    other_key = f"{DESIGNS[1].product_id}.jpg"
+    [v2] = handlers.handle_catalog([delivery(topology.PRODUCT_UPDATED, product(design, 2))])
+    assert only_result(v2).status is CatalogOutcomeStatus.applied
+    [v1] = handlers.handle_catalog(
+        [delivery(topology.PRODUCT_UPDATED, product(design, 1, key=other_key))]
+    )
+    assert only_result(v1).status is CatalogOutcomeStatus.stale
+    [stored] = handlers.matcher.index.product_images(design.product_id)
+    assert stored.uri.endswith(f"{design.product_id}.jpg")  # v1's image never went in
+    deleted = ProductDeleted(product_id=design.product_id, version=3)
+    handlers.handle_catalog([delivery(topology.PRODUCT_DELETED, deleted)])
+    [late] = handlers.handle_catalog([delivery(topology.PRODUCT_UPDATED, product(design, 2))])
+    assert only_result(late).status is CatalogOutcomeStatus.stale
+    assert handlers.matcher.index.product_images(design.product_id) == []
+    [recreated] = handlers.handle_catalog([delivery(topology.PRODUCT_CREATED, product(design, 4))])
+    assert only_result(recreated).status is CatalogOutcomeStatus.applied
+
+
+def test_an_object_replaced_at_the_same_key_is_embedded_again(handlers, images):
+    design = DESIGNS[0]
+    path = images / CATALOG_BUCKET / f"{design.product_id}.jpg"
+    handlers.handle_catalog([delivery(topology.PRODUCT_CREATED, product(design))])
+    index = handlers.matcher.index
+    before = index.references(design.product_id).vectors[0]
+    data = jpeg_bytes(Image.new("RGB", (192, 192), (20, 160, 40)))
+    path.write_bytes(data)  # another picture, same key
+    replacement = Image.open(io.BytesIO(data)).convert("RGB")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    [outcome] = handlers.handle_catalog([delivery(topology.PRODUCT_UPDATED, product(design))])
+    assert only_result(outcome).images_indexed == 1
+    after = index.references(design.product_id).vectors[0]
+    expected = handlers.matcher.embed([replacement], ImageKind.catalog)[0]
+    assert not np.allclose(after, before)
+    assert np.allclose(after, expected, atol=1e-4)
+
+
+def test_every_catalog_event_gets_one_outcome_invalid_ones_included(handlers):
+    too_many = product(DESIGNS[0]).model_dump(mode="json")
+    too_many["images"] = [
+        {"image_id": f"i{n}", "bucket": CATALOG_BUCKET, "key": "x.jpg"} for n in range(51)
+    ]
+    missing = product(DESIGNS[1], key="gone.jpg")
+    outcomes = handlers.handle_catalog(
+        [
+            delivery(topology.PRODUCT_CREATED, too_many),
+            delivery(topology.PRODUCT_CREATED, missing),
+            delivery(topology.PRODUCT_CREATED, b"{not json"),
+        ]
+    )
+    invalid, unusable, unreadable = outcomes
+    assert only_result(invalid).status is CatalogOutcomeStatus.rejected
+    assert only_result(invalid).problems[0].reason is FailureReason.invalid_message
+    assert only_result(unusable).status is CatalogOutcomeStatus.rejected
+    assert only_result(unusable).problems[0].reason is FailureReason.image_not_found
+    assert unreadable.results == []  # no product id to answer: the dead letter is all
+    assert {o.action for o in outcomes} == {Action.dead_letter}
+
+
+def test_redelivered_product_event_reports_the_same_outcome(handlers):
+    event = delivery(topology.PRODUCT_CREATED, product(DESIGNS[0]))
+    first, second = (only_result(handlers.handle_catalog([event])[0]) for _ in range(2))
+    assert isinstance(first, CatalogOutcome)
+    assert (first.status, first.images_indexed) == (second.status, second.images_indexed)
+
+
+def test_scans_count_toward_the_next_refit(handlers):
+    ingest(handlers)
+    handlers.matcher.refit()
+    assert not handlers.matcher.refit_in_background_if_due()
+    batch = [
+        scan(f"n-{n}", f"bag-{DESIGNS[n % 4].product_id}.jpg")
+        for n in range(handlers.settings.learning.refit_after_changes)
+    ]
+    outcomes = handlers.handle_scans(batch)
+    assert all(isinstance(only_result(o), MatchResult) for o in outcomes)
+    assert handlers.matcher.refit_in_background_if_due()

@@ -1,0 +1,237 @@
+"""Trust at the broker edge, against a real RabbitMQ node loaded with the generated
+definitions: every system logs in as its own user, and a message can do only what its
+sender's role may do."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from shared import topology
+from shared.contract import (
+    BagPhotographed,
+    CatalogOutcome,
+    CatalogOutcomeStatus,
+    FailureReason,
+    MatchConfirmed,
+    MatchResult,
+    MatchStatus,
+    ProductUpserted,
+    S3Object,
+)
+from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
+from tests.support.broker_client import ResilientPeer
+from tests.support.harness import WorkerHarness
+from worker.bench.servers import RabbitNode
+from worker.broker import EVENTS, ConfirmedPublisher, Topology
+from worker.definitions import VHOST, definitions
+from worker.settings import AmqpSettings, OpsSettings
+from worker.storage import Blob, S3ImageStore
+from worker.synth import catalog_designs, render
+
+pytestmark = pytest.mark.integration
+
+DESIGNS = catalog_designs(4, seed=23)
+ROLES = ("jewelmatch-worker", "scan-station", "pim", "inventory", "admin")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory):
+    folder = tmp_path_factory.mktemp("rabbit-definitions")
+    path = folder / "definitions.json"
+    path.write_text(json.dumps(definitions()))
+    node = RabbitNode(
+        folder / "node",
+        config=f"load_definitions = {path}\n",
+        credentials="admin:admin",
+        vhost=VHOST,
+    )
+    node.start()
+    yield node
+    node.cleanup()
+
+
+def url(node: RabbitNode, user: str) -> str:
+    return f"amqp://{user}:{user}@127.0.0.1:{node.port}/{VHOST}"
+
+
+@pytest.fixture
+def peers(node):
+    """One client per role, and the queues emptied (tests share the node)."""
+    with Connection(url(node, "admin")) as connection:
+        channel = connection.channel()
+        Topology.build(AmqpSettings(), OpsSettings()).declare(channel)
+        for queue in Topology.build(AmqpSettings(), OpsSettings()).all_queues():
+            channel.queue_purge(queue.name)
+    clients = {role: ResilientPeer(url(node, role)) for role in ROLES}
+    yield clients
+    for client in clients.values():
+        client.close()
+
+
+class ExplodingStore(S3ImageStore):
+    """The real S3 store, except that one key raises an error nobody planned for."""
+
+    def fetch(self, ref: S3Object) -> Blob:
+        if ref.key == "explodes.jpg":
+            raise ZeroDivisionError("an error nobody planned for")
+        return super().fetch(ref)
+
+
+@pytest.fixture
+def worker(tmp_path: Path, tiny_model_dir, tiny_embedder, node, peers, s3_endpoint, s3):
+    for design in DESIGNS:
+        data = jpeg_bytes(render(design, 192))
+        s3.put_object(Bucket=CATALOG_BUCKET, Key=f"{design.product_id}.jpg", Body=data)
+        s3.put_object(Bucket=SCANS_BUCKET, Key=f"bag-{design.product_id}.jpg", Body=data)
+    s3.put_object(Bucket=SCANS_BUCKET, Key="explodes.jpg", Body=b"anything")
+    settings = make_settings(
+        tmp_path,
+        tiny_model_dir,
+        amqp={"url": url(node, "jewelmatch-worker"), "confirm_users": ["inventory"]},
+        s3={"endpoint_url": s3_endpoint},
+    )
+    store = ExplodingStore(settings.s3, settings.images.max_bytes)
+    with WorkerHarness(settings, tiny_embedder, store=store) as harness:
+        for design in DESIGNS:
+            peers["pim"].publish(topology.PRODUCT_CREATED, product(design))
+        outcomes = read_outcomes(peers["pim"], len(DESIGNS))
+        assert {o.status for o in outcomes} == {CatalogOutcomeStatus.applied}
+        yield harness
+
+
+def product(design, version: int | None = None) -> ProductUpserted:
+    image = {"image_id": "front", "bucket": CATALOG_BUCKET, "key": f"{design.product_id}.jpg"}
+    return ProductUpserted(
+        product_id=design.product_id, sku=design.sku, images=[image], version=version
+    )
+
+
+def scan(scan_id: str, key: str, **extra) -> BagPhotographed:
+    return BagPhotographed(scan_id=scan_id, image={"bucket": SCANS_BUCKET, "key": key}, **extra)
+
+
+def read_results(peer: ResilientPeer, count: int) -> list[MatchResult]:
+    messages = peer.read(topology.RESULTS_QUEUE, count, timeout=30)
+    return [MatchResult.model_validate_json(m.body) for m in messages]
+
+
+def read_outcomes(peer: ResilientPeer, count: int) -> list[CatalogOutcome]:
+    messages = peer.read(topology.CATALOG_OUTCOMES_QUEUE, count, timeout=30)
+    return [CatalogOutcome.model_validate_json(m.body) for m in messages]
+
+
+def test_forged_steering_headers_change_nothing(worker, peers):
+    victim = DESIGNS[0].product_id
+    forged = {
+        topology.HEADER_ORIGINAL_ROUTING_KEY: topology.PRODUCT_DELETED,
+        topology.HEADER_ATTEMPT: 99,
+    }
+    peers["inventory"].publish(
+        topology.MATCH_CONFIRMED, {"product_id": victim, "scan_id": "none"}, headers=forged
+    )
+    [outcome] = read_outcomes(peers["inventory"], 1)
+    assert outcome.event == topology.MATCH_CONFIRMED  # the routed key, not the header
+    assert outcome.status is CatalogOutcomeStatus.rejected
+    assert outcome.problems[0].reason is FailureReason.unknown_scan
+    assert len(worker.index.product_images(victim)) == 1  # the victim is untouched
+
+
+@pytest.mark.parametrize(
+    ("role", "routing_key"),
+    [
+        ("scan-station", topology.PRODUCT_DELETED),
+        ("scan-station", topology.MATCH_CONFIRMED),
+        ("pim", topology.MATCH_CONFIRMED),
+        ("inventory", topology.PRODUCT_DELETED),
+        ("inventory", topology.BAG_PHOTOGRAPHED),
+        ("jewelmatch-worker", topology.PRODUCT_DELETED),
+    ],
+)
+def test_each_role_publishes_only_its_own_events(node, peers, role, routing_key):
+    with (
+        Connection(url(node, role), transport_options={"confirm_publish": True}) as connection,
+        pytest.raises(Exception, match="ACCESS_REFUSED"),
+    ):
+        ConfirmedPublisher(connection.channel()).publish(
+            json.dumps({"product_id": DESIGNS[0].product_id}), EVENTS, routing_key
+        )
+
+
+def test_each_role_reads_what_it_needs(peers):
+    assert peers["pim"].depth(topology.CATALOG_OUTCOMES_QUEUE) == 0
+    assert peers["inventory"].depth(topology.RESULTS_QUEUE) == 0
+    with pytest.raises(Exception, match="ACCESS_REFUSED"):
+        peers["scan-station"].read(topology.RESULTS_QUEUE, 1, timeout=1)
+
+
+def test_a_message_that_raises_mid_batch_leaves_its_batch_mates_answered(worker, peers):
+    keys = [f"bag-{d.product_id}.jpg" for d in DESIGNS]
+    keys.insert(2, "explodes.jpg")
+    for n, key in enumerate(keys):
+        peers["scan-station"].publish(topology.BAG_PHOTOGRAPHED, scan(f"m-{n}", key))
+    answers = {r.scan_id: r for r in read_results(peers["inventory"], len(keys))}
+    assert answers["m-2"].reason is FailureReason.internal_error
+    assert "nobody planned" not in (answers["m-2"].detail or "")
+    assert {answers[f"m-{n}"].status for n in (0, 1, 3, 4)} == {MatchStatus.matched}
+    [letter] = worker.dead_letters(1)
+    assert "nobody planned" in letter.headers[topology.HEADER_ERROR]
+    assert worker._thread.is_alive() and threading.active_count() > 1
+    # and it goes on answering
+    peers["scan-station"].publish(topology.BAG_PHOTOGRAPHED, scan("after", keys[0]))
+    [after] = read_results(peers["inventory"], 1)
+    assert after.status is MatchStatus.matched
+
+
+def test_a_reused_scan_id_with_another_photo_is_refused(worker, peers):
+    station = peers["scan-station"]
+    station.publish(topology.BAG_PHOTOGRAPHED, scan("r-1", f"bag-{DESIGNS[0].product_id}.jpg"))
+    [first] = read_results(peers["inventory"], 1)
+    station.publish(topology.BAG_PHOTOGRAPHED, scan("r-1", f"bag-{DESIGNS[1].product_id}.jpg"))
+    [refusal] = read_results(peers["inventory"], 1)
+    assert first.status is MatchStatus.matched
+    assert refusal.reason is FailureReason.scan_id_reused
+    assert refusal.image.key == f"bag-{DESIGNS[1].product_id}.jpg"
+
+
+def test_a_confirmation_for_a_scan_never_answered_is_rejected(worker, peers):
+    target = DESIGNS[1].product_id
+    before = worker.index.count()
+    confirmation = MatchConfirmed(
+        scan_id="made-up",
+        product_id=target,
+        image=f"s3://{SCANS_BUCKET}/bag-{DESIGNS[0].product_id}.jpg",
+    )
+    peers["inventory"].publish(topology.MATCH_CONFIRMED, confirmation)
+    [outcome] = read_outcomes(peers["inventory"], 1)
+    assert outcome.status is CatalogOutcomeStatus.rejected
+    assert outcome.problems[0].reason is FailureReason.unknown_scan
+    assert worker.index.count() == before
+
+
+def test_a_stale_update_changes_nothing(worker, peers):
+    design, other = DESIGNS[0], DESIGNS[1]
+    peers["pim"].publish(topology.PRODUCT_UPDATED, product(design, version=5))
+    stale = product(design, version=4).model_copy(update={"sku": "OLD-SKU"})
+    peers["pim"].publish(topology.PRODUCT_UPDATED, stale)
+    peers["pim"].publish(topology.PRODUCT_UPDATED, product(other, version=1))
+    outcomes = read_outcomes(peers["pim"], 3)
+    assert [o.status for o in outcomes] == [
+        CatalogOutcomeStatus.applied,
+        CatalogOutcomeStatus.stale,
+        CatalogOutcomeStatus.applied,
+    ]
+    assert {i.sku for i in worker.index.product_images(design.product_id)} == {design.sku}
+
+
+def test_an_invalid_catalog_event_gets_its_outcome(worker, peers):
+    peers["pim"].publish(topology.PRODUCT_CREATED, {"product_id": "p-bad", "images": "no"})
+    [outcome] = read_outcomes(peers["pim"], 1)
+    assert (outcome.product_id, outcome.status) == ("p-bad", CatalogOutcomeStatus.rejected)
+    assert outcome.problems[0].reason is FailureReason.invalid_message
+    [letter] = worker.dead_letters(1)
+    assert letter.routing_key == topology.PRODUCT_CREATED
