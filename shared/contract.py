@@ -16,22 +16,39 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator, model_validator
 
 SCHEMA_VERSION = 1
 """The contract version this code reads and writes."""
 
 _S3_URI = re.compile(r"^s3://(?P<bucket>[^/]+)/(?P<key>.+)$")
 
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/@+#=-]{0,199}$"
+
 Identifier = Annotated[
+    str,
+    Field(
+        pattern=IDENTIFIER_PATTERN,
+        description="A stable identifier chosen by the publisher: 1 to 200 characters, "
+        "letters, digits and . _ : / @ + # = -, starting with a letter or digit.",
+    ),
+]
+
+Text = Annotated[
     str,
     Field(
         min_length=1,
         max_length=200,
-        pattern=r"^[^\s].*$",
-        description="A stable identifier chosen by the publisher (no leading whitespace).",
+        pattern=r"^[^\x00-\x1f\x7f]+$",
+        description="Free text: 1 to 200 characters, no control characters.",
     ),
 ]
+
+StrictCount = Annotated[int, Strict()]
+"""An integer given as a JSON integer: `"7"`, `7.0` and `true` are refused, not coerced."""
+
+RESERVED_IMAGE_PREFIX = "scan:"
+"""Image ids of confirmed scan photos; catalog image ids may not start with it."""
 
 
 class _Message(BaseModel):
@@ -47,8 +64,24 @@ class S3Object(BaseModel):
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
-    bucket: str = Field(min_length=3, max_length=63)
-    key: str = Field(min_length=1, max_length=1024)
+    bucket: str = Field(
+        pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", description="An S3 bucket name."
+    )
+    key: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="The object key: no control characters, no leading `/`, no `.` or `..` "
+        "path segments.",
+    )
+
+    @field_validator("key")
+    @classmethod
+    def _plain_key(cls, key: str) -> str:
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+            raise ValueError("the key holds control characters")
+        if key.startswith("/") or any(part in (".", "..") for part in key.split("/")):
+            raise ValueError("the key starts with '/' or has a '.' or '..' segment")
+        return key
 
     @model_validator(mode="before")
     @classmethod
@@ -75,15 +108,24 @@ class ProductImage(S3Object):
 
     image_id: Identifier
 
+    @field_validator("image_id")
+    @classmethod
+    def _not_reserved(cls, image_id: str) -> str:
+        if image_id.startswith(RESERVED_IMAGE_PREFIX):
+            raise ValueError(f"image ids starting with {RESERVED_IMAGE_PREFIX!r} are reserved")
+        return image_id
+
 
 class BagPhotographed(_Message):
     """A scan station photographed a jewel in its bag. Routing key ``bag.photographed``."""
 
     scan_id: Identifier
     image: S3Object
-    station_id: str | None = None
-    top_k: int = Field(default=5, ge=1, le=50, description="How many ranked products to return.")
-    category: str | None = Field(
+    station_id: Identifier | None = None
+    top_k: StrictCount = Field(
+        default=5, ge=1, le=50, description="How many ranked products to return."
+    )
+    category: Text | None = Field(
         default=None, description="Optional hint: only products of this category are candidates."
     )
     photographed_at: datetime | None = None
@@ -99,11 +141,11 @@ class ProductUpserted(_Message):
     """
 
     product_id: Identifier
-    sku: str = Field(min_length=1, max_length=200)
-    name: str | None = None
-    category: str | None = None
+    sku: Text
+    name: Text | None = None
+    category: Text | None = None
     images: list[ProductImage] = Field(default_factory=list, max_length=50)
-    version: int | None = Field(
+    version: StrictCount | None = Field(
         default=None,
         ge=0,
         description="The product's revision in the PIM (any number that grows with each "
@@ -124,7 +166,7 @@ class ProductDeleted(_Message):
     """A product was deleted in the PIM. Routing key ``product.deleted``."""
 
     product_id: Identifier
-    version: int | None = Field(
+    version: StrictCount | None = Field(
         default=None,
         ge=0,
         description="The product's revision at deletion: a later-delivered older update "
@@ -138,7 +180,7 @@ class MatchConfirmed(_Message):
 
     scan_id: Identifier
     product_id: Identifier
-    confirmed_by: str | None = Field(
+    confirmed_by: Text | None = Field(
         default=None,
         description="Who at the sender confirmed (a person's name, for the audit log only). "
         "The system that sent the confirmation is the broker-validated AMQP user_id.",
@@ -150,7 +192,7 @@ class MatchConfirmed(_Message):
     )
     receipt: str | None = Field(
         default=None,
-        max_length=64,
+        pattern=r"^[0-9a-f]{32}$",
         description="The `receipt` of the scan's match.result, proof that this system answered "
         "that scan with that photo.",
     )

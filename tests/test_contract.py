@@ -114,3 +114,103 @@ def test_every_message_has_a_json_schema_that_validates_a_real_message():
     jsonschema.validate(json.loads(result.model_dump_json()), schemas["match.result.schema.json"])
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"scan_id": "s"}, schemas["bag.photographed.schema.json"])
+
+
+TEN_MB = "x" * (10 * 1024 * 1024)
+BAG, PRODUCT = topology.BAG_PHOTOGRAPHED, topology.PRODUCT_CREATED
+CONFIRMED = topology.MATCH_CONFIRMED
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "body"),
+    [
+        (BAG, {"scan_id": "s", "image": "s3://scan-photos/a.jpg", "station_id": TEN_MB}),
+        (BAG, {"scan_id": "s", "image": "s3://scan-photos/a.jpg", "category": TEN_MB}),
+        (PRODUCT, {"product_id": "p", "sku": "S", "name": TEN_MB}),
+        (CONFIRMED, {"scan_id": "s", "product_id": "p", "confirmed_by": TEN_MB}),
+        (BAG, {"scan_id": "s", "image": "s3://scan-photos/a.jpg", "top_k": "7"}),
+        (BAG, {"scan_id": "s", "image": "s3://scan-photos/a.jpg", "top_k": True}),
+        (BAG, {"scan_id": "s", "image": "s3://scan-photos/a.jpg", "top_k": 3.0}),
+        (PRODUCT, {"product_id": "p", "sku": "S", "version": "12"}),
+        (BAG, {"scan_id": "a\x1fb", "image": "s3://scan-photos/a.jpg"}),
+        (PRODUCT, {"product_id": "p\x00q", "sku": "S"}),
+        (BAG, {"scan_id": "s", "image": "s3://scan-photos/../secret.jpg"}),
+        (BAG, {"scan_id": "s", "image": {"bucket": "scan-photos", "key": "/etc/passwd"}}),
+        (BAG, {"scan_id": "s", "image": {"bucket": "Bad_Bucket", "key": "a.jpg"}}),
+        (
+            PRODUCT,
+            {
+                "product_id": "p",
+                "sku": "S",
+                "images": [{"image_id": "scan:s-1", "uri": "s3://catalog-images/a.jpg"}],
+            },
+        ),
+    ],
+    ids=[
+        "huge-station",
+        "huge-category",
+        "huge-name",
+        "huge-confirmed-by",
+        "top-k-string",
+        "top-k-bool",
+        "top-k-float",
+        "version-string",
+        "separator-in-id",
+        "nul-in-id",
+        "dot-dot-key",
+        "absolute-key",
+        "bucket-name",
+        "reserved-image-id",
+    ],
+)
+def test_unbounded_strings_loose_types_and_ambiguous_ids_are_invalid(routing_key, body):
+    with pytest.raises(InvalidMessage) as error:
+        parse_event(routing_key, json.dumps(body))
+    assert len(str(error.value)) < 500  # the error never echoes the input
+
+
+def test_the_asyncapi_document_describes_every_message_and_resolves():
+    from shared.asyncapi import asyncapi_document
+
+    document = asyncapi_document({topology.SCANS_QUEUE: {"x-queue-type": "quorum"}})
+    assert document["asyncapi"] == "3.0.0"
+    addresses = {channel["address"] for channel in document["channels"].values()}
+    assert addresses == set(EVENT_MODELS) | {topology.MATCH_RESULT, topology.CATALOG_OUTCOME}
+    actions = {op["action"] for op in document["operations"].values()}
+    assert actions == {"send", "receive"}
+    scans = document["channels"]["bag_photographed"]["bindings"]["amqp"]
+    assert scans["exchange"]["name"] == topology.EVENTS_EXCHANGE
+    assert scans["queue"]["x-arguments"] == {"x-queue-type": "quorum"}
+
+    def refs(node):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "$ref":
+                    yield value
+                else:
+                    yield from refs(value)
+        elif isinstance(node, list):
+            for item in node:
+                yield from refs(item)
+
+    for ref in set(refs(document)):
+        target = document
+        for part in ref.removeprefix("#/").split("/"):
+            target = target[part]  # every reference leads somewhere
+    payload = document["components"]["messages"]["bag_photographed"]["payload"]
+    jsonschema.validate(
+        {"scan_id": "s-1", "image": {"bucket": "scan-photos", "key": "a.jpg"}},
+        {**payload, "components": document["components"]},
+    )
+
+
+def test_schema_command_writes_the_asyncapi_document(tmp_path):
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    result = CliRunner().invoke(app, ["schema", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    document = json.loads((tmp_path / "asyncapi.json").read_text())
+    results = document["channels"]["match_result"]["bindings"]["amqp"]["queue"]
+    assert results["x-arguments"]["x-max-length"] == 1_000_000

@@ -29,6 +29,7 @@ from shared.contract import (
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from worker.app import build_components
 from worker.embedder import ImageKind
+from worker.errors import TransientError
 from worker.handlers import Action, Delivery, Handlers
 from worker.storage import Blob, LocalImageStore
 from worker.synth import catalog_designs, render
@@ -43,6 +44,10 @@ class FaultyStore(LocalImageStore):
     def fetch(self, ref: S3Object) -> Blob:
         if ref.key == "explodes.jpg":
             raise ZeroDivisionError("an error nobody planned for")
+        if ref.key == "unreachable.jpg":
+            raise TransientError(
+                'Could not connect to the endpoint URL: "http://minio.internal.corp:9000/x"'
+            )
         return super().fetch(ref)
 
 
@@ -325,3 +330,27 @@ def test_scans_count_toward_the_next_refit(handlers):
     outcomes = handlers.handle_scans(batch)
     assert all(isinstance(only_result(o), MatchResult) for o in outcomes)
     assert handlers.matcher.refit_in_background_if_due()
+
+
+def test_no_published_detail_carries_a_url_or_an_object_address(handlers, images):
+    (images / SCANS_BUCKET / "garbage.jpg").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    last = handlers.settings.ops.max_attempts
+    outcomes = handlers.handle_scans(
+        [
+            Delivery(topology.BAG_PHOTOGRAPHED, scan("down", "unreachable.jpg").body, last),
+            scan("boom", "explodes.jpg"),
+            scan("garbage", "garbage.jpg"),
+            scan("missing", "not-there.jpg"),
+        ]
+    )
+    details = [only_result(o).detail for o in outcomes]
+    reasons = [only_result(o).reason for o in outcomes]
+    assert reasons == [
+        FailureReason.dependency_unavailable,
+        FailureReason.internal_error,
+        FailureReason.image_unreadable,
+        FailureReason.image_not_found,
+    ]
+    for detail in details:
+        assert "http" not in detail and "0x" not in detail and "object at" not in detail
+    assert "minio.internal.corp" in outcomes[0].error  # operators still see it

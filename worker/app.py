@@ -6,6 +6,7 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from worker.allocator import limit_allocator_growth
 from worker.consumer import Worker
 from worker.embedder import Embedder
 from worker.handlers import Handlers
@@ -54,6 +55,7 @@ def opened(settings: Settings, embedder: Embedder | None = None):
 
 def run_worker(settings: Settings) -> None:
     """The `jewelmatch worker` process: probes first, then the model, then consume."""
+    limit_allocator_growth()
     health = Health()
     ops_server = None
     if settings.ops.http_port:

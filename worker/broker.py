@@ -87,7 +87,9 @@ class Topology:
                 exchange=RESULTS,
                 routing_key=topology.MATCH_RESULT,
                 durable=True,
-                queue_arguments=_quorum(),
+                # full: the broker refuses further answers (nacks), so scans wait unacked
+                # instead of answers being lost
+                queue_arguments=_quorum(**{"x-max-length": amqp.results_max_length}),
             ),
             catalog_outcomes=Queue(
                 topology.CATALOG_OUTCOMES_QUEUE,
@@ -105,7 +107,13 @@ class Topology:
                 exchange=DEAD_LETTER,
                 routing_key="#",
                 durable=True,
-                queue_arguments={"x-queue-type": "quorum"},
+                # bounded: a flood of bad messages drops the oldest evidence rather than
+                # filling the broker until its alarms block every publisher (alerted on)
+                queue_arguments={
+                    "x-queue-type": "quorum",
+                    "x-max-length": amqp.dead_letters_max_length,
+                    "x-overflow": "drop-head",
+                },
             ),
             retry_queues={
                 origin: retry_queues(origin) for origin in (topology.SCANS_QUEUE, catalog_queue)
@@ -135,21 +143,33 @@ class Topology:
         return self.retry_queues[origin][delays[min(attempt, len(delays)) - 1]]
 
 
+def tls_options(settings: AmqpSettings) -> dict | None:
+    """py-amqp TLS options that verify the broker's certificate chain and host name.
+
+    `server_hostname: None` makes kombu fill in the URL's host, which turns on py-amqp's
+    host-name check (without it, any certificate of a trusted CA would be accepted).
+    """
+    url = settings.url.get_secret_value()
+    if not (settings.ssl or url.startswith("amqps://")):
+        return None
+    options: dict = {
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": settings.ssl_server_hostname,
+    }
+    if settings.ssl_ca_file:
+        options["ca_certs"] = str(settings.ssl_ca_file)
+    if settings.ssl_cert_file:
+        options["certfile"] = str(settings.ssl_cert_file)
+        options["keyfile"] = str(settings.ssl_key_file) if settings.ssl_key_file else None
+    return options
+
+
 def connect(settings: AmqpSettings) -> Connection:
     """A kombu connection with publisher confirms and heartbeats (not yet connected)."""
-    url = settings.url.get_secret_value()
-    use_ssl: bool | dict = settings.ssl or url.startswith("amqps://")
-    if use_ssl and (settings.ssl_ca_file or settings.ssl_cert_file):
-        use_ssl = {
-            "cert_reqs": ssl.CERT_REQUIRED,
-            "ca_certs": str(settings.ssl_ca_file) if settings.ssl_ca_file else None,
-            "certfile": str(settings.ssl_cert_file) if settings.ssl_cert_file else None,
-            "keyfile": str(settings.ssl_key_file) if settings.ssl_key_file else None,
-        }
     return Connection(
-        url,
+        settings.url.get_secret_value(),
         heartbeat=settings.heartbeat_seconds,
-        ssl=use_ssl,
+        ssl=tls_options(settings) or False,
         transport_options={"confirm_publish": True},
         connect_timeout=10,
     )

@@ -14,7 +14,14 @@ DEAD_LETTERS = Counter(
     "jewelmatch_dead_letters_total", "Messages dead-lettered, by reason.", ["queue", "reason"]
 )
 SCAN_RESULTS = Counter(
-    "jewelmatch_scan_results_total", "Scan answers published, by status.", ["status"]
+    "jewelmatch_scan_results_total",
+    "Scan answers published, by status and failure reason (empty unless failed).",
+    ["status", "reason"],
+)
+SCAN_SECONDS = Histogram(
+    "jewelmatch_scan_seconds",
+    "A fresh scan's handling time in the worker, fetch to confirmed answer.",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0),
 )
 STAGE_SECONDS = Histogram(
     "jewelmatch_stage_seconds",

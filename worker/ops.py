@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
@@ -36,9 +37,22 @@ class Health:
         return ready
 
 
+REQUEST_TIMEOUT_SECONDS = 5.0
+"""A connection that sends nothing for this long is closed (it never blocks a probe)."""
+
+
 class _QuietHandler(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT_SECONDS  # socket timeout of each connection
+
     def log_message(self, format, *args) -> None:  # probes every few seconds: no access log
         pass
+
+
+class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    """One thread per connection, so that an idle or slow client never delays a probe."""
+
+    daemon_threads = True
+    block_on_close = False
 
 
 def serve_ops(health: Health, host: str, port: int) -> WSGIServer:
@@ -58,6 +72,8 @@ def serve_ops(health: Health, host: str, port: int) -> WSGIServer:
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
 
-    server = make_server(host, port, app, handler_class=_QuietHandler)
+    server = make_server(
+        host, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler
+    )
     threading.Thread(target=server.serve_forever, name="ops-http", daemon=True).start()
     return server

@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = (
@@ -57,6 +57,11 @@ class AmqpSettings(BaseModel):
     ssl_ca_file: Path | None = Field(default=None, description="CA bundle to verify the broker.")
     ssl_cert_file: Path | None = Field(default=None, description="Client certificate (mutual TLS).")
     ssl_key_file: Path | None = Field(default=None, description="Client key (mutual TLS).")
+    ssl_server_hostname: str | None = Field(
+        default=None,
+        description="Name the broker's certificate must carry (default: the URL's host). The "
+        "chain and the host name are always verified.",
+    )
     replica_id: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$",
@@ -65,6 +70,17 @@ class AmqpSettings(BaseModel):
     )
     outcomes_max_length: int = Field(
         default=100_000, ge=1, description="Catalog outcomes kept when nobody reads them."
+    )
+    results_max_length: int = Field(
+        default=1_000_000,
+        ge=1,
+        description="Match results waiting for the inventory system; when full the broker "
+        "refuses more and scans wait unacked (nothing is lost).",
+    )
+    dead_letters_max_length: int = Field(
+        default=100_000,
+        ge=1,
+        description="Dead letters kept; beyond it the oldest are dropped (alerted on long before).",
     )
     confirm_users: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["inventory"],
@@ -109,8 +125,29 @@ class S3Settings(BaseModel):
 
 class ImageSettings(BaseModel):
     max_bytes: int = Field(default=20 * 1024 * 1024, ge=1, description="Largest encoded image.")
-    max_pixels: int = Field(default=40_000_000, ge=1, description="Largest width × height.")
+    max_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Largest width × height (a 24-megapixel camera's 6000 × 4000 fits).",
+    )
     min_side: int = Field(default=16, ge=1, description="Smallest accepted width or height.")
+    formats: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP"],
+        min_length=1,
+        description="Image formats opened (Pillow names; JPEG includes multi-picture MPO); any "
+        "other is `image_unreadable`.",
+    )
+    decode_budget_pixels: int = Field(
+        default=25_000_000,
+        ge=1,
+        description="Pixels decoded at once in the whole process (at most 4 bytes each); "
+        "decodes wait for room, and a larger picture takes the whole budget.",
+    )
+
+    @field_validator("formats", mode="before")
+    @classmethod
+    def _split_formats(cls, value: object) -> object:
+        return split_list(value)
 
 
 class ModelSettings(BaseModel):
@@ -170,6 +207,14 @@ class IndexSettings(BaseModel):
         "runs qdrant-client's local mode (tests only).",
     )
     api_key: SecretStr | None = Field(default=None, description="Qdrant server API key.")
+    ca_file: Path | None = Field(
+        default=None, description="CA bundle that verifies a Qdrant server's https certificate."
+    )
+    api_key_over_http: bool = Field(
+        default=False,
+        description="Allow sending the API key over plain `http://` (only inside a private "
+        "network that nothing else shares); otherwise refused at start.",
+    )
     collection_prefix: str = Field(
         default="jewelmatch", description="Qdrant collections are `<prefix>-references-<model>`."
     )
@@ -193,6 +238,16 @@ class IndexSettings(BaseModel):
         description="Embedded engine: hits fetched per wanted product before grouping.",
     )
 
+    @model_validator(mode="after")
+    def _api_key_only_over_https(self) -> IndexSettings:
+        plain = (self.url or "").startswith("http://")
+        if self.api_key is not None and plain and not self.api_key_over_http:
+            raise ValueError(
+                "the Qdrant API key would travel over plain http://: use https:// (with "
+                "INDEX__CA_FILE for a private CA) or set INDEX__API_KEY_OVER_HTTP=true"
+            )
+        return self
+
 
 class MatchingSettings(BaseModel):
     min_score: float = Field(default=0.0, description="Best score below this: no confident match.")
@@ -200,7 +255,7 @@ class MatchingSettings(BaseModel):
         default=0.10,
         ge=0.0,
         description="Gap between the first and second product below this: no confident match "
-        "(calibrated on the train split, README).",
+        "(calibrated on the train split, docs/benchmarks.md).",
     )
 
     scan_memory_days: float = Field(

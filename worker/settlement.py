@@ -24,6 +24,7 @@ from worker.metrics import (
     MESSAGES,
     RETRIES,
     SCAN_RESULTS,
+    SCAN_SECONDS,
     STAGE_SECONDS,
     observe_stages,
 )
@@ -79,7 +80,8 @@ class Settlement:
         for routing_key, result in outcome.results:
             self.publisher.publish(result.model_dump_json(), RESULTS, routing_key)
             if routing_key == topology.MATCH_RESULT:
-                SCAN_RESULTS.labels(getattr(result, "status", "unknown")).inc()
+                reason = getattr(result, "reason", None)
+                SCAN_RESULTS.labels(result.status, reason.value if reason else "").inc()
         if outcome.action is Action.retry:
             retry_queue = self.topology.retry_queue(queue, delivery.attempt)
             self._republish(
@@ -100,7 +102,10 @@ class Settlement:
         message.ack()
         publish_ms = round((time.perf_counter() - started) * 1000, 2)
         STAGE_SECONDS.labels("publish").observe(publish_ms / 1000)
-        observe_stages(outcome.log.get("timings_ms") or {})
+        timings = outcome.log.get("timings_ms") or {}
+        observe_stages(timings)
+        if queue == topology.SCANS_QUEUE and "embed" in timings:
+            SCAN_SECONDS.observe((sum(timings.values()) + publish_ms) / 1000)
         MESSAGES.labels(queue, outcome.action.value).inc()
         log.info(
             "message.handled",

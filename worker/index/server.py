@@ -71,10 +71,12 @@ def open_client(settings: IndexSettings) -> QdrantClient:
         return QdrantClient(location=":memory:")
     if "://" not in url:
         return QdrantClient(path=url)
+    options = {"verify": str(settings.ca_file)} if settings.ca_file else {}
     return QdrantClient(
         url=url,
         api_key=settings.api_key.get_secret_value() if settings.api_key else None,
         timeout=10,
+        **options,
     )
 
 
