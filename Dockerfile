@@ -37,7 +37,8 @@ RUN JEWELMATCH_MODEL__NAME=${MODEL} JEWELMATCH_MODEL__CACHE_DIR=/opt/models \
 FROM ${BASE_IMAGE}
 ARG MODEL=efficientnet-lite0
 RUN useradd --system --uid 10001 --create-home --home-dir /home/jewelmatch jewelmatch \
-    && mkdir -p /var/lib/jewelmatch && chown jewelmatch /var/lib/jewelmatch
+    && mkdir -p /var/lib/jewelmatch /definitions \
+    && chown jewelmatch /var/lib/jewelmatch /definitions
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/models /opt/models
 ENV PATH=/opt/venv/bin:$PATH \

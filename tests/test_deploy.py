@@ -4,6 +4,7 @@ probes it serves, resources matching its thread count; and they load where they 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -57,12 +58,42 @@ def test_compose_file_is_valid_for_docker_compose_v2():
 
     binary = Path(compose.__file__).parent / "docker-compose"
     result = subprocess.run(
-        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
+        [
+            str(binary),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "--env-file",
+            str(ROOT / ".env.example"),
+            "config",
+            "-q",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_compose_refuses_to_start_without_its_secrets(tmp_path):
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    empty = tmp_path / "empty.env"
+    empty.write_text("")
+    result = subprocess.run(
+        [str(binary), "-f", str(ROOT / "docker-compose.yml"), "--env-file", str(empty), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": os.environ.get("PATH", "")},
+    )
+    assert result.returncode != 0 and "set it in .env" in result.stderr
+
+
+def test_compose_publishes_ports_on_loopback_only():
+    for name, service in COMPOSE["services"].items():
+        for port in service.get("ports", []):
+            assert port.startswith("127.0.0.1:"), (name, port)
 
 
 def test_compose_wires_the_worker_with_settings_it_reads():
@@ -76,12 +107,16 @@ def test_compose_wires_the_worker_with_settings_it_reads():
     url = environment["JEWELMATCH_AMQP__URL"]
     user, vhost = url.split("//")[1].split(":")[0], url.rsplit("/", 1)[1]
     assert user in {u["name"] for u in definitions()["users"]} and vhost == "jewelmatch"
+    assert "${" in url  # the password comes from .env
     created = services["buckets"]["command"][0]
     for bucket in environment["JEWELMATCH_S3__ALLOWED_BUCKETS"].split(","):
         assert f"local/{bucket}" in created
+    assert environment["JEWELMATCH_S3__ACCESS_KEY_ID"] == "jewelmatch-worker"
+    assert "readonly --user jewelmatch-worker" in created  # least privilege
     assert services["demo"]["command"][0] == "seed-demo"
     mounts = " ".join(services["rabbitmq"]["volumes"])
-    assert "deploy/rabbitmq/definitions.json" in mounts and "rabbitmq.conf" in mounts
+    assert "rabbitmq-definitions:" in mounts and "rabbitmq.conf" in mounts
+    assert services["rabbitmq-definitions"]["command"][0] == "rabbitmq-definitions"
     grace = int(worker["stop_grace_period"].rstrip("s"))
     assert grace > OpsSettings().drain_seconds
 
@@ -110,22 +145,33 @@ def test_definitions_load_into_a_real_broker_with_least_privilege(tmp_path):
     from worker.bench.servers import RabbitNode
 
     path = tmp_path / "definitions.json"
-    path.write_text(json.dumps(definitions()))
+    roles = ("jewelmatch-worker", "scan-station", "pim", "inventory")
+    path.write_text(
+        json.dumps(
+            definitions(
+                passwords={role: f"{role}-password" for role in roles},
+                administrators={"admin": "admin-password"},
+            )
+        )
+    )
     node = RabbitNode(
         tmp_path / "node",
         config=f"load_definitions = {path}\n",
-        credentials="admin:admin",
+        credentials="admin:admin-password",
         vhost="jewelmatch",
     )
 
     node.start()
     try:
         base = f"127.0.0.1:{node.port}/jewelmatch"
-        with Connection(f"amqp://jewelmatch-worker:jewelmatch-worker@{base}") as connection:
+        with Connection(
+            f"amqp://jewelmatch-worker:jewelmatch-worker-password@{base}"
+        ) as connection:
             # the worker declares the same topology: identical arguments, so no conflict
             Topology.build(AmqpSettings(), OpsSettings()).declare(connection.channel())
         with Connection(
-            f"amqp://scan-station:scan-station@{base}", transport_options={"confirm_publish": True}
+            f"amqp://scan-station:scan-station-password@{base}",
+            transport_options={"confirm_publish": True},
         ) as connection:
             ConfirmedPublisher(connection.channel()).publish(
                 b"{}", EVENTS, topology.BAG_PHOTOGRAPHED
@@ -224,3 +270,70 @@ def test_dockerfile_builds_a_non_root_worker_with_weights_baked_in():
     assert "/livez" in dockerfile.split("HEALTHCHECK", 1)[1]
     assert 'ENTRYPOINT ["jewelmatch"]' in dockerfile and 'CMD ["worker"]' in dockerfile
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile
+
+
+# --- Prometheus alerts ------------------------------------------------------------------
+
+
+def test_alert_rules_watch_metrics_and_queues_that_exist():
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import worker.metrics  # noqa: F401  (registers the worker's metrics)
+    from shared import topology as names
+
+    rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
+    exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    ours = {
+        family.name + suffix
+        for family in REGISTRY.collect()
+        if family.name.startswith("jewelmatch_")
+        for suffix in suffixes.get(family.type, [""])
+    }
+    used = {m for e in exprs for m in re.findall(r"jewelmatch_[a-z_]+", e)}
+    assert used and used <= ours
+    queues = {q for e in exprs for q in re.findall(r'queue="([^"]+)"', e)}
+    known = {names.SCANS_QUEUE, names.RESULTS_QUEUE, names.DEAD_LETTER_QUEUE}
+    assert queues <= known
+    assert {"JewelmatchDeadLettersPilingUp", "JewelmatchScanLatencyHigh"} <= {
+        rule["alert"] for group in rules["groups"] for rule in group["rules"]
+    }
+
+
+def test_committed_definitions_hold_no_password_and_no_administrator():
+    committed = json.loads((ROOT / "deploy" / "rabbitmq" / "definitions.json").read_text())
+    assert {user["password_hash"] for user in committed["users"]} == {""}
+    assert all(user["tags"] == [] for user in committed["users"])
+    assert "admin" not in {user["name"] for user in committed["users"]}
+
+
+def test_passwords_come_from_the_environment():
+    from worker.definitions import password_hash, passwords_from_environment
+
+    passwords = passwords_from_environment({"JEWELMATCH_RABBITMQ_PASSWORD_SCAN_STATION": "s3cr3t"})
+    assert passwords == {"scan-station": "s3cr3t"}
+    users = {u["name"]: u for u in definitions(passwords=passwords)["users"]}
+    stored = users["scan-station"]["password_hash"]
+    salt = __import__("base64").b64decode(stored)[:4]
+    assert stored == password_hash("s3cr3t", salt)
+    assert users["pim"]["password_hash"] == ""
+
+
+def test_kubernetes_defaults_are_safe():
+    namespace = BASE["Namespace"]
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    policy = BASE["NetworkPolicy"]
+    selector = DEPLOYMENT["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == selector
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    ingress_ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {int(CONFIG["JEWELMATCH_OPS__HTTP_PORT"])}
+    pod = DEPLOYMENT["spec"]["template"]["spec"]
+    assert {c["topologyKey"] for c in pod["topologySpreadConstraints"]} == {
+        "kubernetes.io/hostname",
+        "topology.kubernetes.io/zone",
+    }
+    assert all(v["emptyDir"].get("sizeLimit") for v in pod["volumes"] if "emptyDir" in v)
+    assert CONFIG["JEWELMATCH_INDEX__URL"].startswith("https://")

@@ -37,17 +37,26 @@ pytestmark = pytest.mark.integration
 
 DESIGNS = catalog_designs(4, seed=23)
 ROLES = ("jewelmatch-worker", "scan-station", "pim", "inventory", "admin")
+PASSWORDS = {role: f"{role}-password" for role in ROLES}
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory):
     folder = tmp_path_factory.mktemp("rabbit-definitions")
     path = folder / "definitions.json"
-    path.write_text(json.dumps(definitions()))
+    roles = ("jewelmatch-worker", "scan-station", "pim", "inventory")
+    path.write_text(
+        json.dumps(
+            definitions(
+                passwords={role: f"{role}-password" for role in roles},
+                administrators={"admin": "admin-password"},
+            )
+        )
+    )
     node = RabbitNode(
         folder / "node",
         config=f"load_definitions = {path}\n",
-        credentials="admin:admin",
+        credentials="admin:admin-password",
         vhost=VHOST,
     )
     node.start()
@@ -56,7 +65,7 @@ def node(tmp_path_factory: pytest.TempPathFactory):
 
 
 def url(node: RabbitNode, user: str) -> str:
-    return f"amqp://{user}:{user}@127.0.0.1:{node.port}/{VHOST}"
+    return f"amqp://{user}:{user}-password@127.0.0.1:{node.port}/{VHOST}"
 
 
 @pytest.fixture

@@ -6,7 +6,11 @@ types (topic permissions on the routing key): scan stations `bag.photographed`, 
 `product.*` (and it reads catalog outcomes), the inventory system `match.confirmed` (and it
 reads results and catalog outcomes); the worker declares and uses `jewelmatch.*` and
 publishes no event.
-The passwords here are for the local stack; production defines users from secrets.
+
+No password is ever committed: `jewelmatch rabbitmq-definitions` takes each user's password
+from `JEWELMATCH_RABBITMQ_PASSWORD_<USER>` (e.g. `..._SCAN_STATION`); a user whose variable
+is unset is written without a password, and cannot log in until one is set
+(`rabbitmqctl change_password`). There is no administrator: operators bring their own.
 """
 
 from __future__ import annotations
@@ -14,7 +18,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
+import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,7 +86,6 @@ class Role:
     exchange and queue names) and topic permissions (the routing keys it may publish to each
     topic exchange, which RabbitMQ checks on every publish)."""
 
-    password: str
     tags: str
     configure: str
     write: str
@@ -93,7 +99,6 @@ ROLES = {
     # The worker declares and uses its own resources, publishes answers and dead letters,
     # parks retries through the default exchange, and never publishes an event.
     "jewelmatch-worker": Role(
-        "jewelmatch-worker",
         "",
         OWN,
         r"^(jewelmatch\..*|amq\.default)$",
@@ -108,7 +113,6 @@ ROLES = {
         },
     ),
     "scan-station": Role(
-        "scan-station",
         "",
         NOTHING,
         exactly(topology.EVENTS_EXCHANGE),
@@ -116,7 +120,6 @@ ROLES = {
         {topology.EVENTS_EXCHANGE: (exactly(topology.BAG_PHOTOGRAPHED), NOTHING)},
     ),
     "pim": Role(
-        "pim",
         "",
         NOTHING,
         exactly(topology.EVENTS_EXCHANGE),
@@ -131,27 +134,53 @@ ROLES = {
         },
     ),
     "inventory": Role(
-        "inventory",
         "",
         NOTHING,
         exactly(topology.EVENTS_EXCHANGE),
         exactly(topology.RESULTS_QUEUE, topology.CATALOG_OUTCOMES_QUEUE),
         {topology.EVENTS_EXCHANGE: (exactly(topology.MATCH_CONFIRMED), NOTHING)},
     ),
-    "admin": Role("admin", "administrator", EVERYTHING, EVERYTHING, EVERYTHING, {}),
 }
 
 
-def definitions(amqp: AmqpSettings | None = None, ops: OpsSettings | None = None) -> dict:
+ADMINISTRATOR = Role("administrator", EVERYTHING, EVERYTHING, EVERYTHING, {})
+"""For throwaway brokers in tests only: production brings its own operators."""
+
+
+def password_variable(user: str) -> str:
+    return "JEWELMATCH_RABBITMQ_PASSWORD_" + user.upper().replace("-", "_")
+
+
+def passwords_from_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The passwords of the roles whose variable is set."""
+    return {
+        user: environ[password_variable(user)]
+        for user in ROLES
+        if environ.get(password_variable(user))
+    }
+
+
+def definitions(
+    amqp: AmqpSettings | None = None,
+    ops: OpsSettings | None = None,
+    passwords: Mapping[str, str] | None = None,
+    administrators: Mapping[str, str] | None = None,
+) -> dict:
+    """The definitions; users without a password in `passwords` get none (no login).
+    `administrators` (name: password) adds full-rights users, for throwaway brokers."""
     topo = Topology.build(amqp or AmqpSettings(), ops or OpsSettings())
     queues = topo.all_queues()
+    roles = {**ROLES, **{name: ADMINISTRATOR for name in administrators or {}}}
+    passwords = {**(passwords or {}), **(administrators or {})}
     users, permissions, topic_permissions = [], [], []
-    for n, (name, role) in enumerate(ROLES.items()):
-        salt = hashlib.sha256(f"jewelmatch-local-{n}".encode()).digest()[:4]  # reproducible
+    for name, role in roles.items():
+        password = passwords.get(name)
         users.append(
             {
                 "name": name,
-                "password_hash": password_hash(role.password, salt),
+                "password_hash": password_hash(password, secrets.token_bytes(4))
+                if password
+                else "",
                 "hashing_algorithm": "rabbit_password_hashing_sha256",
                 "tags": [role.tags] if role.tags else [],
             }
@@ -195,7 +224,7 @@ def definitions(amqp: AmqpSettings | None = None, ops: OpsSettings | None = None
     }
 
 
-def write_definitions(path: Path) -> Path:
+def write_definitions(path: Path, passwords: Mapping[str, str] | None = None) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(definitions(), indent=2) + "\n")
+    path.write_text(json.dumps(definitions(passwords=passwords), indent=2) + "\n")
     return path

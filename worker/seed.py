@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
 from kombu import Consumer
+from pydantic import SecretStr
 from rich.console import Console
 
 from shared import topology
@@ -23,12 +25,32 @@ from worker.settings import Settings
 from worker.synth import write_catalog
 
 
+@dataclass(frozen=True)
+class RoleUrls:
+    """Each peer logs in as its own AMQP user: the broker lets each publish only its own
+    events (and the inventory system read the answers)."""
+
+    pim: str
+    station: str
+    inventory: str
+
+
+def _publish_as(settings: Settings, url: str, routing_key: str, bodies: list[str]) -> None:
+    amqp = settings.amqp.model_copy(update={"url": SecretStr(url)})
+    with connect(amqp) as connection:
+        connection.ensure_connection(max_retries=10)
+        publisher = ConfirmedPublisher(connection.channel())
+        for body in bodies:
+            publisher.publish(body, EVENTS, routing_key, user_id=connection.userid)
+
+
 def seed_demo(
     settings: Settings,
     catalog_bucket: str,
     scans_bucket: str,
     products: int,
     console: Console,
+    urls: RoleUrls | None = None,
     timeout: float = 600.0,
 ) -> int:
     """Returns how many scans ranked the right product first."""
@@ -63,18 +85,24 @@ def seed_demo(
                 s3.put_object(Bucket=scans_bucket, Key=key, Body=query.path.read_bytes())
                 scan_id = f"demo-{product.product_id}-{query.path.stem}-{int(time.time())}"
                 scans[scan_id] = (product.product_id, key)
+    default = settings.amqp.url.get_secret_value()
+    urls = urls or RoleUrls(default, default, default)
     topo = Topology.build(settings.amqp, settings.ops)
-    with connect(settings.amqp) as connection:
+    bodies = [event.model_dump_json() for event in events]
+    _publish_as(settings, urls.pim, topology.PRODUCT_CREATED, bodies)
+    console.print(f"published {len(events)} product.created events")
+    time.sleep(5)  # scans come first in the worker: let the catalog land before them
+    bodies = [
+        BagPhotographed(
+            scan_id=scan_id, image={"bucket": scans_bucket, "key": key}
+        ).model_dump_json()
+        for scan_id, (_, key) in scans.items()
+    ]
+    _publish_as(settings, urls.station, topology.BAG_PHOTOGRAPHED, bodies)
+    console.print(f"published {len(scans)} bag.photographed events")
+    inventory = settings.amqp.model_copy(update={"url": SecretStr(urls.inventory)})
+    with connect(inventory) as connection:
         connection.ensure_connection(max_retries=10)
-        publisher = ConfirmedPublisher(connection.channel())
-        for event in events:
-            publisher.publish(event.model_dump_json(), EVENTS, topology.PRODUCT_CREATED)
-        console.print(f"published {len(events)} product.created events")
-        time.sleep(5)  # scans come first in the worker: let the catalog land before them
-        for scan_id, (_, key) in scans.items():
-            scan = BagPhotographed(scan_id=scan_id, image={"bucket": scans_bucket, "key": key})
-            publisher.publish(scan.model_dump_json(), EVENTS, topology.BAG_PHOTOGRAPHED)
-        console.print(f"published {len(scans)} bag.photographed events")
         answers: dict[str, MatchResult] = {}
 
         def on_result(message) -> None:
