@@ -1,4 +1,5 @@
-"""Print README's settings table from worker/settings.py (tests/test_docs.py keeps them equal)."""
+"""Print the settings table of docs/settings.md from worker/settings.py (tests/test_docs.py
+fails while they differ; scripts/update-settings-doc rewrites it)."""
 
 from __future__ import annotations
 

@@ -15,7 +15,22 @@ from worker.synth import catalog_designs, render
 
 pytestmark = pytest.mark.integration
 
-PHOTOS = sorted((Path(__file__).parent / "data" / "photos").glob("*.jpg"))
+GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store"
+"""Real photos, read where they lie beside the project (never copied into it)."""
+PRODUCTS = [
+    "Arla-Medium-Fat-Milk",
+    "Banana",
+    "Granny-Smith",
+    "Oatly-Natural-Oatghurt",
+    "Red-Bell-Pepper",
+    "Tropicana-Apple-Juice",
+]
+PHOTOS = [GROCERY / product / "catalog_iconic.jpg" for product in PRODUCTS]
+
+
+def test_the_real_photos_are_beside_the_project():
+    missing = [str(path) for path in PHOTOS if not path.is_file()]
+    assert missing == [], "../shared/data/grocery-store must lie beside the clone"
 
 
 @pytest.fixture(scope="module")

@@ -110,11 +110,22 @@ def scan(
 def schema(
     out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files.")] = Path("schemas"),
 ) -> None:
-    """Write the JSON Schema of every message (for publishers that are not Python)."""
+    """Write the JSON Schema of every message and the AsyncAPI 3.0 document of the whole
+    contract (asyncapi.json), for integrators that are not Python."""
+    import json
+
+    from shared.asyncapi import asyncapi_document
     from shared.messages import write_json_schemas
+    from worker.broker import Topology
 
     for path in write_json_schemas(out):
         console.print(str(path))
+    settings = load_settings()
+    queues = Topology.build(settings.amqp, settings.ops).all_queues()
+    arguments = {queue.name: dict(queue.queue_arguments or {}) for queue in queues}
+    document = out / "asyncapi.json"
+    document.write_text(json.dumps(asyncapi_document(arguments), indent=2) + "\n")
+    console.print(str(document))
 
 
 @app.command()
@@ -171,12 +182,34 @@ def seed_demo(
     ] = "catalog-images",
     scans_bucket: Annotated[str, typer.Option(help="Bucket for bag photos.")] = "scan-photos",
     products: Annotated[int, typer.Option(help="Products to generate.")] = 12,
+    pim_url: Annotated[
+        str | None,
+        typer.Option(envvar="JEWELMATCH_SEED_PIM_URL", help="AMQP URL of the PIM's user."),
+    ] = None,
+    station_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JEWELMATCH_SEED_STATION_URL", help="AMQP URL of a scan station's user."
+        ),
+    ] = None,
+    inventory_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JEWELMATCH_SEED_INVENTORY_URL",
+            help="AMQP URL of the inventory system's user (reads the answers).",
+        ),
+    ] = None,
 ) -> None:
-    """Against a running stack: upload the demo catalog to S3, publish its events, print
-    the answers (docker compose runs this once)."""
+    """Against a running stack: upload the demo catalog to S3, publish its events as the PIM
+    and a scan station would (each as its own AMQP user; default: JEWELMATCH_AMQP__URL),
+    and print the answers (docker compose runs this once)."""
+    from worker.seed import RoleUrls
     from worker.seed import seed_demo as run_seed
 
-    run_seed(load_settings(), catalog_bucket, scans_bucket, products, console)
+    settings = load_settings()
+    default = settings.amqp.url.get_secret_value()
+    urls = RoleUrls(pim_url or default, station_url or default, inventory_url or default)
+    run_seed(settings, catalog_bucket, scans_bucket, products, console, urls)
 
 
 @app.command("rabbitmq-definitions")
@@ -185,10 +218,15 @@ def rabbitmq_definitions(
         "deploy/rabbitmq/definitions.json"
     ),
 ) -> None:
-    """Write RabbitMQ definitions (exchanges, quorum queues, users) matching the worker."""
-    from worker.definitions import write_definitions
+    """Write RabbitMQ definitions (exchanges, quorum queues, users and their permissions)
+    matching the worker. Passwords come from JEWELMATCH_RABBITMQ_PASSWORD_<USER> variables;
+    users without one are written without a password (no login until one is set)."""
+    from worker.definitions import ROLES, passwords_from_environment, write_definitions
 
-    console.print(str(write_definitions(out)))
+    passwords = passwords_from_environment()
+    for user in sorted(set(ROLES) - set(passwords)):
+        console.print(f"[yellow]{user}: no password set, cannot log in[/yellow]")
+    console.print(str(write_definitions(out, passwords)))
 
 
 @app.command("prepare-model")

@@ -3,7 +3,7 @@
 A picture is embedded as a *view*: the mean of the unit embeddings of a few centred square
 crops (fractions of its shorter side), each also mirrored. Catalog pictures are clean,
 centred shots: one full crop. Scans show the jewel at an unknown scale among clutter: the full
-frame plus two zoomed-in crops. Both were chosen on the accuracy benchmark (README,
+frame plus two zoomed-in crops. Both were chosen on the accuracy benchmark (docs/benchmarks.md,
 "Matching quality").
 """
 

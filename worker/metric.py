@@ -1,7 +1,7 @@
 """What the system learns from its catalog, its scans and confirmed matches; the backbone stays
 frozen and nothing here needs more than a few seconds of CPU.
 
-Two pieces, both chosen on the accuracy benchmark (README, "Matching quality"):
+Two pieces, both chosen on the accuracy benchmark (docs/benchmarks.md, "Matching quality"):
 
 * **Domain centring.** Scans (hand-held photos of a jewel in a bag) and catalog images (clean
   studio shots) differ systematically. Subtracting each domain's mean vector before comparing
