@@ -29,6 +29,7 @@ def test_schema_command_writes_one_schema_per_message(tmp_path):
             "match.confirmed.schema.json",
             "match.result.schema.json",
             "catalog.outcome.schema.json",
+            "asyncapi.json",
         ]
     )
     schema = json.loads((tmp_path / "bag.photographed.schema.json").read_text())

@@ -204,3 +204,27 @@ def test_embedded_index_uses_hnsw_beyond_the_exact_search_size(tmp_path: Path):
     found = index.search(vectors[:20], top_k=1)
     assert [hits[0].product_id for hits in found] == [f"p{i}" for i in range(20)]
     index.close()
+
+
+def test_a_worker_refuses_a_model_that_is_not_the_one_in_service(tmp_path, tiny_model_dir):
+    from tests.conftest import make_settings
+    from worker.app import ModelNotCurrent, ensure_model_is_current
+    from worker.embedder import model_id_for
+    from worker.index import open_index
+
+    serving = make_settings(tmp_path, tiny_model_dir)
+    other_views = make_settings(tmp_path, tiny_model_dir, model={"scan_crops": [1.0, 0.5]})
+    assert model_id_for(serving.model) != model_id_for(other_views.model)  # views name it
+    first = open_index(serving.index, model_id_for(serving.model), 8)
+    ensure_model_is_current(serving, first)  # the first model in service becomes current
+    first.close()
+    second = open_index(other_views.index, model_id_for(other_views.model), 8)
+    try:
+        with pytest.raises(ModelNotCurrent, match="reindex"):
+            ensure_model_is_current(other_views, second)
+        told = other_views.model_copy(
+            update={"index": other_views.index.model_copy(update={"serve_non_current_model": True})}
+        )
+        ensure_model_is_current(told, second)
+    finally:
+        second.close()

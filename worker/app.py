@@ -6,7 +6,6 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from worker.allocator import limit_allocator_growth
 from worker.consumer import Worker
 from worker.embedder import Embedder
 from worker.handlers import Handlers
@@ -37,11 +36,34 @@ def build_components(settings: Settings, embedder: Embedder | None = None) -> Co
     MODEL_LOAD_SECONDS.set(embedder.load_seconds)
     index = open_index(settings.index, embedder.model_id, embedder.dim)
     INDEX_POINTS.set(index.count())
+    log.info(
+        "index.opened",
+        model=embedder.model_id,
+        backend=settings.index.backend.value,
+        reference_images=index.count(),
+    )
     matcher = Matcher(
         embedder, index, MatchPolicy.from_settings(settings.matching), settings.learning
     )
     matcher.refit()  # what the index already teaches (domain means, learned metric)
     return Components(embedder, index, matcher)
+
+
+class ModelNotCurrent(RuntimeError):
+    """The worker's model is not the one whose index is in service."""
+
+
+def ensure_model_is_current(settings: Settings, index: VectorIndex) -> None:
+    """Refuse to serve from an index that is not the one in service: a worker started with
+    another model (or other view settings) would answer from an empty or stale index."""
+    current = index.current_model_id()
+    if current in (None, index.model_id) or settings.index.serve_non_current_model:
+        return
+    raise ModelNotCurrent(
+        f"the index in service is {current!r} but this worker's model is {index.model_id!r}: "
+        "build its index with `jewelmatch reindex` and switch (docs/operations.md, "
+        "'Changing the model safely'), or set JEWELMATCH_INDEX__SERVE_NON_CURRENT_MODEL=true"
+    )
 
 
 @contextmanager
@@ -55,7 +77,6 @@ def opened(settings: Settings, embedder: Embedder | None = None):
 
 def run_worker(settings: Settings) -> None:
     """The `jewelmatch worker` process: probes first, then the model, then consume."""
-    limit_allocator_growth()
     health = Health()
     ops_server = None
     if settings.ops.http_port:
@@ -74,6 +95,7 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     with opened(settings) as components:
+        ensure_model_is_current(settings, components.index)
         health.model_loaded = True
         store = open_image_store(settings.s3, settings.images.max_bytes)
         handlers = Handlers(settings, store, components.matcher)

@@ -32,9 +32,13 @@ def load_settings(quiet: bool = False) -> Settings:
 @app.command()
 def worker() -> None:
     """Run the worker: consume scans and catalog events until SIGTERM."""
-    from worker.app import run_worker
+    from worker.app import ModelNotCurrent, run_worker
 
-    run_worker(load_settings())
+    try:
+        run_worker(load_settings())
+    except ModelNotCurrent as error:
+        console.print(f"[red]refusing to start:[/red] {error}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -96,6 +96,7 @@ class Worker:
         self._stop_logged = False
         self.inbox = Inbox(settings.model.batch_size, settings.amqp.catalog_prefetch)
         self._last_housekeeping = 0.0
+        self._optimizing: threading.Thread | None = None
         self._stop_requested_at = 0.0
         self._consumers: list[Consumer] = []
 
@@ -138,6 +139,8 @@ class Worker:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         self.health.broker_connected = False
+        if self._optimizing is not None:  # the index is closed after this returns
+            self._optimizing.join(timeout=self.settings.ops.drain_seconds)
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -255,9 +258,11 @@ class Worker:
         ]
 
     def _when_idle(self) -> None:
-        """Idle hook: refit the learned metric when due (in the background), and purge
-        expired scan records hourly."""
+        """Idle hook: refit the learned metric and build the index's search structures when
+        due (both in the background: the loop keeps serving), and purge expired scan records
+        hourly."""
         self.handlers.matcher.refit_in_background_if_due()
+        self._optimize_in_background_if_due()
         now = time.monotonic()
         if now - self._last_housekeeping < HOUSEKEEPING_SECONDS:
             return
@@ -266,3 +271,32 @@ class Worker:
             self.handlers.forget_old_scans()
         except Exception as error:  # housekeeping must never stop the worker
             log.warning("housekeeping.failed", error=str(error))
+
+    def _optimize_in_background_if_due(self) -> None:
+        index = self.handlers.matcher.index
+        if self._optimizing is not None and self._optimizing.is_alive():
+            return
+        try:
+            due = index.needs_optimizing()
+        except Exception as error:
+            log.warning("index.optimize_check_failed", error=str(error))
+            return
+        if due:
+            self._optimizing = threading.Thread(
+                target=_optimize_logging, args=(index,), name="index-optimize", daemon=True
+            )
+            self._optimizing.start()
+
+
+def _optimize_logging(index) -> None:
+    started = time.monotonic()
+    try:
+        index.optimize()
+    except Exception as error:  # the exact search keeps answering meanwhile
+        log.warning("index.optimize_failed", error=str(error))
+        return
+    log.info(
+        "index.optimized",
+        reference_images=index.count(),
+        seconds=round(time.monotonic() - started, 2),
+    )

@@ -57,9 +57,6 @@ class FolderDataset:
     def queries(self) -> list[QueryPhoto]:
         return [query for product in self.products for query in product.queries]
 
-    def query_split(self, split: str | None) -> list[QueryPhoto]:
-        return [q for q in self.queries if split in (None, "", q.split)]
-
 
 def _split_of(name: str) -> str:
     # query_<split>_<n>.jpg → split; query_<n>.jpg → ""

@@ -45,16 +45,15 @@ def centred_crops(image: Image.Image, fractions: Sequence[float]) -> list[Image.
     return crops
 
 
+VIEWS_VERSION = 1
+"""Bumped whenever the code changes how pictures become vectors (decoding, crops, flips), so
+that vectors made the old way and the new way never share an index."""
+
+
 def _view_suffix(settings: ModelSettings) -> str:
-    defaults = ModelSettings.model_fields
-    view = (tuple(settings.catalog_crops), tuple(settings.scan_crops), settings.flip)
-    default = (
-        tuple(defaults["catalog_crops"].default),
-        tuple(defaults["scan_crops"].default),
-        defaults["flip"].default,
-    )
-    if view == default:
-        return ""
+    """A hash of the effective view settings: another crop or flip is another index, whatever
+    today's defaults are."""
+    view = (VIEWS_VERSION, tuple(settings.catalog_crops), tuple(settings.scan_crops), settings.flip)
     return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
 
 

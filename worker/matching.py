@@ -224,8 +224,3 @@ class Matcher:
             self.refit()
         except Exception as error:  # a failed refit keeps the previous metric
             log.warning("metric.refit_failed", error=str(error))
-
-    def wait_for_refit(self, timeout: float | None = None) -> None:
-        thread = self._fitting
-        if thread is not None:
-            thread.join(timeout)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import time
 import zlib
 from collections import defaultdict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -127,8 +126,6 @@ class MetricOptions:
     validation_share: float = 0.2
     max_validation_queries: int = 2000
 
-    min_gain: float = 0.0
-
 
 def _held_out(refs: ReferenceSet, share: float, limit: int) -> np.ndarray:
     """A deterministic share (at most `limit`) of the confirmed scans, held out to validate."""
@@ -213,7 +210,7 @@ def fit_metric(
         validation_recall_plain=plain,
         validation_recall_lda=learned,
     )
-    if learned < plain + options.min_gain:
+    if learned < plain:
         report["lda_skipped"] = "did not beat the plain space on held-out confirmations"
         return metric
     metric.projection = fit_lda(
@@ -222,11 +219,3 @@ def fit_metric(
     report["lda"] = metric.projection is not None
     report["lda_dim"] = 0 if metric.projection is None else int(metric.projection.shape[1])
     return metric
-
-
-def rerank_scores(
-    query: np.ndarray, metric: LearnedMetric, protos: Sequence[np.ndarray]
-) -> np.ndarray:
-    """LDA-space scores of one (raw) query vector against candidate prototypes."""
-    projected = metric.project(metric.means.centre_query(query[None, :]))[0]
-    return np.array([float(projected @ proto) for proto in protos])

@@ -54,6 +54,9 @@ class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
     block_on_close = False
 
+    def handle_error(self, request, client_address) -> None:
+        """A client that went silent or away is not an error worth a traceback."""
+
 
 def serve_ops(health: Health, host: str, port: int) -> WSGIServer:
     """Serve /livez, /readyz and /metrics in a daemon thread; returns the server."""

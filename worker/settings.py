@@ -218,6 +218,11 @@ class IndexSettings(BaseModel):
     collection_prefix: str = Field(
         default="jewelmatch", description="Qdrant collections are `<prefix>-references-<model>`."
     )
+    serve_non_current_model: bool = Field(
+        default=False,
+        description="Start even when this worker's model is not the one in service (the "
+        "`current` link or alias); otherwise the worker refuses, naming both.",
+    )
     exact_search_max_points: int = Field(
         default=200_000,
         ge=0,

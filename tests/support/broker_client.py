@@ -12,7 +12,7 @@ from kombu import Connection
 from pydantic import BaseModel
 
 from worker.broker import EVENTS, ConfirmedPublisher
-from worker.consumer import BROKER_ERRORS, raw_body
+from worker.consumer import BROKER_ERRORS
 
 
 class ResilientPeer:
@@ -89,7 +89,3 @@ class ResilientPeer:
 
     def close(self) -> None:
         self._reset()
-
-
-def bodies(messages: list) -> list[bytes]:
-    return [raw_body(m) for m in messages]

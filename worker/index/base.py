@@ -300,5 +300,13 @@ class VectorIndex(ABC):
         return False
 
     @abstractmethod
+    def current_model_id(self) -> str | None:
+        """The model whose index is in service (the `current` link or alias), if any."""
+
+    def needs_optimizing(self) -> bool:
+        """Whether `optimize()` is due (a server back end builds its own: never)."""
+        return False
+
+    @abstractmethod
     def close(self) -> None:
         """Release files and connections."""

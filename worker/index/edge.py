@@ -136,6 +136,7 @@ class EdgeIndex(VectorIndex):
             ["product_id"],
         )
         self._count = self._refs.count(CountRequest(exact=True))
+        self.optimized_at_count = 0
         if current_model(Path(settings.path)) is None:  # the first model in service
             make_current(Path(settings.path), model_id)
 
@@ -261,9 +262,26 @@ class EdgeIndex(VectorIndex):
         records = self._scroll(self._scans, None, with_vector=True, limit=limit)
         return np.asarray([r.vector for r in records], dtype=np.float32).reshape(-1, self.dim)
 
+    def current_model_id(self) -> str | None:
+        return current_model(self.directory.parent)
+
+    REBUILD_GROWTH = 1.1
+    """After a build, the next is due once the index has grown by this factor."""
+
     def optimize(self) -> bool:
-        """Build the HNSW index. Blocks queries on the shard while it runs: call it when idle."""
-        return bool(self._refs.optimize())
+        """Build the HNSW index. Queries wait for it while it runs: the worker calls it from
+        its idle hook, in the background (`needs_optimizing`)."""
+        count = self._count
+        done = bool(self._refs.optimize())
+        self.optimized_at_count = count
+        return done
+
+    def needs_optimizing(self) -> bool:
+        """Due once the index is past `exact_search_max_points` (searched with HNSW from
+        there on) and has grown since the last build."""
+        return self._count > self._settings.exact_search_max_points and (
+            self._count >= self.optimized_at_count * self.REBUILD_GROWTH
+        )
 
     # scans ------------------------------------------------------------------------------
 

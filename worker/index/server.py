@@ -346,6 +346,11 @@ class QdrantServerIndex(VectorIndex):
         )
         self._client.update_collection_aliases(change_aliases_operations=operations)
 
+    def current_model_id(self) -> str | None:
+        collection = self.current_collection()
+        prefix = references_collection(self._settings.collection_prefix, "")
+        return collection.removeprefix(prefix) if collection else None
+
     @_transient_on_outage
     def current_collection(self) -> str | None:
         """The collection the alias `<prefix>-references` points at, if any."""

@@ -1,0 +1,98 @@
+"""The consumer loop on kombu's in-memory transport: fast, no servers. What needs a real
+broker (trust, restarts, delivery limits) is in test_trust.py and test_reliability.py."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from kombu import Connection, Producer
+
+from shared import topology
+from shared.contract import BagPhotographed, MatchResult, MatchStatus, ProductUpserted
+from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
+from worker.app import build_components
+from worker.broker import EVENTS
+from worker.consumer import Worker
+from worker.handlers import Handlers
+from worker.storage import open_image_store
+from worker.synth import catalog_designs, render
+
+DESIGNS = catalog_designs(8, seed=31)
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    root = tmp_path / "images"
+    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
+        (root / bucket).mkdir(parents=True)
+    for design in DESIGNS:
+        data = jpeg_bytes(render(design, 160))
+        (root / CATALOG_BUCKET / f"{design.product_id}.jpg").write_bytes(data)
+        (root / SCANS_BUCKET / f"bag-{design.product_id}.jpg").write_bytes(data)
+    return root
+
+
+def publish(routing_key: str, event) -> None:
+    with Connection("memory://") as connection:
+        Producer(connection.channel()).publish(
+            event.model_dump_json(), exchange=EVENTS, routing_key=routing_key
+        )
+
+
+def test_the_index_is_optimized_when_idle_past_the_threshold_and_scans_answered_throughout(
+    tmp_path, tiny_model_dir, tiny_embedder, images
+):
+    settings = make_settings(
+        tmp_path,
+        tiny_model_dir,
+        amqp={"url": "memory://"},
+        s3={"backend": "local", "local_root": str(images)},
+        index={"exact_search_max_points": 4},
+    )
+    components = build_components(settings, tiny_embedder)
+    handlers = Handlers(
+        settings, open_image_store(settings.s3, settings.images.max_bytes), components.matcher
+    )
+    worker = Worker(settings, handlers)
+    index = components.index
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        for design in DESIGNS:
+            image = {
+                "image_id": "front",
+                "bucket": CATALOG_BUCKET,
+                "key": f"{design.product_id}.jpg",
+            }
+            publish(
+                topology.PRODUCT_CREATED,
+                ProductUpserted(product_id=design.product_id, sku=design.sku, images=[image]),
+            )
+        deadline = time.monotonic() + 30
+        while index.optimized_at_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert index.optimized_at_count == len(DESIGNS)  # built once, past the threshold
+        assert not index.needs_optimizing()
+        for design in DESIGNS:
+            image = {"bucket": SCANS_BUCKET, "key": f"bag-{design.product_id}.jpg"}
+            publish(
+                topology.BAG_PHOTOGRAPHED,
+                BagPhotographed(scan_id=f"s-{design.product_id}", image=image),
+            )
+        answers = []
+        with Connection("memory://") as connection:
+            queue = connection.SimpleQueue(topology.RESULTS_QUEUE)
+            while len(answers) < len(DESIGNS):
+                message = queue.get(timeout=30)
+                answers.append(MatchResult.model_validate_json(message.body))
+                message.ack()
+    finally:
+        worker.stop()
+        thread.join(timeout=30)
+        handlers.close()
+        components.close()
+    assert {answer.status for answer in answers} == {MatchStatus.matched}
+    assert all(a.matches[0].product_id == a.scan_id.removeprefix("s-") for a in answers)
