@@ -13,11 +13,8 @@ from kombu import Connection, Producer
 from shared import topology
 from shared.contract import BagPhotographed, MatchResult, MatchStatus, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
-from worker.app import build_components
+from worker.app import build_components, wire_worker
 from worker.broker import EVENTS
-from worker.consumer import Worker
-from worker.handlers import Handlers
-from worker.storage import open_image_store
 from worker.synth import catalog_designs, render
 
 DESIGNS = catalog_designs(8, seed=31)
@@ -53,10 +50,8 @@ def test_the_index_is_optimized_when_idle_past_the_threshold_and_scans_answered_
         index={"exact_search_max_points": 4},
     )
     components = build_components(settings, tiny_embedder)
-    handlers = Handlers(
-        settings, open_image_store(settings.s3, settings.images.max_bytes), components.matcher
-    )
-    worker = Worker(settings, handlers)
+    worker = wire_worker(settings, components)
+    handlers = worker.handlers
     index = components.index
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()

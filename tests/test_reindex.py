@@ -8,7 +8,6 @@ import threading
 import numpy as np
 import pytest
 from qdrant_client import QdrantClient
-from rich.progress import Progress
 
 from shared.contract import ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
@@ -115,8 +114,9 @@ def test_reindex_builds_the_new_index_while_the_old_one_answers(indexes, models,
         S3Settings(endpoint_url=s3_endpoint, allowed_buckets=[CATALOG_BUCKET, SCANS_BUCKET]),
         max_bytes=10_000_000,
     )
-    with Progress(disable=True) as progress:
-        report = reindex(source, target, store, new, ImageSettings(), progress, batch_size=3)
+    seen: list[int] = []
+    report = reindex(source, target, store, new, ImageSettings(), 3, on_progress=seen.append)
+    assert sum(seen) == report.images
     done.set()
     querying.join(timeout=60)
     assert errors == [] and wrong == [] and answered[0] >= 20
@@ -146,7 +146,6 @@ def test_reindex_builds_the_new_index_while_the_old_one_answers(indexes, models,
 
     # a catch-up pass brings the new index level with events that reached only the old one
     source.delete_product("p001")
-    with Progress(disable=True) as progress:
-        again = reindex(source, target, store, new, ImageSettings(), progress, batch_size=4)
+    again = reindex(source, target, store, new, ImageSettings(), 4)
     assert (again.images, again.reindexed, again.removed) == (8, 8, 1)
     assert target.product_images("p001") == [] and target.count() == 8

@@ -15,7 +15,7 @@ from worker.matching import Matcher, MatchPolicy
 from worker.metrics import INDEX_POINTS, MODEL_LOAD_SECONDS
 from worker.ops import Health, serve_ops
 from worker.settings import Settings
-from worker.storage import open_image_store
+from worker.storage import ImageStore, open_image_store
 
 log = get_logger(__name__)
 
@@ -47,6 +47,19 @@ def build_components(settings: Settings, embedder: Embedder | None = None) -> Co
     )
     matcher.refit()  # what the index already teaches (domain means, learned metric)
     return Components(embedder, index, matcher)
+
+
+def wire_worker(
+    settings: Settings,
+    components: Components,
+    health: Health | None = None,
+    store: ImageStore | None = None,
+) -> Worker:
+    """The one place a worker is put together: the image store, the handlers over the
+    loaded model and index, and the consumer loop (which owns the handlers: `worker.handlers`)."""
+    store = store or open_image_store(settings.s3, settings.images.max_bytes)
+    handlers = Handlers(settings, store, components.matcher)
+    return Worker(settings, handlers, health)
 
 
 class ModelNotCurrent(RuntimeError):
@@ -97,14 +110,11 @@ def run_worker(settings: Settings) -> None:
     with opened(settings) as components:
         ensure_model_is_current(settings, components.index)
         health.model_loaded = True
-        store = open_image_store(settings.s3, settings.images.max_bytes)
-        handlers = Handlers(settings, store, components.matcher)
-        worker = Worker(settings, handlers, health)
+        worker = wire_worker(settings, components, health)
         worker_box.append(worker)
         if not health.stopping:
             worker.run()
-
-        handlers.close()
+        worker.handlers.close()
     if ops_server is not None:
         ops_server.shutdown()
     log.info("worker.stopped")

@@ -10,8 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from worker.bench.cli import bench
-from worker.logs import configure_logging
-from worker.settings import LogSettings, Settings
+from worker.logs import load_settings
 
 app = typer.Typer(
     help="jewelmatch: identify unlabelled jewels from a photo.",
@@ -20,13 +19,6 @@ app = typer.Typer(
 )
 console = Console()
 app.add_typer(bench, name="bench")
-
-
-def load_settings(quiet: bool = False) -> Settings:
-    settings = Settings()
-    log = settings.log if not quiet else LogSettings(level="WARNING", format=settings.log.format)
-    configure_logging(log)
-    return settings
 
 
 @app.command()
@@ -162,8 +154,15 @@ def reindex(
     target = open_index(settings.index, embedder.model_id, embedder.dim)
     store = open_image_store(settings.s3, settings.images.max_bytes)
     with Progress(console=console) as progress:
+        task = progress.add_task(f"re-embedding for {target.model_id}", total=source.count())
         report = run_reindex(
-            source, target, store, embedder, settings.images, progress, settings.model.batch_size
+            source,
+            target,
+            store,
+            embedder,
+            settings.images,
+            settings.model.batch_size,
+            on_progress=lambda done: progress.advance(task, done),
         )
     if switch:
         if settings.index.backend is IndexBackend.qdrant:

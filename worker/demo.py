@@ -29,13 +29,10 @@ from shared.contract import (
     ProductUpserted,
     S3Object,
 )
-from worker.app import opened
+from worker.app import opened, wire_worker
 from worker.broker import EVENTS, RESULTS, ConfirmedPublisher, Topology, connect
-from worker.consumer import Worker
 from worker.dataset import FolderDataset, QueryPhoto, read_folder_dataset
-from worker.handlers import Handlers
 from worker.settings import AmqpSettings, IndexSettings, OpsSettings, S3Settings, Settings
-from worker.storage import open_image_store
 from worker.synth import write_catalog
 
 CATALOG_BUCKET = "catalog"
@@ -160,12 +157,8 @@ def run_demo(
         queries = _select_queries(dataset, max_scans, split)
         settings = demo_settings(base, workdir, dataset.root)
         with opened(settings) as components:
-            handlers = Handlers(
-                settings,
-                open_image_store(settings.s3, settings.images.max_bytes),
-                components.matcher,
-            )
-            worker = Worker(settings, handlers)
+            worker = wire_worker(settings, components)
+            handlers = worker.handlers
             worker_thread = threading.Thread(target=worker.run, name="worker", daemon=True)
             with connect(settings.amqp) as connection:
                 worker.topology.declare(connection.channel())

@@ -65,3 +65,14 @@ def configure_logging(settings: LogSettings, stream=None) -> None:
 
 def get_logger(name: str | None = None) -> structlog.stdlib.BoundLogger:
     return structlog.get_logger(name)
+
+
+def load_settings(quiet: bool = False):
+    """Settings from the environment, with logging configured by them (`quiet`: warnings
+    only, for commands whose output is a table)."""
+    from worker.settings import LogSettings, Settings
+
+    settings = Settings()
+    log = settings.log if not quiet else LogSettings(level="WARNING", format=settings.log.format)
+    configure_logging(log)
+    return settings

@@ -10,10 +10,10 @@ learned survives the change of model.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from PIL import Image
-from rich.progress import Progress
 
 from shared.contract import FailureReason, S3Object
 from worker.embedder import Embedder, ImageKind
@@ -41,15 +41,15 @@ def reindex(
     store: ImageStore,
     embedder: Embedder,
     limits: ImageSettings,
-    progress: Progress,
     batch_size: int = 32,
+    on_progress: Callable[[int], None] = lambda done: None,
 ) -> ReindexReport:
     """Re-embed every reference image of `source` into `target`, and remove from `target`
     what `source` no longer has. Idempotent: run it again to catch up with the product events
-    (upserts and deletes) that reached only the old index meanwhile."""
+    (upserts and deletes) that reached only the old index meanwhile. `on_progress` is told
+    how many images each page held (the terminal shows a progress bar with it)."""
     report = ReindexReport()
     in_source: set[tuple[str, str]] = set()
-    task = progress.add_task(f"re-embedding for {target.model_id}", total=source.count())
     for page in source.all_images(batch_size):
         loaded: list[tuple[StoredImage, Image.Image]] = []
         for stored in page:
@@ -95,7 +95,7 @@ def reindex(
                 ]
             )
             report.reindexed += len(chosen)
-        progress.advance(task, len(page))
+        on_progress(len(page))
     report.removed = _remove_missing(target, in_source)
     return report
 

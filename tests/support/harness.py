@@ -13,12 +13,10 @@ from pydantic import BaseModel
 
 from shared import topology
 from shared.contract import CatalogOutcome, MatchResult
-from worker.app import build_components
+from worker.app import build_components, wire_worker
 from worker.broker import EVENTS, ConfirmedPublisher, Topology
-from worker.consumer import Worker, raw_body
-from worker.handlers import Handlers
+from worker.consumer import raw_body
 from worker.settings import Settings
-from worker.storage import open_image_store
 
 
 @dataclass
@@ -32,12 +30,8 @@ class WorkerHarness:
     def __init__(self, settings: Settings, embedder, store=None) -> None:
         self.settings = settings
         self.components = build_components(settings, embedder)
-        self.handlers = Handlers(
-            settings,
-            store or open_image_store(settings.s3, settings.images.max_bytes),
-            self.components.matcher,
-        )
-        self.worker = Worker(settings, self.handlers)
+        self.worker = wire_worker(settings, self.components, store=store)
+        self.handlers = self.worker.handlers
         self.topology = Topology.build(settings.amqp, settings.ops)
         self._thread: threading.Thread | None = None
         self._connection = Connection(

@@ -60,7 +60,7 @@ def accuracy(
     """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
     from worker.bench.accuracy import AccuracyOptions, run_accuracy
     from worker.bench.report import write_result
-    from worker.cli import load_settings
+    from worker.logs import load_settings
 
     settings = load_settings(quiet=True)
     options = AccuracyOptions(
@@ -124,7 +124,7 @@ def latency(
     """End-to-end scan latency through RabbitMQ and S3, with the worker's stage breakdown."""
     from worker.bench.pipeline import run_latency, summarize_stage_table
     from worker.bench.report import write_result
-    from worker.cli import load_settings
+    from worker.logs import load_settings
 
     settings = load_settings(quiet=True)
     with Progress(console=console, transient=True) as progress:
@@ -149,7 +149,7 @@ def throughput(
     """Catalog ingestion through the broker beside the raw forward pass, images per second."""
     from worker.bench.pipeline import run_throughput
     from worker.bench.report import write_result
-    from worker.cli import load_settings
+    from worker.logs import load_settings
 
     settings = load_settings(quiet=True)
     with Progress(console=console, transient=True) as progress:
@@ -190,7 +190,7 @@ def scale(
     """Grouped-query latency, insert rate, memory, reopen time and HNSW recall vs exact."""
     from worker.bench.report import write_result
     from worker.bench.scale import HnswConfig, run_scale
-    from worker.cli import load_settings
+    from worker.logs import load_settings
 
     settings = load_settings(quiet=True)
     configs = []
@@ -293,7 +293,7 @@ def models(
     from worker.bench.accuracy import AccuracyOptions, run_accuracy
     from worker.bench.models import embedding_speed
     from worker.bench.report import write_result
-    from worker.cli import load_settings
+    from worker.logs import load_settings
 
     settings = load_settings(quiet=True)
     rows = []

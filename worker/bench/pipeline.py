@@ -23,17 +23,15 @@ from rich.progress import Progress
 
 from shared import topology
 from shared.contract import BagPhotographed, CatalogOutcome, MatchResult, ProductUpserted
-from worker.app import opened
+from worker.app import opened, wire_worker
 from worker.bench.metrics import percentiles
 from worker.bench.servers import RabbitNode, start_moto_server
 from worker.broker import EVENTS, ConfirmedPublisher, Topology, connect
 from worker.consumer import Worker
 from worker.dataset import QueryPhoto, read_folder_dataset
 from worker.embedder import ImageKind
-from worker.handlers import Handlers
 from worker.images import decode_image
 from worker.settings import AmqpSettings, S3Settings, Settings
-from worker.storage import open_image_store
 
 CATALOG_BUCKET = "bench-catalog"
 SCANS_BUCKET = "bench-scans"
@@ -110,10 +108,8 @@ class _Client:
 @contextmanager
 def running_worker(settings: Settings) -> Iterator[tuple[Worker, _Client]]:
     with opened(settings) as components:
-        handlers = Handlers(
-            settings, open_image_store(settings.s3, settings.images.max_bytes), components.matcher
-        )
-        worker = Worker(settings, handlers)
+        worker = wire_worker(settings, components)
+        handlers = worker.handlers
         thread = threading.Thread(target=worker.run, name="worker", daemon=True)
         thread.start()
         client = _Client(settings, worker.topology)
