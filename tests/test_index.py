@@ -228,3 +228,18 @@ def test_a_worker_refuses_a_model_that_is_not_the_one_in_service(tmp_path, tiny_
         ensure_model_is_current(told, second)
     finally:
         second.close()
+
+
+def test_source_filter_keeps_a_products_catalog_image_behind_its_confirmed_photo(index):
+    index.upsert(
+        [
+            ref("p1", "front", basis(1)),
+            ref("p1", "scan:s1", basis(0), source=SOURCE_CONFIRMED_SCAN),
+            ref("p2", "front", basis(0, 0.3, 1)),
+        ]
+    )
+    [everything] = index.search(basis(0)[None, :], top_k=2)
+    [catalog] = index.search(basis(0)[None, :], top_k=2, source="catalog")
+    assert [h.image_id for h in everything][:1] == ["scan:s1"]
+    assert {h.source for h in catalog} == {"catalog"}
+    assert [h.product_id for h in catalog] == ["p2", "p1"]  # p1 by its catalog image

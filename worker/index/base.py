@@ -259,9 +259,14 @@ class VectorIndex(ABC):
 
     @abstractmethod
     def search(
-        self, vectors: np.ndarray, top_k: int, category: str | None = None
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        category: str | None = None,
+        source: str | None = None,
     ) -> list[list[ProductHit]]:
-        """For each query vector, the `top_k` nearest products by their best image."""
+        """For each query vector, the `top_k` nearest products by their best image (of
+        `category` products, and of `source` images, when given)."""
 
     @abstractmethod
     def count(self) -> int:

@@ -196,9 +196,18 @@ class EdgeIndex(VectorIndex):
         )
 
     def search(
-        self, vectors: np.ndarray, top_k: int, category: str | None = None
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        category: str | None = None,
+        source: str | None = None,
     ) -> list[list[ProductHit]]:
-        query_filter = Filter(must=[_match("category", category)]) if category else None
+        conditions = [
+            _match(key, value)
+            for key, value in (("category", category), ("source", source))
+            if value
+        ]
+        query_filter = Filter(must=conditions) if conditions else None
         params = self.search_params()
         limit = max(top_k * self._settings.candidates_per_product, top_k)
         results: list[list[ProductHit] | None] = [None] * len(vectors)

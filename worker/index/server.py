@@ -202,9 +202,18 @@ class QdrantServerIndex(VectorIndex):
 
     @_transient_on_outage
     def search(
-        self, vectors: np.ndarray, top_k: int, category: str | None = None
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        category: str | None = None,
+        source: str | None = None,
     ) -> list[list[ProductHit]]:
-        query_filter = models.Filter(must=[_match("category", category)]) if category else None
+        conditions = [
+            _match(key, value)
+            for key, value in (("category", category), ("source", source))
+            if value
+        ]
+        query_filter = models.Filter(must=conditions) if conditions else None
         results = []
         for vector in vectors:
             groups = self._client.query_points_groups(
