@@ -319,17 +319,17 @@ def test_redelivered_product_event_reports_the_same_outcome(handlers):
     assert (first.status, first.images_indexed) == (second.status, second.images_indexed)
 
 
-def test_scans_count_toward_the_next_refit(handlers):
+def test_scans_make_the_next_timed_refit_due(handlers):
     ingest(handlers)
-    handlers.matcher.refit()
-    assert not handlers.matcher.refit_in_background_if_due()
-    batch = [
-        scan(f"n-{n}", f"bag-{DESIGNS[n % 4].product_id}.jpg")
-        for n in range(handlers.settings.learning.refit_after_changes)
-    ]
-    outcomes = handlers.handle_scans(batch)
+    matcher = handlers.matcher
+    matcher.refit()
+    outcomes = handlers.handle_scans(
+        [scan(f"n-{n}", f"bag-{DESIGNS[n % 4].product_id}.jpg") for n in range(30)]
+    )
     assert all(isinstance(only_result(o), MatchResult) for o in outcomes)
-    assert handlers.matcher.refit_in_background_if_due()
+    assert not matcher.refit_in_background_if_due()  # scans alone: not before refit_seconds
+    matcher.metric.fitted_at -= handlers.settings.learning.refit_seconds
+    assert matcher.refit_in_background_if_due()  # but then, since they changed the statistics
 
 
 def test_no_published_detail_carries_a_url_or_an_object_address(handlers, images):

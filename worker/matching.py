@@ -173,9 +173,11 @@ class Matcher:
                 self._prototypes.pop(product_id, None)
 
     def note_scans(self, count: int) -> None:
-        """New scans refine the scan statistics (domain centring): each counts toward
-        `refit_after_changes` like a catalog change."""
-        self.note_changes((), count)
+        """New scans refine the scan statistics (domain centring): they make the next refit
+        due after `refit_seconds`, not after `refit_after_changes` (a refit reads every
+        reference, too costly to repeat every few dozen scans of a large catalog)."""
+        if count:
+            self.note_changes((), 0)
 
     def refit(self) -> LearnedMetric:
         """Fit the metric from the index now (synchronously) and start using it."""

@@ -306,11 +306,14 @@ class LearningSettings(BaseModel):
     refit_after_changes: int = Field(
         default=25,
         ge=1,
-        description="Refit (in the background) after this many catalog "
-        "changes, confirmations or scans...",
+        description="Refit (in the background, when idle) after this many catalog "
+        "changes and confirmations...",
     )
     refit_seconds: float = Field(
-        default=300.0, gt=0, description="...or this long after the last fit, if anything changed."
+        default=300.0,
+        gt=0,
+        description="...or this long after the last fit, if anything changed (new scans "
+        "included: they refine the scan statistics).",
     )
     scans_for_statistics: int = Field(
         default=5000, ge=0, description="Remembered scans read for the scan mean."
