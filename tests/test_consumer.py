@@ -12,23 +12,18 @@ from kombu import Connection, Producer
 
 from shared import topology
 from shared.contract import BagPhotographed, MatchResult, MatchStatus, ProductUpserted
-from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
+from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, make_settings
+from tests.support.pictures import design_folder
 from worker.app import build_components, wire_worker
 from worker.broker import EVENTS
-from worker.synth import catalog_designs, render
+from worker.synth import catalog_designs
 
 DESIGNS = catalog_designs(8, seed=31)
 
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    root = tmp_path / "images"
-    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
-        (root / bucket).mkdir(parents=True)
-    for design in DESIGNS:
-        data = jpeg_bytes(render(design, 160))
-        (root / CATALOG_BUCKET / f"{design.product_id}.jpg").write_bytes(data)
-        (root / SCANS_BUCKET / f"bag-{design.product_id}.jpg").write_bytes(data)
+    root = design_folder(tmp_path / "images", DESIGNS, 160)
     return root
 
 

@@ -142,24 +142,9 @@ def test_committed_definitions_are_the_generated_ones():
 
 @pytest.mark.integration
 def test_definitions_load_into_a_real_broker_with_least_privilege(tmp_path):
-    from worker.bench.servers import RabbitNode
+    from tests.support.definitions_node import definitions_node
 
-    path = tmp_path / "definitions.json"
-    roles = ("jewelmatch-worker", "scan-station", "pim", "inventory")
-    path.write_text(
-        json.dumps(
-            definitions(
-                passwords={role: f"{role}-password" for role in roles},
-                administrators={"admin": "admin-password"},
-            )
-        )
-    )
-    node = RabbitNode(
-        tmp_path / "node",
-        config=f"load_definitions = {path}\n",
-        credentials="admin:admin-password",
-        vhost="jewelmatch",
-    )
+    node = definitions_node(tmp_path)
 
     node.start()
     try:

@@ -27,12 +27,13 @@ from shared.contract import (
     S3Object,
 )
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
+from tests.support.pictures import design_folder
 from worker.app import build_components
 from worker.embedder import ImageKind
 from worker.errors import TransientError
 from worker.handlers import Action, Delivery, Handlers
 from worker.storage import Blob, LocalImageStore
-from worker.synth import catalog_designs, render
+from worker.synth import catalog_designs
 
 DESIGNS = catalog_designs(4, seed=5)
 INVENTORY = "inventory"
@@ -53,13 +54,7 @@ class FaultyStore(LocalImageStore):
 
 @pytest.fixture
 def images(tmp_path: Path) -> Path:
-    root = tmp_path / "images"
-    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
-        (root / bucket).mkdir(parents=True)
-    for design in DESIGNS:
-        data = jpeg_bytes(render(design, 192))
-        (root / CATALOG_BUCKET / f"{design.product_id}.jpg").write_bytes(data)
-        (root / SCANS_BUCKET / f"bag-{design.product_id}.jpg").write_bytes(data)
+    root = design_folder(tmp_path / "images", DESIGNS, 192)
     (root / SCANS_BUCKET / "explodes.jpg").write_bytes(b"whatever")
     return root
 

@@ -1,14 +1,13 @@
 import io
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from shared.contract import FailureReason
+from tests.support.pictures import png_header_only
 from worker.errors import PermanentError
 from worker.images import DecodeBudget, decode_image
 from worker.settings import ImageSettings
@@ -20,26 +19,6 @@ def encoded(image: Image.Image, fmt: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, fmt, **options)
     return buffer.getvalue()
-
-
-def png_header_only(width: int, height: int) -> bytes:
-    """A PNG that claims a size in its header but holds almost no data."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data))
-            + kind
-            + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\x00" * 10))
-        + chunk(b"IEND", b"")
-    )
 
 
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "BMP", "GIF", "TIFF"])

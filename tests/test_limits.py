@@ -4,9 +4,7 @@ answers at once. A real worker process, a real RabbitMQ node and moto's S3 serve
 from __future__ import annotations
 
 import io
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from shared import topology
 from shared.contract import BagPhotographed, FailureReason, MatchResult
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET
 from tests.support.broker_client import ResilientPeer
+from tests.support.pictures import png_header_only
 from tests.support.processes import WorkerProcess, worker_environment
 
 pytestmark = pytest.mark.integration
@@ -26,19 +25,8 @@ the process at rest, whatever it is sent (measured 247 to 316 MiB; the process a
 PyTorch loaded, took 0.86 to 1.05 GiB depending on the environment)."""
 
 
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-
 def declared_png(width: int, height: int) -> bytes:
-    header = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + _png_chunk(b"IEND", b"")
-    )
+    return png_header_only(width, height, colour_type=6)  # RGBA: the most bytes per pixel
 
 
 def declared(fmt: str, width: int, height: int) -> bytes:

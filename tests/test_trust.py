@@ -25,10 +25,9 @@ from shared.contract import (
 )
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from tests.support.broker_client import ResilientPeer
+from tests.support.definitions_node import definitions_node, role_url
 from tests.support.harness import WorkerHarness
-from worker.bench.servers import RabbitNode
 from worker.broker import EVENTS, ConfirmedPublisher, Topology
-from worker.definitions import VHOST, definitions
 from worker.settings import AmqpSettings, OpsSettings
 from worker.storage import Blob, S3ImageStore
 from worker.synth import catalog_designs, render
@@ -37,46 +36,25 @@ pytestmark = pytest.mark.integration
 
 DESIGNS = catalog_designs(4, seed=23)
 ROLES = ("jewelmatch-worker", "scan-station", "pim", "inventory", "admin")
-PASSWORDS = {role: f"{role}-password" for role in ROLES}
 
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory):
-    folder = tmp_path_factory.mktemp("rabbit-definitions")
-    path = folder / "definitions.json"
-    roles = ("jewelmatch-worker", "scan-station", "pim", "inventory")
-    path.write_text(
-        json.dumps(
-            definitions(
-                passwords={role: f"{role}-password" for role in roles},
-                administrators={"admin": "admin-password"},
-            )
-        )
-    )
-    node = RabbitNode(
-        folder / "node",
-        config=f"load_definitions = {path}\n",
-        credentials="admin:admin-password",
-        vhost=VHOST,
-    )
+    node = definitions_node(tmp_path_factory.mktemp("rabbit-definitions"))
     node.start()
     yield node
     node.cleanup()
 
 
-def url(node: RabbitNode, user: str) -> str:
-    return f"amqp://{user}:{user}-password@127.0.0.1:{node.port}/{VHOST}"
-
-
 @pytest.fixture
 def peers(node):
     """One client per role, and the queues emptied (tests share the node)."""
-    with Connection(url(node, "admin")) as connection:
+    with Connection(role_url(node, "admin")) as connection:
         channel = connection.channel()
         Topology.build(AmqpSettings(), OpsSettings()).declare(channel)
         for queue in Topology.build(AmqpSettings(), OpsSettings()).all_queues():
             channel.queue_purge(queue.name)
-    clients = {role: ResilientPeer(url(node, role)) for role in ROLES}
+    clients = {role: ResilientPeer(role_url(node, role)) for role in ROLES}
     yield clients
     for client in clients.values():
         client.close()
@@ -101,7 +79,7 @@ def worker(tmp_path: Path, tiny_model_dir, tiny_embedder, node, peers, s3_endpoi
     settings = make_settings(
         tmp_path,
         tiny_model_dir,
-        amqp={"url": url(node, "jewelmatch-worker"), "confirm_users": ["inventory"]},
+        amqp={"url": role_url(node, "jewelmatch-worker"), "confirm_users": ["inventory"]},
         s3={"endpoint_url": s3_endpoint},
     )
     store = ExplodingStore(settings.s3, settings.images.max_bytes)
@@ -163,7 +141,7 @@ def test_forged_steering_headers_change_nothing(worker, peers):
 )
 def test_each_role_publishes_only_its_own_events(node, peers, role, routing_key):
     with (
-        Connection(url(node, role), transport_options={"confirm_publish": True}) as connection,
+        Connection(role_url(node, role), transport_options={"confirm_publish": True}) as connection,
         pytest.raises(Exception, match="ACCESS_REFUSED"),
     ):
         ConfirmedPublisher(connection.channel()).publish(

@@ -21,6 +21,7 @@ from worker.index import (
     ProductState,
     ReferenceImage,
     ScanRecord,
+    StoredImage,
     VectorIndex,
 )
 
@@ -59,10 +60,15 @@ class Catalog:
             return False
         return version < state.version or (version == state.version and state.deleted)
 
-    def already_stored(self, event: ProductUpserted) -> dict[str, ProductImage]:
+    def stored_images(self, product_id: str) -> dict[str, StoredImage]:
+        """The product's stored reference images by image id."""
+        return {image.image_id: image for image in self.index.product_images(product_id)}
+
+    def already_stored(
+        self, event: ProductUpserted, stored: dict[str, StoredImage]
+    ) -> dict[str, ProductImage]:
         """The event's images stored before from the same URI, whose object may still have
         changed (their stored ETag is compared with the current one)."""
-        stored = {image.image_id: image for image in self.index.product_images(event.product_id)}
         return {
             image.image_id: image
             for image in event.images
@@ -71,9 +77,16 @@ class Catalog:
             and stored[image.image_id].etag is not None
         }
 
-    def plan(self, event: ProductUpserted, changed: set[str] = frozenset()) -> SyncPlan:
-        """`changed`: ids of images whose object was replaced at the same URI."""
-        stored = {image.image_id: image for image in self.index.product_images(event.product_id)}
+    def plan(
+        self,
+        event: ProductUpserted,
+        changed: set[str] = frozenset(),
+        stored: dict[str, StoredImage] | None = None,
+    ) -> SyncPlan:
+        """`changed`: ids of images whose object was replaced at the same URI; `stored`: the
+        product's stored images, when the caller has just read them."""
+        if stored is None:
+            stored = self.stored_images(event.product_id)
         wanted = {image.image_id for image in event.images}
         to_embed = [
             image

@@ -10,7 +10,6 @@ batch; events of one product are applied in the order they came.
 from __future__ import annotations
 
 import hmac
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,23 +34,21 @@ from worker.image_loader import ImageLoader
 from worker.index import ScanRecord
 from worker.logs import get_logger
 from worker.matching import Matcher
-from worker.outcome import Action, Delivery, FailurePolicy, Outcome, Timer, describe, timed
-from worker.scan_handler import scan_receipt
+from worker.outcome import (
+    Action,
+    Delivery,
+    FailurePolicy,
+    Outcome,
+    Timer,
+    describe,
+    identifier_in,
+    timed,
+)
+from worker.scan_handler import receipt_key, scan_receipt
 from worker.settings import Settings
 
 log = get_logger(__name__)
 audit = get_logger("jewelmatch.audit")
-
-
-def product_id_of(body: bytes) -> str | None:
-    """The product id of a body that failed validation, if a valid one can be read."""
-    try:
-        product_id = json.loads(body).get("product_id")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    if not isinstance(product_id, str) or not 0 < len(product_id.strip()) <= 200:
-        return None
-    return product_id.strip()
 
 
 @dataclass
@@ -80,8 +77,7 @@ class CatalogHandler:
         self.policy = policy
         self.clock = clock
         self.catalog = Catalog(matcher.index, matcher.note_changes)
-        key = settings.matching.receipt_key
-        self._receipt_key = key.get_secret_value().encode() if key else None
+        self._receipt_key = receipt_key(settings)
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Apply catalog events in order; upserts of distinct products share one embed batch."""
@@ -158,7 +154,7 @@ class CatalogHandler:
         )
 
     def invalid(self, delivery: Delivery, error: InvalidMessage) -> Outcome:
-        product_id = product_id_of(delivery.body)
+        product_id = identifier_in(delivery.body, "product_id")
         if product_id is None:  # nobody to tell: the dead letter is the outcome
             return Outcome(
                 Action.dead_letter,
@@ -233,11 +229,8 @@ class CatalogHandler:
 
     def _plan(self, item: _Upsert) -> SyncPlan:
         """What to embed: new images, moved ones, and objects replaced at the same URI."""
-        unchanged = self.catalog.already_stored(item.event)
-        stored = {
-            image.image_id: image
-            for image in self.matcher.index.product_images(item.event.product_id)
-        }
+        stored = self.catalog.stored_images(item.event.product_id)
+        unchanged = self.catalog.already_stored(item.event, stored)
         changed = set()
         for image, etag in zip(
             unchanged.values(), self.loader.etags(list(unchanged.values())), strict=True
@@ -248,7 +241,7 @@ class CatalogHandler:
                 raise etag
             elif etag != stored[image.image_id].etag:
                 changed.add(image.image_id)
-        return self.catalog.plan(item.event, changed)
+        return self.catalog.plan(item.event, changed, stored)
 
     @staticmethod
     def _problem(item: _Upsert, image: ProductImage, error: PermanentError) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from worker.catalog_handler import CatalogHandler, product_id_of
+from worker.catalog_handler import CatalogHandler
 from worker.image_loader import ImageLoader
 from worker.logs import get_logger
 from worker.matching import Matcher
-from worker.outcome import Action, Delivery, FailurePolicy, Outcome, Timer, describe
-from worker.scan_handler import ScanHandler, scan_id_of
+from worker.outcome import Action, Delivery, FailurePolicy, Outcome, Timer, describe, identifier_in
+from worker.scan_handler import ScanHandler
 from worker.settings import Settings
 from worker.storage import ImageStore
 
@@ -77,7 +77,7 @@ class Handlers:
         return [self._isolated(handle, on_error, [delivery])[0] for delivery in deliveries]
 
     def _scan_failure(self, delivery: Delivery, error: BaseException) -> Outcome:
-        scan_id = scan_id_of(delivery.body)
+        scan_id = identifier_in(delivery.body, "scan_id")
         if scan_id is None:
             return Outcome(
                 Action.dead_letter,
@@ -88,7 +88,7 @@ class Handlers:
         return self.scans.failure(delivery, scan_id, error, Timer())
 
     def _catalog_failure(self, delivery: Delivery, error: BaseException) -> Outcome:
-        product_id = product_id_of(delivery.body)
+        product_id = identifier_in(delivery.body, "product_id")
         if product_id is None:
             return Outcome(
                 Action.dead_letter,

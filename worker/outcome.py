@@ -7,6 +7,7 @@ and carries the outcomes out (publish the results, confirmed, then ack, retry or
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -107,6 +108,18 @@ class FailurePolicy:
             return Failure(Action.dead_letter, reason, PUBLIC_DETAILS[reason], final=True)
         reason = FailureReason.internal_error
         return Failure(Action.dead_letter, reason, PUBLIC_DETAILS[reason], final=True)
+
+
+def identifier_in(body: bytes, field: str) -> str | None:
+    """The identifier `field` of a body that failed validation, if one can be read (to
+    answer the sender even so)."""
+    try:
+        value = json.loads(body).get(field)
+    except (ValueError, AttributeError, RecursionError):
+        return None
+    if not isinstance(value, str) or not 0 < len(value.strip()) <= 200:
+        return None
+    return value.strip()
 
 
 def describe(error: BaseException) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -24,7 +23,16 @@ from worker.embedder import ImageKind
 from worker.image_loader import ImageLoader
 from worker.index import ScanRecord
 from worker.matching import Matcher
-from worker.outcome import Action, Delivery, FailurePolicy, Outcome, Timer, describe, timed
+from worker.outcome import (
+    Action,
+    Delivery,
+    FailurePolicy,
+    Outcome,
+    Timer,
+    describe,
+    identifier_in,
+    timed,
+)
 from worker.settings import Settings
 
 
@@ -35,15 +43,10 @@ def scan_receipt(key: bytes, scan_id: str, image_uri: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
 
 
-def scan_id_of(body: bytes) -> str | None:
-    """The scan id of a body that failed validation, if a valid one can be read."""
-    try:
-        scan_id = json.loads(body).get("scan_id")
-    except (ValueError, AttributeError, RecursionError):
-        return None
-    if not isinstance(scan_id, str) or not 0 < len(scan_id.strip()) <= 200:
-        return None
-    return scan_id.strip()
+def receipt_key(settings: Settings) -> bytes | None:
+    """The key shared by all workers that signs and checks receipts (None: no receipts)."""
+    key = settings.matching.receipt_key
+    return key.get_secret_value().encode() if key else None
 
 
 @dataclass
@@ -68,8 +71,7 @@ class ScanHandler:
         self.matcher = matcher
         self.policy = policy
         self.clock = clock
-        key = settings.matching.receipt_key
-        self._receipt_key = key.get_secret_value().encode() if key else None
+        self._receipt_key = receipt_key(settings)
 
     @property
     def index(self):
@@ -139,7 +141,7 @@ class ScanHandler:
     def _invalid(self, delivery: Delivery, error: InvalidMessage) -> Outcome:
         """Dead-letter it; and if a scan id can be read that was never answered, the station
         still gets an answer. A known scan is never answered a second, different way."""
-        scan_id = scan_id_of(delivery.body)
+        scan_id = identifier_in(delivery.body, "scan_id")
         answered = scan_id is not None and self.index.recall_scan(scan_id) is not None
         results = []
         if scan_id and not answered:

@@ -1,0 +1,40 @@
+"""Pictures the tests make: hostile headers, and folders of rendered catalog designs."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def png_header_only(width: int, height: int, colour_type: int = 2) -> bytes:
+    """A PNG that claims a size in its header but holds almost no data (colour type 2: RGB,
+    6: RGBA)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def design_folder(root: Path, designs: Sequence, size: int) -> Path:
+    """A folder image store: each design's render as `<catalog bucket>/<product>.jpg` and the
+    same picture as `<scans bucket>/bag-<product>.jpg`."""
+    from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
+    from worker.synth import render
+
+    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
+        (root / bucket).mkdir(parents=True)
+    for design in designs:
+        data = jpeg_bytes(render(design, size))
+        (root / CATALOG_BUCKET / f"{design.product_id}.jpg").write_bytes(data)
+        (root / SCANS_BUCKET / f"bag-{design.product_id}.jpg").write_bytes(data)
+    return root
