@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from tests.support.tiny_model import write_tiny_model
-from worker.bench.servers import RabbitNode, start_moto_server
+from worker.tools.bench.servers import RabbitNode, start_moto_server
 
 CATALOG_BUCKET = "catalog-images"
 SCANS_BUCKET = "scan-photos"
@@ -36,8 +36,8 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedder(tiny_model_dir: Path):
-    from worker.embedder import Embedder
     from worker.settings import ModelSettings
+    from worker.vision.embedder import Embedder
 
     return Embedder(
         ModelSettings(name=f"local-dir:{tiny_model_dir}", threads=1, batch_size=8, scan_crops=[1.0])
@@ -57,7 +57,7 @@ def amqp_url(rabbit: RabbitNode) -> str:
     """The broker's URL, with every jewelmatch queue deleted first (tests don't share state)."""
     from kombu import Connection
 
-    from worker.broker import Topology
+    from worker.amqp.broker import Topology
     from worker.settings import AmqpSettings, OpsSettings
 
     if rabbit.process is None:  # a test stopped it

@@ -10,9 +10,9 @@ from rich.progress import Progress
 from typer.testing import CliRunner
 
 from tests.conftest import make_settings
-from worker.bench.accuracy import AccuracyOptions, run_accuracy
 from worker.cli import app
-from worker.synth import catalog_designs, photograph, render
+from worker.tools.bench.accuracy import AccuracyOptions, run_accuracy
+from worker.tools.synthetic import catalog_designs, photograph, render
 
 
 def write_dataset(root):

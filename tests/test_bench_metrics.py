@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from worker.bench.metrics import (
+from worker.tools.bench.recall import (
     confusion_pairs,
     coverage_accuracy_curve,
     mean_reciprocal_rank,

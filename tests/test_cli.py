@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from worker.cli import app
-from worker.synth import write_catalog
+from worker.tools.synthetic import write_catalog
 
 runner = CliRunner()
 

@@ -14,9 +14,9 @@ from shared import topology
 from shared.contract import BagPhotographed, MatchResult, MatchStatus, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, make_settings
 from tests.support.pictures import design_folder
-from worker.app import build_components, wire_worker
-from worker.broker import EVENTS
-from worker.synth import catalog_designs
+from worker.amqp.broker import EVENTS
+from worker.service.app import build_components, wire_worker
+from worker.tools.synthetic import catalog_designs
 
 DESIGNS = catalog_designs(8, seed=31)
 

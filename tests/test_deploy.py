@@ -13,8 +13,8 @@ import yaml
 from kombu import Connection
 
 from shared import topology
-from worker.broker import EVENTS, ConfirmedPublisher, Topology
-from worker.definitions import definitions
+from worker.amqp.broker import EVENTS, ConfirmedPublisher, Topology
+from worker.amqp.definitions import definitions
 from worker.settings import AmqpSettings, OpsSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,7 +265,7 @@ def test_alert_rules_watch_metrics_and_queues_that_exist():
 
     from prometheus_client import REGISTRY
 
-    import worker.metrics  # noqa: F401  (registers the worker's metrics)
+    import worker.observability.prometheus  # noqa: F401  (registers the worker's metrics)
     from shared import topology as names
 
     rules = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text())
@@ -295,7 +295,7 @@ def test_committed_definitions_hold_no_password_and_no_administrator():
 
 
 def test_passwords_come_from_the_environment():
-    from worker.definitions import password_hash, passwords_from_environment
+    from worker.amqp.definitions import password_hash, passwords_from_environment
 
     passwords = passwords_from_environment({"JEWELMATCH_RABBITMQ_PASSWORD_SCAN_STATION": "s3cr3t"})
     assert passwords == {"scan-station": "s3cr3t"}

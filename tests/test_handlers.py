@@ -28,12 +28,12 @@ from shared.contract import (
 )
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from tests.support.pictures import design_folder
-from worker.app import build_components
-from worker.embedder import ImageKind
 from worker.errors import TransientError
-from worker.handlers import Action, Delivery, Handlers
-from worker.storage import Blob, LocalImageStore
-from worker.synth import catalog_designs
+from worker.pipeline.handlers import Action, Delivery, Handlers
+from worker.pipeline.storage import Blob, LocalImageStore
+from worker.service.app import build_components
+from worker.tools.synthetic import catalog_designs
+from worker.vision.embedder import ImageKind
 
 DESIGNS = catalog_designs(4, seed=5)
 INVENTORY = "inventory"

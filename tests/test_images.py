@@ -9,8 +9,8 @@ from PIL import Image
 from shared.contract import FailureReason
 from tests.support.pictures import png_header_only
 from worker.errors import PermanentError
-from worker.images import DecodeBudget, decode_image
 from worker.settings import ImageSettings
+from worker.vision.images import DecodeBudget, decode_image
 
 LIMITS = ImageSettings(max_bytes=2_000_000, max_pixels=4_000_000, min_side=16)
 

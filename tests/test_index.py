@@ -208,9 +208,9 @@ def test_embedded_index_uses_hnsw_beyond_the_exact_search_size(tmp_path: Path):
 
 def test_a_worker_refuses_a_model_that_is_not_the_one_in_service(tmp_path, tiny_model_dir):
     from tests.conftest import make_settings
-    from worker.app import ModelNotCurrent, ensure_model_is_current
-    from worker.embedder import model_id_for
     from worker.index import open_index
+    from worker.service.app import ModelNotCurrent, ensure_model_is_current
+    from worker.vision.embedder import model_id_for
 
     serving = make_settings(tmp_path, tiny_model_dir)
     other_views = make_settings(tmp_path, tiny_model_dir, model={"scan_crops": [1.0, 0.5]})

@@ -1,9 +1,13 @@
 """The code's shape: imports flow one way (no module imports another in a loop, lazy imports
-inside functions included), and the message contract imports nothing of the worker."""
+inside functions included), the worker's sub-packages form layers that import only downward,
+the production path loads no tool and no terminal UI, and the message contract imports nothing
+of the worker."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,3 +66,84 @@ def test_the_contract_imports_nothing_of_the_worker():
     assert all(
         not t.startswith("worker") for m, ts in graph.items() if m.startswith("shared") for t in ts
     )
+
+
+# Bottom to top; a package imports only packages of lower layers (peers do not import each other).
+LAYERS = [
+    {"shared"},
+    {"worker.errors", "worker.settings"},
+    {"worker.observability"},
+    {"worker.vision", "worker.index"},
+    {"worker.matching"},
+    {"worker.pipeline"},
+    {"worker.amqp"},
+    {"worker.service"},
+    {"worker.tools"},
+    {"worker.cli"},
+    {"worker.__main__"},
+]
+
+
+def layer_of(module: str) -> tuple[int, str]:
+    """The rank of the module's layer, and its package."""
+    for rank, packages in enumerate(LAYERS):
+        for package in packages:
+            if module == package or module.startswith(package + "."):
+                return rank, package
+    raise AssertionError(f"{module} belongs to no layer: add its package to LAYERS")
+
+
+def test_sub_packages_import_only_lower_layers():
+    graph = imports_of(everywhere=True)
+    upward = [
+        (module, target)
+        for module, targets in graph.items()
+        if module != "worker"
+        for target in targets
+        if layer_of(target)[1] != layer_of(module)[1] and layer_of(target) >= layer_of(module)
+    ]
+    assert upward == []
+
+
+def test_the_worker_command_loads_no_tool():
+    """`jewelmatch worker` and the client import the production path only: no demo, no
+    benchmark, no terminal command."""
+    code = (
+        "import sys, worker.service.app, worker.amqp.client; "
+        "print(sorted(m for m in sys.modules if m.startswith(('worker.tools', 'worker.cli'))))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"
+
+
+def test_only_the_command_line_and_tools_use_terminal_ui():
+    """Core code reports progress through callbacks, never through rich or tqdm."""
+    users = []
+    for path in (ROOT / "worker").rglob("*.py"):
+        if {"cli", "tools"} & set(path.relative_to(ROOT / "worker").parts):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else []
+            )
+            if any(n.split(".")[0] in ("rich", "tqdm") for n in names):
+                users.append(str(path.relative_to(ROOT)))
+    assert users == []
+
+
+def test_the_client_loads_no_model_code():
+    """Integrators import the client without torch or open_clip."""
+    code = (
+        "import sys, worker.amqp.client; "
+        "print(sorted(m for m in ('torch', 'open_clip') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert loaded == "[]"

@@ -13,9 +13,9 @@ from PIL import Image
 from shared import topology
 from shared.contract import BagPhotographed, FailureReason, MatchResult
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET
-from tests.support.broker_client import ResilientPeer
 from tests.support.pictures import png_header_only
 from tests.support.processes import WorkerProcess, worker_environment
+from worker.amqp.client import JewelmatchClient
 
 pytestmark = pytest.mark.integration
 
@@ -104,7 +104,7 @@ def test_thirty_two_bombs_in_one_batch_stay_inside_the_memory_budget(
         JEWELMATCH_S3__FETCH_THREADS="40",
     )
     worker = WorkerProcess(env, tmp_path / "worker.log")
-    peer = ResilientPeer(amqp_url)
+    peer = JewelmatchClient(amqp_url)
     try:
         worker.wait_ready()
         before = peak_rss(worker.process.pid)
@@ -114,7 +114,7 @@ def test_thirty_two_bombs_in_one_batch_stay_inside_the_memory_budget(
             peer.publish(topology.BAG_PHOTOGRAPHED, scan)
         answers = [
             MatchResult.model_validate_json(m.body)
-            for m in peer.read(topology.RESULTS_QUEUE, len(keys) + len(whole), timeout=120)
+            for m in peer.receive(topology.RESULTS_QUEUE, len(keys) + len(whole), timeout=120)
         ]
         seconds = time.monotonic() - started
         peak = peak_rss(worker.process.pid)

@@ -4,7 +4,7 @@ import numpy as np
 
 from shared.contract import MatchStatus
 from worker.index import ImageHit, ProductHit, group_by_product, point_id
-from worker.matching import MatchPolicy, Ranking
+from worker.matching.matcher import MatchPolicy, Ranking
 
 
 def test_point_ids_are_deterministic_uuids_of_product_image_and_model():

@@ -5,8 +5,8 @@ from __future__ import annotations
 import socket
 import urllib.request
 
-from worker.bench.servers import free_port
-from worker.ops import Health, serve_ops
+from worker.observability.probes import Health, serve_ops
+from worker.tools.bench.servers import free_port
 
 
 def test_livez_answers_while_fifty_idle_connections_are_open():
@@ -25,7 +25,7 @@ def test_livez_answers_while_fifty_idle_connections_are_open():
 
 
 def test_an_idle_connection_is_closed_after_the_request_timeout(monkeypatch):
-    from worker import ops
+    from worker.observability import probes as ops
 
     monkeypatch.setattr(ops._QuietHandler, "timeout", 0.3)
     port = free_port()

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.embedder import Embedder
-from worker.models import BUILTIN_MODELS, rename_to_timm
 from worker.settings import ModelSettings
-from worker.synth import catalog_designs, render
+from worker.tools.synthetic import catalog_designs, render
+from worker.vision.embedder import Embedder
+from worker.vision.weights import BUILTIN_MODELS, rename_to_timm
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_prepared_model_folder_is_readable_by_other_users(default_embedder, tmp_
     """Prepared as root at image build time, read by the container's non-root user."""
     import stat
 
-    from worker.models import prepare_builtin
+    from worker.vision.weights import prepare_builtin
 
     folder = prepare_builtin("efficientnet-lite0", tmp_path)
     assert stat.S_IMODE(folder.stat().st_mode) & 0o005 == 0o005

@@ -12,15 +12,15 @@ from qdrant_client import QdrantClient
 from shared.contract import ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
 from tests.support.tiny_model import write_tiny_model
-from worker.catalog import Catalog, EmbeddedImage
-from worker.embedder import Embedder, ImageKind
 from worker.index import SOURCE_CONFIRMED_SCAN, ScanRecord
 from worker.index.edge import EdgeIndex, current_model, make_current
 from worker.index.server import QdrantServerIndex, references_alias
-from worker.reindex import reindex
+from worker.matching.catalog import Catalog, EmbeddedImage
+from worker.pipeline.storage import S3ImageStore
+from worker.service.reindex import reindex
 from worker.settings import ImageSettings, IndexSettings, ModelSettings, S3Settings
-from worker.storage import S3ImageStore
-from worker.synth import catalog_designs, render
+from worker.tools.synthetic import catalog_designs, render
+from worker.vision.embedder import Embedder, ImageKind
 
 pytestmark = pytest.mark.integration
 

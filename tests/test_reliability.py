@@ -25,13 +25,13 @@ from shared.contract import (
     ProductUpserted,
 )
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
-from tests.support.broker_client import ResilientPeer
 from tests.support.harness import WorkerHarness
 from tests.support.processes import WorkerProcess, worker_environment
-from worker.bench.servers import start_moto_server
-from worker.broker import Topology
+from worker.amqp.broker import Topology
+from worker.amqp.client import JewelmatchClient
 from worker.settings import AmqpSettings, OpsSettings
-from worker.synth import catalog_designs, render
+from worker.tools.bench.servers import start_moto_server
+from worker.tools.synthetic import catalog_designs, render
 
 pytestmark = pytest.mark.integration
 
@@ -89,25 +89,25 @@ def test_broker_restart_mid_stream_loses_nothing(
     settings = make_settings(
         tmp_path, tiny_model_dir, amqp={"url": amqp_url}, s3={"endpoint_url": s3_endpoint}
     )
-    peer = ResilientPeer(amqp_url)
+    peer = JewelmatchClient(amqp_url)
     with WorkerHarness(settings, tiny_embedder) as worker:
         for design in DESIGNS:
             peer.publish(topology.PRODUCT_CREATED, product_event(design))
-        peer.read(topology.CATALOG_OUTCOMES_QUEUE, len(DESIGNS))
+        peer.receive(topology.CATALOG_OUTCOMES_QUEUE, len(DESIGNS))
         scan_ids = [f"scan-{n:03d}" for n in range(60)]
         for n, scan_id in enumerate(scan_ids[:30]):
             peer.publish(topology.BAG_PHOTOGRAPHED, scan(scan_id, DESIGNS[n % len(DESIGNS)]))
-        early = peer.read(topology.RESULTS_QUEUE, 5)
+        early = peer.receive(topology.RESULTS_QUEUE, 5)
         rabbit.restart()  # kill -9 and start again, mid-stream
         for n, scan_id in enumerate(scan_ids[30:], start=30):
             peer.publish(topology.BAG_PHOTOGRAPHED, scan(scan_id, DESIGNS[n % len(DESIGNS)]))
         answers = results_of(
             early
-            + peer.read(
+            + peer.receive(
                 topology.RESULTS_QUEUE,
                 10**6,
                 timeout=90,
-                stop_when=lambda got: len(set(results_of(early + got))) == len(scan_ids),
+                until=lambda got: len(set(results_of(early + got))) == len(scan_ids),
             )
         )
         assert worker.worker.health.broker_connected
@@ -144,16 +144,16 @@ def test_s3_outage_is_retried_until_it_comes_back(
         for n, scan_id in enumerate(scan_ids):
             worker.publish(topology.BAG_PHOTOGRAPHED, scan(scan_id, DESIGNS[n % len(DESIGNS)]))
         time.sleep(3)  # attempts fail and wait in the delay queues
-        assert worker.queue_depth(topology.RESULTS_QUEUE) == 0
+        assert worker.depth(topology.RESULTS_QUEUE) == 0
         from moto.server import ThreadedMotoServer
 
         restarted = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         restarted.start()  # S3 is back, with its objects
         try:
-            answers = results_of(worker._read(topology.RESULTS_QUEUE, len(scan_ids), 60))
+            answers = results_of(worker.receive(topology.RESULTS_QUEUE, len(scan_ids), timeout=60))
         finally:
             restarted.stop()
-        assert worker.queue_depth(topology.DEAD_LETTER_QUEUE) == 0
+        assert worker.depth(topology.DEAD_LETTER_QUEUE) == 0
     assert_one_answer_each(answers, scan_ids)
     assert {r[0].status for r in answers.values()} == {MatchStatus.matched}
 
@@ -200,9 +200,9 @@ def test_hostile_images_and_poison_messages_among_good_ones(
                 )
             if n == 9:
                 worker.publish(topology.PRODUCT_CREATED, {"product_id": "p-x", "images": "no"})
-        answers = results_of(worker._read(topology.RESULTS_QUEUE, len(good) + 2, 60))
+        answers = results_of(worker.receive(topology.RESULTS_QUEUE, len(good) + 2, timeout=60))
         letters = worker.dead_letters(2)
-        assert worker.queue_depth(topology.SCANS_QUEUE) == 0
+        assert worker.depth(topology.SCANS_QUEUE) == 0
     assert {s for s in answers if answers[s][0].status is MatchStatus.matched} == set(good)
     assert answers["huge"][0].reason is FailureReason.image_too_large
     assert answers["truncated"][0].reason is FailureReason.image_unreadable
@@ -217,7 +217,7 @@ def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(amqp_u
     queue's delivery limit: the broker dead-letters the message instead of looping forever."""
     amqp = AmqpSettings(delivery_limit=3)
     topo = Topology.build(amqp, OpsSettings())
-    peer = ResilientPeer(amqp_url)
+    peer = JewelmatchClient(amqp_url)
     with Connection(amqp_url) as connection:
         topo.declare(connection.channel())
     peer.publish(topology.BAG_PHOTOGRAPHED, scan("deadly", DESIGNS[0]))
@@ -234,7 +234,7 @@ def test_a_message_that_kills_its_consumer_is_dead_lettered_by_the_broker(amqp_u
                     connection.drain_events(timeout=0.5)
             assert got.is_set()
         # leaving the `with` closes the connection unacked: a crash, as the broker sees it
-    [letter] = peer.read(topology.DEAD_LETTER_QUEUE, 1, timeout=20)
+    [letter] = peer.receive(topology.DEAD_LETTER_QUEUE, 1, timeout=20)
     peer.close()
     assert json.loads(letter.body)["scan_id"] == "deadly"
     assert letter.headers["x-first-death-reason"] == "delivery_limit"
@@ -267,9 +267,9 @@ def test_probes_and_metrics_of_a_worker_process(tmp_path, process_env, amqp_url)
         assert unreachable.probe("/livez") == 200  # alive: it keeps trying the broker
         assert unreachable.probe("/readyz") == 503  # not ready: no broker
         worker.wait_ready()
-        peer = ResilientPeer(amqp_url)
+        peer = JewelmatchClient(amqp_url)
         peer.publish(topology.PRODUCT_CREATED, product_event(DESIGNS[0]))
-        peer.read(topology.CATALOG_OUTCOMES_QUEUE, 1)
+        peer.receive(topology.CATALOG_OUTCOMES_QUEUE, 1)
         peer.close()
         counted = 'jewelmatch_messages_total{outcome="ack",queue="jewelmatch.catalog"} 1.0'
         deadline = time.monotonic() + 10  # counted just after the outcome is published
@@ -286,17 +286,17 @@ def test_probes_and_metrics_of_a_worker_process(tmp_path, process_env, amqp_url)
 
 
 def test_sigterm_finishes_the_batch_and_exits_zero(tmp_path, process_env, amqp_url):
-    peer = ResilientPeer(amqp_url)
+    peer = JewelmatchClient(amqp_url)
     worker = WorkerProcess(process_env(), tmp_path / "worker.log")
     try:
         worker.wait_ready()
         for design in DESIGNS:
             peer.publish(topology.PRODUCT_CREATED, product_event(design))
-        peer.read(topology.CATALOG_OUTCOMES_QUEUE, len(DESIGNS))
+        peer.receive(topology.CATALOG_OUTCOMES_QUEUE, len(DESIGNS))
         scan_ids = [f"term-{n}" for n in range(40)]
         for n, scan_id in enumerate(scan_ids):
             peer.publish(topology.BAG_PHOTOGRAPHED, scan(scan_id, DESIGNS[n % len(DESIGNS)]))
-        peer.read(topology.RESULTS_QUEUE, 1, timeout=30)  # it is busy now
+        peer.receive(topology.RESULTS_QUEUE, 1, timeout=30)  # it is busy now
         worker.terminate()
         assert worker.wait(timeout=30) == 0
         assert "worker.stopped" in worker.log_path.read_text()
@@ -305,7 +305,7 @@ def test_sigterm_finishes_the_batch_and_exits_zero(tmp_path, process_env, amqp_u
         assert answered + waiting >= len(scan_ids)  # nothing lost: answered or back in queue
         successor = WorkerProcess(process_env(), tmp_path / "successor.log")
         successor.wait_ready()
-        rest = peer.read(topology.RESULTS_QUEUE, len(scan_ids) - 1, timeout=60)
+        rest = peer.receive(topology.RESULTS_QUEUE, len(scan_ids) - 1, timeout=60)
         assert (
             len({MatchResult.model_validate_json(m.body).scan_id for m in rest})
             >= len(scan_ids) - 1
@@ -318,7 +318,7 @@ def test_sigterm_finishes_the_batch_and_exits_zero(tmp_path, process_env, amqp_u
 
 
 def test_worker_killed_mid_batch_another_finishes_the_work(tmp_path, process_env, amqp_url):
-    peer = ResilientPeer(amqp_url)
+    peer = JewelmatchClient(amqp_url)
     first = WorkerProcess(process_env(), tmp_path / "first.log")
     try:
         first.wait_ready()
@@ -328,23 +328,23 @@ def test_worker_killed_mid_batch_another_finishes_the_work(tmp_path, process_env
 
         for n, scan_id in enumerate(scan_ids):
             peer.publish(topology.BAG_PHOTOGRAPHED, scan(scan_id, DESIGNS[n % len(DESIGNS)]))
-        early = peer.read(topology.RESULTS_QUEUE, 10, timeout=60)
+        early = peer.receive(topology.RESULTS_QUEUE, 10, timeout=60)
         first.kill()  # SIGKILL in the middle of a batch: nothing is settled for it
         assert peer.depth(topology.SCANS_QUEUE) > 0
         second = WorkerProcess(process_env(), tmp_path / "second.log")  # same index, freed
         second.wait_ready()
         answers = results_of(
             early
-            + peer.read(
+            + peer.receive(
                 topology.RESULTS_QUEUE,
                 10**6,
                 timeout=120,
-                stop_when=lambda got: len(set(results_of(early + got))) == len(scan_ids),
+                until=lambda got: len(set(results_of(early + got))) == len(scan_ids),
             )
         )
         outcomes = [
             CatalogOutcome.model_validate_json(m.body)
-            for m in peer.read(topology.CATALOG_OUTCOMES_QUEUE, len(DESIGNS))
+            for m in peer.receive(topology.CATALOG_OUTCOMES_QUEUE, len(DESIGNS))
         ]
         second.terminate()
         assert second.wait(timeout=30) == 0
@@ -357,7 +357,7 @@ def test_worker_killed_mid_batch_another_finishes_the_work(tmp_path, process_env
 
 def test_a_thousand_mixed_messages_through_two_worker_processes(tmp_path, process_env, amqp_url):
     """Two replicas, each with its own embedded index and catalog queue, share the scans."""
-    peer = ResilientPeer(amqp_url)
+    peer = JewelmatchClient(amqp_url)
     workers = [
         WorkerProcess(
             process_env(f"index-{r}", JEWELMATCH_AMQP__REPLICA_ID=r), tmp_path / f"{r}.log"
@@ -369,7 +369,7 @@ def test_a_thousand_mixed_messages_through_two_worker_processes(tmp_path, proces
             worker.wait_ready()
         for design in DESIGNS:
             peer.publish(topology.PRODUCT_CREATED, product_event(design))
-        peer.read(topology.CATALOG_OUTCOMES_QUEUE, 2 * len(DESIGNS))
+        peer.receive(topology.CATALOG_OUTCOMES_QUEUE, 2 * len(DESIGNS))
         scans, malformed, missing, updates = [], 0, [], 0
         started = time.monotonic()
         for n in range(1000):
@@ -393,18 +393,18 @@ def test_a_thousand_mixed_messages_through_two_worker_processes(tmp_path, proces
                 peer.publish(topology.BAG_PHOTOGRAPHED, scan(f"mix-{n}", DESIGNS[n % len(DESIGNS)]))
         expected = set(scans) | set(missing)
         answers = results_of(
-            peer.read(
+            peer.receive(
                 topology.RESULTS_QUEUE,
                 10**6,
                 timeout=240,
-                stop_when=lambda got: len(results_of(got)) >= len(expected),
+                until=lambda got: len(results_of(got)) >= len(expected),
             )
         )
         seconds = time.monotonic() - started
-        letters = peer.read(topology.DEAD_LETTER_QUEUE, malformed, timeout=30)
+        letters = peer.receive(topology.DEAD_LETTER_QUEUE, malformed, timeout=30)
         outcomes = [
             CatalogOutcome.model_validate_json(m.body)
-            for m in peer.read(topology.CATALOG_OUTCOMES_QUEUE, 2 * updates, timeout=60)
+            for m in peer.receive(topology.CATALOG_OUTCOMES_QUEUE, 2 * updates, timeout=60)
         ]
         for worker in workers:
             worker.terminate()
@@ -435,7 +435,7 @@ def test_a_message_the_broker_refuses_is_never_believed_delivered(amqp_url):
     so the worker does not ack the scan whose result was refused."""
     from kombu import Exchange, Queue
 
-    from worker.broker import ConfirmedPublisher, PublishRejected, Unroutable
+    from worker.amqp.broker import ConfirmedPublisher, PublishRejected, Unroutable
 
     exchange = Exchange("jewelmatch.test-confirms", "direct", durable=False, auto_delete=True)
     queue = Queue(

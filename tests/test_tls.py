@@ -15,9 +15,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from worker.bench.servers import free_port
-from worker.broker import connect
+from worker.amqp.broker import connect
 from worker.settings import AmqpSettings
+from worker.tools.bench.servers import free_port
 
 
 def _name(common_name: str) -> x509.Name:

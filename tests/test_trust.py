@@ -24,13 +24,13 @@ from shared.contract import (
     S3Object,
 )
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
-from tests.support.broker_client import ResilientPeer
 from tests.support.definitions_node import definitions_node, role_url
 from tests.support.harness import WorkerHarness
-from worker.broker import EVENTS, ConfirmedPublisher, Topology
+from worker.amqp.broker import EVENTS, ConfirmedPublisher, Topology
+from worker.amqp.client import JewelmatchClient
+from worker.pipeline.storage import Blob, S3ImageStore
 from worker.settings import AmqpSettings, OpsSettings
-from worker.storage import Blob, S3ImageStore
-from worker.synth import catalog_designs, render
+from worker.tools.synthetic import catalog_designs, render
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def peers(node):
         Topology.build(AmqpSettings(), OpsSettings()).declare(channel)
         for queue in Topology.build(AmqpSettings(), OpsSettings()).all_queues():
             channel.queue_purge(queue.name)
-    clients = {role: ResilientPeer(role_url(node, role)) for role in ROLES}
+    clients = {role: JewelmatchClient(role_url(node, role)) for role in ROLES}
     yield clients
     for client in clients.values():
         client.close()
@@ -102,13 +102,13 @@ def scan(scan_id: str, key: str, **extra) -> BagPhotographed:
     return BagPhotographed(scan_id=scan_id, image={"bucket": SCANS_BUCKET, "key": key}, **extra)
 
 
-def read_results(peer: ResilientPeer, count: int) -> list[MatchResult]:
-    messages = peer.read(topology.RESULTS_QUEUE, count, timeout=30)
+def read_results(peer: JewelmatchClient, count: int) -> list[MatchResult]:
+    messages = peer.receive(topology.RESULTS_QUEUE, count, timeout=30)
     return [MatchResult.model_validate_json(m.body) for m in messages]
 
 
-def read_outcomes(peer: ResilientPeer, count: int) -> list[CatalogOutcome]:
-    messages = peer.read(topology.CATALOG_OUTCOMES_QUEUE, count, timeout=30)
+def read_outcomes(peer: JewelmatchClient, count: int) -> list[CatalogOutcome]:
+    messages = peer.receive(topology.CATALOG_OUTCOMES_QUEUE, count, timeout=30)
     return [CatalogOutcome.model_validate_json(m.body) for m in messages]
 
 
@@ -153,7 +153,7 @@ def test_each_role_reads_what_it_needs(peers):
     assert peers["pim"].depth(topology.CATALOG_OUTCOMES_QUEUE) == 0
     assert peers["inventory"].depth(topology.RESULTS_QUEUE) == 0
     with pytest.raises(Exception, match="ACCESS_REFUSED"):
-        peers["scan-station"].read(topology.RESULTS_QUEUE, 1, timeout=1)
+        peers["scan-station"].receive(topology.RESULTS_QUEUE, 1, timeout=1)
 
 
 def test_a_message_that_raises_mid_batch_leaves_its_batch_mates_answered(worker, peers):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from worker.bench.servers import RabbitNode
-from worker.definitions import ROLES, VHOST, definitions
+from worker.amqp.definitions import ROLES, VHOST, definitions
+from worker.tools.bench.servers import RabbitNode
 
 
 def definitions_node(folder: Path) -> RabbitNode:

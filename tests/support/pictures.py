@@ -29,7 +29,7 @@ def design_folder(root: Path, designs: Sequence, size: int) -> Path:
     """A folder image store: each design's render as `<catalog bucket>/<product>.jpg` and the
     same picture as `<scans bucket>/bag-<product>.jpg`."""
     from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
-    from worker.synth import render
+    from worker.tools.synthetic import render
 
     for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
         (root / bucket).mkdir(parents=True)

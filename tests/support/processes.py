@@ -12,7 +12,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from worker.bench.servers import free_port
+from worker.tools.bench.servers import free_port
 
 
 def worker_environment(

@@ -1,0 +1,122 @@
+"""Commands for trying the system and working with folder data sets: the in-process demo,
+ingesting a folder, identifying one photo, seeding a running stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from worker.observability.logs import load_settings
+
+commands = typer.Typer()
+console = Console()
+
+
+@commands.command()
+def demo(
+    images: Annotated[
+        Path | None,
+        typer.Option(
+            help="A folder data set (one folder per product, catalog_* and query_* images). "
+            "Default: a generated jewelry catalog."
+        ),
+    ] = None,
+    products: Annotated[int, typer.Option(help="Products to generate.")] = 16,
+    scans_per_product: Annotated[int, typer.Option(help="Bag photos per generated product.")] = 2,
+    max_scans: Annotated[int | None, typer.Option(help="Scan at most this many photos.")] = None,
+    split: Annotated[str | None, typer.Option(help="Only query photos of this split.")] = None,
+    show: Annotated[int, typer.Option(help="Rows of the result table to print.")] = 40,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show the worker's log.")
+    ] = False,
+) -> None:
+    """Run the whole path in-process (in-memory broker, embedded Qdrant) and print matches."""
+    from worker.tools.demo import run_demo
+
+    run_demo(
+        load_settings(quiet=not verbose),
+        images,
+        products,
+        scans_per_product,
+        max_scans,
+        split,
+        console,
+        show,
+    )
+
+
+@commands.command()
+def ingest(
+    folder: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder data set: <product_id>/catalog_* images (query_* files are skipped)."
+        ),
+    ],
+) -> None:
+    """Add every product of a folder to the configured index, with a progress bar."""
+    from worker.tools.terminal import ingest_folder
+
+    count = ingest_folder(load_settings(quiet=True), folder, console)
+    console.print(f"ingested {count} reference images")
+
+
+@commands.command()
+def scan(
+    image: Annotated[Path, typer.Argument(help="A photo to identify.")],
+    top_k: Annotated[int, typer.Option(help="Products to list.")] = 5,
+    category: Annotated[str | None, typer.Option(help="Only products of this category.")] = None,
+) -> None:
+    """Identify one photo against the configured index and print the ranked products."""
+    from worker.tools.terminal import scan_image
+
+    ranking, model_id = scan_image(load_settings(quiet=True), image, top_k, category)
+    table = Table(title=f"{image} — {ranking.status.value} ({model_id})")
+    for column in ("rank", "product", "sku", "score", "image"):
+        table.add_column(column)
+    for match in ranking.ranked_products():
+        table.add_row(
+            str(match.rank), match.product_id, match.sku, f"{match.score:.4f}", match.image_id
+        )
+    console.print(table)
+
+
+@commands.command("seed-demo")
+def seed_demo(
+    catalog_bucket: Annotated[
+        str, typer.Option(help="Bucket for catalog images.")
+    ] = "catalog-images",
+    scans_bucket: Annotated[str, typer.Option(help="Bucket for bag photos.")] = "scan-photos",
+    products: Annotated[int, typer.Option(help="Products to generate.")] = 12,
+    pim_url: Annotated[
+        str | None,
+        typer.Option(envvar="JEWELMATCH_SEED_PIM_URL", help="AMQP URL of the PIM's user."),
+    ] = None,
+    station_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JEWELMATCH_SEED_STATION_URL", help="AMQP URL of a scan station's user."
+        ),
+    ] = None,
+    inventory_url: Annotated[
+        str | None,
+        typer.Option(
+            envvar="JEWELMATCH_SEED_INVENTORY_URL",
+            help="AMQP URL of the inventory system's user (reads the answers).",
+        ),
+    ] = None,
+) -> None:
+    """Against a running stack: upload the demo catalog to S3, publish its events as the PIM
+    and a scan station would (each as its own AMQP user; default: JEWELMATCH_AMQP__URL),
+    and print the answers (docker compose runs this once)."""
+    from worker.tools.seed import RoleUrls
+    from worker.tools.seed import seed_demo as run_seed
+
+    settings = load_settings()
+    default = settings.amqp.url.get_secret_value()
+    urls = RoleUrls(pim_url or default, station_url or default, inventory_url or default)
+    run_seed(settings, catalog_bucket, scans_bucket, products, console, urls)

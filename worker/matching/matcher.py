@@ -1,0 +1,233 @@
+"""From pictures to ranked products: embed, search grouped by product, re-rank, decide.
+
+The worker, the terminal commands and the accuracy benchmark all match through `Matcher`,
+so what is measured is what runs.
+
+Ranking a scan:
+1. its vector is centred on the mean scan (`worker.matching.learning`), and the index returns the
+   nearest products by their best reference image (`rerank_candidates` of them);
+2. each product's score is corrected by its best image's domain mean (catalog images and
+   confirmed scans are centred on their own means), and the list re-sorted;
+3. once a metric has been learned from confirmed matches, those candidates are re-ranked by
+   their product prototype in the learned space;
+4. `MatchPolicy` decides `matched` or `no_confident_match` from the best score and its margin
+   over the runner-up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image
+
+from shared.contract import MatchStatus, RankedProduct
+from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ProductHit, VectorIndex
+from worker.matching.catalog import Catalog
+from worker.matching.learning import LearnedMetric, MetricOptions, fit_metric
+from worker.observability.logs import get_logger
+from worker.settings import LearningSettings, MatchingSettings
+from worker.vision.embedder import Embedder, ImageKind
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class MatchPolicy:
+    """When the best product is not trusted: too low a score, or too close a runner-up."""
+
+    min_score: float = 0.0
+    min_margin: float = 0.0
+
+    @classmethod
+    def from_settings(cls, settings: MatchingSettings) -> MatchPolicy:
+        return cls(min_score=settings.min_score, min_margin=settings.min_margin)
+
+    def decide(self, hits: Sequence[ProductHit]) -> MatchStatus:
+        if not hits:
+            return MatchStatus.no_confident_match
+        runner_up = hits[1].score if len(hits) > 1 else -1.0
+        if hits[0].score < self.min_score or hits[0].score - runner_up < self.min_margin:
+            return MatchStatus.no_confident_match
+        return MatchStatus.matched
+
+
+@dataclass(frozen=True)
+class Ranking:
+    status: MatchStatus
+    hits: list[ProductHit]
+
+    def ranked_products(self) -> list[RankedProduct]:
+        return [
+            RankedProduct(
+                rank=rank,
+                product_id=hit.product_id,
+                sku=hit.sku,
+                score=round(float(hit.score), 6),
+                image_id=hit.image_id,
+                source=hit.source,
+            )
+            for rank, hit in enumerate(self.hits, start=1)
+        ]
+
+
+class Matcher:
+    """Embedding, retrieval, the learned metric and the decision, for one model's index."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: VectorIndex,
+        policy: MatchPolicy,
+        learning: LearningSettings | None = None,
+    ) -> None:
+        self.embedder = embedder
+        self.index = index
+        self.policy = policy
+        self.learning = learning or LearningSettings()
+        self.metric = LearnedMetric()
+        self._prototypes: dict[str, tuple[np.ndarray, float]] = {}
+        self._changes = 0
+        self._dirty = False
+        self._lock = threading.Lock()
+        self._fitting: threading.Thread | None = None
+
+    @property
+    def model_id(self) -> str:
+        return self.embedder.model_id
+
+    def embed(
+        self, images: Sequence[Image.Image], kind: ImageKind = ImageKind.catalog
+    ) -> np.ndarray:
+        return self.embedder.embed(images, kind)
+
+    def match(
+        self, images: Sequence[Image.Image], top_k: int, category: str | None = None
+    ) -> list[Ranking]:
+        return self.rank(self.embed(images, ImageKind.scan), top_k, category)
+
+    # ranking ------------------------------------------------------------------------
+
+    def rank(self, vectors: np.ndarray, top_k: int, category: str | None = None) -> list[Ranking]:
+        """Rank products for scan vectors (one more is looked at, for the margin)."""
+        metric = self.metric  # one consistent snapshot, even if a refit swaps it meanwhile
+        centred = metric.means.centre_query(vectors) if self.learning.centre_domains else vectors
+        wanted = top_k + 1
+        if metric.reranks:
+            wanted = max(wanted, self.learning.rerank_candidates)
+        rankings = []
+        for query, hits in zip(centred, self.index.search(centred, wanted, category), strict=True):
+            hits = self._correct_domains(query, hits, metric)
+            if metric.reranks and hits:
+                hits = self._rerank(query, hits, metric)
+            hits = hits[: top_k + 1]
+            rankings.append(Ranking(self.policy.decide(hits), hits[:top_k]))
+        return rankings
+
+    def _correct_domains(
+        self, query: np.ndarray, hits: list[ProductHit], metric: LearnedMetric
+    ) -> list[ProductHit]:
+        """score = q·x − q·mean(domain of x): each reference compared after centring on its
+        own domain's mean, without rewriting stored vectors."""
+        if not self.learning.centre_domains:
+            return hits
+        offsets = {}
+        for source in (SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN):
+            mean = metric.means.for_source(source)
+            offsets[source] = float(query @ mean) if mean is not None else 0.0
+        corrected = [replace(hit, score=hit.score - offsets.get(hit.source, 0.0)) for hit in hits]
+        return sorted(corrected, key=lambda hit: (-hit.score, hit.product_id))
+
+    def _rerank(
+        self, query: np.ndarray, hits: list[ProductHit], metric: LearnedMetric
+    ) -> list[ProductHit]:
+        projected = metric.project(query[None, :])[0]
+        rescored = [
+            replace(hit, score=float(projected @ self._prototype(hit.product_id, metric)))
+            for hit in hits
+        ]
+        return sorted(rescored, key=lambda hit: (-hit.score, hit.product_id))
+
+    def _prototype(self, product_id: str, metric: LearnedMetric) -> np.ndarray:
+        now = time.monotonic()
+        cached = self._prototypes.get(product_id)
+        if cached is not None and now - cached[1] < self.learning.prototype_ttl_seconds:
+            return cached[0]
+        prototype = metric.prototype(self.index.references(product_id))
+        if metric is self.metric:  # not a prototype of a metric replaced meanwhile
+            self._prototypes[product_id] = (prototype, now)
+        return prototype
+
+    # learning -----------------------------------------------------------------------
+
+    def catalog(self) -> Catalog:
+        """The catalog over this matcher's index; every change it makes is noted here."""
+        return Catalog(self.index, self.note_changes)
+
+    def note_changes(self, product_ids: Iterable[str] = (), count: int = 1) -> None:
+        """Something changed: products (their prototypes are recomputed at once; `count`
+        changes bring a refit closer) or only the scan statistics (`count=0`: refit on the
+        next `refit_seconds`)."""
+        with self._lock:
+            self._changes += count
+            self._dirty = True
+            for product_id in product_ids:
+                self._prototypes.pop(product_id, None)
+
+    def note_scans(self, count: int) -> None:
+        """New scans refine the scan statistics (domain centring): they make the next refit
+        due after `refit_seconds`, not after `refit_after_changes` (a refit reads every
+        reference, too costly to repeat every few dozen scans of a large catalog)."""
+        if count:
+            self.note_changes((), 0)
+
+    def refit(self) -> LearnedMetric:
+        """Fit the metric from the index now (synchronously) and start using it."""
+        started = time.perf_counter()
+        with self._lock:
+            self._changes = 0
+            self._dirty = False
+        options = MetricOptions(
+            max_dim=self.learning.metric_max_dim,
+            shrinkage=self.learning.metric_shrinkage,
+            min_confirmations=(self.learning.min_confirmations if self.learning.metric else 10**12),
+            min_scans_for_centring=self.learning.min_scans_for_centring,
+        )
+        metric = fit_metric(
+            self.index.references(),
+            self.index.scan_vectors(self.learning.scans_for_statistics),
+            options,
+            self.learning.rerank_candidates,
+        )
+        with self._lock:
+            self.metric = metric
+            self._prototypes.clear()
+        log.info("metric.fitted", seconds=round(time.perf_counter() - started, 2), **metric.report)
+        return metric
+
+    def refit_in_background_if_due(self) -> bool:
+        """Start a background refit when enough has changed; never blocks the caller."""
+        with self._lock:
+            if self._fitting is not None and self._fitting.is_alive():
+                return False
+            elapsed = time.time() - self.metric.fitted_at
+            due = self._changes >= self.learning.refit_after_changes or (
+                self._dirty and elapsed >= self.learning.refit_seconds
+            )
+
+            if not due:
+                return False
+            self._fitting = threading.Thread(
+                target=self._refit_logging_errors, name="metric-refit", daemon=True
+            )
+            self._fitting.start()
+            return True
+
+    def _refit_logging_errors(self) -> None:
+        try:
+            self.refit()
+        except Exception as error:  # a failed refit keeps the previous metric
+            log.warning("metric.refit_failed", error=str(error))

@@ -1,0 +1,45 @@
+"""Prometheus metrics of the worker (served on /metrics by `worker.observability.probes`)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES = Counter(
+    "jewelmatch_messages_total", "Messages handled, by queue and outcome.", ["queue", "outcome"]
+)
+RETRIES = Counter(
+    "jewelmatch_retries_total", "Messages sent to a delay queue for a retry.", ["queue"]
+)
+DEAD_LETTERS = Counter(
+    "jewelmatch_dead_letters_total", "Messages dead-lettered, by reason.", ["queue", "reason"]
+)
+SCAN_RESULTS = Counter(
+    "jewelmatch_scan_results_total",
+    "Scan answers published, by status and failure reason (empty unless failed).",
+    ["status", "reason"],
+)
+SCAN_SECONDS = Histogram(
+    "jewelmatch_scan_seconds",
+    "A fresh scan's handling time in the worker, fetch to confirmed answer.",
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0),
+)
+STAGE_SECONDS = Histogram(
+    "jewelmatch_stage_seconds",
+    "Time spent per stage of handling.",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+BATCH_SIZE = Histogram(
+    "jewelmatch_batch_size",
+    "Messages per handled batch.",
+    ["queue"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+MODEL_LOAD_SECONDS = Gauge("jewelmatch_model_load_seconds", "Time the model took to load.")
+INDEX_POINTS = Gauge("jewelmatch_index_reference_images", "Reference images in the index.")
+READY = Gauge("jewelmatch_ready", "1 when the worker is ready to take messages.")
+
+
+def observe_stages(timings_ms: dict[str, float]) -> None:
+    for stage, ms in timings_ms.items():
+        STAGE_SECONDS.labels(stage).observe(ms / 1000)

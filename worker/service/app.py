@@ -1,0 +1,120 @@
+"""Wiring: settings → model, index, image store → handlers → consumer, with signals and probes."""
+
+from __future__ import annotations
+
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from worker.amqp.consumer import Worker
+from worker.index import VectorIndex, open_index
+from worker.matching.matcher import Matcher, MatchPolicy
+from worker.observability.logs import get_logger
+from worker.observability.probes import Health, serve_ops
+from worker.observability.prometheus import INDEX_POINTS, MODEL_LOAD_SECONDS
+from worker.pipeline.handlers import Handlers
+from worker.pipeline.storage import ImageStore, open_image_store
+from worker.settings import Settings
+from worker.vision.embedder import Embedder
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Components:
+    embedder: Embedder
+    index: VectorIndex
+    matcher: Matcher
+
+    def close(self) -> None:
+        self.index.close()
+
+
+def build_components(settings: Settings, embedder: Embedder | None = None) -> Components:
+    """Load the model (once) and open its index."""
+    embedder = embedder or Embedder(settings.model)
+    MODEL_LOAD_SECONDS.set(embedder.load_seconds)
+    index = open_index(settings.index, embedder.model_id, embedder.dim)
+    INDEX_POINTS.set(index.count())
+    log.info(
+        "index.opened",
+        model=embedder.model_id,
+        backend=settings.index.backend.value,
+        reference_images=index.count(),
+    )
+    matcher = Matcher(
+        embedder, index, MatchPolicy.from_settings(settings.matching), settings.learning
+    )
+    matcher.refit()  # what the index already teaches (domain means, learned metric)
+    return Components(embedder, index, matcher)
+
+
+def wire_worker(
+    settings: Settings,
+    components: Components,
+    health: Health | None = None,
+    store: ImageStore | None = None,
+) -> Worker:
+    """The one place a worker is put together: the image store, the handlers over the
+    loaded model and index, and the consumer loop (which owns the handlers: `worker.handlers`)."""
+    store = store or open_image_store(settings.s3, settings.images.max_bytes)
+    handlers = Handlers(settings, store, components.matcher)
+    return Worker(settings, handlers, health)
+
+
+class ModelNotCurrent(RuntimeError):
+    """The worker's model is not the one whose index is in service."""
+
+
+def ensure_model_is_current(settings: Settings, index: VectorIndex) -> None:
+    """Refuse to serve from an index that is not the one in service: a worker started with
+    another model (or other view settings) would answer from an empty or stale index."""
+    current = index.current_model_id()
+    if current in (None, index.model_id) or settings.index.serve_non_current_model:
+        return
+    raise ModelNotCurrent(
+        f"the index in service is {current!r} but this worker's model is {index.model_id!r}: "
+        "build its index with `jewelmatch reindex` and switch (docs/operations.md, "
+        "'Changing the model safely'), or set JEWELMATCH_INDEX__SERVE_NON_CURRENT_MODEL=true"
+    )
+
+
+@contextmanager
+def opened(settings: Settings, embedder: Embedder | None = None):
+    components = build_components(settings, embedder)
+    try:
+        yield components
+    finally:
+        components.close()
+
+
+def run_worker(settings: Settings) -> None:
+    """The `jewelmatch worker` process: probes first, then the model, then consume."""
+    health = Health()
+    ops_server = None
+    if settings.ops.http_port:
+        ops_server = serve_ops(health, settings.ops.http_host, settings.ops.http_port)
+        log.info(
+            "ops.listening", port=settings.ops.http_port, paths=["/livez", "/readyz", "/metrics"]
+        )
+    worker_box: list[Worker] = []
+
+    def on_signal(signum, frame) -> None:
+        # Plain assignments only: no logging, no locks (the interrupted code may hold them).
+        health.stopping = True
+        for worker in worker_box:
+            worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with opened(settings) as components:
+        ensure_model_is_current(settings, components.index)
+        health.model_loaded = True
+        worker = wire_worker(settings, components, health)
+        worker_box.append(worker)
+        if not health.stopping:
+            worker.run()
+        worker.handlers.close()
+    if ops_server is not None:
+        ops_server.shutdown()
+    log.info("worker.stopped")

@@ -1,0 +1,112 @@
+"""Re-embedding the whole catalog with another model, beside the index in service.
+
+Changing the model changes every vector, so a new model gets a new index (a directory per
+model on the embedded engine, a collection per model on a Qdrant server) built from the
+images in S3 while the old one keeps answering; then one atomic switch makes the new one
+current: the alias `<prefix>-references` on a server, the `current` link of the embedded
+engine's data directory. Confirmed scans are re-embedded too (as scans), so what the system
+learned survives the change of model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from PIL import Image
+
+from shared.contract import FailureReason, S3Object
+from worker.errors import PermanentError
+from worker.index import SOURCE_CATALOG, ReferenceImage, StoredImage, VectorIndex
+from worker.observability.logs import get_logger
+from worker.pipeline.storage import ImageStore
+from worker.settings import ImageSettings
+from worker.vision.embedder import Embedder, ImageKind
+from worker.vision.images import decode_image
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ReindexReport:
+    images: int = 0
+    reindexed: int = 0
+    skipped: int = 0
+    removed: int = 0
+
+
+def reindex(
+    source: VectorIndex,
+    target: VectorIndex,
+    store: ImageStore,
+    embedder: Embedder,
+    limits: ImageSettings,
+    batch_size: int = 32,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> ReindexReport:
+    """Re-embed every reference image of `source` into `target`, and remove from `target`
+    what `source` no longer has. Idempotent: run it again to catch up with the product events
+    (upserts and deletes) that reached only the old index meanwhile. `on_progress` is told
+    how many images each page held (the terminal shows a progress bar with it)."""
+    report = ReindexReport()
+    in_source: set[tuple[str, str]] = set()
+    for page in source.all_images(batch_size):
+        loaded: list[tuple[StoredImage, Image.Image]] = []
+        for stored in page:
+            report.images += 1
+            in_source.add((stored.product_id, stored.image_id))
+            try:
+                if not stored.uri or not stored.uri.startswith("s3://"):
+                    raise PermanentError(
+                        FailureReason.image_not_found, f"no S3 location: {stored.uri!r}"
+                    )
+                data = store.fetch(S3Object.model_validate(stored.uri)).data
+                loaded.append((stored, decode_image(data, limits)))
+            except PermanentError as error:
+                report.skipped += 1
+                log.warning(
+                    "reindex.skipped",
+                    product_id=stored.product_id,
+                    image_id=stored.image_id,
+                    reason=str(error),
+                )
+        for kind in (ImageKind.catalog, ImageKind.scan):
+            chosen = [
+                (s, p)
+                for s, p in loaded
+                if (s.source == SOURCE_CATALOG) == (kind is ImageKind.catalog)
+            ]
+            if not chosen:
+                continue
+            vectors = embedder.embed([picture for _, picture in chosen], kind)
+            target.upsert(
+                [
+                    ReferenceImage(
+                        product_id=s.product_id,
+                        image_id=s.image_id,
+                        sku=s.sku,
+                        vector=vector,
+                        source=s.source,
+                        category=s.category,
+                        name=s.name,
+                        uri=s.uri,
+                    )
+                    for (s, _), vector in zip(chosen, vectors, strict=True)
+                ]
+            )
+            report.reindexed += len(chosen)
+        on_progress(len(page))
+    report.removed = _remove_missing(target, in_source)
+    return report
+
+
+def _remove_missing(target: VectorIndex, in_source: set[tuple[str, str]]) -> int:
+    """Delete the images of `target` that the source index no longer holds."""
+    stale: dict[str, list[str]] = {}
+    for page in target.all_images():
+        for stored in page:
+            if (stored.product_id, stored.image_id) not in in_source:
+                stale.setdefault(stored.product_id, []).append(stored.image_id)
+    for product_id, image_ids in stale.items():
+        target.delete_images(product_id, image_ids)
+    return sum(len(ids) for ids in stale.values())

@@ -1,0 +1,329 @@
+"""Accuracy on a folder data set, through the worker's own ingest and query code.
+
+Protocol (fixed, so that runs compare):
+1. A few products are left out of the catalog (open set): their photos must not be matched.
+2. Every other product's `catalog_*` images are ingested as a `product.created` event would be
+   (`Catalog.plan` / `Catalog.apply`).
+3. The first photos of every product in the confirmation split (`train`) are scanned, as a
+   running system would have seen them: remembered, unlabeled (they teach the scan mean).
+4. For each count N of confirmed photos (0, 1, 3, 10...), the first N of those scans per
+   product are confirmed the way `match.confirmed` does (`Catalog.confirm`), the metric is
+   refitted (as the worker does in the background), and every photo of the evaluation split
+   (`val`) that was not scanned before is matched with `Matcher.rank`: the embedder, the
+   index's grouped search, the learned metric and the `no_confident_match` policy.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.progress import Progress
+
+from shared.contract import MatchStatus
+from worker.index import ScanRecord
+from worker.matching.catalog import Catalog
+from worker.matching.matcher import Matcher, Ranking
+from worker.service.app import opened
+from worker.settings import Settings
+from worker.tools.bench.recall import (
+    confusion_pairs,
+    coverage_accuracy_curve,
+    mean_reciprocal_rank,
+    rank_of,
+    recall_at_k,
+    share,
+)
+from worker.tools.folders import FolderDataset, FolderProduct, QueryPhoto, read_folder_dataset
+from worker.tools.terminal import embed_paths, ingest_products
+from worker.vision.embedder import ImageKind
+
+TOP_K = 5
+BENCH_BUCKET = "bench"
+
+
+@dataclass
+class AccuracyOptions:
+    data: Path
+    split: str = "val"
+    confirmed: Sequence[int] = (0,)
+    confirmed_split: str = "train"
+    open_set: int = 8
+    seed: int = 0
+    max_queries: int | None = None
+    contact_sheet: Path | None = None
+    unlabeled_scans_per_product: int = 10
+    category_hint: bool = False
+
+
+@dataclass
+class QueryOutcome:
+    query: QueryPhoto
+    ranking: Ranking
+
+    @property
+    def ranked(self) -> list[str]:
+        return [hit.product_id for hit in self.ranking.hits]
+
+    @property
+    def rank(self) -> int | None:
+        return rank_of(self.query.product_id, self.ranked)
+
+    @property
+    def margin(self) -> float:
+        scores = [hit.score for hit in self.ranking.hits]
+        if not scores:
+            return -1.0
+        return scores[0] - (scores[1] if len(scores) > 1 else -1.0)
+
+
+@dataclass
+class AccuracyRun:
+    confirmed_per_product: int
+    known: list[QueryOutcome]
+    unknown: list[QueryOutcome]
+    seconds: float
+    metric: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        ranks = [o.rank for o in self.known]
+        answered = [o for o in self.known if o.ranking.status is MatchStatus.matched]
+        return {
+            "confirmed_per_product": self.confirmed_per_product,
+            "queries": len(self.known),
+            "recall@1": recall_at_k(ranks, 1),
+            "recall@5": recall_at_k(ranks, 5),
+            "mrr": mean_reciprocal_rank(ranks),
+            "no_confident_match_in_catalog": share(
+                [o.ranking.status is MatchStatus.no_confident_match for o in self.known]
+            ),
+            "answered_accuracy": share([o.rank == 1 for o in answered]),
+            "open_set_queries": len(self.unknown),
+            "no_confident_match_open_set": share(
+                [o.ranking.status is MatchStatus.no_confident_match for o in self.unknown]
+            ),
+            "seconds": round(self.seconds, 2),
+            "metric": self.metric,
+        }
+
+    def confusions(self, top: int = 10) -> list[tuple[str, str, int]]:
+        return confusion_pairs(
+            [(o.query.product_id, o.ranked[0]) for o in self.known if o.ranked], top
+        )
+
+    def margin_curve(self, thresholds: Sequence[float]) -> list[dict]:
+        return coverage_accuracy_curve(
+            [o.margin for o in self.known], [o.rank == 1 for o in self.known], thresholds
+        )
+
+
+@dataclass
+class AccuracyReport:
+    model: str
+    dataset: str
+    products_in_catalog: int
+    products_left_out: list[str]
+    runs: list[AccuracyRun] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        margins = [round(x, 3) for x in np.arange(0.0, 0.3001, 0.01)]
+
+        return {
+            "model": self.model,
+            "dataset": self.dataset,
+            "products_in_catalog": self.products_in_catalog,
+            "products_left_out": self.products_left_out,
+            "runs": [
+                {**run.summary(), "margin_curve": run.margin_curve(margins)} for run in self.runs
+            ],
+            "confusions": [
+                {"true": t, "predicted": p, "count": n}
+                for t, p, n in (self.runs[0].confusions() if self.runs else [])
+            ],
+        }
+
+
+def _scan_id(photo: QueryPhoto) -> str:
+    return f"bench-{photo.product_id}-{photo.path.name}"
+
+
+def _remember_scans(
+    matcher: Matcher, photos: Sequence[QueryPhoto], settings: Settings, progress: Progress
+) -> None:
+    """Photos the running system has scanned (unlabeled), as the worker remembers them."""
+    vectors = embed_paths(
+        matcher, [p.path for p in photos], ImageKind.scan, settings, progress, "scanned photos"
+    )
+    for photo, vector in zip(photos, vectors, strict=True):
+        matcher.index.remember_scan(
+            ScanRecord(
+                scan_id=_scan_id(photo),
+                vector=vector,
+                created_at=time.time(),
+                image_uri=f"s3://{BENCH_BUCKET}/{photo.product_id}/{photo.path.name}",
+            )
+        )
+
+
+def _confirm(matcher: Matcher, catalog: Catalog, photos: Sequence[QueryPhoto]) -> None:
+    """Confirm remembered scans the way `match.confirmed` does."""
+    for photo in photos:
+        record = matcher.index.recall_scan(_scan_id(photo))
+        assert record is not None
+        catalog.confirm(photo.product_id, record)
+        matcher.index.remember_scan(record)
+
+
+def _rank_all(
+    matcher: Matcher,
+    vectors: np.ndarray,
+    queries: Sequence[QueryPhoto],
+    categories: dict[str, str | None] | None = None,
+) -> list[QueryOutcome]:
+    """Rank every query; with `categories`, each scan carries its product's category hint
+    (as a station that knows the tray's category would send it)."""
+    if not len(vectors):
+        return []
+    if categories is None:
+        rankings = matcher.rank(vectors, TOP_K)
+    else:
+        rankings = [
+            matcher.rank(vectors[i : i + 1], TOP_K, categories.get(q.product_id))[0]
+            for i, q in enumerate(queries)
+        ]
+    return [QueryOutcome(q, r) for q, r in zip(queries, rankings, strict=True)]
+
+
+def _first_photos(product: FolderProduct, split: str, count: int) -> list[QueryPhoto]:
+    photos = sorted((q for q in product.queries if q.split == split), key=lambda q: q.path.name)
+    return photos[:count]
+
+
+def run_accuracy(
+    settings: Settings, options: AccuracyOptions, progress: Progress
+) -> AccuracyReport:
+    dataset: FolderDataset = read_folder_dataset(options.data)
+    rng = random.Random(options.seed)
+    with_queries = [
+        p.product_id
+        for p in dataset.products
+        if any(q.split in (options.split, "") for q in p.queries)
+    ]
+    left_out = sorted(rng.sample(with_queries, min(options.open_set, len(with_queries) - 1)))
+    in_catalog = [p for p in dataset.products if p.catalog and p.product_id not in left_out]
+    known_ids = {p.product_id for p in in_catalog}
+    # The system has already scanned (unlabeled) the first photos of every product in the
+    # confirmation split; confirmations are later taken from those. None of them is matched.
+    per_product = max([options.unlabeled_scans_per_product, *options.confirmed])
+    scanned = [
+        q for p in dataset.products for q in _first_photos(p, options.confirmed_split, per_product)
+    ]
+    seen = {q.path for q in scanned}
+    queries = [q for q in dataset.queries if q.split in (options.split, "") and q.path not in seen]
+    if options.max_queries:
+        queries = random.Random(options.seed).sample(
+            queries, min(options.max_queries, len(queries))
+        )
+    with tempfile.TemporaryDirectory(prefix="jewelmatch-bench-") as tmp:
+        bench_settings = settings.model_copy(
+            update={"index": settings.index.model_copy(update={"path": Path(tmp) / "index"})}
+        )
+        with opened(bench_settings) as components:
+            matcher = components.matcher
+            catalog = matcher.catalog()
+            ingest_products(matcher, catalog, in_catalog, settings, progress)
+            _remember_scans(matcher, scanned, settings, progress)
+            query_vectors = embed_paths(
+                matcher,
+                [q.path for q in queries],
+                ImageKind.scan,
+                settings,
+                progress,
+                f"{options.split} photos",
+            )
+            report = AccuracyReport(
+                model=matcher.model_id,
+                dataset=str(options.data),
+                products_in_catalog=len(in_catalog),
+                products_left_out=left_out,
+            )
+            confirmed_so_far = 0
+            for count in sorted(set(options.confirmed)):
+                _confirm(
+                    matcher,
+                    catalog,
+                    [
+                        q
+                        for p in in_catalog
+                        for q in _first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
+                    ],
+                )
+                confirmed_so_far = count
+                metric = matcher.refit()  # what the worker does in the background
+                started = time.perf_counter()
+                categories = (
+                    {p.product_id: p.category for p in dataset.products}
+                    if options.category_hint
+                    else None
+                )
+                outcomes = _rank_all(matcher, query_vectors, queries, categories)
+
+                report.runs.append(
+                    AccuracyRun(
+                        count,
+                        [o for o in outcomes if o.query.product_id in known_ids],
+                        [o for o in outcomes if o.query.product_id not in known_ids],
+                        time.perf_counter() - started,
+                        dict(metric.report),
+                    )
+                )
+    if options.contact_sheet and report.runs:
+        write_contact_sheet(report.runs[0], dataset, options.contact_sheet)
+    return report
+
+
+def write_contact_sheet(
+    run: AccuracyRun, dataset: FolderDataset, path: Path, rows: int = 24, tile: int = 112
+) -> Path:
+    """Errors first: each row is a query photo, then its top 5 catalog images; the right
+    product is framed green, wrong guesses red."""
+    from PIL import ImageDraw
+
+    catalog_image = {p.product_id: p.catalog[0] for p in dataset.products if p.catalog}
+    ordered = sorted(run.known, key=lambda o: (o.rank == 1, o.query.path.name))[:rows]
+    sheet = Image.new("RGB", ((TOP_K + 1) * tile + 8, len(ordered) * (tile + 14) + 4), "white")
+    draw = ImageDraw.Draw(sheet)
+    for row, outcome in enumerate(ordered):
+        y = row * (tile + 14) + 2
+        cells = [(outcome.query.path, f"{outcome.query.product_id[:18]}", None)]
+        for hit in outcome.ranking.hits:
+            cells.append(
+                (
+                    catalog_image.get(hit.product_id),
+                    f"{hit.product_id[:14]} {hit.score:.2f}",
+                    hit.product_id == outcome.query.product_id,
+                )
+            )
+        for column, (image_path, label, right) in enumerate(cells):
+            x = column * tile + (8 if column else 0)
+            if image_path is not None:
+                with Image.open(image_path) as image:
+                    thumb = image.convert("RGB")
+                    thumb.thumbnail((tile - 6, tile - 6))
+                    sheet.paste(thumb, (x + 3, y + 3))
+            if right is not None:
+                draw.rectangle(
+                    [x, y, x + tile - 1, y + tile - 1],
+                    outline=(0, 160, 0) if right else (200, 0, 0),
+                    width=3,
+                )
+            draw.text((x + 2, y + tile), label, fill="black")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path)
+    return path

@@ -1,0 +1,121 @@
+"""`jewelmatch seed-demo`: what a PIM and a scan station would send, against a running stack.
+
+Generates the demo's jewelry catalog, uploads its images to the configured S3 store, publishes
+`product.created` for each product and `bag.photographed` for each bag photo, then prints
+the answers read from the results queue (the workers log each match too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+from pydantic import SecretStr
+from rich.console import Console
+
+from shared import topology
+from shared.contract import BagPhotographed, MatchResult
+from worker.amqp.client import JewelmatchClient, Received
+from worker.settings import Settings
+from worker.tools.folders import read_folder_dataset
+from worker.tools.synthetic import write_catalog
+
+
+@dataclass(frozen=True)
+class RoleUrls:
+    """Each peer logs in as its own AMQP user: the broker lets each publish only its own
+    events (and the inventory system read the answers)."""
+
+    pim: str
+    station: str
+    inventory: str
+
+
+def _client(settings: Settings, url: str) -> JewelmatchClient:
+    return JewelmatchClient(settings.amqp.model_copy(update={"url": SecretStr(url)}))
+
+
+def seed_demo(
+    settings: Settings,
+    catalog_bucket: str,
+    scans_bucket: str,
+    products: int,
+    console: Console,
+    urls: RoleUrls | None = None,
+    timeout: float = 600.0,
+) -> int:
+    """Returns how many scans ranked the right product first."""
+    s3 = boto3.client(
+        "s3",
+        endpoint_url=settings.s3.endpoint_url,
+        region_name=settings.s3.region,
+        aws_access_key_id=(
+            settings.s3.access_key_id.get_secret_value() if settings.s3.access_key_id else None
+        ),
+        aws_secret_access_key=(
+            settings.s3.secret_access_key.get_secret_value()
+            if settings.s3.secret_access_key
+            else None
+        ),
+    )
+    with tempfile.TemporaryDirectory(prefix="jewelmatch-seed-") as tmp:
+        write_catalog(Path(tmp), products, scans_per_product=1)
+        dataset = read_folder_dataset(Path(tmp))
+
+        events, scans = [], {}
+        for product in dataset.products:
+            for path in product.catalog:
+                s3.put_object(
+                    Bucket=catalog_bucket,
+                    Key=product.object_key(path, "demo/"),
+                    Body=path.read_bytes(),
+                )
+            events.append(product.catalog_event(catalog_bucket, "demo/"))
+            for query in product.queries:
+                key = product.object_key(query.path, "demo/")
+                s3.put_object(Bucket=scans_bucket, Key=key, Body=query.path.read_bytes())
+                scan_id = f"demo-{product.product_id}-{query.path.stem}-{int(time.time())}"
+                scans[scan_id] = (product.product_id, key)
+    default = settings.amqp.url.get_secret_value()
+    urls = urls or RoleUrls(default, default, default)
+    with _client(settings, urls.pim) as pim:
+        for event in events:
+            pim.publish(topology.PRODUCT_CREATED, event)
+    console.print(f"published {len(events)} product.created events")
+    time.sleep(5)  # scans come first in the worker: let the catalog land before them
+    with _client(settings, urls.station) as station:
+        for scan_id, (_, key) in scans.items():
+            station.publish(
+                topology.BAG_PHOTOGRAPHED,
+                BagPhotographed(scan_id=scan_id, image={"bucket": scans_bucket, "key": key}),
+            )
+    console.print(f"published {len(scans)} bag.photographed events")
+    # the demo stack has no inventory system: this reads the results in its place
+    answers: dict[str, MatchResult] = {}
+
+    def note(message: Received) -> None:
+        result = message.parse(MatchResult)
+        answers[result.scan_id] = result
+
+    with _client(settings, urls.inventory) as inventory, contextlib.suppress(TimeoutError):
+        inventory.receive(
+            topology.RESULTS_QUEUE,
+            until=lambda _: scans.keys() <= answers.keys(),
+            timeout=timeout,
+            on_each=note,
+        )
+    right = 0
+    for scan_id, (product_id, _) in scans.items():
+        result = answers.get(scan_id)
+        best = result.matches[0].product_id if result and result.matches else None
+        right += best == product_id
+        console.print(
+            f"{scan_id}: photo of {product_id} → {best} "
+            f"({result.status.value if result else 'no answer'})"
+        )
+    console.print(f"seed-demo: {right}/{len(scans)} scans ranked the right product first")
+    return right

@@ -1,0 +1,90 @@
+"""Commands for a person at a terminal: ingest a folder, scan one photo (no broker, no S3).
+
+The folder helpers here are shared with the accuracy benchmark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from rich.console import Console
+from rich.progress import Progress
+
+from worker.matching.catalog import Catalog, EmbeddedImage
+from worker.matching.matcher import Matcher, Ranking
+from worker.service.app import opened
+from worker.settings import Settings
+from worker.tools.folders import FolderProduct, read_folder_dataset
+from worker.vision.embedder import ImageKind
+from worker.vision.images import decode_image
+
+FOLDER_BUCKET = "folder"
+
+
+def _load(path: Path, settings: Settings) -> Image.Image:
+    return decode_image(path.read_bytes(), settings.images)
+
+
+def embed_paths(
+    matcher: Matcher,
+    paths: Sequence[Path],
+    kind: ImageKind,
+    settings: Settings,
+    progress: Progress,
+    label: str,
+) -> np.ndarray:
+    """Decode and embed files in batches, with a progress bar."""
+    task = progress.add_task(label, total=len(paths))
+    chunks = []
+    step = max(1, settings.model.batch_size)
+    for start in range(0, len(paths), step):
+        batch = [_load(p, settings) for p in paths[start : start + step]]
+        chunks.append(matcher.embed(batch, kind))
+        progress.advance(task, len(batch))
+    if not chunks:
+        return np.zeros((0, matcher.embedder.dim), dtype=np.float32)
+    return np.concatenate(chunks)
+
+
+def ingest_products(
+    matcher: Matcher,
+    catalog: Catalog,
+    products: Sequence[FolderProduct],
+    settings: Settings,
+    progress: Progress,
+) -> int:
+    """Ingest each product's `catalog_*` images as a `product.created` event would."""
+    paths = [path for product in products for path in product.catalog]
+    vectors = iter(
+        embed_paths(matcher, paths, ImageKind.catalog, settings, progress, "catalog images")
+    )
+    for product in products:
+        event = product.catalog_event(FOLDER_BUCKET)
+        plan = catalog.plan(event)
+        by_id = {image.image_id: image for image in event.images}
+        embedded = [(by_id[path.name], next(vectors)) for path in product.catalog]
+        catalog.apply(
+            event,
+            plan,
+            [EmbeddedImage(image, vector) for image, vector in embedded if image in plan.to_embed],
+        )
+    return len(paths)
+
+
+def ingest_folder(settings: Settings, folder: Path, console: Console) -> int:
+    dataset = read_folder_dataset(folder)
+    products = [p for p in dataset.products if p.catalog]
+    with opened(settings) as components, Progress(console=console) as progress:
+        catalog = components.matcher.catalog()
+        return ingest_products(components.matcher, catalog, products, settings, progress)
+
+
+def scan_image(
+    settings: Settings, image: Path, top_k: int, category: str | None
+) -> tuple[Ranking, str]:
+    picture = decode_image(image.read_bytes(), settings.images)
+    with opened(settings) as components:
+        return components.matcher.match([picture], top_k, category)[0], components.matcher.model_id

@@ -1,0 +1,135 @@
+"""Image embeddings with open_clip: loaded once, warmed up, batched, L2-normalised.
+
+A picture is embedded as a *view*: the mean of the unit embeddings of a few centred square
+crops (fractions of its shorter side), each also mirrored. Catalog pictures are clean,
+centred shots: one full crop. Scans show the jewel at an unknown scale among clutter: the full
+frame plus two zoomed-in crops. Both were chosen on the accuracy benchmark (docs/benchmarks.md,
+"Matching quality").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Sequence
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image
+
+from worker.observability.logs import get_logger
+from worker.settings import ModelSettings
+from worker.vision.weights import BUILTIN_MODELS, resolve_model_name
+
+log = get_logger(__name__)
+
+
+class ImageKind(StrEnum):
+    catalog = "catalog"
+    scan = "scan"
+
+
+def centred_crops(image: Image.Image, fractions: Sequence[float]) -> list[Image.Image]:
+    """Centred square crops whose sides are `fractions` of the image's shorter side."""
+    width, height = image.size
+    crops = []
+    for fraction in fractions:
+        side = max(1, round(min(width, height) * fraction))
+        left, top = (width - side) // 2, (height - side) // 2
+        crops.append(image.crop((left, top, left + side, top + side)))
+    return crops
+
+
+VIEWS_VERSION = 1
+"""Bumped whenever the code changes how pictures become vectors (decoding, crops, flips), so
+that vectors made the old way and the new way never share an index."""
+
+
+def _view_suffix(settings: ModelSettings) -> str:
+    """A hash of the effective view settings: another crop or flip is another index, whatever
+    today's defaults are."""
+    view = (VIEWS_VERSION, tuple(settings.catalog_crops), tuple(settings.scan_crops), settings.flip)
+    return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
+
+
+def model_id_for(settings: ModelSettings) -> str:
+    """A short, path- and collection-safe id of the model that produced a vector.
+
+    Vectors of different models never mix: the id names the index directory or collection
+    and is part of every point id.
+    """
+    name = settings.name
+    if name.startswith("local-dir:"):
+        name = Path(name.removeprefix("local-dir:")).name
+    elif name not in BUILTIN_MODELS and settings.pretrained:
+        name = f"{name}-{Path(settings.pretrained).stem}"
+    name = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"
+    return name + _view_suffix(settings)
+
+
+class Embedder:
+    """Turns pictures into unit-length vectors. Thread-compatible, not thread-safe."""
+
+    def __init__(self, settings: ModelSettings) -> None:
+        started = time.perf_counter()
+        torch.set_num_threads(settings.threads)
+        self.model_id = model_id_for(settings)
+        self.batch_size = settings.batch_size
+        self._crops = {
+            ImageKind.catalog: tuple(settings.catalog_crops),
+            ImageKind.scan: tuple(settings.scan_crops),
+        }
+        self._flip = settings.flip
+        self._device = torch.device(settings.device)
+        self._model = open_clip.create_model(
+            resolve_model_name(settings.name, settings.cache_dir),
+            pretrained=settings.pretrained,
+            device=self._device,
+        ).eval()
+        preprocess = PreprocessCfg(**self._model.visual.preprocess_cfg)
+        self.image_size = preprocess.size
+        self._transform = image_transform_v2(preprocess, is_train=False)
+        self.dim = int(self._forward([Image.new("RGB", (64, 64), "gray")]).shape[1])  # warm-up
+        self.load_seconds = time.perf_counter() - started
+        log.info(
+            "model.loaded",
+            model=self.model_id,
+            dim=self.dim,
+            threads=settings.threads,
+            seconds=round(self.load_seconds, 2),
+        )
+
+    def embed(
+        self, images: Sequence[Image.Image], kind: ImageKind = ImageKind.catalog
+    ) -> np.ndarray:
+        """Embed pictures as views of their kind; float32 rows of unit length, one per picture."""
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        crops = [crop for image in images for crop in centred_crops(image, self._crops[kind])]
+        features = np.concatenate(
+            [
+                self._forward(crops[start : start + self.batch_size])
+                for start in range(0, len(crops), self.batch_size)
+            ]
+        )
+        views = features.reshape(len(images), len(self._crops[kind]), self.dim).mean(axis=1)
+        return views / np.linalg.norm(views, axis=1, keepdims=True)
+
+    def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Unit embeddings of pictures (each the mean with its mirror image when flipping)."""
+        batch = torch.stack([self._transform(image) for image in images]).to(self._device)
+        with torch.inference_mode():
+            features = self._normalized(batch)
+            if self._flip:
+                features = torch.nn.functional.normalize(
+                    features + self._normalized(torch.flip(batch, dims=[3])), dim=-1
+                )
+        return features.cpu().numpy().astype(np.float32, copy=False)
+
+    def _normalized(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.normalize(self._model.encode_image(batch).float(), dim=-1)
