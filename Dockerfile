@@ -12,6 +12,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 ARG MODEL=efficientnet-lite0
+ARG RUNTIME=openvino
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
@@ -30,12 +31,14 @@ RUN if ls /wheelhouse/*.whl >/dev/null 2>&1; then \
     else \
         pip install /src; \
     fi
-# The weights are baked in now, never fetched when a container starts.
-RUN JEWELMATCH_MODEL__NAME=${MODEL} JEWELMATCH_MODEL__CACHE_DIR=/opt/models \
-    JEWELMATCH_LOG__LEVEL=WARNING jewelmatch prepare-model
+# The weights (and the tower's ONNX export for the runtime) are baked in now, never fetched
+# or made when a container starts.
+RUN JEWELMATCH_MODEL__NAME=${MODEL} JEWELMATCH_MODEL__RUNTIME=${RUNTIME} \
+    JEWELMATCH_MODEL__CACHE_DIR=/opt/models JEWELMATCH_LOG__LEVEL=WARNING jewelmatch prepare-model
 
 FROM ${BASE_IMAGE}
 ARG MODEL=efficientnet-lite0
+ARG RUNTIME=openvino
 RUN useradd --system --uid 10001 --create-home --home-dir /home/jewelmatch jewelmatch \
     && mkdir -p /var/lib/jewelmatch /definitions \
     && chown jewelmatch /var/lib/jewelmatch /definitions
@@ -44,6 +47,7 @@ COPY --from=build /opt/models /opt/models
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     JEWELMATCH_MODEL__NAME=${MODEL} \
+    JEWELMATCH_MODEL__RUNTIME=${RUNTIME} \
     JEWELMATCH_MODEL__CACHE_DIR=/opt/models \
     JEWELMATCH_INDEX__PATH=/var/lib/jewelmatch/index \
     JEWELMATCH_LOG__FORMAT=json \

@@ -40,8 +40,19 @@ def tiny_embedder(tiny_model_dir: Path):
     from worker.vision.embedder import Embedder
 
     return Embedder(
-        ModelSettings(name=f"local-dir:{tiny_model_dir}", threads=1, batch_size=8, scan_crops=[1.0])
+        ModelSettings(
+            name=f"local-dir:{tiny_model_dir}",
+            threads=1,
+            batch_size=8,
+            scan_crops=[1.0],
+            cache_dir=tiny_model_cache(tiny_model_dir),
+        )
     )
+
+
+def tiny_model_cache(tiny_model_dir: Path) -> Path:
+    """Where the tiny model's ONNX export is cached, shared by the session's tests."""
+    return tiny_model_dir.parent / "cache"
 
 
 @pytest.fixture(scope="session")
@@ -122,6 +133,7 @@ def make_settings(tmp_path: Path, tiny_model_dir: Path | None = None, **sections
             "threads": 1,
             "batch_size": 8,
             "scan_crops": [1.0],
+            "cache_dir": str(tiny_model_cache(tiny_model_dir)),
         }
     for section, overrides in sections.items():
         values[section] = {**values.get(section, {}), **overrides}

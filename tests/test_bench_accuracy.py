@@ -54,6 +54,7 @@ def test_confirmed_photos_and_open_set_are_measured(tmp_path, tiny_model_dir):
 def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkeypatch):
     data = write_dataset(tmp_path / "data")
     monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
     monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
     out = tmp_path / "accuracy.json"
     result = CliRunner().invoke(

@@ -47,6 +47,7 @@ def test_python_dash_m_worker_is_the_same_command():
 def test_ingest_then_scan_from_a_terminal(tmp_path, tiny_model_dir, monkeypatch):
     write_catalog(tmp_path / "data", count=4, scans_per_product=1)
     monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
     monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
     monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
     result = runner.invoke(app, ["ingest", str(tmp_path / "data")])

@@ -150,6 +150,12 @@ class ImageSettings(BaseModel):
         return split_list(value)
 
 
+class ModelRuntime(StrEnum):
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    openvino = "openvino"
+
+
 class ModelSettings(BaseModel):
     name: str = Field(
         default="efficientnet-lite0",
@@ -167,9 +173,11 @@ class ModelSettings(BaseModel):
     threads: int = Field(
         default_factory=container_cpu_limit,
         ge=1,
-        description="torch intra-op threads (default: the container CPU limit).",
+        description="Threads of the image tower's runtime (default: the container CPU limit).",
     )
-    batch_size: int = Field(default=16, ge=1, description="Crops per forward pass.")
+    batch_size: int = Field(
+        default=16, ge=1, description="Pictures per forward pass (crops and their mirror images)."
+    )
     catalog_crops: list[CropFraction] = Field(
         default=[1.0],
         min_length=1,
@@ -184,7 +192,13 @@ class ModelSettings(BaseModel):
     )
     flip: bool = Field(default=True, description="Also embed each crop mirrored (averaged).")
 
-    device: str = Field(default="cpu", description="torch device, e.g. `cuda`.")
+    runtime: ModelRuntime = Field(
+        default=ModelRuntime.openvino,
+        description="What runs the image tower: `openvino` or `onnxruntime` (the tower exported "
+        "to ONNX once, cached under `cache_dir/onnx`) or `torch`. Same vectors (cosine "
+        "≥ 0.999), so one index serves all three.",
+    )
+    device: str = Field(default="cpu", description="torch device (runtime `torch`), e.g. `cuda`.")
 
 
 class IndexBackend(StrEnum):

@@ -34,6 +34,7 @@ def worker_environment(
             "JEWELMATCH_MODEL__NAME": f"local-dir:{model_dir}",
             "JEWELMATCH_MODEL__SCAN_CROPS": "[1.0]",
             "JEWELMATCH_MODEL__THREADS": "1",
+            "JEWELMATCH_MODEL__CACHE_DIR": str(Path(model_dir).parent / "cache"),
             "JEWELMATCH_MATCHING__MIN_MARGIN": "0",
             "JEWELMATCH_OPS__RETRY_DELAYS_SECONDS": "[1, 2]",
             "JEWELMATCH_LOG__FORMAT": "json",

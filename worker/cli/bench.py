@@ -27,6 +27,27 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
+def _runtimes(text: str | None, settings) -> list:
+    """The runtimes to measure side by side (default: the configured one)."""
+    from worker.settings import ModelRuntime
+
+    if not text:
+        return [settings.model.runtime]
+    return [ModelRuntime(part.strip()) for part in text.split(",") if part.strip()]
+
+
+def _on_runtime(settings, runtime):
+    return settings.model_copy(
+        update={"model": settings.model.model_copy(update={"runtime": runtime})}
+    )
+
+
+RUNTIMES_HELP = (
+    "Runtimes to measure one after the other in this run, e.g. torch,onnxruntime,openvino "
+    "(default: JEWELMATCH_MODEL__RUNTIME)."
+)
+
+
 def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -117,6 +138,7 @@ def _servers_help() -> str:
 def latency(
     data: Annotated[Path, typer.Option(help="Folder data set: catalog and photos to scan.")],
     scans: Annotated[int, typer.Option(help="Scans, published one at a time.")] = 200,
+    runtimes: Annotated[str | None, typer.Option(help=RUNTIMES_HELP)] = None,
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL. " + _servers_help())] = None,
     s3_endpoint: Annotated[str | None, typer.Option(help="S3 endpoint. " + _servers_help())] = None,
     out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "latency.json",
@@ -127,14 +149,26 @@ def latency(
     from worker.tools.bench.report import write_result
 
     settings = load_settings(quiet=True)
-    with Progress(console=console, transient=True) as progress:
-        figures = run_latency(settings, data, scans, amqp_url, s3_endpoint, progress)
-    table = Table(title=f"Scan latency, {scans} scans one at a time (ms)")
-    for column in ("", "p50", "p95", "p99", "max"):
-        table.add_column(column, justify="right")
-    for name, values in summarize_stage_table(figures):
-        table.add_row(name, *(f"{values[k]:.1f}" for k in ("p50", "p95", "p99", "max")))
-    console.print(table)
+    runs = {}
+    for runtime in _runtimes(runtimes, settings):
+        with Progress(console=console, transient=True) as progress:
+            figures = run_latency(
+                _on_runtime(settings, runtime), data, scans, amqp_url, s3_endpoint, progress
+            )
+        table = Table(title=f"Scan latency on {runtime.value}, {scans} scans one at a time (ms)")
+        for column in ("", "p50", "p95", "p99", "max"):
+            table.add_column(column, justify="right")
+        for name, values in summarize_stage_table(figures):
+            table.add_row(name, *(f"{values[k]:.1f}" for k in ("p50", "p95", "p99", "max")))
+        console.print(table)
+        runs[runtime.value] = figures
+    if len(runs) > 1:
+        first, *others = runs
+        base = runs[first]["stages_ms"]["embed"]["p50"]
+        for other in others:
+            ratio = runs[other]["stages_ms"]["embed"]["p50"] / base
+            console.print(f"embed p50 on {other}: {ratio:.2f}× {first}'s")
+    figures = runs[next(iter(runs))] if len(runs) == 1 else {"runtimes": runs}
     console.print(f"written: {write_result(out, 'latency', _command(), figures)}")
 
 
@@ -142,6 +176,7 @@ def latency(
 def throughput(
     data: Annotated[Path, typer.Option(help="Folder data set whose catalog_* images are used.")],
     copies: Annotated[int, typer.Option(help="Products made of each catalog image.")] = 4,
+    runtimes: Annotated[str | None, typer.Option(help=RUNTIMES_HELP)] = None,
     amqp_url: Annotated[str | None, typer.Option(help="RabbitMQ URL. " + _servers_help())] = None,
     s3_endpoint: Annotated[str | None, typer.Option(help="S3 endpoint. " + _servers_help())] = None,
     out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "throughput.json",
@@ -152,18 +187,26 @@ def throughput(
     from worker.tools.bench.report import write_result
 
     settings = load_settings(quiet=True)
-    with Progress(console=console, transient=True) as progress:
-        figures = run_throughput(settings, data, copies, amqp_url, s3_endpoint, progress)
-    table = Table(title=f"Catalog ingestion, {figures['images']} images")
-    for column in ("pipeline img/s", "raw forward img/s", "ratio", "batch"):
+    runs = {}
+    table = Table(title="Catalog ingestion")
+    for column in ("runtime", "images", "pipeline img/s", "raw forward img/s", "ratio", "batch"):
         table.add_column(column, justify="right")
-    table.add_row(
-        f"{figures['pipeline_images_per_second']:.1f}",
-        f"{figures['raw_forward_images_per_second']:.1f}",
-        f"{figures['pipeline_over_raw']:.2f}",
-        str(figures["batch_size"]),
-    )
+    for runtime in _runtimes(runtimes, settings):
+        with Progress(console=console, transient=True) as progress:
+            figures = run_throughput(
+                _on_runtime(settings, runtime), data, copies, amqp_url, s3_endpoint, progress
+            )
+        table.add_row(
+            runtime.value,
+            str(figures["images"]),
+            f"{figures['pipeline_images_per_second']:.1f}",
+            f"{figures['raw_forward_images_per_second']:.1f}",
+            f"{figures['pipeline_over_raw']:.2f}",
+            str(figures["batch_size"]),
+        )
+        runs[runtime.value] = figures
     console.print(table)
+    figures = runs[next(iter(runs))] if len(runs) == 1 else {"runtimes": runs}
     console.print(f"written: {write_result(out, 'throughput', _command(), figures)}")
 
 
@@ -287,9 +330,11 @@ def models(
     ] = "efficientnet-lite0,efficientnet-lite1,efficientnet-lite2",
     confirmed: Annotated[str, typer.Option(help="Confirmed photos per product.")] = "0,10",
     split: Annotated[str, typer.Option(help="Split of the query photos to match.")] = "val",
+    runtimes: Annotated[str | None, typer.Option(help=RUNTIMES_HELP)] = None,
     out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "models.json",
 ) -> None:
-    """Accuracy and speed of each model that loads offline, on the same protocol."""
+    """Accuracy and speed of each model that loads offline (on each runtime), on the same
+    protocol."""
     from worker.observability.logs import load_settings
     from worker.tools.bench.accuracy import AccuracyOptions, run_accuracy
     from worker.tools.bench.model_comparison import embedding_speed
@@ -298,19 +343,21 @@ def models(
     settings = load_settings(quiet=True)
     rows = []
     for name in [n.strip() for n in names.split(",") if n.strip()]:
-        model_settings = settings.model.model_copy(update={"name": name})
-        run_settings = settings.model_copy(update={"model": model_settings})
-        with Progress(console=console, transient=True) as progress:
-            report = run_accuracy(
-                run_settings,
-                AccuracyOptions(data=data, split=split, confirmed=_ints(confirmed)),
-                progress,
-            )
-            speed = embedding_speed(run_settings, data, progress)
-        rows.append({"model": name, "runs": report.to_json()["runs"], **speed})
+        for runtime in _runtimes(runtimes, settings):
+            model_settings = settings.model.model_copy(update={"name": name, "runtime": runtime})
+            run_settings = settings.model_copy(update={"model": model_settings})
+            with Progress(console=console, transient=True) as progress:
+                report = run_accuracy(
+                    run_settings,
+                    AccuracyOptions(data=data, split=split, confirmed=_ints(confirmed)),
+                    progress,
+                )
+                speed = embedding_speed(run_settings, data, progress)
+            rows.append({"model": name, "runs": report.to_json()["runs"], **speed})
     table = Table(title=f"Models on {data} ({split})")
     counts = _ints(confirmed)
     table.add_column("model")
+    table.add_column("runtime")
     table.add_column("image px", justify="right")
     for count in counts:
         table.add_column(f"R@1, {count} confirmed", justify="right")
@@ -320,6 +367,7 @@ def models(
         by_count = {r["confirmed_per_product"]: r for r in row["runs"]}
         table.add_row(
             row["model"],
+            row["runtime"],
             str(row["image_size"]),
             *(f"{by_count[count]['recall@1']:.3f}" for count in counts),
             f"{row['scan_embed_ms']['p50']:.1f}",

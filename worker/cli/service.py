@@ -122,8 +122,12 @@ def rabbitmq_definitions(
 
 @commands.command("prepare-model")
 def prepare_model() -> None:
-    """Prepare the configured built-in model's open_clip folder (e.g. at image build time)."""
+    """Prepare the configured model: a built-in model's open_clip folder and, for the
+    onnxruntime and openvino runtimes, its ONNX export (e.g. at image build time)."""
     from worker.vision.embedder import Embedder
 
     embedder = Embedder(load_settings().model)
-    console.print(f"{embedder.model_id}: {embedder.dim}-d, loaded in {embedder.load_seconds:.1f} s")
+    console.print(
+        f"{embedder.model_id} on {embedder.runtime.value}: {embedder.dim}-d, "
+        f"ready in {embedder.load_seconds:.1f} s"
+    )

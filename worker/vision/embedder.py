@@ -24,6 +24,7 @@ from PIL import Image
 
 from worker.observability.logs import get_logger
 from worker.settings import ModelSettings
+from worker.vision.runtimes import open_tower
 from worker.vision.weights import BUILTIN_MODELS, resolve_model_name
 
 log = get_logger(__name__)
@@ -85,15 +86,19 @@ class Embedder:
             ImageKind.scan: tuple(settings.scan_crops),
         }
         self._flip = settings.flip
-        self._device = torch.device(settings.device)
-        self._model = open_clip.create_model(
+        device = torch.device(settings.device)
+        model = open_clip.create_model(
             resolve_model_name(settings.name, settings.cache_dir),
             pretrained=settings.pretrained,
-            device=self._device,
+            device=device,
         ).eval()
-        preprocess = PreprocessCfg(**self._model.visual.preprocess_cfg)
-        self.image_size = preprocess.size
+        preprocess = PreprocessCfg(**model.visual.preprocess_cfg)
+        size = preprocess.size
+        self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
         self._transform = image_transform_v2(preprocess, is_train=False)
+        self.runtime = settings.runtime
+        # the exported runtimes hold their own copy of the weights; torch's is then dropped
+        self._tower = open_tower(settings, model, self.image_size, self.model_id, device)
         self.dim = int(self._forward([Image.new("RGB", (64, 64), "gray")]).shape[1])  # warm-up
         self.load_seconds = time.perf_counter() - started
         log.info(
@@ -101,6 +106,7 @@ class Embedder:
             model=self.model_id,
             dim=self.dim,
             threads=settings.threads,
+            runtime=self.runtime.value,
             seconds=round(self.load_seconds, 2),
         )
 
@@ -111,25 +117,27 @@ class Embedder:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         crops = [crop for image in images for crop in centred_crops(image, self._crops[kind])]
+        per_pass = max(1, self.batch_size // 2) if self._flip else self.batch_size  # + mirrors
         features = np.concatenate(
             [
-                self._forward(crops[start : start + self.batch_size])
-                for start in range(0, len(crops), self.batch_size)
+                self._forward(crops[start : start + per_pass])
+                for start in range(0, len(crops), per_pass)
             ]
         )
         views = features.reshape(len(images), len(self._crops[kind]), self.dim).mean(axis=1)
         return views / np.linalg.norm(views, axis=1, keepdims=True)
 
     def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Unit embeddings of pictures (each the mean with its mirror image when flipping)."""
-        batch = torch.stack([self._transform(image) for image in images]).to(self._device)
-        with torch.inference_mode():
-            features = self._normalized(batch)
-            if self._flip:
-                features = torch.nn.functional.normalize(
-                    features + self._normalized(torch.flip(batch, dims=[3])), dim=-1
-                )
-        return features.cpu().numpy().astype(np.float32, copy=False)
+        """Unit embeddings of pictures (each the mean with its mirror image when flipping; the
+        mirrored pictures go through the tower in the same batch)."""
+        pixels = np.stack([self._transform(image).numpy() for image in images])
+        if self._flip:
+            pixels = np.concatenate([pixels, pixels[..., ::-1]])
+        features = _unit(self._tower(np.ascontiguousarray(pixels, dtype=np.float32)))
+        if self._flip:
+            features = _unit(features[: len(images)] + features[len(images) :])
+        return features.astype(np.float32, copy=False)
 
-    def _normalized(self, batch: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(self._model.encode_image(batch).float(), dim=-1)
+
+def _unit(rows: np.ndarray) -> np.ndarray:
+    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)

@@ -39,9 +39,8 @@ def embedding_speed(settings: Settings, data: Path, progress: Progress, scans: i
     embedder.embed(catalog, ImageKind.catalog)
     progress.advance(task, len(catalog))
     return {
-        "image_size": embedder.image_size
-        if isinstance(embedder.image_size, int)
-        else embedder.image_size[0],
+        "image_size": embedder.image_size[0],
+        "runtime": embedder.runtime.value,
         "dim": embedder.dim,
         "scan_embed_ms": percentiles(timings, (50, 95)),
         "catalog_images_per_second": len(catalog) / (time.perf_counter() - started),

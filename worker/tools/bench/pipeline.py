@@ -127,7 +127,7 @@ def _upload_catalog(
                 Bucket=CATALOG_BUCKET, Key=product.object_key(path), Body=path.read_bytes()
             )
         for copy in range(copies):
-            product_id = product.product_id if copy == 0 else f"{product.product_id}~{copy}"
+            product_id = product.product_id if copy == 0 else f"{product.product_id}.copy{copy}"
             events.append(product.catalog_event(CATALOG_BUCKET, product_id=product_id))
         progress.advance(task)
     return events

@@ -1,0 +1,88 @@
+"""The image tower's runtimes (torch, ONNX Runtime, OpenVINO) give the same vectors and the
+same rankings, with the real default weights on real photos; the ONNX export is cached by
+weights and falls back to a temporary folder where the cache cannot be written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.support.tiny_model import write_tiny_model
+from worker.settings import ModelRuntime, ModelSettings
+from worker.vision.embedder import Embedder, ImageKind
+
+GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store"
+PRODUCTS = [
+    "Arla-Medium-Fat-Milk",
+    "Arla-Standard-Milk",
+    "Banana",
+    "Granny-Smith",
+    "Pink-Lady",
+    "Red-Bell-Pepper",
+    "Yellow-Bell-Pepper",
+    "Tropicana-Apple-Juice",
+]
+
+
+def pictures(pattern: str, per_product: int) -> list[Image.Image]:
+    paths = [p for name in PRODUCTS for p in sorted((GROCERY / name).glob(pattern))[:per_product]]
+    assert paths, "../shared/data/grocery-store must lie beside the clone"
+    return [Image.open(path).convert("RGB") for path in paths]
+
+
+@pytest.fixture(scope="module")
+def real_vectors(tmp_path_factory) -> dict[ModelRuntime, tuple[np.ndarray, np.ndarray]]:
+    """Catalog and scan vectors of the same real photos from each runtime."""
+    cache = tmp_path_factory.mktemp("model-cache")
+    catalog, scans = pictures("catalog_*", 1), pictures("query_*", 2)
+    vectors = {}
+    for runtime in ModelRuntime:
+        embedder = Embedder(ModelSettings(cache_dir=cache, threads=2, runtime=runtime))
+        vectors[runtime] = (
+            embedder.embed(catalog, ImageKind.catalog),
+            embedder.embed(scans, ImageKind.scan),
+        )
+    return vectors
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("runtime", [ModelRuntime.onnxruntime, ModelRuntime.openvino])
+def test_a_runtime_gives_torchs_vectors_and_rankings(real_vectors, runtime):
+    catalog, scans = real_vectors[runtime]
+    torch_catalog, torch_scans = real_vectors[ModelRuntime.torch]
+    assert np.min(np.sum(catalog * torch_catalog, axis=1)) >= 0.999
+    assert np.min(np.sum(scans * torch_scans, axis=1)) >= 0.999
+    ranking = np.argsort(-(scans @ catalog.T), axis=1)
+    torch_ranking = np.argsort(-(torch_scans @ torch_catalog.T), axis=1)
+    assert (ranking[:, :3] == torch_ranking[:, :3]).all()
+
+
+def tiny_settings(model_dir: Path, cache: Path, runtime=ModelRuntime.openvino) -> ModelSettings:
+    return ModelSettings(name=f"local-dir:{model_dir}", threads=1, cache_dir=cache, runtime=runtime)
+
+
+def test_the_export_is_made_once_per_weights(tmp_path):
+    first = write_tiny_model(tmp_path / "first", seed=0)
+    second = write_tiny_model(tmp_path / "second", seed=1)
+    cache = tmp_path / "cache"
+    Embedder(tiny_settings(first, cache))
+    [export] = (cache / "onnx").glob("*.onnx")
+    made = export.stat().st_mtime_ns
+    Embedder(tiny_settings(first, cache, ModelRuntime.onnxruntime))  # same file, reused
+    assert export.stat().st_mtime_ns == made
+    Embedder(tiny_settings(second, cache))  # other weights: another file
+    assert len(list((cache / "onnx").glob("*.onnx"))) == 2
+    assert not list((cache / "onnx").glob("*.partial"))
+
+
+def test_an_unwritable_cache_exports_to_a_temporary_folder(tmp_path):
+    model = write_tiny_model(tmp_path / "tiny")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("the cache folder cannot be made under a file, even by root")
+    embedder = Embedder(tiny_settings(model, blocker / "cache"))
+    vectors = embedder.embed([Image.new("RGB", (64, 64), "red")])
+    assert vectors.shape == (1, embedder.dim)
+    assert np.linalg.norm(vectors[0]) == pytest.approx(1.0, abs=1e-5)

@@ -1,0 +1,159 @@
+"""What runs the image tower: torch, as open_clip builds it, or the same tower exported to ONNX
+and run by ONNX Runtime or OpenVINO.
+
+On CPU the exported tower is several times faster than eager torch for the same vectors
+(docs/benchmarks.md, "Runtimes"). The export is made once per weights and export settings and
+cached beside the prepared weights (`prepare-model`, the Docker build); torch still defines
+the model, so the weights and preprocessing are the same whatever the runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from worker.observability.logs import get_logger
+from worker.settings import ModelRuntime, ModelSettings
+
+log = get_logger(__name__)
+
+ONNX_OPSET = 17
+EXPORT_VERSION = 1
+"""Bumped whenever the export itself changes, so that an old cached file is not reused."""
+
+
+class ImageTower(Protocol):
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """Image features (not normalised) of a float32 batch of preprocessed pictures, NCHW."""
+        ...
+
+
+class TorchTower:
+    def __init__(self, model: torch.nn.Module, device: torch.device) -> None:
+        self._model = model
+        self._device = device
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            features = self._model.encode_image(torch.from_numpy(pixels).to(self._device))
+        return features.float().cpu().numpy()
+
+
+class OnnxRuntimeTower:
+    def __init__(self, path: Path, threads: int) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        self._session = onnxruntime.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        self._input = self._session.get_inputs()[0].name
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        return self._session.run(None, {self._input: pixels})[0]
+
+
+class OpenVinoTower:
+    def __init__(self, path: Path, threads: int) -> None:
+        import openvino
+
+        # one stream on `threads` threads: a batch is one request, as in the worker
+        compiled = openvino.Core().compile_model(
+            str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+        )
+        self._request = compiled.create_infer_request()
+        self._lock = threading.Lock()
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        with self._lock:
+            self._request.infer([pixels])
+            return self._request.get_output_tensor(0).data.copy()
+
+
+class _EncodeImage(torch.nn.Module):
+    """The image tower as one module, for export."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(pixels)
+
+
+def export_fingerprint(model: torch.nn.Module, image_size: tuple[int, int]) -> str:
+    """A hash of the weights and of everything the export depends on: another file for other
+    weights, input size, opset, exporter or torch version."""
+    digest = hashlib.sha256(
+        repr((EXPORT_VERSION, ONNX_OPSET, torch.__version__, tuple(image_size))).encode()
+    )
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _export(model: torch.nn.Module, image_size: tuple[int, int], path: Path) -> None:
+    example = torch.zeros(2, 3, *image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+        torch.onnx.export(
+            _EncodeImage(model).eval(),
+            (example,),
+            str(path),
+            input_names=["pixels"],
+            output_names=["features"],
+            dynamic_axes={"pixels": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=ONNX_OPSET,
+            dynamo=False,
+        )
+
+
+def exported_tower(
+    model: torch.nn.Module, image_size: tuple[int, int], cache_dir: Path, name: str
+) -> Path:
+    """The tower's ONNX file, exported on first use and cached under `cache_dir/onnx`. Where
+    the cache cannot be written (a read-only image without a prepared export), the export
+    goes to a temporary folder for this process, with a warning."""
+    fingerprint = export_fingerprint(model, image_size)
+    path = cache_dir / "onnx" / f"{name}-{fingerprint}.onnx"
+    if path.is_file():
+        return path
+    started = time.perf_counter()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.partial")
+        _export(model.cpu(), image_size, partial)
+        os.replace(partial, path)  # whole or absent, even with several processes exporting
+    except OSError as error:
+        path = Path(tempfile.mkdtemp(prefix="jewelmatch-onnx-")) / path.name
+        log.warning("model.export_not_cached", reason=str(error), path=str(path))
+        _export(model.cpu(), image_size, path)
+    log.info("model.exported", path=str(path), seconds=round(time.perf_counter() - started, 2))
+    return path
+
+
+def open_tower(
+    settings: ModelSettings,
+    model: torch.nn.Module,
+    image_size: tuple[int, int],
+    name: str,
+    device: torch.device,
+) -> ImageTower:
+    if settings.runtime is ModelRuntime.torch:
+        return TorchTower(model, device)
+    path = exported_tower(model, image_size, settings.cache_dir, name)
+    if settings.runtime is ModelRuntime.onnxruntime:
+        return OnnxRuntimeTower(path, settings.threads)
+    return OpenVinoTower(path, settings.threads)
