@@ -15,6 +15,13 @@ from worker.tools.bench.accuracy import AccuracyOptions, run_accuracy
 from worker.tools.synthetic import catalog_designs, photograph, render
 
 
+def tiny_settings(tmp_path, tiny_model_dir):
+    """Domain centring off: the tiny model's random weights have no photo domain, and with it
+    on, confirmed photos wait for 20 scans (tests/test_first_confirmation.py); this tests the
+    benchmark's plumbing."""
+    return make_settings(tmp_path, tiny_model_dir, learning={"centre_domains": False})
+
+
 def write_dataset(root):
     """6 products; each val photo is an exact copy of the product's first train photo."""
     rng = random.Random(1)
@@ -31,7 +38,7 @@ def write_dataset(root):
 
 def test_confirmed_photos_and_open_set_are_measured(tmp_path, tiny_model_dir):
     data = write_dataset(tmp_path / "data")
-    settings = make_settings(tmp_path, tiny_model_dir)
+    settings = tiny_settings(tmp_path, tiny_model_dir)
     options = AccuracyOptions(
         data=data, confirmed=(0, 1), open_set=1, contact_sheet=tmp_path / "sheet.png"
     )
@@ -49,6 +56,29 @@ def test_confirmed_photos_and_open_set_are_measured(tmp_path, tiny_model_dir):
     assert all(o.rank is None for o in report.runs[1].unknown)
     assert all(left_out not in o.ranked for o in report.runs[1].known)
     assert (tmp_path / "sheet.png").stat().st_size > 0
+
+
+def test_the_day_to_day_mix_reports_new_products_apart(tmp_path, tiny_model_dir):
+    """Brand-new products get no confirmations; their recall@1 is reported on its own."""
+    data = write_dataset(tmp_path / "data")
+    settings = tiny_settings(tmp_path, tiny_model_dir)
+    options = AccuracyOptions(data=data, confirmed=(0, 1), open_set=1, new_share=0.4)
+    with Progress(disable=True) as progress:
+        report = run_accuracy(settings, options, progress)
+    zero, one = report.to_json()["runs"]
+    new = report.runs[1].new_products
+    assert len(new) == 2 and one["new_products"] == 2 and one["new_queries"] == 2
+    # confirmed products: each val photo is an exact copy of a confirmed photo
+    assert one["recall@1_confirmed_products"] == 1.0
+    confirmed_sources = {
+        hit.source
+        for outcome in report.runs[1].known
+        if outcome.query.product_id in new
+        for hit in outcome.ranking.hits
+        if hit.product_id in new
+    }
+    assert confirmed_sources == {"catalog"}  # a new product has only its catalog image
+    assert zero["recall@1_new"] is not None
 
 
 def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkeypatch):

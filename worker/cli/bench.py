@@ -77,6 +77,15 @@ def accuracy(
             help="Scans carry their product's category (the manifest's coarse class) as a hint."
         ),
     ] = False,
+    new_share: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of the catalog's products that stay brand new (never confirmed); "
+            "recall@1 is reported for them and for the confirmed ones apart.",
+        ),
+    ] = 0.0,
 ) -> None:
     """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
     from worker.observability.logs import load_settings
@@ -93,6 +102,7 @@ def accuracy(
         max_queries=max_queries,
         contact_sheet=contact_sheet,
         category_hint=category_hint,
+        new_share=new_share,
     )
 
     with Progress(console=console, transient=True) as progress:
@@ -112,6 +122,8 @@ def accuracy(
         "answered_accuracy": "answered acc",
         "no_confident_match_open_set": "no-match open set",
     }
+    if new_share:
+        columns |= {"recall@1_new": "R@1 new", "recall@1_confirmed_products": "R@1 confirmed"}
     for label in columns.values():
         table.add_column(label, justify="right")
     for run in figures["runs"]:

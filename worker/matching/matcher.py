@@ -92,6 +92,7 @@ class Matcher:
         self._prototypes: dict[str, tuple[np.ndarray, float]] = {}
         self._changes = 0
         self._dirty = False
+        self._new_scans = 0  # scans remembered since the last fit
         self._lock = threading.Lock()
         self._fitting: threading.Thread | None = None
 
@@ -118,8 +119,15 @@ class Matcher:
         wanted = top_k + 1
         if metric.reranks:
             wanted = max(wanted, self.learning.rerank_candidates)
+        # Until the photo domain's mean is known, a confirmed photo cannot be corrected for it
+        # and would attract every photo (photos resemble photos more than catalog shots): the
+        # ranking then keeps to catalog images, and the confirmations wait for the next refit.
+        source = None
+        if self.learning.centre_domains and metric.means.scan is None:
+            source = SOURCE_CATALOG
+        found = self.index.search(centred, wanted, category, source)
         rankings = []
-        for query, hits in zip(centred, self.index.search(centred, wanted, category), strict=True):
+        for query, hits in zip(centred, found, strict=True):
             hits = self._correct_domains(query, hits, metric)
             if metric.reranks and hits:
                 hits = self._rerank(query, hits, metric)
@@ -180,8 +188,11 @@ class Matcher:
     def note_scans(self, count: int) -> None:
         """New scans refine the scan statistics (domain centring): they make the next refit
         due after `refit_seconds`, not after `refit_after_changes` (a refit reads every
-        reference, too costly to repeat every few dozen scans of a large catalog)."""
+        reference, too costly to repeat every few dozen scans of a large catalog), except
+        the refit that first learns the photo domain: due as soon as enough scans exist."""
         if count:
+            with self._lock:
+                self._new_scans += count
             self.note_changes((), 0)
 
     def refit(self) -> LearnedMetric:
@@ -190,6 +201,7 @@ class Matcher:
         with self._lock:
             self._changes = 0
             self._dirty = False
+            self._new_scans = 0
         options = MetricOptions(
             max_dim=self.learning.metric_max_dim,
             shrinkage=self.learning.metric_shrinkage,
@@ -214,8 +226,10 @@ class Matcher:
             if self._fitting is not None and self._fitting.is_alive():
                 return False
             elapsed = time.time() - self.metric.fitted_at
-            due = self._changes >= self.learning.refit_after_changes or (
-                self._dirty and elapsed >= self.learning.refit_seconds
+            due = (
+                self._changes >= self.learning.refit_after_changes
+                or (self._dirty and elapsed >= self.learning.refit_seconds)
+                or self._photo_domain_learnable()
             )
 
             if not due:
@@ -225,6 +239,14 @@ class Matcher:
             )
             self._fitting.start()
             return True
+
+    def _photo_domain_learnable(self) -> bool:
+        """Whether enough scans now exist to learn the photo domain's mean, which the metric
+        in use lacks (until then confirmed photos are not ranked)."""
+        if not self.learning.centre_domains or self.metric.means.scan is not None:
+            return False
+        seen = self.metric.report.get("scans_for_centring", 0) + self._new_scans
+        return seen >= self.learning.min_scans_for_centring
 
     def _refit_logging_errors(self) -> None:
         try:

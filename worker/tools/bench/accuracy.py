@@ -11,6 +11,11 @@ Protocol (fixed, so that runs compare):
    refitted (as the worker does in the background), and every photo of the evaluation split
    (`val`) that was not scanned before is matched with `Matcher.rank`: the embedder, the
    index's grouped search, the learned metric and the `no_confident_match` policy.
+
+The day-to-day mix (`new_share` > 0): that share of the catalog's products is brand new, never
+confirmed (catalog image only), while the others get their N confirmations; recall@1 is then
+also reported for each part, so that a new product's figure can be compared with the
+catalog-only one.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class AccuracyOptions:
     contact_sheet: Path | None = None
     unlabeled_scans_per_product: int = 10
     category_hint: bool = False
+    new_share: float = 0.0
 
 
 @dataclass
@@ -90,10 +96,21 @@ class AccuracyRun:
     unknown: list[QueryOutcome]
     seconds: float
     metric: dict = field(default_factory=dict)
+    new_products: frozenset[str] = frozenset()
 
     def summary(self) -> dict:
         ranks = [o.rank for o in self.known]
         answered = [o for o in self.known if o.ranking.status is MatchStatus.matched]
+        mix = {}
+        if self.new_products:
+            new = [o.rank for o in self.known if o.query.product_id in self.new_products]
+            old = [o.rank for o in self.known if o.query.product_id not in self.new_products]
+            mix = {
+                "new_products": len(self.new_products),
+                "new_queries": len(new),
+                "recall@1_new": recall_at_k(new, 1),
+                "recall@1_confirmed_products": recall_at_k(old, 1),
+            }
         return {
             "confirmed_per_product": self.confirmed_per_product,
             "queries": len(self.known),
@@ -110,6 +127,7 @@ class AccuracyRun:
             ),
             "seconds": round(self.seconds, 2),
             "metric": self.metric,
+            **mix,
         }
 
     def confusions(self, top: int = 10) -> list[tuple[str, str, int]]:
@@ -218,6 +236,11 @@ def run_accuracy(
     left_out = sorted(rng.sample(with_queries, min(options.open_set, len(with_queries) - 1)))
     in_catalog = [p for p in dataset.products if p.catalog and p.product_id not in left_out]
     known_ids = {p.product_id for p in in_catalog}
+    new_ids = frozenset(
+        rng.sample(sorted(known_ids), round(options.new_share * len(known_ids)))
+        if options.new_share
+        else []
+    )
     # The system has already scanned (unlabeled) the first photos of every product in the
     # confirmation split; confirmations are later taken from those. None of them is matched.
     per_product = max([options.unlabeled_scans_per_product, *options.confirmed])
@@ -261,6 +284,7 @@ def run_accuracy(
                     [
                         q
                         for p in in_catalog
+                        if p.product_id not in new_ids
                         for q in _first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
                     ],
                 )
@@ -281,6 +305,7 @@ def run_accuracy(
                         [o for o in outcomes if o.query.product_id not in known_ids],
                         time.perf_counter() - started,
                         dict(metric.report),
+                        new_ids,
                     )
                 )
     if options.contact_sheet and report.runs:

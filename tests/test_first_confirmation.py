@@ -1,0 +1,118 @@
+"""A first confirmation must not make the worker worse before it has learned the photo domain.
+
+Bag photos resemble each other more than they resemble catalog shots (lighting, bag, hand):
+a confirmed photo of one product, compared uncorrected, would attract photos of every other
+product. Vectors here are made with that shape: each product a direction, each domain (catalog,
+photo) a strong common offset, so that the test fails on a matcher that lets such a reference
+compete before the photo domain's mean is known.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from shared.contract import MatchStatus
+from worker.index import ReferenceImage, ScanRecord, open_index
+from worker.matching.matcher import Matcher, MatchPolicy
+from worker.settings import IndexSettings, LearningSettings
+
+PRODUCTS = [f"p{n}" for n in range(8)]
+DIM = 32
+
+
+class _Geometry:
+    def __init__(self, dim: int, seed: int = 3) -> None:
+        rng = np.random.default_rng(seed)
+        basis, _ = np.linalg.qr(rng.normal(size=(dim, dim)))
+        self.products = {p: basis[:, n] for n, p in enumerate(PRODUCTS)}
+        self.catalog_domain = basis[:, len(PRODUCTS)]
+        self.photo_domain = basis[:, len(PRODUCTS) + 1]
+        self.studio_backdrop = basis[:, len(PRODUCTS) + 2]
+        self.rng = rng
+
+    def catalog(self, product: str) -> np.ndarray:
+        """p0's catalog shot shows it poorly (half of it is backdrop): photos help there."""
+        look = self.products[product]
+        if product == "p0":
+            look = 0.5 * look + 0.85 * self.studio_backdrop
+        return _unit(look + 1.2 * self.catalog_domain)
+
+    def photo(self, product: str) -> np.ndarray:
+        noise = self.rng.normal(size=self.photo_domain.shape) * 0.08
+        return _unit(self.products[product] + 1.2 * self.photo_domain + noise)
+
+
+def _unit(vector: np.ndarray) -> np.ndarray:
+    return (vector / np.linalg.norm(vector)).astype(np.float32)
+
+
+@pytest.fixture
+def matcher(tmp_path, tiny_embedder):
+    assert tiny_embedder.dim == DIM
+    index = open_index(IndexSettings(path=tmp_path / "index"), "geometry", DIM)
+    matcher = Matcher(tiny_embedder, index, MatchPolicy(min_margin=0.05), LearningSettings())
+    yield matcher
+    index.close()
+
+
+def _remember(matcher: Matcher, scan_id: str, vector: np.ndarray) -> ScanRecord:
+    record = ScanRecord(scan_id, vector, f"s3://scans/{scan_id}.jpg", time.time())
+    matcher.index.remember_scan(record)
+    matcher.note_scans(1)
+    return record
+
+
+def _answers(matcher: Matcher, geometry: _Geometry, products: list[str]):
+    vectors = np.stack([geometry.photo(p) for p in products])
+    return [(ranking.status, ranking.hits[0].product_id) for ranking in matcher.rank(vectors, 5)]
+
+
+def test_one_confirmation_never_turns_a_right_answer_into_a_wrong_match(matcher):
+    geometry = _Geometry(DIM)
+    catalog = matcher.catalog()
+    catalog_images = [ReferenceImage(p, "front", f"sku-{p}", geometry.catalog(p)) for p in PRODUCTS]
+    matcher.index.upsert(catalog_images)
+    matcher.refit()
+    others = PRODUCTS[1:]
+    before = _answers(matcher, geometry, others)
+    assert [product for _, product in before] == others  # the catalog alone ranks them right
+
+    # a fresh worker: a few scans seen, one of them confirmed, no photo-domain mean yet
+    first = _remember(matcher, "scan-0", geometry.photo("p0"))
+    assert catalog.confirm("p0", first)
+    matcher.refit()
+    after = _answers(matcher, geometry, others)
+    assert [product for _, product in after] == others
+    assert all(p != "p0" for status, p in after if status is MatchStatus.matched)
+
+    # once the worker has seen enough photos to know their domain, the confirmation counts
+    for n in range(LearningSettings().min_scans_for_centring):
+        _remember(matcher, f"unlabeled-{n}", geometry.photo(PRODUCTS[n % len(PRODUCTS)]))
+    matcher.refit()
+    learned = _answers(matcher, geometry, PRODUCTS)
+    assert [product for _, product in learned] == PRODUCTS
+    [confirmed_hit] = [
+        hit
+        for hit in matcher.rank(geometry.photo("p0")[None, :], 5)[0].hits
+        if hit.product_id == "p0"
+    ]
+    assert confirmed_hit.source == "confirmed_scan"  # the photo reference is now used
+
+
+def test_the_refit_that_learns_the_photo_domain_is_due_as_soon_as_enough_scans_exist(matcher):
+    geometry = _Geometry(DIM)
+    matcher.index.upsert([ReferenceImage("p1", "front", "sku-p1", geometry.catalog("p1"))])
+    matcher.refit()
+    needed = LearningSettings().min_scans_for_centring
+    for n in range(needed - 1):
+        _remember(matcher, f"scan-{n}", geometry.photo("p1"))
+    assert not matcher.refit_in_background_if_due()  # refit_seconds (300 s) not reached
+    _remember(matcher, "one-more", geometry.photo("p1"))
+    assert matcher.refit_in_background_if_due()
+    deadline = time.monotonic() + 30
+    while matcher.metric.means.scan is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert matcher.metric.means.scan is not None
