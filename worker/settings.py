@@ -191,6 +191,13 @@ class ModelSettings(BaseModel):
         "photographed small).",
     )
     flip: bool = Field(default=True, description="Also embed each crop mirrored (averaged).")
+    colour_weight: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=4.0,
+        description="Weight of the object's colour histogram appended to each vector (0: off). "
+        "Another weight is another index (part of the model id).",
+    )
 
     runtime: ModelRuntime = Field(
         default=ModelRuntime.openvino,

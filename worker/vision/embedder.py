@@ -24,6 +24,7 @@ from PIL import Image
 
 from worker.observability.logs import get_logger
 from worker.settings import ModelSettings
+from worker.vision import colour
 from worker.vision.runtimes import open_tower
 from worker.vision.weights import BUILTIN_MODELS, resolve_model_name
 
@@ -51,10 +52,16 @@ VIEWS_VERSION = 1
 that vectors made the old way and the new way never share an index."""
 
 
+COLOUR_VERSION = 1
+"""Bumped whenever the colour descriptor changes (worker/vision/colour.py)."""
+
+
 def _view_suffix(settings: ModelSettings) -> str:
     """A hash of the effective view settings: another crop or flip is another index, whatever
     today's defaults are."""
     view = (VIEWS_VERSION, tuple(settings.catalog_crops), tuple(settings.scan_crops), settings.flip)
+    if settings.colour_weight:  # (absent when off, so that existing ids stay as they were)
+        view += (COLOUR_VERSION, settings.colour_weight)
     return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
 
 
@@ -99,7 +106,10 @@ class Embedder:
         self.runtime = settings.runtime
         # the exported runtimes hold their own copy of the weights; torch's is then dropped
         self._tower = open_tower(settings, model, self.image_size, self.model_id, device)
+        self._colour_weight = settings.colour_weight
         self.dim = int(self._forward([Image.new("RGB", (64, 64), "gray")]).shape[1])  # warm-up
+        if self._colour_weight:
+            self.dim += colour.DIM
         self.load_seconds = time.perf_counter() - started
         log.info(
             "model.loaded",
@@ -124,8 +134,17 @@ class Embedder:
                 for start in range(0, len(crops), per_pass)
             ]
         )
-        views = features.reshape(len(images), len(self._crops[kind]), self.dim).mean(axis=1)
-        return views / np.linalg.norm(views, axis=1, keepdims=True)
+        count = len(self._crops[kind])
+        views = _unit(features.reshape(len(images), count, features.shape[1]).mean(axis=1))
+        if not self._colour_weight:
+            return views
+        # the object's colour, appended: a dot product of two vectors then adds the colour
+        # similarity, weighted, to the embedding's
+        regions = images if kind is ImageKind.catalog else [_central(image) for image in images]
+        colours = np.stack([colour.colour_descriptor(region) for region in regions])
+        weight = self._colour_weight
+        joined = np.concatenate([views, np.sqrt(weight) * colours], axis=1) / np.sqrt(1 + weight)
+        return joined.astype(np.float32)
 
     def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Unit embeddings of pictures (each the mean with its mirror image when flipping; the
@@ -137,6 +156,11 @@ class Embedder:
         if self._flip:
             features = _unit(features[: len(images)] + features[len(images) :])
         return features.astype(np.float32, copy=False)
+
+
+def _central(image: Image.Image) -> Image.Image:
+    """A scan's middle (its 0.75 centred square): the jewel, less of the bag and the hand."""
+    return centred_crops(image, [0.75])[0]
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
