@@ -4,9 +4,9 @@ The backbone's embedding nearly ignores hue (it was trained to recognise objects
 their colour), and a jewel fills a few percent of the frame, so a colour statistic of the whole
 picture would describe the backdrop, the bag and the hand. Here the object's region is found
 without any model: pixels that differ from the picture's border colour (the backdrop of a
-product shot, the bag around a jewel), bounded to a box; its colours go into a small
-histogram: hue × saturation for coloured pixels, and brightness for grey ones (silver, white
-gold, diamonds).
+product shot, the bag around a jewel), on pictures whose border is plain; its colours go into
+a small histogram: hue × saturation for coloured pixels, and brightness for grey ones
+(silver, white gold, diamonds).
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ DIM = HUES * SATURATIONS + GREYS
 
 _SIDE = 96  # pictures are looked at this small: colour needs no detail
 _GREY_SATURATION = 40  # of 255: below this a pixel counts as grey (metal, white)
+_BUSY_BORDER = 40.0
+"""Summed median deviation of the border from its colour above which the backdrop is not
+plain (0 for product shots and bag photos on a table; 67 to 146, 10th to 90th percentile, for
+photos on shop shelves: docs/benchmarks.md, "Colour")."""
 
 
 def foreground_mask(image: Image.Image) -> np.ndarray | None:
@@ -32,6 +36,8 @@ def foreground_mask(image: Image.Image) -> np.ndarray | None:
     border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
     backdrop = np.median(border, axis=0)
     spread = np.median(np.abs(border - backdrop), axis=0).sum()
+    if spread > _BUSY_BORDER:
+        return None  # no plain backdrop (a shelf, a room): no region to trust
     distance = np.abs(pixels - backdrop).sum(axis=2)
     mask = distance > max(48.0, 3.0 * spread)
     share = mask.mean()
