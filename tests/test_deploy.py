@@ -322,3 +322,34 @@ def test_kubernetes_defaults_are_safe():
     }
     assert all(v["emptyDir"].get("sizeLimit") for v in pod["volumes"] if "emptyDir" in v)
     assert CONFIG["JEWELMATCH_INDEX__URL"].startswith("https://")
+
+
+# --- Grafana dashboard -----------------------------------------------------------------
+
+
+def test_the_dashboard_reads_only_metrics_that_exist():
+    """Every jewelmatch_* series a panel queries is one the worker exports (histograms
+    through their _bucket series), and the RabbitMQ ones are those the alerts use."""
+    import re
+
+    from prometheus_client import REGISTRY
+
+    import worker.observability.prometheus  # noqa: F401  (registers the metrics)
+
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "jewelmatch-dashboard.json").read_text())
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    exported = {
+        metric.name + suffix
+        for metric in REGISTRY.collect()
+        for suffix in suffixes.get(metric.type, [""])
+    }
+    alerts = (ROOT / "deploy" / "prometheus" / "alerts.yaml").read_text()
+    expressions = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    assert len(expressions) >= 10 and all(panel["title"] for panel in dashboard["panels"])
+    for expression in expressions:
+        for name in re.findall(r"\b(jewelmatch_[a-z_]+|rabbitmq_[a-z_]+)\b", expression):
+            if name.startswith("jewelmatch_"):
+                assert name in exported, name
+            else:
+                assert name in alerts, name
+    assert len({panel["id"] for panel in dashboard["panels"]}) == len(dashboard["panels"])
