@@ -28,7 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from PIL import Image
 
 from worker.settings import ModelRuntime, ModelSettings
-from worker.vision.embedder import Embedder, centred_crops
+from worker.vision.embedder import Embedder, centred_crops, unit_rows
 
 DATA = Path(sys.argv[1] if len(sys.argv) > 1 else "../shared/data/grocery-store")
 WORK = Path(sys.argv[2] if len(sys.argv) > 2 else "/tmp/jewelmatch-int8")
@@ -64,10 +64,6 @@ def on_openvino(path: Path) -> Tower:
     return run
 
 
-def unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
-
-
 def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     settings = ModelSettings(threads=2, runtime=ModelRuntime.onnxruntime, cache_dir=WORK / "cache")
@@ -99,7 +95,7 @@ def main() -> None:
 
     scans = [views(p) for p in sorted(DATA.rglob("query_val_*.jpg"))[::20][:12]]
     reference = on_onnxruntime(fp32)
-    expected = [unit(reference(batch)) for batch in scans]
+    expected = [unit_rows(reference(batch)) for batch in scans]
     towers = {
         "onnxruntime fp32": reference,
         "openvino fp32": on_openvino(fp32),
@@ -108,7 +104,7 @@ def main() -> None:
         "openvino static int8": on_openvino(WORK / "static.onnx"),
     }
     for label, tower in towers.items():
-        vectors = [unit(tower(batch)) for batch in scans]
+        vectors = [unit_rows(tower(batch)) for batch in scans]
         timings = []
         for batch in scans:
             started = time.perf_counter()

@@ -18,6 +18,7 @@ from shared.contract import MatchStatus
 from worker.index import ReferenceImage, ScanRecord, open_index
 from worker.matching.matcher import Matcher, MatchPolicy
 from worker.settings import IndexSettings, LearningSettings
+from worker.vision.embedder import unit_rows
 
 PRODUCTS = [f"p{n}" for n in range(8)]
 DIM = 32
@@ -38,15 +39,13 @@ class _Geometry:
         look = self.products[product]
         if product == "p0":
             look = 0.5 * look + 0.85 * self.studio_backdrop
-        return _unit(look + 1.2 * self.catalog_domain)
+        return unit_rows(look + 1.2 * self.catalog_domain).astype(np.float32)
 
     def photo(self, product: str) -> np.ndarray:
         noise = self.rng.normal(size=self.photo_domain.shape) * 0.08
-        return _unit(self.products[product] + 1.2 * self.photo_domain + noise)
-
-
-def _unit(vector: np.ndarray) -> np.ndarray:
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
+        return unit_rows(self.products[product] + 1.2 * self.photo_domain + noise).astype(
+            np.float32
+        )
 
 
 @pytest.fixture

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.pictures import GROCERY
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
 from worker.vision.embedder import Embedder
@@ -15,8 +14,6 @@ from worker.vision.weights import BUILTIN_MODELS, rename_to_timm
 
 pytestmark = pytest.mark.integration
 
-GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store"
-"""Real photos, read where they lie beside the project (never copied into it)."""
 PRODUCTS = [
     "Arla-Medium-Fat-Milk",
     "Banana",

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.support.pictures import GROCERY
 from tests.support.tiny_model import write_tiny_model
 from worker.settings import ModelRuntime, ModelSettings
 from worker.vision.embedder import Embedder, ImageKind
 
-GROCERY = Path(__file__).resolve().parents[2] / "shared" / "data" / "grocery-store"
 PRODUCTS = [
     "Arla-Medium-Fat-Milk",
     "Arla-Standard-Milk",

@@ -1,4 +1,5 @@
-"""Pictures the tests make: hostile headers, and folders of rendered catalog designs."""
+"""Pictures the tests use: real photos where they lie beside the project, hostile headers,
+and folders of rendered catalog designs."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import struct
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
+
+GROCERY = Path(__file__).resolve().parents[3] / "shared" / "data" / "grocery-store"
+"""Real photos, read where they lie beside the project (never copied into it)."""
 
 
 def png_header_only(width: int, height: int, colour_type: int = 2) -> bytes:

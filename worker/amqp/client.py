@@ -82,10 +82,6 @@ class JewelmatchClient:
                     raise
                 time.sleep(0.5)
 
-    @property
-    def user(self) -> str:
-        return self._retrying(lambda: self._connected().userid)
-
     def declare(self, topo: Topology) -> None:
         """Declare the worker's exchanges and queues (as the worker would on start), so that
         events published before it runs wait for it."""
@@ -139,14 +135,8 @@ class JewelmatchClient:
         def done() -> bool:
             return (count is not None and len(taken) >= count) or bool(until and until(taken))
 
-        while not done():
-            try:
-                self._take(queue, taken, done, deadline, on_each)
-            except BROKER_ERRORS:
-                self._reset()
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.5)
+        if not done():
+            self._retrying(lambda: self._take(queue, taken, done, deadline, on_each), deadline)
         return taken
 
     def _take(self, queue, taken, done, deadline, on_each) -> None:

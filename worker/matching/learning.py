@@ -25,11 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ReferenceSet
-
-
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+from worker.vision.embedder import unit_rows
 
 
 @dataclass(frozen=True)

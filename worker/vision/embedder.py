@@ -135,7 +135,7 @@ class Embedder:
             ]
         )
         count = len(self._crops[kind])
-        views = _unit(features.reshape(len(images), count, features.shape[1]).mean(axis=1))
+        views = unit_rows(features.reshape(len(images), count, features.shape[1]).mean(axis=1))
         if not self._colour_weight:
             return views
         # the object's colour, appended: a dot product of two vectors then adds the colour
@@ -152,9 +152,9 @@ class Embedder:
         pixels = np.stack([self._transform(image).numpy() for image in images])
         if self._flip:
             pixels = np.concatenate([pixels, pixels[..., ::-1]])
-        features = _unit(self._tower(np.ascontiguousarray(pixels, dtype=np.float32)))
+        features = unit_rows(self._tower(np.ascontiguousarray(pixels, dtype=np.float32)))
         if self._flip:
-            features = _unit(features[: len(images)] + features[len(images) :])
+            features = unit_rows(features[: len(images)] + features[len(images) :])
         return features.astype(np.float32, copy=False)
 
 
@@ -163,5 +163,7 @@ def _central(image: Image.Image) -> Image.Image:
     return centred_crops(image, [0.75])[0]
 
 
-def _unit(rows: np.ndarray) -> np.ndarray:
-    return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+def unit_rows(vectors: np.ndarray) -> np.ndarray:
+    """Vectors (rows, or one vector) scaled to unit length; zero vectors stay zero."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, 1e-12)

@@ -100,6 +100,17 @@ def _bench_settings(base: Settings, endpoints: Endpoints, workdir: Path) -> Sett
     )
 
 
+@contextmanager
+def _bench_stack(base: Settings, amqp_url: str | None, s3_endpoint: str | None):
+    """Settings for a benchmark run: the given servers or throwaway ones, and a fresh index
+    in a temporary folder; all removed afterwards."""
+    with (
+        tempfile.TemporaryDirectory(prefix="jewelmatch-bench-") as tmp,
+        servers(amqp_url, s3_endpoint, Path(tmp)) as endpoints,
+    ):
+        yield _bench_settings(base, endpoints, Path(tmp))
+
+
 def _s3_client(settings: S3Settings):
     return boto3.client(
         "s3",
@@ -159,11 +170,7 @@ def run_latency(
     progress: Progress,
 ) -> dict:
     """Publish scans one at a time and time each until its result arrives."""
-    with (
-        tempfile.TemporaryDirectory(prefix="jewelmatch-latency-") as tmp,
-        servers(amqp_url, s3_endpoint, Path(tmp)) as endpoints,
-    ):
-        settings = _bench_settings(base, endpoints, Path(tmp))
+    with _bench_stack(base, amqp_url, s3_endpoint) as settings:
         events = _upload_catalog(settings, data, 1, progress)
         photos = read_folder_dataset(data).queries
         chosen: list[QueryPhoto] = list(
@@ -218,11 +225,7 @@ def run_throughput(
     progress: Progress,
 ) -> dict:
     """Catalog ingestion through the broker vs the raw forward pass on the same images."""
-    with (
-        tempfile.TemporaryDirectory(prefix="jewelmatch-throughput-") as tmp,
-        servers(amqp_url, s3_endpoint, Path(tmp)) as endpoints,
-    ):
-        settings = _bench_settings(base, endpoints, Path(tmp))
+    with _bench_stack(base, amqp_url, s3_endpoint) as settings:
         events = _upload_catalog(settings, data, copies, progress)
         images = sum(len(event.images) for event in events)
         with running_worker(settings) as (worker, client):
