@@ -230,6 +230,10 @@ class RankedProduct(BaseModel):
     score: float = Field(description="Similarity of the best matching image, higher is closer.")
     image_id: str = Field(description="The reference image of the product that matched best.")
     source: str = Field(description="'catalog' or 'confirmed_scan'.")
+    name: str | None = Field(default=None, description="The product's name, when the PIM gave one.")
+    image: S3Object | None = Field(
+        default=None, description="Where that reference image lies (to show it beside the scan)."
+    )
 
 
 class MatchResult(_Message):
@@ -241,6 +245,7 @@ class MatchResult(_Message):
     detail: str | None = Field(default=None, description="Human-readable detail of a failure.")
     matches: list[RankedProduct] = Field(default_factory=list)
     image: S3Object | None = Field(default=None, description="The scan's photo, as received.")
+    station_id: str | None = Field(default=None, description="The scan station, as received.")
     receipt: str | None = Field(
         default=None,
         description="Proof that this system answered this scan with this photo, to send back "

@@ -116,6 +116,8 @@ class ImageHit:
     score: float
     source: str
     category: str | None = None
+    name: str | None = None
+    uri: str | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class ProductHit:
     image_id: str
     source: str
     category: str | None = None
+    name: str | None = None
+    uri: str | None = None  # where the best matching reference image lies
 
 
 @dataclass(frozen=True)
@@ -221,7 +225,8 @@ def group_by_product(hits: Iterable[ImageHit], top_k: int) -> list[ProductHit]:
             best[hit.product_id] = hit
     ranked = sorted(best.values(), key=lambda hit: (-hit.score, hit.product_id))[:top_k]
     return [
-        ProductHit(h.product_id, h.sku, h.score, h.image_id, h.source, h.category) for h in ranked
+        ProductHit(h.product_id, h.sku, h.score, h.image_id, h.source, h.category, h.name, h.uri)
+        for h in ranked
     ]
 
 

@@ -377,4 +377,6 @@ def _image_hit(point) -> ImageHit:
         float(point.score),
         payload["source"],
         payload.get("category"),
+        payload.get("name"),
+        payload.get("uri"),
     )

@@ -238,6 +238,8 @@ class QdrantServerIndex(VectorIndex):
                         payload["image_id"],
                         payload["source"],
                         payload.get("category"),
+                        payload.get("name"),
+                        payload.get("uri"),
                     )
                 )
             results.append(hits)

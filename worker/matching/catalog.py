@@ -177,3 +177,29 @@ class Catalog:
         self.index.delete_product(event.product_id)
         self.index.set_product_state(ProductState(event.product_id, version, deleted=True))
         self._on_change([event.product_id], 1)
+
+
+def catalog_summary(index: VectorIndex) -> list[dict]:
+    """Every product in the index with its count of catalog images and confirmed photos, and
+    where its first catalog image lies (for the review desk's catalog page)."""
+    products: dict[str, dict] = {}
+    for page in index.all_images():
+        for image in page:
+            entry = products.setdefault(
+                image.product_id,
+                {
+                    "product_id": image.product_id,
+                    "sku": image.sku,
+                    "name": image.name,
+                    "category": image.category,
+                    "catalog_images": 0,
+                    "confirmed_photos": 0,
+                    "image": None,
+                },
+            )
+            if image.source == SOURCE_CONFIRMED_SCAN:
+                entry["confirmed_photos"] += 1
+            else:
+                entry["catalog_images"] += 1
+                entry["image"] = entry["image"] or image.uri
+    return sorted(products.values(), key=lambda entry: (entry["sku"], entry["product_id"]))

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 from PIL import Image
 
-from shared.contract import MatchStatus, RankedProduct
+from shared.contract import MatchStatus, RankedProduct, S3Object
 from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ProductHit, VectorIndex
 from worker.matching.catalog import Catalog
 from worker.matching.learning import LearnedMetric, MetricOptions, fit_metric
@@ -69,6 +69,8 @@ class Ranking:
                 score=round(float(hit.score), 6),
                 image_id=hit.image_id,
                 source=hit.source,
+                name=hit.name,
+                image=S3Object.model_validate(hit.uri) if hit.uri else None,
             )
             for rank, hit in enumerate(self.hits, start=1)
         ]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from collections.abc import Callable
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -19,6 +21,7 @@ class Health:
         self.model_loaded = False
         self.broker_connected = False
         self.stopping = False
+        self.catalog: Callable[[], list[dict]] | None = None  # set once the index is open
         self._last_beat = time.monotonic()
         self._stall_seconds = stall_seconds
 
@@ -59,7 +62,8 @@ class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
 
 
 def serve_ops(health: Health, host: str, port: int) -> WSGIServer:
-    """Serve /livez, /readyz and /metrics in a daemon thread; returns the server."""
+    """Serve /livez, /readyz, /metrics and /catalog (the products in this worker's index, for
+    the review desk) in a daemon thread; returns the server."""
     metrics_app = make_wsgi_app()
 
     def app(environ, start_response):
@@ -72,6 +76,10 @@ def serve_ops(health: Health, host: str, port: int) -> WSGIServer:
             return [b"ok\n" if ok else b"not ready\n"]
         if path == "/metrics":
             return metrics_app(environ, start_response)
+        if path == "/catalog" and health.catalog is not None:
+            body = json.dumps({"products": health.catalog()}).encode()
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [body]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
 

@@ -57,6 +57,14 @@ class _Ready:
     timer: Timer
 
 
+def _readable_scan(delivery: Delivery) -> BagPhotographed | None:
+    try:
+        event = parse_event(delivery.routing_key, delivery.body)
+    except InvalidMessage:
+        return None
+    return event if isinstance(event, BagPhotographed) else None
+
+
 class ScanHandler:
     def __init__(
         self,
@@ -129,7 +137,7 @@ class ScanHandler:
             "a new photo needs a new scan_id"
         )
         result = self._failed(scan.scan_id, FailureReason.scan_id_reused, detail, Timer())
-        result = result.model_copy(update={"image": scan.image})
+        result = result.model_copy(update={"image": scan.image, "station_id": scan.station_id})
         return Outcome(
             Action.dead_letter,
             [(topology.MATCH_RESULT, result)],
@@ -178,6 +186,11 @@ class ScanHandler:
         results = []
         if failure.final:
             result = self._failed(scan_id, failure.reason, failure.detail, timer)
+            scan = _readable_scan(delivery)
+            if scan is not None:  # the photo and station, for whoever looks at the failure
+                result = result.model_copy(
+                    update={"image": scan.image, "station_id": scan.station_id}
+                )
             results.append((topology.MATCH_RESULT, result))
         return Outcome(
             action,
@@ -231,6 +244,7 @@ class ScanHandler:
                 status=ranking.status,
                 matches=ranking.ranked_products(),
                 image=scan.image,
+                station_id=scan.station_id,
                 receipt=self.receipt(scan.scan_id, scan.image.uri),
                 model=self.matcher.model_id,
                 timings_ms=timer.ms,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from worker.amqp.consumer import Worker
 from worker.index import VectorIndex, open_index
+from worker.matching.catalog import catalog_summary
 from worker.matching.matcher import Matcher, MatchPolicy
 from worker.observability.logs import get_logger
 from worker.observability.probes import Health, serve_ops
@@ -95,7 +96,9 @@ def run_worker(settings: Settings) -> None:
     if settings.ops.http_port:
         ops_server = serve_ops(health, settings.ops.http_host, settings.ops.http_port)
         log.info(
-            "ops.listening", port=settings.ops.http_port, paths=["/livez", "/readyz", "/metrics"]
+            "ops.listening",
+            port=settings.ops.http_port,
+            paths=["/livez", "/readyz", "/metrics", "/catalog"],
         )
     worker_box: list[Worker] = []
 
@@ -109,6 +112,7 @@ def run_worker(settings: Settings) -> None:
     signal.signal(signal.SIGINT, on_signal)
     with opened(settings) as components:
         ensure_model_is_current(settings, components.index)
+        health.catalog = lambda: catalog_summary(components.index)
         health.model_loaded = True
         worker = wire_worker(settings, components, health)
         worker_box.append(worker)
