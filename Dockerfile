@@ -50,11 +50,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     JEWELMATCH_MODEL__RUNTIME=${RUNTIME} \
     JEWELMATCH_MODEL__CACHE_DIR=/opt/models \
     JEWELMATCH_INDEX__PATH=/var/lib/jewelmatch/index \
+    JEWELMATCH_REVIEW__DATABASE=/var/lib/jewelmatch/review.sqlite3 \
     JEWELMATCH_LOG__FORMAT=json \
     JEWELMATCH_OPS__HTTP_PORT=8080
 USER 10001
 WORKDIR /home/jewelmatch
-EXPOSE 8080
+EXPOSE 8080 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/livez', timeout=2)"]
 ENTRYPOINT ["jewelmatch"]

@@ -44,6 +44,12 @@ CATALOG_OUTCOMES_QUEUE: Final = "jewelmatch.catalog-outcomes"
 DEAD_LETTER_QUEUE: Final = "jewelmatch.dead-letters"
 """Everything that was dead-lettered, with the error in its headers, for operators."""
 
+REVIEW_RESULTS_QUEUE: Final = "jewelmatch.review.match-results"
+"""The review desk's own copy of the match results (bounded: the oldest are dropped)."""
+
+REVIEW_OUTCOMES_QUEUE: Final = "jewelmatch.review.catalog-outcomes"
+"""The review desk's own copy of the catalog outcomes (bounded)."""
+
 SCAN_ROUTING_KEYS: Final = (BAG_PHOTOGRAPHED,)
 CATALOG_ROUTING_KEYS: Final = (PRODUCT_CREATED, PRODUCT_UPDATED, PRODUCT_DELETED, MATCH_CONFIRMED)
 

@@ -68,7 +68,7 @@ def amqp_url(rabbit: RabbitNode) -> str:
     """The broker's URL, with every jewelmatch queue deleted first (tests don't share state)."""
     from kombu import Connection
 
-    from worker.amqp.broker import Topology
+    from worker.amqp.broker import Topology, review_queues
     from worker.settings import AmqpSettings, OpsSettings
 
     if rabbit.process is None:  # a test stopped it
@@ -77,7 +77,7 @@ def amqp_url(rabbit: RabbitNode) -> str:
         queue.name
         for ops in (OpsSettings(), OpsSettings(retry_delays_seconds=TEST_RETRY_DELAYS))
         for queue in Topology.build(AmqpSettings(), ops).all_queues()
-    }
+    } | {queue.name for queue in review_queues(1)}
     with Connection(rabbit.url) as connection:
         channel = connection.channel()
         for name in sorted(names):

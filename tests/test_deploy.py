@@ -13,9 +13,9 @@ import yaml
 from kombu import Connection
 
 from shared import topology
-from worker.amqp.broker import EVENTS, ConfirmedPublisher, Topology
+from worker.amqp.broker import EVENTS, ConfirmedPublisher, Topology, review_queues
 from worker.amqp.definitions import definitions
-from worker.settings import AmqpSettings, OpsSettings, Settings
+from worker.settings import AmqpSettings, OpsSettings, ReviewSettings, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
@@ -121,6 +121,23 @@ def test_compose_wires_the_worker_with_settings_it_reads():
     assert grace > OpsSettings().drain_seconds
 
 
+def test_compose_runs_the_review_desk_as_its_own_broker_user():
+    review = COMPOSE["services"]["review"]
+    assert review["command"] == ["review"]
+    environment = review["environment"]
+    assert set(environment) <= setting_variables()
+    assert environment["JEWELMATCH_AMQP__URL"].startswith("amqp://review-desk:${")
+    assert "review-desk" in AmqpSettings().confirm_users  # the workers accept its confirmations
+    assert environment["JEWELMATCH_REVIEW__WORKER_URLS"] == "http://worker:8080"
+    assert review["ports"] == ["127.0.0.1:8000:8000"]
+    assert "${" in environment["JEWELMATCH_REVIEW__SESSION_SECRET"]
+    assert "/healthz" in " ".join(review["healthcheck"]["test"])
+    assert (
+        "JEWELMATCH_RABBITMQ_PASSWORD_REVIEW_DESK"
+        in (COMPOSE["services"]["rabbitmq-definitions"]["environment"])
+    )
+
+
 # --- RabbitMQ definitions ---------------------------------------------------------------
 
 
@@ -164,6 +181,23 @@ def test_definitions_load_into_a_real_broker_with_least_privilege(tmp_path):
             channel = connection.channel()
             with pytest.raises(Exception, match="ACCESS_REFUSED"):
                 channel.queue_declare("sneaky", durable=True)
+        with Connection(
+            f"amqp://review-desk:review-desk-password@{base}",
+            transport_options={"confirm_publish": True},
+        ) as connection:
+            channel = connection.channel()
+            for queue in review_queues(ReviewSettings().queue_max_length):
+                bound = queue(channel)
+                bound.queue_declare()  # its own copies of the answers, as the pre-declared ones
+                bound.queue_bind()
+            waiting = channel.queue_declare(topology.SCANS_QUEUE, passive=True).message_count
+            assert waiting == 1  # the station's event: the desk may count, not take
+            assert channel.basic_get(topology.DEAD_LETTER_QUEUE) is None  # may read dead letters
+            ConfirmedPublisher(connection.channel()).publish(
+                b"{}", EVENTS, topology.MATCH_CONFIRMED, user_id="review-desk"
+            )
+            with pytest.raises(Exception, match="ACCESS_REFUSED"):
+                connection.channel().basic_get(topology.SCANS_QUEUE)  # never takes work
         with (
             pytest.raises(Exception, match=r"ACCESS_REFUSED|refused"),
             Connection(f"amqp://guest:guest@{base}") as connection,
@@ -233,6 +267,41 @@ def test_autoscaling_watches_the_worker_queues():
     assert queues == {topology.SCANS_QUEUE, topology.CATALOG_QUEUE}
     auth = {t["authenticationRef"]["name"] for t in scaled["spec"]["triggers"]}
     assert auth == {BASE["TriggerAuthentication"]["metadata"]["name"]}
+
+
+REVIEW = k8s_objects(K8S / "review-desk")
+
+
+def test_the_review_desk_is_its_own_deployment_in_the_production_overlay():
+    kustomization = yaml.safe_load((K8S / "review-desk" / "kustomization.yaml").read_text())
+    listed = set(kustomization["resources"])
+    assert listed == {p.name for p in (K8S / "review-desk").glob("*.yaml")} - {"kustomization.yaml"}
+    overlay = yaml.safe_load((K8S / "overlays/production/kustomization.yaml").read_text())
+    assert "../../review-desk" in overlay["resources"]
+    config = configmap_literals(kustomization)
+    assert set(config) <= setting_variables()
+    deployment = REVIEW["Deployment"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"] == ["review"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+    assert {"secretRef": {"name": "jewelmatch-review-secrets"}} in container["envFrom"]
+    port = {p["name"]: p["containerPort"] for p in container["ports"]}["http"]
+    assert port == int(config["JEWELMATCH_REVIEW__PORT"])
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert str(Path(config["JEWELMATCH_REVIEW__DATABASE"]).parent) in mounts
+    assert deployment["spec"]["replicas"] == 1  # one SQLite writer
+    headless = [
+        doc
+        for doc in load_all(K8S / "review-desk" / "worker-ops-service.yaml")
+        if doc["spec"].get("clusterIP") == "None"
+    ]
+    assert (
+        headless
+        and headless[0]["spec"]["selector"] == DEPLOYMENT["spec"]["selector"]["matchLabels"]
+    )
+    assert config["JEWELMATCH_REVIEW__WORKER_URLS"].startswith(
+        f"http://{headless[0]['metadata']['name']}:"
+    )
 
 
 def test_selectors_match_the_pods_and_pods_run_as_non_root():

@@ -77,7 +77,7 @@ LAYERS = [
     {"worker.matching"},
     {"worker.pipeline"},
     {"worker.amqp"},
-    {"worker.service"},
+    {"worker.service", "worker.review"},
     {"worker.tools"},
     {"worker.cli"},
     {"worker.__main__"},
@@ -140,6 +140,10 @@ def test_only_the_command_line_and_tools_use_terminal_ui():
     assert users == []
 
 
-def test_the_client_loads_no_model_code():
-    """Integrators import the client without torch or open_clip."""
+def test_the_client_and_the_review_desk_load_no_model_code():
+    """Integrators import the client, and the review desk runs, without torch or open_clip
+    (a small image: no model, no weights)."""
     assert not {"torch", "open_clip"} & modules_loaded_by(["worker.amqp.client"])
+    loaded = modules_loaded_by(["worker.review.web"])
+    assert not {"torch", "open_clip", "qdrant_client", "qdrant_edge"} & loaded
+    assert not {m for m in loaded if m.startswith(("worker.vision", "worker.matching"))}

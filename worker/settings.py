@@ -83,7 +83,7 @@ class AmqpSettings(BaseModel):
         description="Dead letters kept; beyond it the oldest are dropped (alerted on long before).",
     )
     confirm_users: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["inventory"],
+        default_factory=lambda: ["inventory", "review-desk"],
         description="AMQP users whose `match.confirmed` is accepted (the broker-validated "
         "`user_id` of the message; empty: any user the broker lets publish it). JSON list or "
         "a,b,c.",
@@ -377,6 +377,71 @@ class OpsSettings(BaseModel):
     max_attempts: int = Field(default=6, ge=1, description="Attempts of a transient failure.")
 
 
+class ReviewRole(StrEnum):
+    reviewer = "reviewer"
+    ops = "ops"
+
+
+class ReviewUser(BaseModel):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$", description="Sign-in name.")
+    role: ReviewRole = Field(
+        default=ReviewRole.reviewer,
+        description="`reviewer` confirms matches; `ops` also replays and discards dead letters.",
+    )
+    password_hash: SecretStr | None = Field(
+        default=None,
+        description="From `jewelmatch hash-password`; unset: signs in only through the "
+        "trusted proxy header.",
+    )
+
+
+class ReviewSettings(BaseModel):
+    """`jewelmatch review`: the review desk web app."""
+
+    host: str = Field(default="127.0.0.1", description="Address the review desk listens on.")
+    port: int = Field(default=8000, ge=1, le=65535, description="Its port.")
+    database: Path = Field(
+        default=DEFAULT_DATA_DIR / "review.sqlite3",
+        description="SQLite file of the scan history the desk keeps.",
+    )
+    history_limit: int = Field(
+        default=10_000, ge=10, description="Scans kept in the history (the oldest go first)."
+    )
+    users: list[ReviewUser] = Field(
+        default_factory=list,
+        description='Who may sign in: JSON list of {"name", "role", "password_hash"}.',
+    )
+    trusted_user_header: str | None = Field(
+        default=None,
+        description="Header a reverse proxy sets to the signed-in person (e.g. "
+        "X-Forwarded-User); only behind a proxy that strips it from clients. Roles still "
+        "come from `users` (unlisted names are reviewers).",
+    )
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Key that signs session cookies; unset: a random one per start (everyone "
+        "signs in again after a restart).",
+    )
+    secure_cookies: bool = Field(
+        default=False, description="Send the session cookie over HTTPS only (behind TLS)."
+    )
+    worker_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:8080"],
+        description="Each worker replica's ops endpoint (/readyz, /catalog). JSON list or a,b,c.",
+    )
+    queue_max_length: int = Field(
+        default=100_000, ge=1, description="Results waiting in the desk's own queues."
+    )
+    dead_letters_shown: int = Field(
+        default=50, ge=1, le=500, description="Dead letters listed on the ops page."
+    )
+
+    @field_validator("worker_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        return split_list(value)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="JEWELMATCH_",
@@ -396,3 +461,4 @@ class Settings(BaseSettings):
 
     log: LogSettings = LogSettings()
     ops: OpsSettings = OpsSettings()
+    review: ReviewSettings = ReviewSettings()

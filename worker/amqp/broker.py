@@ -147,6 +147,29 @@ class Topology:
         return self.retry_queues[origin][delays[min(attempt, len(delays)) - 1]]
 
 
+def review_queues(max_length: int) -> list[Queue]:
+    """The review desk's own queues of results and outcomes: a copy of each answer, so the
+    desk never takes one from the inventory system or the PIM. Bounded, oldest dropped: a
+    desk that was down long misses old scans, never blocks the worker."""
+    return [
+        Queue(
+            name,
+            exchange=RESULTS,
+            routing_key=routing_key,
+            durable=True,
+            queue_arguments={
+                "x-queue-type": "quorum",
+                "x-max-length": max_length,
+                "x-overflow": "drop-head",
+            },
+        )
+        for name, routing_key in (
+            (topology.REVIEW_RESULTS_QUEUE, topology.MATCH_RESULT),
+            (topology.REVIEW_OUTCOMES_QUEUE, topology.CATALOG_OUTCOME),
+        )
+    ]
+
+
 def tls_options(settings: AmqpSettings) -> dict | None:
     """py-amqp TLS options that verify the broker's certificate chain and host name.
 

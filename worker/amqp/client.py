@@ -30,6 +30,7 @@ from worker.amqp.settlement import raw_body
 from worker.settings import AmqpSettings
 
 Model = TypeVar("Model", bound=BaseModel)
+Result = TypeVar("Result")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,11 @@ class JewelmatchClient:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.5)
+
+    def run(self, action: Callable[[Connection], Result]) -> Result:
+        """Run `action` with the live connection; on a broker error reconnect and run it
+        again, within `retry_seconds`."""
+        return self._retrying(lambda: action(self._connected()))
 
     def declare(self, topo: Topology) -> None:
         """Declare the worker's exchanges and queues (as the worker would on start), so that

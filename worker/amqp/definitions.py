@@ -4,8 +4,9 @@ declares, so that a pre-declared broker and the worker always agree on names and
 Users follow least privilege, one role per system, and each may publish only its own event
 types (topic permissions on the routing key): scan stations `bag.photographed`, the PIM
 `product.*` (and it reads catalog outcomes), the inventory system `match.confirmed` (and it
-reads results and catalog outcomes); the worker declares and uses `jewelmatch.*` and
-publishes no event.
+reads results and catalog outcomes), the review desk `match.confirmed` and replays of dead
+letters (it reads its own copies of the results and the dead letters); the worker declares
+and uses `jewelmatch.*` and publishes no event.
 
 No password is ever committed: `jewelmatch rabbitmq-definitions` takes each user's password
 from `JEWELMATCH_RABBITMQ_PASSWORD_<USER>` (e.g. `..._SCAN_STATION`); a user whose variable
@@ -28,8 +29,8 @@ from pathlib import Path
 from kombu import Queue
 
 from shared import topology
-from worker.amqp.broker import DEAD_LETTER, EVENTS, RESULTS, Topology
-from worker.settings import AmqpSettings, OpsSettings
+from worker.amqp.broker import DEAD_LETTER, EVENTS, RESULTS, Topology, review_queues
+from worker.settings import AmqpSettings, OpsSettings, ReviewSettings
 
 VHOST = "jewelmatch"
 OWN = r"^jewelmatch\..*"
@@ -78,6 +79,7 @@ def exactly(*names: str) -> str:
 NOTHING = "^$"
 EVERYTHING = ".*"
 RESULT_KEYS = exactly(topology.MATCH_RESULT, topology.CATALOG_OUTCOME)
+REVIEW_QUEUES = (topology.REVIEW_RESULTS_QUEUE, topology.REVIEW_OUTCOMES_QUEUE)
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,22 @@ ROLES = {
         exactly(topology.RESULTS_QUEUE, topology.CATALOG_OUTCOMES_QUEUE),
         {topology.EVENTS_EXCHANGE: (exactly(topology.MATCH_CONFIRMED), NOTHING)},
     ),
+    # The review desk declares and reads its own copies of the results, publishes
+    # confirmations (and, for ops, replays any dead-lettered event), and reads the dead
+    # letters to list, replay or discard them.
+    "review-desk": Role(
+        "",
+        exactly(*REVIEW_QUEUES),
+        exactly(topology.EVENTS_EXCHANGE, *REVIEW_QUEUES),
+        exactly(topology.RESULTS_EXCHANGE, topology.DEAD_LETTER_QUEUE, *REVIEW_QUEUES),
+        {
+            topology.EVENTS_EXCHANGE: (
+                exactly(*topology.SCAN_ROUTING_KEYS, *topology.CATALOG_ROUTING_KEYS),
+                NOTHING,
+            ),
+            topology.RESULTS_EXCHANGE: (NOTHING, RESULT_KEYS),
+        },
+    ),
 }
 
 
@@ -169,7 +187,7 @@ def definitions(
     """The definitions; users without a password in `passwords` get none (no login).
     `administrators` (name: password) adds full-rights users, for throwaway brokers."""
     topo = Topology.build(amqp or AmqpSettings(), ops or OpsSettings())
-    queues = topo.all_queues()
+    queues = [*topo.all_queues(), *review_queues(ReviewSettings().queue_max_length)]
     roles = {**ROLES, **{name: ADMINISTRATOR for name in administrators or {}}}
     passwords = {**(passwords or {}), **(administrators or {})}
     users, permissions, topic_permissions = [], [], []

@@ -28,6 +28,25 @@ def worker() -> None:
 
 
 @commands.command()
+def review() -> None:
+    """Run the review desk: a web app where the warehouse confirms or corrects matches and
+    ops see dead letters, queue depths and each worker's readiness (JEWELMATCH_REVIEW__*)."""
+    from worker.review.web import serve
+
+    serve(load_settings())
+
+
+@commands.command("hash-password")
+def hash_password(
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+) -> None:
+    """Hash a review desk password for JEWELMATCH_REVIEW__USERS (scrypt)."""
+    from worker.review.auth import hash_password as scrypt_hash
+
+    print(scrypt_hash(password))
+
+
+@commands.command()
 def schema(
     out: Annotated[Path, typer.Option(help="Folder for the JSON Schema files.")] = Path("schemas"),
 ) -> None:

@@ -1,0 +1,57 @@
+"""Headless Debian Chromium driven by Playwright (which cannot download a browser here), and
+the review desk served by uvicorn in a thread."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from worker.review.web import create_app
+from worker.settings import Settings
+from worker.tools.bench.servers import free_port
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+
+
+class DeskServer:
+    """`jewelmatch review` on a free local port, in this process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings)
+        self.server = uvicorn.Server(
+            uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self.server.run, name="review-desk", daemon=True)
+
+    @property
+    def desk(self):
+        return self.app.state.desk
+
+    def __enter__(self) -> DeskServer:
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not (self.server.started and self.desk.feed.ready.is_set()):
+            if time.monotonic() > deadline:
+                raise TimeoutError("the review desk did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout=15)

@@ -1,0 +1,276 @@
+"""The review desk in a real browser (headless Debian Chromium driven by Playwright) against
+a real RabbitMQ node, moto's S3 server over HTTP and a real worker process."""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+from playwright.sync_api import Page, expect, sync_playwright
+
+from shared import topology
+from shared.contract import BagPhotographed, ProductUpserted
+from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, DeskServer
+from tests.support.processes import WorkerProcess, worker_environment
+from worker.amqp.client import JewelmatchClient
+from worker.review.auth import hash_password
+from worker.settings import Settings
+from worker.tools.bench.servers import start_moto_server
+from worker.tools.synthetic import catalog_designs, photograph, render
+
+pytestmark = pytest.mark.integration
+
+DESIGNS = catalog_designs(6, seed=33)
+PASSWORDS = {"rita": "rita-reviews-scans", "otto": "otto-runs-ops"}
+SESSION_SECRET = "review-desk-test-session-key"
+ALL_LOADED = (
+    "sel => [...document.querySelectorAll(sel)].every(i => i.complete && i.naturalWidth > 0)"
+)
+
+
+@dataclass
+class Stack:
+    peer: JewelmatchClient
+    worker: WorkerProcess
+    desk: DeskServer
+    s3_port: int
+    s3_server: ThreadedMotoServer | None
+
+    def stop_s3(self) -> None:
+        self.s3_server.stop()
+        self.s3_server = None
+
+    def start_s3(self) -> None:  # moto keeps its objects in this process
+        self.s3_server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.s3_port)
+        self.s3_server.start()
+
+    def scan(self, scan_id: str, key: str, station: str = "station-7") -> None:
+        self.peer.publish(
+            topology.BAG_PHOTOGRAPHED,
+            BagPhotographed(
+                scan_id=scan_id,
+                station_id=station,
+                top_k=len(DESIGNS),
+                image={"bucket": SCANS_BUCKET, "key": key},
+            ),
+        )
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def stack(tmp_path, tiny_model_dir, amqp_url):
+    server, endpoint = start_moto_server()
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
+        s3.create_bucket(Bucket=bucket)
+    rng = random.Random(5)
+    for design in DESIGNS:
+        picture = render(design, 192)
+        s3.put_object(
+            Bucket=CATALOG_BUCKET, Key=f"{design.product_id}/front.jpg", Body=jpeg_bytes(picture)
+        )
+        bag = jpeg_bytes(photograph(picture, rng, 224))
+        for copy in ("a", "b"):  # two stations photograph the same bag
+            s3.put_object(Bucket=SCANS_BUCKET, Key=f"bag-{design.product_id}-{copy}.jpg", Body=bag)
+    worker = WorkerProcess(
+        worker_environment(
+            amqp_url=amqp_url,
+            s3_endpoint=endpoint,
+            buckets=[CATALOG_BUCKET, SCANS_BUCKET],
+            index_path=tmp_path / "index",
+            model_dir=tiny_model_dir,
+            JEWELMATCH_AMQP__CONFIRM_USERS="guest",
+            # random weights: a confirmed photo is used at once, without domain statistics
+            JEWELMATCH_LEARNING__CENTRE_DOMAINS="false",
+            JEWELMATCH_OPS__MAX_ATTEMPTS="2",
+            JEWELMATCH_S3__MAX_ATTEMPTS="1",
+            JEWELMATCH_S3__CONNECT_TIMEOUT_SECONDS="0.5",
+        ),
+        tmp_path / "worker.log",
+    )
+    settings = Settings(
+        _env_file=None,
+        amqp={"url": amqp_url},
+        s3={"endpoint_url": endpoint, "allowed_buckets": [CATALOG_BUCKET, SCANS_BUCKET]},
+        review={
+            "database": tmp_path / "review.sqlite3",
+            "session_secret": SESSION_SECRET,
+            "worker_urls": [f"http://127.0.0.1:{worker.port}"],
+            "users": [
+                {
+                    "name": "rita",
+                    "role": "reviewer",
+                    "password_hash": hash_password("rita-reviews-scans"),
+                },
+                {"name": "otto", "role": "ops", "password_hash": hash_password("otto-runs-ops")},
+            ],
+        },
+        log={"format": "json"},
+    )
+    peer = JewelmatchClient(amqp_url)
+    stack = Stack(peer, worker, None, int(endpoint.rsplit(":", 1)[1]), server)
+    try:
+        worker.wait_ready()
+        with DeskServer(settings) as desk:
+            stack.desk = desk
+            for design in DESIGNS:
+                peer.publish(topology.PRODUCT_CREATED, product_event(design))
+            peer.outcomes(len(DESIGNS))
+            yield stack
+    finally:
+        peer.close()
+        worker.stop()
+        if stack.s3_server is not None:
+            stack.s3_server.stop()
+
+
+def product_event(design) -> ProductUpserted:
+    return ProductUpserted(
+        product_id=design.product_id,
+        sku=design.sku,
+        name=f"{design.metal} {design.kind}",
+        images=[
+            {"image_id": "front", "bucket": CATALOG_BUCKET, "key": f"{design.product_id}/front.jpg"}
+        ],
+    )
+
+
+def sign_in(browser, stack: Stack, name: str) -> Page:
+    page = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+    page.goto(f"{stack.desk.url}/scans")
+    expect(page).to_have_url(f"{stack.desk.url}/login?next=%2Fscans")
+    page.fill("input[name=name]", name)
+    page.fill("input[name=password]", PASSWORDS[name])
+    page.click("button[type=submit]")
+    expect(page.locator("#person")).to_contain_text(name)
+    return page
+
+
+def test_a_scan_appears_is_confirmed_and_the_next_photo_ranks_it_first(stack, browser):
+    target = DESIGNS[2]
+    page = sign_in(browser, stack, "rita")
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+
+    stack.scan("bag-0001", f"bag-{target.product_id}-a.jpg")
+    row = page.locator('article[data-scan-id="bag-0001"]')
+    expect(row).to_be_visible(timeout=30_000)  # arrives on the open page, no reload
+    expect(row.locator("img")).to_have_count(6)  # the bag photo and the top 5
+    page.wait_for_function(ALL_LOADED, arg='article[data-scan-id="bag-0001"] img')
+    shown = row.locator(".candidates .sku").all_inner_texts()
+    assert len(shown) == 5 and set(shown) <= {d.sku for d in DESIGNS}
+    expect(row.locator(".meta")).to_contain_text("station-7")
+    page.screenshot(path=SCREENSHOTS / "review-scans.png")
+
+    row.locator("a.scan-id").click()
+    page.wait_for_function(ALL_LOADED, arg=".detail img")
+    page.locator(f'li[data-product-id="{target.product_id}"] button.confirm').click()
+    expect(page.locator("#confirmation")).to_contain_text(
+        f"Confirmed as {target.product_id} by rita"
+    )
+    expect(page.locator("#outcome")).to_contain_text("applied", timeout=30_000)
+    page.screenshot(path=SCREENSHOTS / "review-confirmed.png")
+
+    stack.scan("bag-0002", f"bag-{target.product_id}-b.jpg", station="station-9")
+    page.goto(f"{stack.desk.url}/scans?station=station-9")
+    second = page.locator('article[data-scan-id="bag-0002"]')
+    expect(second).to_be_visible(timeout=30_000)
+    expect(second.locator(".candidates .sku").first).to_have_text(target.sku)
+    answer = stack.desk.desk.history.scan("bag-0002").result
+    assert answer.matches[0].product_id == target.product_id
+    assert answer.matches[0].source == "confirmed_scan"  # the confirmed bag photo found it
+    expect(page.locator('article[data-scan-id="bag-0001"]')).to_have_count(0)  # filtered out
+
+    page.goto(f"{stack.desk.url}/catalog")
+    counts = page.locator(f'tr[data-product-id="{target.product_id}"] .confirmed-count')
+    expect(counts).to_have_text("1")
+    expect(page.locator("h2", has_text="without confirmations")).to_contain_text(
+        f"({len(DESIGNS) - 1})"
+    )
+
+
+def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(stack, browser):
+    stack.stop_s3()  # the worker cannot fetch the photo: retried, then dead-lettered
+    stack.scan("bag-0100", f"bag-{DESIGNS[0].product_id}-a.jpg")
+    deadline = time.monotonic() + 60
+    while stack.peer.depth(topology.DEAD_LETTER_QUEUE) < 1:
+        assert time.monotonic() < deadline, stack.worker.log_tail()
+        time.sleep(0.2)
+    stack.start_s3()
+
+    reviewer = sign_in(browser, stack, "rita")
+    row = reviewer.locator('article[data-scan-id="bag-0100"]')
+    expect(row.locator(".badge.failed")).to_be_visible(timeout=30_000)
+    expect(row.locator(".reason")).to_have_text("dependency_unavailable")
+    reviewer.goto(f"{stack.desk.url}/ops")
+    letter = reviewer.locator("article.dead-letter")
+    expect(letter).to_have_count(1)
+    expect(letter).to_contain_text("bag.photographed")
+    expect(letter.locator("button")).to_have_count(0)  # a reviewer sees no replay
+    fingerprint = letter.get_attribute("data-fingerprint")
+    token = reviewer.locator("form.who input[name=csrf_token]").input_value()
+    replay_url = f"{stack.desk.url}/ops/dead-letters/{fingerprint}/replay"
+    refused = reviewer.request.post(replay_url, form={"csrf_token": token})
+    assert refused.status == 403 and "only ops" in refused.text()
+    no_token = reviewer.request.post(
+        f"{stack.desk.url}/scans/bag-0100/confirm", form={"product_id": DESIGNS[0].product_id}
+    )
+    assert no_token.status == 403 and "CSRF" in no_token.text()
+    assert stack.desk.desk.history.scan("bag-0100").confirmed_product is None
+    outside = reviewer.request.get(f"{stack.desk.url}/image/another-bucket/secret.jpg")
+    assert outside.status == 404  # the worker's bucket allowlist applies to images too
+    assert stack.peer.depth(topology.DEAD_LETTER_QUEUE) == 1
+
+    ops = sign_in(browser, stack, "otto")
+    ops.goto(f"{stack.desk.url}/ops")
+    expect(ops.locator("#workers")).to_contain_text("ready (200)")
+    expect(ops.locator('tr[data-queue="jewelmatch.dead-letters"] td.num')).to_have_text("1")
+    html = ops.content()
+    assert SESSION_SECRET not in html and "guest:guest" not in html
+    ops.screenshot(path=SCREENSHOTS / "review-ops.png")
+    ops.locator("article.dead-letter button.replay").click()
+    expect(ops.locator(".notice")).to_contain_text("Replayed")
+    assert stack.peer.depth(topology.DEAD_LETTER_QUEUE) == 0
+
+    ops.goto(f"{stack.desk.url}/scans")
+    answered = ops.locator('article[data-scan-id="bag-0100"]')
+    expect(answered.locator(".badge.matched, .badge.no_confident_match")).to_be_visible(
+        timeout=30_000
+    )
+    assert stack.desk.desk.history.scan("bag-0100").result.matches
+
+    stack.peer.publish(topology.BAG_PHOTOGRAPHED, b"{not json")  # dead-lettered at once
+    ops.goto(f"{stack.desk.url}/ops")
+    letter = ops.locator("article.dead-letter")
+    expect(letter).to_contain_text("JSON", timeout=5_000)
+    expect(letter.locator("button.replay")).to_have_count(1)
+    ops.once("dialog", lambda dialog: dialog.accept())  # "Discard this dead letter for good?"
+    letter.locator("button.discard").click()
+    expect(ops.locator(".notice")).to_contain_text("Discarded")
+    assert stack.peer.depth(topology.DEAD_LETTER_QUEUE) == 0
+
+
+def test_sign_in_is_refused_without_the_password_or_the_form_token(stack, browser):
+    page = browser.new_context().new_page()
+    page.goto(f"{stack.desk.url}/login")
+    page.fill("input[name=name]", "otto")
+    page.fill("input[name=password]", "wrong")
+    page.click("button[type=submit]")
+    expect(page.locator(".error")).to_contain_text("wrong password")
+    forged = page.request.post(
+        f"{stack.desk.url}/login", form={"name": "otto", "password": PASSWORDS["otto"]}
+    )
+    assert forged.status == 403
+    page.goto(f"{stack.desk.url}/ops")
+    expect(page).to_have_url(f"{stack.desk.url}/login?next=%2Fops")

@@ -1,0 +1,138 @@
+"""The review desk's parts that need no browser: its bounded history, passwords, replicas."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from kombu import Connection
+from pydantic import SecretStr
+from starlette.testclient import TestClient
+
+from shared.contract import CatalogOutcome, MatchResult, MatchStatus, RankedProduct
+from worker.amqp.broker import RESULTS, ConfirmedPublisher
+from worker.review import feed as feed_module
+from worker.review.auth import hash_password, password_matches
+from worker.review.history import History, ScanFilter
+from worker.review.web import create_app, replica_urls
+from worker.settings import AmqpSettings, Settings
+
+
+def result(scan_id: str, status=MatchStatus.matched, station="st-1", sku="RING-1") -> MatchResult:
+    matches = [
+        RankedProduct(
+            rank=1, product_id=f"p-{sku}", sku=sku, score=0.9, image_id="front", source="catalog"
+        )
+    ]
+    return MatchResult(
+        scan_id=scan_id, status=status, matches=matches, model="m", station_id=station
+    )
+
+
+def test_history_keeps_the_latest_scans_only(tmp_path):
+    history = History(tmp_path / "review.sqlite3", limit=10)
+    for n in range(25):
+        history.record_result(result(f"scan-{n:02d}"))
+    assert history.count() == 10
+    listed = [entry.scan_id for entry in history.scans(ScanFilter(limit=100))]
+    assert listed == [f"scan-{n:02d}" for n in range(24, 14, -1)]  # newest first
+    assert history.scan("scan-00") is None
+
+
+def test_history_filters_and_a_replayed_answer_replaces_the_first(tmp_path):
+    history = History(tmp_path / "review.sqlite3", limit=100)
+    history.record_result(result("a", station="st-1", sku="RING-1"))
+    history.record_result(result("b", status=MatchStatus.no_confident_match, station="st-2"))
+    history.record_result(result("c", station="st-2", sku="PEND_9%"))
+    assert [e.scan_id for e in history.scans(ScanFilter(station="st-2"))] == ["c", "b"]
+    assert [e.scan_id for e in history.scans(ScanFilter(status="no_confident_match"))] == ["b"]
+    assert [e.scan_id for e in history.scans(ScanFilter(text="pend_9%"))] == ["c"]
+    history.record_result(result("d", sku="RINGX1"))
+    assert history.scans(ScanFilter(text="ring_1")) == []  # LIKE wildcards taken literally
+    history.record_result(result("b", status=MatchStatus.matched, station="st-2"))
+    assert history.scan("b").result.status is MatchStatus.matched
+    assert history.count() == 4
+
+
+def test_a_confirmation_and_its_outcome_are_kept_with_the_scan(tmp_path):
+    history = History(tmp_path / "review.sqlite3", limit=100)
+    history.record_result(result("a"))
+    history.record_confirmation("a", "p-RING-7", "rita")
+    outcome = CatalogOutcome(
+        event="match.confirmed", product_id="p-RING-7", scan_id="a", status="applied", model="m"
+    )
+    assert history.record_outcome(outcome)
+    assert not history.record_outcome(outcome.model_copy(update={"scan_id": "unknown"}))
+    entry = history.scan("a")
+    assert (entry.confirmed_product, entry.confirmed_by) == ("p-RING-7", "rita")
+    assert entry.outcome.status.value == "applied"
+    assert [e.scan_id for e in history.scans(ScanFilter(text="p-ring-7"))] == ["a"]
+    assert history.matched_products() == {"p-RING-1", "p-RING-7"}
+
+
+def test_passwords_are_salted_scrypt_hashes():
+    first, second = hash_password("correct horse"), hash_password("correct horse")
+    assert first != second and first.startswith("scrypt:") and "$" not in first
+    assert password_matches("correct horse", first)
+    assert not password_matches("correct hors", first)
+    assert not password_matches("correct horse", "not-a-hash")
+
+
+def test_a_name_with_several_addresses_stands_for_each_replica(monkeypatch):
+    def getaddrinfo(host, port, family=0, kind=0):
+        addresses = {"worker": ["10.0.0.7", "10.0.0.5"], "single": ["10.0.0.9"]}[host]
+        return [(socket.AF_INET, kind, 6, "", (a, port)) for a in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    assert replica_urls("http://worker:8080") == ["http://10.0.0.5:8080", "http://10.0.0.7:8080"]
+    assert replica_urls("http://single:8080") == ["http://single:8080"]
+
+
+def test_behind_a_trusted_proxy_the_header_names_the_person(tmp_path):
+    settings = Settings(
+        _env_file=None,
+        review={
+            "database": tmp_path / "review.sqlite3",
+            "trusted_user_header": "X-Forwarded-User",
+            "users": [{"name": "otto", "role": "ops"}],  # a role, no password
+        },
+    )
+    client = TestClient(create_app(settings))  # no lifespan: no broker needed for these pages
+    page = client.get("/scans", headers={"X-Forwarded-User": "otto"})
+    assert page.status_code == 200 and "otto (ops)" in page.text
+    page = client.get("/scans", headers={"X-Forwarded-User": "vera"})
+    assert "vera (reviewer)" in page.text  # not listed: a reviewer
+    anonymous = client.get("/scans", follow_redirects=False)
+    assert anonymous.status_code == 303 and anonymous.headers["location"].startswith("/login")
+    forged = client.post(
+        "/scans/x/confirm", data={"product_id": "p1"}, headers={"X-Forwarded-User": "otto"}
+    )
+    assert forged.status_code == 403  # no CSRF token
+
+
+@pytest.mark.integration
+def test_a_desk_started_before_any_worker_waits_for_the_results_exchange(
+    tmp_path, amqp_url, monkeypatch
+):
+    monkeypatch.setattr(feed_module, "RETRY_SECONDS", 0.2)
+    with Connection(amqp_url) as connection:
+        connection.channel().exchange_delete(RESULTS.name)  # no worker has ever started
+    history = History(tmp_path / "review.sqlite3", limit=100)
+    feed = feed_module.ResultFeed(AmqpSettings(url=SecretStr(amqp_url)), history, 1000).start()
+    try:
+        time.sleep(1)
+        assert not feed.ready.is_set()
+        with Connection(amqp_url, transport_options={"confirm_publish": True}) as connection:
+            RESULTS(connection.channel()).declare()  # the first worker starts
+            assert feed.ready.wait(10)
+            ConfirmedPublisher(connection.channel()).publish(
+                result("late").model_dump_json(), RESULTS, "match.result"
+            )
+        deadline = time.monotonic() + 10
+        while history.scan("late") is None:
+            if time.monotonic() > deadline:
+                pytest.fail("the desk never recorded the result")
+            time.sleep(0.1)
+    finally:
+        feed.stop()

@@ -1,0 +1,225 @@
+"""What the desk does on the broker: publish confirmations, read queue depths, and list,
+replay or discard dead letters.
+
+Listing takes up to N dead letters without acknowledging them and closes the channel, which
+returns them to the queue untouched (each listing counts as one delivery of each). Replay
+publishes the original body to the events exchange under its original routing key, as the
+desk's own broker user, and only then acknowledges the dead letter; discard acknowledges it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from shared import topology
+from shared.messages import EVENT_MODELS
+from worker.amqp.broker import BROKER_ERRORS, EVENTS, ConfirmedPublisher
+from worker.amqp.client import JewelmatchClient
+from worker.amqp.settlement import HEADER_SENDER, raw_body
+from worker.observability.logs import get_logger
+from worker.settings import AmqpSettings
+
+log = get_logger(__name__)
+
+WATCHED_QUEUES = (
+    topology.SCANS_QUEUE,
+    topology.CATALOG_QUEUE,
+    topology.RESULTS_QUEUE,
+    topology.CATALOG_OUTCOMES_QUEUE,
+    topology.DEAD_LETTER_QUEUE,
+    topology.REVIEW_RESULTS_QUEUE,
+    topology.REVIEW_OUTCOMES_QUEUE,
+)
+"""Queues whose depth the ops page shows."""
+
+HEADER_REPLAYED_BY = "x-jewelmatch-replayed-by"
+PREVIEW_CHARS = 600
+
+
+class DeadLetterGone(LookupError):
+    """The dead letter is no longer in the queue (replayed or discarded meanwhile)."""
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    fingerprint: str
+    routing_key: str
+    error: str
+    exception: str
+    original_queue: str
+    sender: str
+    attempt: str
+    preview: str
+    size: int
+    headers: dict[str, str]
+
+    @property
+    def replayable(self) -> bool:
+        return self.routing_key in EVENT_MODELS
+
+
+def _text(value) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list | dict):
+        return json.dumps(value, default=str)[:500]
+    return str(value)
+
+
+def dead_letter_of(message) -> DeadLetter:
+    body = raw_body(message)
+    headers = {str(k): _text(v) for k, v in (message.headers or {}).items()}
+    routing_key = str(message.delivery_info.get("routing_key", ""))
+    # the broker adds x-delivery-count each time a quorum queue delivers it again
+    stable = {k: v for k, v in headers.items() if k != "x-delivery-count"}
+    digest = hashlib.sha256()
+    for part in (routing_key, json.dumps(stable, sort_keys=True)):
+        digest.update(part.encode() + b"\0")
+    digest.update(body)
+    return DeadLetter(
+        fingerprint=digest.hexdigest()[:24],
+        routing_key=routing_key,
+        error=headers.get(topology.HEADER_ERROR)
+        or headers.get("x-first-death-reason", "dead-lettered by the broker"),
+        exception=headers.get(topology.HEADER_EXCEPTION, ""),
+        original_queue=headers.get(topology.HEADER_ORIGINAL_QUEUE)
+        or headers.get("x-first-death-queue", ""),
+        sender=headers.get(HEADER_SENDER) or str((message.properties or {}).get("user_id", "")),
+        attempt=headers.get(topology.HEADER_ATTEMPT, ""),
+        preview=body[:PREVIEW_CHARS].decode("utf-8", "replace"),
+        size=len(body),
+        headers=headers,
+    )
+
+
+class DeskBroker:
+    """One connection for the desk's requests (one request at a time on it)."""
+
+    def __init__(self, amqp: AmqpSettings, retry_seconds: float = 10.0) -> None:
+        self.client = JewelmatchClient(amqp, retry_seconds=retry_seconds)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self.client.close()
+
+    def publish(self, routing_key: str, body) -> None:
+        with self._lock:
+            self.client.publish(routing_key, body)
+
+    def depths(self) -> dict[str, int | None]:
+        """Messages waiting per watched queue (None: the queue does not exist or the broker
+        cannot be reached)."""
+        depths: dict[str, int | None] = {}
+        with self._lock:
+            for queue in WATCHED_QUEUES:
+                try:
+                    depths[queue] = self.client.depth(queue)
+                except BROKER_ERRORS:
+                    depths[queue] = None
+        return depths
+
+    def dead_letters(self, limit: int) -> list[DeadLetter]:
+        with self._lock:
+            return self.client.run(lambda connection: self._browse(connection, limit))
+
+    def replay(self, fingerprint: str, person: str) -> DeadLetter:
+        """Publish the dead letter again as the original event; then remove it."""
+
+        def replay(connection, message, letter: DeadLetter) -> None:
+            self._replay(connection, message, letter, person)
+
+        with self._lock:
+            return self.client.run(lambda connection: self._take(connection, fingerprint, replay))
+
+    def discard(self, fingerprint: str, person: str) -> DeadLetter:
+        """Remove the dead letter; its body preview stays in the desk's log."""
+
+        def discard(connection, message, letter: DeadLetter) -> None:
+            log.info(
+                "review.dead_letter.discarded",
+                person=person,
+                routing_key=letter.routing_key,
+                error=letter.error,
+                body=letter.preview,
+            )
+
+        with self._lock:
+            return self.client.run(lambda connection: self._take(connection, fingerprint, discard))
+
+    @staticmethod
+    def _browse(connection, limit: int) -> list[DeadLetter]:
+        """The first `limit` dead letters; they go back when the channel closes."""
+        channel = connection.channel()
+        try:
+            listed = []
+            for _ in range(limit):
+                message = channel.basic_get(topology.DEAD_LETTER_QUEUE, no_ack=False)
+                if message is None:
+                    break
+                listed.append(dead_letter_of(message))
+            return listed
+        finally:
+            with contextlib.suppress(*BROKER_ERRORS):
+                channel.close()
+
+    @staticmethod
+    def _take(
+        connection,
+        fingerprint: str,
+        act: Callable[[object, object, DeadLetter], None],
+        search_limit: int = 5000,
+    ) -> DeadLetter:
+        """Find the dead letter with `fingerprint` among the first `search_limit`, `act` on
+        it and acknowledge it; the others go back when the channel closes."""
+        channel = connection.channel()
+        try:
+            for _ in range(search_limit):
+                message = channel.basic_get(topology.DEAD_LETTER_QUEUE, no_ack=False)
+                if message is None:
+                    break
+                letter = dead_letter_of(message)
+                if letter.fingerprint == fingerprint:
+                    act(connection, message, letter)
+                    channel.basic_ack(message.delivery_info["delivery_tag"])
+                    return letter
+            raise DeadLetterGone(fingerprint)
+        finally:
+            with contextlib.suppress(*BROKER_ERRORS):
+                channel.close()
+
+    @staticmethod
+    def _replay(connection, message, letter: DeadLetter, person: str) -> None:
+        if not letter.replayable:
+            raise ValueError(f"{letter.routing_key!r} is not an event the worker consumes")
+        headers = {
+            key: value
+            for key, value in (message.headers or {}).items()
+            if not key.startswith(("x-jewelmatch-", "x-death", "x-first-death", "x-last-death"))
+        }
+        headers[HEADER_REPLAYED_BY] = person
+        publish_channel = connection.channel()
+        try:
+            ConfirmedPublisher(publish_channel).publish(
+                raw_body(message),
+                EVENTS,
+                letter.routing_key,
+                headers,
+                content_type=message.content_type or "application/json",
+                content_encoding=message.content_encoding or "utf-8",
+                user_id=connection.userid,
+            )
+        finally:
+            with contextlib.suppress(*BROKER_ERRORS):
+                publish_channel.close()
+        log.info(
+            "review.dead_letter.replayed",
+            person=person,
+            routing_key=letter.routing_key,
+            error=letter.error,
+        )
