@@ -136,3 +136,32 @@ def test_a_desk_started_before_any_worker_waits_for_the_results_exchange(
             time.sleep(0.1)
     finally:
         feed.stop()
+
+
+def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, monkeypatch):
+    from worker.review import operations
+    from worker.tools.bench.servers import free_port
+
+    monkeypatch.setattr(operations, "PUBLISH_SECONDS", 1.0)
+    monkeypatch.setattr(operations, "READ_SECONDS", 1.0)
+    settings = Settings(
+        _env_file=None,
+        amqp={"url": f"amqp://guest:guest@127.0.0.1:{free_port()}//"},  # nothing listens
+        review={
+            "database": tmp_path / "review.sqlite3",
+            "trusted_user_header": "X-Forwarded-User",
+            "users": [{"name": "otto", "role": "ops"}],
+            "worker_urls": [f"http://127.0.0.1:{free_port()}"],
+        },
+    )
+    app = create_app(settings)
+    app.state.desk.history.record_result(result("scan-1"))
+    client = TestClient(app, headers={"X-Forwarded-User": "otto"})
+    ops = client.get("/ops")
+    assert ops.status_code == 200
+    assert "The broker cannot be reached" in ops.text and "unreachable" in ops.text
+    page = client.get("/scans/scan-1")
+    token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    sent = client.post("/scans/scan-1/confirm", data={"product_id": "p-1", "csrf_token": token})
+    assert sent.status_code == 503 and "nothing was sent" in sent.text
+    assert app.state.desk.history.scan("scan-1").confirmed_product is None

@@ -83,10 +83,11 @@ class JewelmatchClient:
                     raise
                 time.sleep(0.5)
 
-    def run(self, action: Callable[[Connection], Result]) -> Result:
+    def run(self, action: Callable[[Connection], Result], within: float | None = None) -> Result:
         """Run `action` with the live connection; on a broker error reconnect and run it
-        again, within `retry_seconds`."""
-        return self._retrying(lambda: action(self._connected()))
+        again, for up to `within` seconds (default `retry_seconds`)."""
+        deadline = time.monotonic() + within if within is not None else None
+        return self._retrying(lambda: action(self._connected()), deadline)
 
     def declare(self, topo: Topology) -> None:
         """Declare the worker's exchanges and queues (as the worker would on start), so that

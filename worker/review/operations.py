@@ -16,6 +16,8 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from amqp.exceptions import NotFound
+
 from shared import topology
 from shared.messages import EVENT_MODELS
 from worker.amqp.broker import BROKER_ERRORS, EVENTS, ConfirmedPublisher
@@ -39,6 +41,10 @@ WATCHED_QUEUES = (
 
 HEADER_REPLAYED_BY = "x-jewelmatch-replayed-by"
 PREVIEW_CHARS = 600
+READ_SECONDS = 3.0
+"""How long a page waits for an unreachable broker before it says so."""
+PUBLISH_SECONDS = 10.0
+"""How long a confirmation or a replay tries to reach the broker before the page says so."""
 
 
 class DeadLetterGone(LookupError):
@@ -100,8 +106,8 @@ def dead_letter_of(message) -> DeadLetter:
 class DeskBroker:
     """One connection for the desk's requests (one request at a time on it)."""
 
-    def __init__(self, amqp: AmqpSettings, retry_seconds: float = 10.0) -> None:
-        self.client = JewelmatchClient(amqp, retry_seconds=retry_seconds)
+    def __init__(self, amqp: AmqpSettings) -> None:
+        self.client = JewelmatchClient(amqp, retry_seconds=PUBLISH_SECONDS)
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -113,20 +119,32 @@ class DeskBroker:
             self.client.publish(routing_key, body)
 
     def depths(self) -> dict[str, int | None]:
-        """Messages waiting per watched queue (None: the queue does not exist or the broker
-        cannot be reached)."""
-        depths: dict[str, int | None] = {}
-        with self._lock:
+        """Messages waiting per watched queue (None: no such queue, or no broker)."""
+
+        def count(connection) -> dict[str, int | None]:
+            found: dict[str, int | None] = {}
             for queue in WATCHED_QUEUES:
+                channel = connection.channel()
                 try:
-                    depths[queue] = self.client.depth(queue)
-                except BROKER_ERRORS:
-                    depths[queue] = None
-        return depths
+                    found[queue] = channel.queue_declare(queue, passive=True).message_count
+                except NotFound:  # e.g. replicas consume jewelmatch.catalog.<id> instead
+                    found[queue] = None
+                finally:
+                    with contextlib.suppress(*BROKER_ERRORS):
+                        channel.close()
+            return found
+
+        with self._lock:
+            try:
+                return self.client.run(count, within=READ_SECONDS)
+            except BROKER_ERRORS:
+                return dict.fromkeys(WATCHED_QUEUES)
 
     def dead_letters(self, limit: int) -> list[DeadLetter]:
         with self._lock:
-            return self.client.run(lambda connection: self._browse(connection, limit))
+            return self.client.run(
+                lambda connection: self._browse(connection, limit), within=READ_SECONDS
+            )
 
     def replay(self, fingerprint: str, person: str) -> DeadLetter:
         """Publish the dead letter again as the original event; then remove it."""

@@ -29,6 +29,7 @@ from starlette.templating import Jinja2Templates
 
 from shared import topology
 from shared.contract import MatchConfirmed, S3Object
+from worker.amqp.broker import BROKER_ERRORS
 from worker.errors import PermanentError, TransientError
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore, open_image_store
@@ -246,7 +247,13 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
             )
         except ValidationError:
             raise HTTPException(400, "not a valid product id") from None
-        await run_in_threadpool(desk.broker.publish, topology.MATCH_CONFIRMED, event)
+        try:
+            await run_in_threadpool(desk.broker.publish, topology.MATCH_CONFIRMED, event)
+        except BROKER_ERRORS as error:
+            log.error("review.confirm_failed", scan_id=scan_id, error=str(error))
+            raise HTTPException(
+                503, "the broker is unavailable: nothing was sent, try again"
+            ) from None
         await run_in_threadpool(
             desk.history.record_confirmation, scan_id, event.product_id, person.name
         )
@@ -276,7 +283,13 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
         person = signed_in(request)
         depths = await run_in_threadpool(desk.broker.depths)
         workers = await run_in_threadpool(desk.worker_states)
-        letters = await run_in_threadpool(desk.broker.dead_letters, desk.review.dead_letters_shown)
+        try:
+            letters = await run_in_threadpool(
+                desk.broker.dead_letters, desk.review.dead_letters_shown
+            )
+            broker_error = None
+        except BROKER_ERRORS as error:
+            letters, broker_error = [], str(error)
         return page(
             request,
             "ops.html",
@@ -285,6 +298,7 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
             workers=workers,
             letters=letters,
             done=request.query_params.get("done"),
+            broker_error=broker_error,
         )
 
     async def dead_letter_action(request: Request) -> Response:
@@ -304,6 +318,9 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
             return RedirectResponse("/ops?done=gone", 303)
         except ValueError as error:
             raise HTTPException(400, str(error)) from None
+        except BROKER_ERRORS as error:
+            log.error("review.dead_letter_failed", action=action, error=str(error))
+            raise HTTPException(503, "the broker is unavailable: try again") from None
         return RedirectResponse(f"/ops?done={action}", 303)
 
     # images and health -------------------------------------------------------------------
