@@ -115,3 +115,48 @@ def test_the_refit_that_learns_the_photo_domain_is_due_as_soon_as_enough_scans_e
     while matcher.metric.means.scan is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert matcher.metric.means.scan is not None
+
+
+def _photo_domain_known(matcher: Matcher, geometry: _Geometry) -> None:
+    for n in range(LearningSettings().min_scans_for_centring):
+        _remember(matcher, f"unlabeled-{n}", geometry.photo(PRODUCTS[n % len(PRODUCTS)]))
+
+
+@pytest.mark.parametrize("new_products_first", [True, False])
+def test_a_new_product_is_not_lost_to_a_confirmed_look_alike(
+    tmp_path, tiny_embedder, new_products_first
+):
+    """p0 is new (catalog shot only, and a poor one); p1 has a confirmed photo that shows
+    much of p0 (a look-alike). A photo of p0 is closest to that photo, but its closest
+    catalog image is p0's: it is ranked as on day one, against catalog images only."""
+    geometry = _Geometry(DIM)
+    index = open_index(IndexSettings(path=tmp_path / "index"), "geometry", DIM)
+    learning = LearningSettings(new_products_first=new_products_first)
+    matcher = Matcher(tiny_embedder, index, MatchPolicy(min_margin=0.05), learning)
+    catalog = matcher.catalog()
+    index.upsert([ReferenceImage(p, "front", f"sku-{p}", geometry.catalog(p)) for p in PRODUCTS])
+    _photo_domain_known(matcher, geometry)
+    look_alike = unit_rows(
+        0.75 * geometry.products["p0"] + 0.6 * geometry.products["p1"] + 1.2 * geometry.photo_domain
+    ).astype(np.float32)
+    assert catalog.confirm("p1", _remember(matcher, "scan-p1", look_alike))
+    # a correction: this bag looks more like p2 (new) but a person said it is p3
+    corrected_bag = unit_rows(
+        0.8 * geometry.products["p2"] + 0.6 * geometry.products["p3"] + 1.2 * geometry.photo_domain
+    ).astype(np.float32)
+    assert catalog.confirm("p3", _remember(matcher, "scan-p3", corrected_bag))
+    matcher.refit()
+
+    [photo_of_new] = matcher.rank(geometry.photo("p0")[None, :], 5)
+    [photo_of_confirmed] = matcher.rank(geometry.photo("p1")[None, :], 5)
+    assert photo_of_confirmed.hits[0].product_id == "p1"  # confirmed products: as before
+    # the corrected bag photographed again: its closest catalog image is p2's (new), but a
+    # confirmed photo of the very item decides
+    [same_bag_again] = matcher.rank(corrected_bag[None, :], 5)
+    assert same_bag_again.hits[0].product_id == "p3"
+    if new_products_first:
+        assert photo_of_new.hits[0].product_id == "p0"
+        assert {hit.source for hit in photo_of_new.hits} == {"catalog"}
+    else:
+        assert photo_of_new.hits[0].product_id == "p1"  # what the option is there to prevent
+    index.close()

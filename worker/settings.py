@@ -324,6 +324,18 @@ class LearningSettings(BaseModel):
     rerank_candidates: int = Field(
         default=20, ge=1, description="Products found in the plain space that the metric re-ranks."
     )
+    new_products_first: bool = Field(
+        default=True,
+        description="A scan whose closest catalog image is of a product without confirmed "
+        "photos yet is ranked against catalog images only, so that new products keep their "
+        "day-one recall once others have photos (at some cost to confirmed products: "
+        "docs/benchmarks.md)...",
+    )
+    photo_match_stands: float = Field(
+        default=0.93,
+        description="...unless a confirmed photo is at least this similar to the scan "
+        "(cosine of the embeddings): a photo of the very item, whose product then stays first.",
+    )
     refit_after_changes: int = Field(
         default=25,
         ge=1,

@@ -47,10 +47,14 @@ def confirmed_scan_image_id(scan_id: str) -> str:
 
 class Catalog:
     def __init__(
-        self, index: VectorIndex, on_change: Callable[[Iterable[str], int], None] | None = None
+        self,
+        index: VectorIndex,
+        on_change: Callable[[Iterable[str], int], None] | None = None,
+        on_photo: Callable[[str], None] | None = None,
     ) -> None:
         self.index = index
         self._on_change = on_change or (lambda product_ids, count: None)
+        self._on_photo = on_photo or (lambda product_id: None)
 
     def is_stale(self, product_id: str, version: int | None) -> bool:
         """Whether an event of this version comes after a newer one (or the same version's
@@ -168,6 +172,7 @@ class Catalog:
         )
         scan.extra["confirmed_product_id"] = product_id
         self._on_change([product_id], 1)
+        self._on_photo(product_id)
         return True
 
     def delete(self, event: ProductDeleted) -> None:

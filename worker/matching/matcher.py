@@ -95,6 +95,7 @@ class Matcher:
         self._changes = 0
         self._dirty = False
         self._new_scans = 0  # scans remembered since the last fit
+        self._with_photos: set[str] = set()  # products with confirmed photos (at the last fit)
         self._lock = threading.Lock()
         self._fitting: threading.Thread | None = None
 
@@ -133,9 +134,42 @@ class Matcher:
             hits = self._correct_domains(query, hits, metric)
             if metric.reranks and hits:
                 hits = self._rerank(query, hits, metric)
-            hits = hits[: top_k + 1]
-            rankings.append(Ranking(self.policy.decide(hits), hits[:top_k]))
+            rankings.append(self._ranking(hits, top_k))
+        if source is None and self.learning.new_products_first and self._with_photos:
+            rankings = self._new_products_first(vectors, centred, rankings, top_k, category, metric)
         return rankings
+
+    def _ranking(self, hits: list[ProductHit], top_k: int) -> Ranking:
+        hits = hits[: top_k + 1]
+        return Ranking(self.policy.decide(hits), hits[:top_k])
+
+    def _new_products_first(
+        self,
+        vectors: np.ndarray,
+        centred: np.ndarray,
+        rankings: list[Ranking],
+        top_k: int,
+        category: str | None,
+        metric: LearnedMetric,
+    ) -> list[Ranking]:
+        """A photo of a product that has no confirmed photos yet resembles other products'
+        photos more than its own catalog shot, so confirmed look-alikes would win. Where the
+        closest catalog image is of such a product, the scan is ranked as on day one: against
+        catalog images only (docs/benchmarks.md, "New products among confirmed ones")."""
+        found = self.index.search(centred, top_k + 1, category, SOURCE_CATALOG)
+        # a confirmed photo this similar shows the very item (a corrected scan photographed
+        # again): that evidence outweighs the catalog images
+        closest_photos = self.index.search(vectors, 1, category, SOURCE_CONFIRMED_SCAN)
+        routed = []
+        for query, ranking, hits, photos in zip(
+            centred, rankings, found, closest_photos, strict=True
+        ):
+            new_product_closest = bool(hits) and hits[0].product_id not in self._with_photos
+            same_item = bool(photos) and photos[0].score >= self.learning.photo_match_stands
+            if new_product_closest and not same_item:
+                ranking = self._ranking(self._correct_domains(query, hits, metric), top_k)
+            routed.append(ranking)
+        return routed
 
     def _correct_domains(
         self, query: np.ndarray, hits: list[ProductHit], metric: LearnedMetric
@@ -175,7 +209,7 @@ class Matcher:
 
     def catalog(self) -> Catalog:
         """The catalog over this matcher's index; every change it makes is noted here."""
-        return Catalog(self.index, self.note_changes)
+        return Catalog(self.index, self.note_changes, self._note_photo)
 
     def note_changes(self, product_ids: Iterable[str] = (), count: int = 1) -> None:
         """Something changed: products (their prototypes are recomputed at once; `count`
@@ -186,6 +220,10 @@ class Matcher:
             self._dirty = True
             for product_id in product_ids:
                 self._prototypes.pop(product_id, None)
+
+    def _note_photo(self, product_id: str) -> None:
+        """A confirmed photo was stored: the product is no longer new."""
+        self._with_photos.add(product_id)
 
     def note_scans(self, count: int) -> None:
         """New scans refine the scan statistics (domain centring): they make the next refit
@@ -210,15 +248,18 @@ class Matcher:
             min_confirmations=(self.learning.min_confirmations if self.learning.metric else 10**12),
             min_scans_for_centring=self.learning.min_scans_for_centring,
         )
+        references = self.index.references()
         metric = fit_metric(
-            self.index.references(),
+            references,
             self.index.scan_vectors(self.learning.scans_for_statistics),
             options,
             self.learning.rerank_candidates,
         )
+        with_photos = set(references.product_ids[references.sources == SOURCE_CONFIRMED_SCAN])
         with self._lock:
             self.metric = metric
             self._prototypes.clear()
+            self._with_photos = with_photos
         log.info("metric.fitted", seconds=round(time.perf_counter() - started, 2), **metric.report)
         return metric
 
