@@ -165,3 +165,25 @@ def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, mon
     sent = client.post("/scans/scan-1/confirm", data={"product_id": "p-1", "csrf_token": token})
     assert sent.status_code == 503 and "nothing was sent" in sent.text
     assert app.state.desk.history.scan("scan-1").confirmed_product is None
+
+
+@pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "https://evil.example"])
+def test_sign_in_sends_people_only_to_pages_of_the_desk(tmp_path, target):
+    from worker.review.auth import hash_password
+
+    settings = Settings(
+        _env_file=None,
+        review={
+            "database": tmp_path / "review.sqlite3",
+            "users": [{"name": "ana", "password_hash": hash_password("pw-of-ana")}],
+        },
+    )
+    client = TestClient(create_app(settings))
+    form = client.get("/login").text
+    token = form.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    signed_in = client.post(
+        "/login",
+        data={"name": "ana", "password": "pw-of-ana", "next": target, "csrf_token": token},
+        follow_redirects=False,
+    )
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/scans"

@@ -109,6 +109,15 @@ class History:
                 (product_id, person, time.time(), product_id.lower(), scan_id),
             )
 
+    def forget_confirmation(self, scan_id: str) -> None:
+        """A confirmation that could not be sent."""
+        with self._lock, self._db:
+            self._db.execute(
+                """UPDATE scans SET confirmed_product = NULL, confirmed_by = NULL,
+                       confirmed_at = NULL, outcome = NULL WHERE scan_id = ?""",
+                (scan_id,),
+            )
+
     def record_outcome(self, outcome: CatalogOutcome) -> bool:
         """The outcome of a confirmation; False when its scan is not in the history."""
         if outcome.scan_id is None:

@@ -4,6 +4,7 @@ JavaScript for live updates), served by uvicorn."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import socket
 import time
@@ -49,6 +50,8 @@ IMAGE_TYPES = {
     b"GIF8": "image/gif",
 }
 CATALOG_CACHE_SECONDS = 15.0
+LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9._~%/?=&+-]*")
+"""Where a sign-in may send its person on: a path of this site only."""
 
 
 def image_url(ref: S3Object | str | None) -> str | None:
@@ -176,8 +179,8 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
             desk.auth.sign_in, str(form.get("name", "")), str(form.get("password", ""))
         )
         target = str(form.get("next") or "/scans")
-        if not target.startswith("/") or target.startswith("//"):
-            target = "/scans"  # no open redirect
+        if not LOCAL_PATH.fullmatch(target):
+            target = "/scans"  # no open redirect ("//host", "/\\host", "https://...")
         if person is None:
             log.warning("review.sign_in_refused", name=str(form.get("name", ""))[:64])
             return templates.TemplateResponse(
@@ -247,16 +250,18 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
             )
         except ValidationError:
             raise HTTPException(400, "not a valid product id") from None
+        # recorded first: the worker's outcome may arrive before the publish returns
+        await run_in_threadpool(
+            desk.history.record_confirmation, scan_id, event.product_id, person.name
+        )
         try:
             await run_in_threadpool(desk.broker.publish, topology.MATCH_CONFIRMED, event)
         except BROKER_ERRORS as error:
+            await run_in_threadpool(desk.history.forget_confirmation, scan_id)
             log.error("review.confirm_failed", scan_id=scan_id, error=str(error))
             raise HTTPException(
                 503, "the broker is unavailable: nothing was sent, try again"
             ) from None
-        await run_in_threadpool(
-            desk.history.record_confirmation, scan_id, event.product_id, person.name
-        )
         log.info(
             "review.confirmed", scan_id=scan_id, product_id=event.product_id, person=person.name
         )
