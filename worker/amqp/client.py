@@ -92,7 +92,15 @@ class JewelmatchClient:
     def declare(self, topo: Topology) -> None:
         """Declare the worker's exchanges and queues (as the worker would on start), so that
         events published before it runs wait for it."""
-        self._retrying(lambda: topo.declare(self._connected().channel()))
+        def declare() -> None:
+            channel = self._connected().channel()
+            try:
+                topo.declare(channel)
+            finally:
+                with contextlib.suppress(*BROKER_ERRORS):
+                    channel.close()
+
+        self._retrying(declare)
 
     def close(self) -> None:
         self._reset()
