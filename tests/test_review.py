@@ -198,6 +198,12 @@ def test_a_scan_appears_is_confirmed_and_the_next_photo_ranks_it_first(stack, br
     expect(page.locator("h2", has_text="without confirmations")).to_contain_text(
         f"({len(DESIGNS) - 1})"
     )
+    page.fill("input[name=q]", target.sku.lower())
+    page.click("form.filters button")
+    expect(page.locator("#products tbody tr")).to_have_count(1)
+    expect(page.locator("#products tbody tr")).to_have_attribute(
+        "data-product-id", target.product_id
+    )
 
 
 def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(stack, browser):

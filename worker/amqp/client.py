@@ -92,6 +92,7 @@ class JewelmatchClient:
     def declare(self, topo: Topology) -> None:
         """Declare the worker's exchanges and queues (as the worker would on start), so that
         events published before it runs wait for it."""
+
         def declare() -> None:
             channel = self._connected().channel()
             try:

@@ -50,6 +50,8 @@ IMAGE_TYPES = {
     b"GIF8": "image/gif",
 }
 CATALOG_CACHE_SECONDS = 15.0
+CATALOG_ROWS = 500
+"""Products listed at once on the catalog page (a search narrows them)."""
 LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9._~%/?=&+-]*")
 """Where a sign-in may send its person on: a path of this site only."""
 
@@ -273,11 +275,20 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
         person = signed_in(request)
         products = await run_in_threadpool(desk.catalog, 0.0)
         matched = await run_in_threadpool(desk.history.matched_products)
+        text = request.query_params.get("q", "").strip().lower()
+        shown = [
+            p
+            for p in products
+            if not text or text in f"{p['sku']} {p['product_id']} {p.get('name') or ''}".lower()
+        ]
         return page(
             request,
             "catalog.html",
             person,
             products=products,
+            shown=shown[:CATALOG_ROWS],
+            matching=len(shown),
+            query=text,
             never_matched=[p for p in products if p["product_id"] not in matched],
             unconfirmed=[p for p in products if not p["confirmed_photos"]],
         )
