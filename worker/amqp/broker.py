@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from amqp.exceptions import AMQPError, MessageNacked
@@ -168,6 +170,18 @@ def review_queues(max_length: int) -> list[Queue]:
             (topology.REVIEW_OUTCOMES_QUEUE, topology.CATALOG_OUTCOME),
         )
     ]
+
+
+@contextlib.contextmanager
+def open_channel(connection: Connection) -> Iterator:
+    """A channel of `connection` for one piece of work, closed after it (quietly: a channel
+    the broker closed on an error, or a lost connection, has nothing left to close)."""
+    channel = connection.channel()
+    try:
+        yield channel
+    finally:
+        with contextlib.suppress(*BROKER_ERRORS):
+            channel.close()
 
 
 def tls_options(settings: AmqpSettings) -> dict | None:

@@ -25,7 +25,14 @@ from pydantic import BaseModel, SecretStr
 
 from shared import topology
 from shared.contract import CatalogOutcome, MatchResult
-from worker.amqp.broker import BROKER_ERRORS, EVENTS, ConfirmedPublisher, Topology, connect
+from worker.amqp.broker import (
+    BROKER_ERRORS,
+    EVENTS,
+    ConfirmedPublisher,
+    Topology,
+    connect,
+    open_channel,
+)
 from worker.amqp.settlement import raw_body
 from worker.settings import AmqpSettings
 
@@ -94,12 +101,8 @@ class JewelmatchClient:
         events published before it runs wait for it."""
 
         def declare() -> None:
-            channel = self._connected().channel()
-            try:
+            with open_channel(self._connected()) as channel:
                 topo.declare(channel)
-            finally:
-                with contextlib.suppress(*BROKER_ERRORS):
-                    channel.close()
 
         self._retrying(declare)
 
@@ -157,8 +160,6 @@ class JewelmatchClient:
 
     def _take(self, queue, taken, done, deadline, on_each) -> None:
         connection = self._connected()
-        channel = connection.channel()
-        channel.basic_qos(0, 1, False)  # prefetch 1
 
         def on_message(message) -> None:
             if done():
@@ -174,11 +175,11 @@ class JewelmatchClient:
             if on_each:
                 on_each(received)
 
-        consumer = Consumer(
-            channel, [Queue(queue, no_declare=True)], on_message=on_message, auto_declare=False
-        )
-        try:
-            consumer.consume()
+        with open_channel(connection) as channel:
+            channel.basic_qos(0, 1, False)  # prefetch 1
+            Consumer(
+                channel, [Queue(queue, no_declare=True)], on_message=on_message, auto_declare=False
+            ).consume()
             while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -187,9 +188,6 @@ class JewelmatchClient:
                     connection.drain_events(timeout=min(0.2, remaining))
                 with contextlib.suppress(*BROKER_ERRORS):
                     connection.heartbeat_check()
-        finally:
-            with contextlib.suppress(*BROKER_ERRORS):
-                channel.close()
 
     def results(self, count: int = 1, timeout: float = 60.0) -> list[MatchResult]:
         return [
@@ -212,10 +210,7 @@ class JewelmatchClient:
         """Messages waiting on `queue` that nobody has taken."""
 
         def count() -> int:
-            channel = self._connected().channel()
-            try:
+            with open_channel(self._connected()) as channel:
                 return channel.queue_declare(queue, passive=True).message_count
-            finally:
-                channel.close()
 
         return self._retrying(count)

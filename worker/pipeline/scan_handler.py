@@ -111,7 +111,7 @@ class ScanHandler:
         loaded = self.loader.load_all([scan.image for scan in fresh.values()])
         for (i, scan), item in zip(fresh.items(), loaded, strict=True):
             if isinstance(item, Exception):
-                outcomes[i] = self.failure(deliveries[i], scan.scan_id, item, Timer())
+                outcomes[i] = self.failure(deliveries[i], scan.scan_id, item, Timer(), scan)
             else:
                 ready.append(_Ready(i, scan, item.picture, item.timer))
         if ready:
@@ -136,8 +136,7 @@ class ScanHandler:
             "this scan_id was already answered for another photo or station; "
             "a new photo needs a new scan_id"
         )
-        result = self._failed(scan.scan_id, FailureReason.scan_id_reused, detail, Timer())
-        result = result.model_copy(update={"image": scan.image, "station_id": scan.station_id})
+        result = self._failed(scan.scan_id, FailureReason.scan_id_reused, detail, Timer(), scan)
         return Outcome(
             Action.dead_letter,
             [(topology.MATCH_RESULT, result)],
@@ -170,9 +169,15 @@ class ScanHandler:
         )
 
     def failure(
-        self, delivery: Delivery, scan_id: str, error: BaseException, timer: Timer
+        self,
+        delivery: Delivery,
+        scan_id: str,
+        error: BaseException,
+        timer: Timer,
+        scan: BagPhotographed | None = None,
     ) -> Outcome:
-        """A scan that could not be answered: `failed` with its reason once that is final."""
+        """A scan that could not be answered: `failed` with its reason once that is final.
+        `scan` is the parsed event where the caller has it (else it is read again)."""
         failure = self.policy.decide(delivery, error)
         if failure.final and failure.reason in (
             FailureReason.dependency_unavailable,
@@ -185,12 +190,8 @@ class ScanHandler:
             action = failure.action
         results = []
         if failure.final:
-            result = self._failed(scan_id, failure.reason, failure.detail, timer)
-            scan = _readable_scan(delivery)
-            if scan is not None:  # the photo and station, for whoever looks at the failure
-                result = result.model_copy(
-                    update={"image": scan.image, "station_id": scan.station_id}
-                )
+            scan = scan or _readable_scan(delivery)
+            result = self._failed(scan_id, failure.reason, failure.detail, timer, scan)
             results.append((topology.MATCH_RESULT, result))
         return Outcome(
             action,
@@ -206,13 +207,22 @@ class ScanHandler:
         )
 
     def _failed(
-        self, scan_id: str, reason: FailureReason, detail: str, timer: Timer
+        self,
+        scan_id: str,
+        reason: FailureReason,
+        detail: str,
+        timer: Timer,
+        scan: BagPhotographed | None = None,
     ) -> MatchResult:
+        """A `failed` answer; with the scan's photo and station where the event could be
+        read, for whoever looks at the failure."""
         return MatchResult(
             scan_id=scan_id,
             status=MatchStatus.failed,
             reason=reason,
             detail=detail,
+            image=scan.image if scan else None,
+            station_id=scan.station_id if scan else None,
             model=self.matcher.model_id,
             timings_ms=timer.ms,
         )

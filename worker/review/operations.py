@@ -9,18 +9,17 @@ desk's own broker user, and only then acknowledges the dead letter; discard ackn
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from amqp.exceptions import NotFound
 
 from shared import topology
 from shared.messages import EVENT_MODELS
-from worker.amqp.broker import BROKER_ERRORS, EVENTS, ConfirmedPublisher
+from worker.amqp.broker import BROKER_ERRORS, EVENTS, ConfirmedPublisher, open_channel
 from worker.amqp.client import JewelmatchClient
 from worker.amqp.settlement import HEADER_SENDER, raw_body
 from worker.observability.logs import get_logger
@@ -124,14 +123,11 @@ class DeskBroker:
         def count(connection) -> dict[str, int | None]:
             found: dict[str, int | None] = {}
             for queue in WATCHED_QUEUES:
-                channel = connection.channel()
-                try:
-                    found[queue] = channel.queue_declare(queue, passive=True).message_count
-                except NotFound:  # e.g. replicas consume jewelmatch.catalog.<id> instead
-                    found[queue] = None
-                finally:
-                    with contextlib.suppress(*BROKER_ERRORS):
-                        channel.close()
+                with open_channel(connection) as channel:
+                    try:
+                        found[queue] = channel.queue_declare(queue, passive=True).message_count
+                    except NotFound:  # e.g. replicas consume jewelmatch.catalog.<id> instead
+                        found[queue] = None
             return found
 
         with self._lock:
@@ -171,23 +167,24 @@ class DeskBroker:
             return self.client.run(lambda connection: self._take(connection, fingerprint, discard))
 
     @staticmethod
-    def _browse(connection, limit: int) -> list[DeadLetter]:
-        """The first `limit` dead letters; they go back when the channel closes."""
-        channel = connection.channel()
-        try:
-            listed = []
-            for _ in range(limit):
-                message = channel.basic_get(topology.DEAD_LETTER_QUEUE, no_ack=False)
-                if message is None:
-                    break
-                listed.append(dead_letter_of(message))
-            return listed
-        finally:
-            with contextlib.suppress(*BROKER_ERRORS):
-                channel.close()
+    def _taken(channel, limit: int) -> Iterator[tuple[object, DeadLetter]]:
+        """Up to `limit` dead letters, oldest first, taken without acknowledging them: each
+        goes back to the queue when the channel closes, unless it was acknowledged."""
+        for _ in range(limit):
+            message = channel.basic_get(topology.DEAD_LETTER_QUEUE, no_ack=False)
+            if message is None:
+                return
+            yield message, dead_letter_of(message)
 
-    @staticmethod
+    @classmethod
+    def _browse(cls, connection, limit: int) -> list[DeadLetter]:
+        """The first `limit` dead letters; they go back when the channel closes."""
+        with open_channel(connection) as channel:
+            return [letter for _, letter in cls._taken(channel, limit)]
+
+    @classmethod
     def _take(
+        cls,
         connection,
         fingerprint: str,
         act: Callable[[object, object, DeadLetter], None],
@@ -195,21 +192,13 @@ class DeskBroker:
     ) -> DeadLetter:
         """Find the dead letter with `fingerprint` among the first `search_limit`, `act` on
         it and acknowledge it; the others go back when the channel closes."""
-        channel = connection.channel()
-        try:
-            for _ in range(search_limit):
-                message = channel.basic_get(topology.DEAD_LETTER_QUEUE, no_ack=False)
-                if message is None:
-                    break
-                letter = dead_letter_of(message)
+        with open_channel(connection) as channel:
+            for message, letter in cls._taken(channel, search_limit):
                 if letter.fingerprint == fingerprint:
                     act(connection, message, letter)
                     channel.basic_ack(message.delivery_info["delivery_tag"])
                     return letter
-            raise DeadLetterGone(fingerprint)
-        finally:
-            with contextlib.suppress(*BROKER_ERRORS):
-                channel.close()
+        raise DeadLetterGone(fingerprint)
 
     @staticmethod
     def _replay(connection, message, letter: DeadLetter, person: str) -> None:
@@ -221,8 +210,7 @@ class DeskBroker:
             if not key.startswith(("x-jewelmatch-", "x-death", "x-first-death", "x-last-death"))
         }
         headers[HEADER_REPLAYED_BY] = person
-        publish_channel = connection.channel()
-        try:
+        with open_channel(connection) as publish_channel:
             ConfirmedPublisher(publish_channel).publish(
                 raw_body(message),
                 EVENTS,
@@ -232,9 +220,6 @@ class DeskBroker:
                 content_encoding=message.content_encoding or "utf-8",
                 user_id=connection.userid,
             )
-        finally:
-            with contextlib.suppress(*BROKER_ERRORS):
-                publish_channel.close()
         log.info(
             "review.dead_letter.replayed",
             person=person,

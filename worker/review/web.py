@@ -149,7 +149,7 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
     templates = Jinja2Templates(directory=HERE / "templates")
     templates.env.globals.update(image_url=image_url, when=when)
 
-    def page(request: Request, name: str, person: Person, status_code: int = 200, **context):
+    def page(request: Request, name: str, person: Person | None, status_code: int = 200, **context):
         context.update(person=person, csrf=csrf_token(request), path=request.url.path)
         return templates.TemplateResponse(request, name, context, status_code=status_code)
 
@@ -164,15 +164,8 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
     # sign-in ----------------------------------------------------------------------------
 
     async def login_form(request: Request) -> Response:
-        return templates.TemplateResponse(
-            request,
-            "login.html",
-            {
-                "csrf": csrf_token(request),
-                "next": request.query_params.get("next", "/scans"),
-                "error": None,
-                "person": None,
-            },
+        return page(
+            request, "login.html", None, next=request.query_params.get("next", "/scans"), error=None
         )
 
     async def login(request: Request) -> Response:
@@ -185,17 +178,8 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
             target = "/scans"  # no open redirect ("//host", "/\\host", "https://...")
         if person is None:
             log.warning("review.sign_in_refused", name=str(form.get("name", ""))[:64])
-            return templates.TemplateResponse(
-                request,
-                "login.html",
-                {
-                    "csrf": csrf_token(request),
-                    "next": target,
-                    "person": None,
-                    "error": "Unknown name or wrong password.",
-                },
-                status_code=401,
-            )
+            error = "Unknown name or wrong password."
+            return page(request, "login.html", None, 401, next=target, error=error)
         request.session.clear()
         request.session["user"] = person.name
         csrf_token(request)  # a fresh token for the new session
@@ -222,9 +206,10 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
             text=query.get("q") or None,
         )
         entries = await run_in_threadpool(desk.history.scans, where)
-        name = "_scan_rows.html" if query.get("fragment") else "scans.html"
+        if query.get("fragment"):  # the live refresh: the rows only
+            return page(request, "_scan_rows.html", person, entries=entries, query=query)
         stations = await run_in_threadpool(desk.history.stations)
-        return page(request, name, person, entries=entries, query=query, stations=stations)
+        return page(request, "scans.html", person, entries=entries, query=query, stations=stations)
 
     async def scan(request: Request) -> Response:
         person = signed_in(request)
