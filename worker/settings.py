@@ -309,6 +309,24 @@ class LearningSettings(BaseModel):
         "(only when it beats the plain space on held-out confirmations).",
     )
     metric_max_dim: int = Field(default=128, ge=2, description="Dimensions of the metric.")
+    whiten_dim: int = Field(
+        default=128,
+        ge=0,
+        description="Before confirmations teach a metric, candidates are re-ranked after a "
+        "PCA whitening of the unlabeled scans onto this many components (0: off)...",
+    )
+    whiten_power: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="...each scaled by its variance to the power -power/2 (1: full whitening)...",
+    )
+    min_scans_for_whitening: int = Field(
+        default=500,
+        ge=2,
+        description="...once this many scans exist (with fewer, the estimate hurts more "
+        "than it helps).",
+    )
     metric_shrinkage: float = Field(
         default=0.3,
         ge=0.0,

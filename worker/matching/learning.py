@@ -7,6 +7,11 @@ Two pieces, both chosen on the accuracy benchmark (docs/benchmarks.md, "Matching
   studio shots) differ systematically. Subtracting each domain's mean vector before comparing
   removes much of that difference. The scan mean comes from unlabeled scans, so it needs no
   confirmation at all. It is applied to the query only: stored vectors never change.
+* **Whitening learned from unlabeled scans.** Before any confirmation, the directions along which
+  scans vary most (light, bag, hand, background) dominate the cosine; a mild PCA whitening of
+  the centred scans (the leading components, each scaled by its variance to the power
+  -power/2) evens them out. It needs hundreds of scans and no label, and re-ranks candidates
+  like the metric below, which replaces it once confirmations teach better directions.
 * **A learned metric (LDA) fitted on confirmed matches.** Linear discriminant analysis on the
   reference images grouped by product (catalog images and confirmed scans) finds the
   directions that separate products and ignores those that vary within a product (light,
@@ -91,12 +96,32 @@ def prototypes(projected: np.ndarray, product_ids: np.ndarray) -> dict[str, np.n
     }
 
 
+def fit_whitening(centred_scans: np.ndarray, max_dim: int, power: float) -> np.ndarray:
+    """Projection (d × k) onto the scans' leading principal components, each divided by its
+    standard deviation to the power `power` (0: plain PCA, 1: full whitening).
+
+    The variances are floored at a tenth of the largest, so that weak, noisy components are
+    not blown up (chosen with `power` and `max_dim` on the accuracy benchmark's `train` split).
+    """
+    deviations = centred_scans - centred_scans.mean(axis=0)
+    covariance = deviations.T @ deviations / len(deviations)
+    variances, components = np.linalg.eigh(covariance)
+    order = np.argsort(variances)[::-1][:max_dim]
+    variances, components = variances[order], components[:, order]
+    floor = 0.1 * variances[0]
+    return (components / (np.maximum(variances, 0) + floor) ** (power / 2)).astype(np.float32)
+
+
 @dataclass
 class LearnedMetric:
     """The fitted state a matcher applies to queries and candidates."""
 
     means: DomainMeans = field(default_factory=DomainMeans)
     projection: np.ndarray | None = None
+    score_scale: float = 1.0
+    """Re-ranked scores are multiplied by this: 1 for LDA; for the whitening, the factor that
+    brings its scores' margins back to the plain space's scale, so that `matched` answers about
+    as often at the same margin (the whitened cosines spread wider)."""
     fitted_at: float = 0.0
     report: dict = field(default_factory=dict)
 
@@ -121,6 +146,9 @@ class MetricOptions:
     min_scans_for_centring: int = 20
     validation_share: float = 0.2
     max_validation_queries: int = 2000
+    whiten_dim: int = 0
+    whiten_power: float = 0.25
+    min_scans_for_whitening: int = 500
 
 
 def _held_out(refs: ReferenceSet, share: float, limit: int) -> np.ndarray:
@@ -164,10 +192,31 @@ def _recall_at_1(
     return float(np.mean(predicted == truth)) if len(truth) else float("nan")
 
 
+def _margin_ratio(
+    centred_scans: np.ndarray, catalog: np.ndarray, metric: LearnedMetric, sample: int = 1000
+) -> float:
+    """Median margin (best minus second-best catalog image) of scans in the plain space over
+    the same in the metric's space, on evenly spaced samples of scans and catalog images."""
+
+    def spaced(rows: np.ndarray, count: int) -> np.ndarray:
+        return rows[np.linspace(0, len(rows) - 1, min(count, len(rows))).astype(int)]
+
+    scans, catalog = spaced(centred_scans, sample), spaced(catalog, 5 * sample)
+
+    def median_margin(scores: np.ndarray) -> float:
+        best_two = np.sort(scores, axis=1)[:, -2:]
+        return float(np.median(best_two[:, 1] - best_two[:, 0]))
+
+    projected = metric.project(scans) @ metric.project(catalog).T
+    return median_margin(scans @ catalog.T) / max(median_margin(projected), 1e-6)
+
+
 def fit_metric(
     refs: ReferenceSet, scan_vectors: np.ndarray, options: MetricOptions, rerank_candidates: int
 ) -> LearnedMetric:
-    """Fit domain means, then the LDA metric if enough confirmations exist and it validates."""
+    """Fit domain means, the scans' whitening if enough scans exist, then the LDA metric
+    (instead of the whitening) if enough confirmations exist and it beats the plain space on
+    held-out confirmations."""
     catalog_mask = refs.sources == SOURCE_CATALOG
     scans = np.concatenate([scan_vectors, refs.vectors[~catalog_mask]])
     means = DomainMeans(
@@ -180,9 +229,25 @@ def fit_metric(
         "confirmations": confirmations,
         "scans_for_centring": len(scans),
         "centred": means.scan is not None,
+        "whitened": False,
         "lda": False,
     }
     metric = LearnedMetric(means=means, fitted_at=time.time(), report=report)
+    if (
+        options.whiten_dim
+        and means.scan is not None
+        and len(scans) >= max(options.min_scans_for_whitening, 2)
+    ):
+        centred_scans = means.centre_query(scans)
+        metric.projection = fit_whitening(centred_scans, options.whiten_dim, options.whiten_power)
+        if catalog_mask.sum() >= 2:
+            catalog = means.centre_references(refs.subset(catalog_mask))
+            metric.score_scale = _margin_ratio(centred_scans, catalog, metric)
+        report.update(
+            whitened=True,
+            whitened_score_scale=round(metric.score_scale, 3),
+            reranked_by="whitening",
+        )
     if confirmations < options.min_confirmations:
         report["lda_skipped"] = f"fewer than {options.min_confirmations} confirmations"
         return metric
@@ -195,23 +260,30 @@ def fit_metric(
         report["lda_skipped"] = "nothing to validate on"
         return metric
     trial = LearnedMetric(means=means, projection=projection)
-    plain = _recall_at_1(
-        check_part.vectors, check_part.product_ids, fit_part, metric, rerank_candidates
+    # judged against the centred space alone: with few confirmations, the held-out photos are
+    # too few to judge against the whitening, which LDA then beats on the benchmark anyway
+    before = _recall_at_1(
+        check_part.vectors,
+        check_part.product_ids,
+        fit_part,
+        LearnedMetric(means=means),
+        rerank_candidates,
     )
     learned = _recall_at_1(
         check_part.vectors, check_part.product_ids, fit_part, trial, rerank_candidates
     )
     report.update(
         validation_queries=len(check_part),
-        validation_recall_plain=plain,
+        validation_recall_plain=before,
         validation_recall_lda=learned,
     )
-    if learned < plain:
+    if learned < before:
         report["lda_skipped"] = "did not beat the plain space on held-out confirmations"
         return metric
-    metric.projection = fit_lda(
+    projection = fit_lda(
         means.centre_references(refs), refs.product_ids, options.max_dim, options.shrinkage
     )
-    report["lda"] = metric.projection is not None
-    report["lda_dim"] = 0 if metric.projection is None else int(metric.projection.shape[1])
+    if projection is not None:
+        metric.projection, metric.score_scale = projection, 1.0
+        report.update(lda=True, lda_dim=int(projection.shape[1]), reranked_by="lda")
     return metric

@@ -8,8 +8,8 @@ Ranking a scan:
    nearest products by their best reference image (`rerank_candidates` of them);
 2. each product's score is corrected by its best image's domain mean (catalog images and
    confirmed scans are centred on their own means), and the list re-sorted;
-3. once a metric has been learned from confirmed matches, those candidates are re-ranked by
-   their product prototype in the learned space;
+3. once enough scans whiten the space, or a metric has been learned from confirmed matches,
+   those candidates are re-ranked by their product prototype in that space;
 4. `MatchPolicy` decides `matched` or `no_confident_match` from the best score and its margin
    over the runner-up.
 """
@@ -189,8 +189,9 @@ class Matcher:
         self, query: np.ndarray, hits: list[ProductHit], metric: LearnedMetric
     ) -> list[ProductHit]:
         projected = metric.project(query[None, :])[0]
+        scale = metric.score_scale
         rescored = [
-            replace(hit, score=float(projected @ self._prototype(hit.product_id, metric)))
+            replace(hit, score=scale * float(projected @ self._prototype(hit.product_id, metric)))
             for hit in hits
         ]
         return sorted(rescored, key=lambda hit: (-hit.score, hit.product_id))
@@ -247,6 +248,9 @@ class Matcher:
             shrinkage=self.learning.metric_shrinkage,
             min_confirmations=(self.learning.min_confirmations if self.learning.metric else 10**12),
             min_scans_for_centring=self.learning.min_scans_for_centring,
+            whiten_dim=self.learning.whiten_dim,
+            whiten_power=self.learning.whiten_power,
+            min_scans_for_whitening=self.learning.min_scans_for_whitening,
         )
         references = self.index.references()
         metric = fit_metric(
