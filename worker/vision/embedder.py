@@ -5,6 +5,10 @@ crops (fractions of its shorter side), each also mirrored. Catalog pictures are 
 centred shots: one full crop. Scans show the jewel at an unknown scale among clutter: the full
 frame plus two zoomed-in crops. Both were chosen on the accuracy benchmark (docs/benchmarks.md,
 "Matching quality").
+
+A model name may join several image towers with `+` (an ensemble, e.g.
+`efficientnet-lite0+efficientnet-lite2`): each embeds the views at its own input size, and a
+picture's vector is the members' unit view vectors side by side, scaled to unit length.
 """
 
 from __future__ import annotations
@@ -65,6 +69,14 @@ def _view_suffix(settings: ModelSettings) -> str:
     return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
 
 
+ENSEMBLE_SEPARATOR = "+"
+
+
+def ensemble_members(name: str) -> list[str]:
+    """The model names an (ensemble) model name joins; one for a single model."""
+    return [member.strip() for member in name.split(ENSEMBLE_SEPARATOR)] if name else [name]
+
+
 def model_id_for(settings: ModelSettings) -> str:
     """A short, path- and collection-safe id of the model that produced a vector.
 
@@ -72,12 +84,30 @@ def model_id_for(settings: ModelSettings) -> str:
     and is part of every point id.
     """
     name = settings.name
-    if name.startswith("local-dir:"):
-        name = Path(name.removeprefix("local-dir:")).name
-    elif name not in BUILTIN_MODELS and settings.pretrained:
+    members = ensemble_members(name)
+    if len(members) > 1:
+        return "_".join(_member_id(member) for member in members) + _view_suffix(settings)
+    if name not in BUILTIN_MODELS and not name.startswith("local-dir:") and settings.pretrained:
         name = f"{name}-{Path(settings.pretrained).stem}"
-    name = re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"
-    return name + _view_suffix(settings)
+    return _member_id(name) + _view_suffix(settings)
+
+
+class _Member:
+    """One image tower of the embedder, with its own preprocessing (input size)."""
+
+    def __init__(self, settings: ModelSettings, name: str, model_id: str) -> None:
+        device = torch.device(settings.device)
+        model = open_clip.create_model(
+            resolve_model_name(name, settings.cache_dir),
+            pretrained=settings.pretrained,
+            device=device,
+        ).eval()
+        preprocess = PreprocessCfg(**model.visual.preprocess_cfg)
+        size = preprocess.size
+        self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
+        self.transform = image_transform_v2(preprocess, is_train=False)
+        # the exported runtimes hold their own copy of the weights; torch's is then dropped
+        self.tower = open_tower(settings, model, self.image_size, model_id, device)
 
 
 class Embedder:
@@ -93,21 +123,17 @@ class Embedder:
             ImageKind.scan: tuple(settings.scan_crops),
         }
         self._flip = settings.flip
-        device = torch.device(settings.device)
-        model = open_clip.create_model(
-            resolve_model_name(settings.name, settings.cache_dir),
-            pretrained=settings.pretrained,
-            device=device,
-        ).eval()
-        preprocess = PreprocessCfg(**model.visual.preprocess_cfg)
-        size = preprocess.size
-        self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
-        self._transform = image_transform_v2(preprocess, is_train=False)
+        names = ensemble_members(settings.name)
+        if len(names) > 1 and settings.pretrained:
+            raise ValueError("an ensemble's members must be built-in or local-dir: models")
+        self._members = [
+            _Member(settings, name, self.model_id if len(names) == 1 else _member_id(name))
+            for name in names
+        ]
+        self.image_size = self._members[0].image_size
         self.runtime = settings.runtime
-        # the exported runtimes hold their own copy of the weights; torch's is then dropped
-        self._tower = open_tower(settings, model, self.image_size, self.model_id, device)
         self._colour_weight = settings.colour_weight
-        self.dim = int(self._forward([Image.new("RGB", (64, 64), "gray")]).shape[1])  # warm-up
+        self.dim = int(self._views([Image.new("RGB", (64, 64), "gray")], 1).shape[1])  # warm-up
         if self._colour_weight:
             self.dim += colour.DIM
         self.load_seconds = time.perf_counter() - started
@@ -127,15 +153,7 @@ class Embedder:
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
         crops = [crop for image in images for crop in centred_crops(image, self._crops[kind])]
-        per_pass = max(1, self.batch_size // 2) if self._flip else self.batch_size  # + mirrors
-        features = np.concatenate(
-            [
-                self._forward(crops[start : start + per_pass])
-                for start in range(0, len(crops), per_pass)
-            ]
-        )
-        count = len(self._crops[kind])
-        views = unit_rows(features.reshape(len(images), count, features.shape[1]).mean(axis=1))
+        views = self._views(crops, len(self._crops[kind]))
         if not self._colour_weight:
             return views
         # the object's colour, appended: a dot product of two vectors then adds the colour
@@ -146,16 +164,39 @@ class Embedder:
         joined = np.concatenate([views, np.sqrt(weight) * colours], axis=1) / np.sqrt(1 + weight)
         return joined.astype(np.float32)
 
-    def _forward(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def _views(self, crops: Sequence[Image.Image], per_picture: int) -> np.ndarray:
+        """One unit vector per `per_picture` consecutive crops: each member's unit mean of
+        their embeddings, the members side by side."""
+        per_pass = max(1, self.batch_size // 2) if self._flip else self.batch_size  # + mirrors
+        parts = []
+        for member in self._members:
+            features = np.concatenate(
+                [
+                    self._forward(member, crops[start : start + per_pass])
+                    for start in range(0, len(crops), per_pass)
+                ]
+            )
+            pictures = features.reshape(len(crops) // per_picture, per_picture, -1)
+            parts.append(unit_rows(pictures.mean(axis=1)))
+        return parts[0] if len(parts) == 1 else unit_rows(np.concatenate(parts, axis=1))
+
+    def _forward(self, member: _Member, images: Sequence[Image.Image]) -> np.ndarray:
         """Unit embeddings of pictures (each the mean with its mirror image when flipping; the
         mirrored pictures go through the tower in the same batch)."""
-        pixels = np.stack([self._transform(image).numpy() for image in images])
+        pixels = np.stack([member.transform(image).numpy() for image in images])
         if self._flip:
             pixels = np.concatenate([pixels, pixels[..., ::-1]])
-        features = unit_rows(self._tower(np.ascontiguousarray(pixels, dtype=np.float32)))
+        features = unit_rows(member.tower(np.ascontiguousarray(pixels, dtype=np.float32)))
         if self._flip:
             features = unit_rows(features[: len(images)] + features[len(images) :])
         return features.astype(np.float32, copy=False)
+
+
+def _member_id(name: str) -> str:
+    """A member's name as a file-name-safe id (names its cached ONNX export)."""
+    if name.startswith("local-dir:"):
+        name = Path(name.removeprefix("local-dir:")).name
+    return re.sub(r"[^a-z0-9._-]+", "-", name.lower()).strip("-.") or "model"
 
 
 def _central(image: Image.Image) -> Image.Image:
