@@ -122,6 +122,9 @@ class LearnedMetric:
     """Re-ranked scores are multiplied by this: 1 for LDA; for the whitening, the factor that
     brings its scores' margins back to the plain space's scale, so that `matched` answers about
     as often at the same margin (the whitened cosines spread wider)."""
+    whitening: LearnedMetric | None = None
+    """The scans' whitening alone (kept when LDA takes over): it ranks scans against catalog
+    images only, as on day one (`LEARNING__NEW_PRODUCTS_FIRST`)."""
     fitted_at: float = 0.0
     report: dict = field(default_factory=dict)
 
@@ -239,10 +242,15 @@ def fit_metric(
         and len(scans) >= max(options.min_scans_for_whitening, 2)
     ):
         centred_scans = means.centre_query(scans)
-        metric.projection = fit_whitening(centred_scans, options.whiten_dim, options.whiten_power)
+        whitening = LearnedMetric(
+            means=means,
+            projection=fit_whitening(centred_scans, options.whiten_dim, options.whiten_power),
+        )
         if catalog_mask.sum() >= 2:
             catalog = means.centre_references(refs.subset(catalog_mask))
-            metric.score_scale = _margin_ratio(centred_scans, catalog, metric)
+            whitening.score_scale = _margin_ratio(centred_scans, catalog, whitening)
+        metric.projection, metric.score_scale = whitening.projection, whitening.score_scale
+        metric.whitening = whitening
         report.update(
             whitened=True,
             whitened_score_scale=round(metric.score_scale, 3),

@@ -91,7 +91,7 @@ class Matcher:
         self.policy = policy
         self.learning = learning or LearningSettings()
         self.metric = LearnedMetric()
-        self._prototypes: dict[str, tuple[np.ndarray, float]] = {}
+        self._prototypes: dict[tuple[str, bool], tuple[np.ndarray, float]] = {}
         self._changes = 0
         self._dirty = False
         self._new_scans = 0  # scans remembered since the last fit
@@ -156,7 +156,9 @@ class Matcher:
         photos more than its own catalog shot, so confirmed look-alikes would win. Where the
         closest catalog image is of such a product, the scan is ranked as on day one: against
         catalog images only (docs/benchmarks.md, "New products among confirmed ones")."""
-        found = self.index.search(centred, top_k + 1, category, SOURCE_CATALOG)
+        whitening = metric.whitening
+        wanted = max(top_k + 1, self.learning.rerank_candidates if whitening else 0)
+        found = self.index.search(centred, wanted, category, SOURCE_CATALOG)
         # a confirmed photo this similar shows the very item (a corrected scan photographed
         # again): that evidence outweighs the catalog images
         closest_photos = self.index.search(vectors, 1, category, SOURCE_CONFIRMED_SCAN)
@@ -164,10 +166,13 @@ class Matcher:
         for query, ranking, hits, photos in zip(
             centred, rankings, found, closest_photos, strict=True
         ):
+            hits = self._correct_domains(query, hits, metric)
+            if whitening is not None and hits:
+                hits = self._rerank(query, hits, whitening, catalog_only=True)
             new_product_closest = bool(hits) and hits[0].product_id not in self._with_photos
             same_item = bool(photos) and photos[0].score >= self.learning.photo_match_stands
             if new_product_closest and not same_item:
-                ranking = self._ranking(self._correct_domains(query, hits, metric), top_k)
+                ranking = self._ranking(hits, top_k)
             routed.append(ranking)
         return routed
 
@@ -186,24 +191,41 @@ class Matcher:
         return sorted(corrected, key=lambda hit: (-hit.score, hit.product_id))
 
     def _rerank(
-        self, query: np.ndarray, hits: list[ProductHit], metric: LearnedMetric
+        self,
+        query: np.ndarray,
+        hits: list[ProductHit],
+        metric: LearnedMetric,
+        catalog_only: bool = False,
     ) -> list[ProductHit]:
         projected = metric.project(query[None, :])[0]
         scale = metric.score_scale
         rescored = [
-            replace(hit, score=scale * float(projected @ self._prototype(hit.product_id, metric)))
+            replace(
+                hit,
+                score=scale
+                * float(projected @ self._prototype(hit.product_id, metric, catalog_only)),
+            )
             for hit in hits
         ]
         return sorted(rescored, key=lambda hit: (-hit.score, hit.product_id))
 
-    def _prototype(self, product_id: str, metric: LearnedMetric) -> np.ndarray:
+    def _prototype(
+        self, product_id: str, metric: LearnedMetric, catalog_only: bool = False
+    ) -> np.ndarray:
+        """A product's prototype in the metric's space (of its catalog images only, or of all
+        its references), cached for `prototype_ttl_seconds`."""
         now = time.monotonic()
-        cached = self._prototypes.get(product_id)
+        key = (product_id, catalog_only)
+        cached = self._prototypes.get(key)
         if cached is not None and now - cached[1] < self.learning.prototype_ttl_seconds:
             return cached[0]
-        prototype = metric.prototype(self.index.references(product_id))
-        if metric is self.metric:  # not a prototype of a metric replaced meanwhile
-            self._prototypes[product_id] = (prototype, now)
+        references = self.index.references(product_id)
+        if catalog_only and (references.sources == SOURCE_CATALOG).any():
+            references = references.subset(references.sources == SOURCE_CATALOG)
+        prototype = metric.prototype(references)
+        current = self.metric
+        if metric is current or metric is current.whitening:  # not of a replaced metric
+            self._prototypes[key] = (prototype, now)
         return prototype
 
     # learning -----------------------------------------------------------------------
@@ -220,7 +242,8 @@ class Matcher:
             self._changes += count
             self._dirty = True
             for product_id in product_ids:
-                self._prototypes.pop(product_id, None)
+                self._prototypes.pop((product_id, False), None)
+                self._prototypes.pop((product_id, True), None)
 
     def _note_photo(self, product_id: str) -> None:
         """A confirmed photo was stored: the product is no longer new."""
