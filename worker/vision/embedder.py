@@ -74,7 +74,7 @@ ENSEMBLE_SEPARATOR = "+"
 
 def ensemble_members(name: str) -> list[str]:
     """The model names an (ensemble) model name joins; one for a single model."""
-    return [member.strip() for member in name.split(ENSEMBLE_SEPARATOR)] if name else [name]
+    return [member.strip() for member in name.split(ENSEMBLE_SEPARATOR)]
 
 
 def model_id_for(settings: ModelSettings) -> str:
