@@ -31,8 +31,8 @@ def test_the_ring_stands_out_from_its_backdrop_and_a_plain_picture_has_no_object
 
 def test_gold_silver_and_rose_twins_are_told_apart_by_colour_through_a_bag_photo():
     """12 designs in each metal, 2 bag photos each: the photo's colour is nearest to its own
-    metal's catalog picture for most (64 of 72 when written; the bag's milky tint makes
-    rose gold look like silver now and then)."""
+    metal's catalog picture (72 of 72 when written; 64 with the earlier hue × saturation
+    histogram, which the bag's milky tint made read rose gold as silver now and then)."""
     rng = random.Random(4)
     right = total = 0
     for design in catalog_designs(32, seed=7)[:12]:
@@ -47,7 +47,7 @@ def test_gold_silver_and_rose_twins_are_told_apart_by_colour_through_a_bag_photo
                 nearest = max(catalog, key=lambda m: float(seen @ catalog[m]))
                 right += nearest == metal
                 total += 1
-    assert right / total >= 0.85
+    assert right / total >= 0.95
 
 
 def test_the_weight_appends_the_colour_and_names_another_index(tiny_model_dir, tmp_path):

@@ -5,8 +5,12 @@ their colour), and a jewel fills a few percent of the frame, so a colour statist
 picture would describe the backdrop, the bag and the hand. Here the object's region is found
 without any model: pixels that differ from the picture's border colour (the backdrop of a
 product shot, the bag around a jewel), on pictures whose border is plain; its colours go into
-a small histogram: hue × saturation for coloured pixels, and brightness for grey ones
-(silver, white gold, diamonds).
+a small histogram: hue for coloured pixels, and brightness for grey ones (silver, white gold,
+diamonds).
+
+Saturation is left out and grey pixels count for less: a bag's milky tint, its creases and
+glare wash colours out (rose gold's saturation falls by a third through a bag) and add grey
+pixels to the region, while a colour's hue survives them (docs/benchmarks.md, "Colour").
 """
 
 from __future__ import annotations
@@ -15,13 +19,14 @@ import numpy as np
 from PIL import Image
 
 HUES = 12
-SATURATIONS = 3
 GREYS = 4
-DIM = HUES * SATURATIONS + GREYS
+DIM = HUES + GREYS
 """Length of a colour descriptor."""
 
 _SIDE = 96  # pictures are looked at this small: colour needs no detail
-_GREY_SATURATION = 40  # of 255: below this a pixel counts as grey (metal, white)
+_GREY_SATURATION = 30  # of 255: below this a pixel counts as grey (metal, white)
+_GREY_WEIGHT = 0.3
+"""A grey pixel's weight against a coloured one's 1 (grey is partly the bag's glare)."""
 _BUSY_BORDER = 40.0
 """Summed median deviation of the border from its colour above which the backdrop is not
 plain (0 for product shots and bag photos on a table; 67 to 146, 10th to 90th percentile, for
@@ -58,12 +63,7 @@ def colour_descriptor(image: Image.Image) -> np.ndarray:
     histogram = np.zeros(DIM, dtype=np.float32)
     grey = saturation < _GREY_SATURATION
     coloured = ~grey
-    hue_bin = hue[coloured] * HUES // 256
-    saturation_bin = np.minimum(
-        (saturation[coloured] - _GREY_SATURATION) * SATURATIONS // (256 - _GREY_SATURATION),
-        SATURATIONS - 1,
-    )
-    np.add.at(histogram, hue_bin * SATURATIONS + saturation_bin, 1.0)
-    np.add.at(histogram, HUES * SATURATIONS + value[grey] * GREYS // 256, 1.0)
+    np.add.at(histogram, hue[coloured] * HUES // 256, 1.0)
+    np.add.at(histogram, HUES + value[grey] * GREYS // 256, _GREY_WEIGHT)
     histogram = np.sqrt(histogram / max(histogram.sum(), 1.0))
     return histogram / max(float(np.linalg.norm(histogram)), 1e-12)

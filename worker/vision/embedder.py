@@ -56,7 +56,7 @@ VIEWS_VERSION = 1
 that vectors made the old way and the new way never share an index."""
 
 
-COLOUR_VERSION = 2
+COLOUR_VERSION = 3
 """Bumped whenever the colour descriptor changes (worker/vision/colour.py)."""
 
 
