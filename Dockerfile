@@ -11,7 +11,7 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
-ARG MODEL=efficientnet-lite0+efficientnet-lite2
+ARG MODEL=efficientnet-lite1+efficientnet-lite2
 ARG RUNTIME=openvino
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
 RUN python3 -m venv /opt/venv
@@ -37,7 +37,7 @@ RUN JEWELMATCH_MODEL__NAME=${MODEL} JEWELMATCH_MODEL__RUNTIME=${RUNTIME} \
     JEWELMATCH_MODEL__CACHE_DIR=/opt/models JEWELMATCH_LOG__LEVEL=WARNING jewelmatch prepare-model
 
 FROM ${BASE_IMAGE}
-ARG MODEL=efficientnet-lite0+efficientnet-lite2
+ARG MODEL=efficientnet-lite1+efficientnet-lite2
 ARG RUNTIME=openvino
 RUN useradd --system --uid 10001 --create-home --home-dir /home/jewelmatch jewelmatch \
     && mkdir -p /var/lib/jewelmatch /definitions \

