@@ -117,6 +117,10 @@ class LearnedMetric:
     """The fitted state a matcher applies to queries and candidates."""
 
     means: DomainMeans = field(default_factory=DomainMeans)
+    """Of the vectors as stored (colour included): the search's centring and correction."""
+    image_means: DomainMeans = field(default_factory=DomainMeans)
+    """Of the image embedding alone (`image_part`): the re-ranking space's centring; the same
+    as `means` without the colour term."""
     projection: np.ndarray | None = None
     score_scale: float = 1.0
     """Re-ranked scores are multiplied by this: 1 for LDA; for the whitening, the factor that
@@ -138,7 +142,7 @@ class LearnedMetric:
 
     def prototype(self, refs: ReferenceSet) -> np.ndarray:
         """The LDA-space prototype of one product from its reference vectors."""
-        return unit_rows(self.project(self.means.centre_references(refs)).mean(axis=0))
+        return unit_rows(self.project(self.image_means.centre_references(refs)).mean(axis=0))
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,20 @@ class MetricOptions:
     whiten_dim: int = 0
     whiten_power: float = 0.25
     min_scans_for_whitening: int = 500
+    view_dim: int | None = None
+    """The vectors' leading dimensions that are the image embedding; the rest (the colour term)
+    is left out of everything fitted here and scored apart (`Matcher`)."""
+
+
+def image_part(vectors: np.ndarray, view_dim: int | None) -> np.ndarray:
+    """The image embedding inside vectors (rows) that carry colour after `view_dim`: its
+    dimensions at unit length, the colour's set to zero (the same shape, so that means and
+    projections apply to either)."""
+    if view_dim is None or view_dim >= vectors.shape[-1]:
+        return vectors
+    image_only = np.zeros_like(vectors)
+    image_only[..., :view_dim] = unit_rows(vectors[..., :view_dim])
+    return image_only
 
 
 def _held_out(refs: ReferenceSet, share: float, limit: int) -> np.ndarray:
@@ -183,7 +201,8 @@ def _recall_at_1(
     for column in range(len(product_list)):
         best[:, column] = scores[:, columns == column].max(axis=1)
     if metric.reranks:
-        protos = prototypes(metric.project(metric.means.centre_references(refs)), refs.product_ids)
+        centred_refs = metric.image_means.centre_references(refs)
+        protos = prototypes(metric.project(centred_refs), refs.product_ids)
         proto_matrix = np.stack([protos[p] for p in product_list])
         projected = metric.project(centred_queries) @ proto_matrix.T
         candidates = np.argsort(-best, axis=1)[:, :rerank_candidates]
@@ -210,8 +229,25 @@ def _margin_ratio(
         best_two = np.sort(scores, axis=1)[:, -2:]
         return float(np.median(best_two[:, 1] - best_two[:, 0]))
 
-    projected = metric.project(scans) @ metric.project(catalog).T
-    return median_margin(scans @ catalog.T) / max(median_margin(projected), 1e-6)
+    projected, plain = (
+        median_margin(metric.project(scans) @ metric.project(catalog).T),
+        median_margin(scans @ catalog.T),
+    )
+    if projected <= 0 or plain <= 0:  # catalog images that are exact twins: nothing to measure
+        return 1.0
+    return plain / projected
+
+
+def _domain_means(
+    refs: ReferenceSet, scan_vectors: np.ndarray, options: MetricOptions
+) -> DomainMeans:
+    """Each domain's mean: catalog images, and photos (unlabeled scans and confirmed ones)."""
+    catalog_mask = refs.sources == SOURCE_CATALOG
+    scans = np.concatenate([scan_vectors, refs.vectors[~catalog_mask]])
+    return DomainMeans(
+        catalog=refs.vectors[catalog_mask].mean(axis=0) if catalog_mask.any() else None,
+        scan=scans.mean(axis=0) if len(scans) >= options.min_scans_for_centring else None,
+    )
 
 
 def fit_metric(
@@ -219,13 +255,19 @@ def fit_metric(
 ) -> LearnedMetric:
     """Fit domain means, the scans' whitening if enough scans exist, then the LDA metric
     (instead of the whitening) if enough confirmations exist and it beats the plain space on
-    held-out confirmations."""
+    held-out confirmations; all on the image embedding alone (`options.view_dim`): colour
+    would otherwise enter through the catalog images, which carry it while most scans of a
+    busy backdrop do not, and shift every scan's ranking."""
     catalog_mask = refs.sources == SOURCE_CATALOG
+    means = _domain_means(refs, scan_vectors, options)
+    image_means = means
+    if options.view_dim is not None and options.view_dim < refs.vectors.shape[1]:
+        refs = ReferenceSet(
+            image_part(refs.vectors, options.view_dim), refs.product_ids, refs.sources
+        )
+        scan_vectors = image_part(scan_vectors, options.view_dim)
+        image_means = _domain_means(refs, scan_vectors, options)
     scans = np.concatenate([scan_vectors, refs.vectors[~catalog_mask]])
-    means = DomainMeans(
-        catalog=refs.vectors[catalog_mask].mean(axis=0) if catalog_mask.any() else None,
-        scan=scans.mean(axis=0) if len(scans) >= options.min_scans_for_centring else None,
-    )
     confirmations = int((~catalog_mask).sum())
     report = {
         "references": len(refs),
@@ -235,19 +277,22 @@ def fit_metric(
         "whitened": False,
         "lda": False,
     }
-    metric = LearnedMetric(means=means, fitted_at=time.time(), report=report)
+    metric = LearnedMetric(
+        means=means, image_means=image_means, fitted_at=time.time(), report=report
+    )
     if (
         options.whiten_dim
-        and means.scan is not None
+        and image_means.scan is not None
         and len(scans) >= max(options.min_scans_for_whitening, 2)
     ):
-        centred_scans = means.centre_query(scans)
+        centred_scans = image_means.centre_query(scans)
         whitening = LearnedMetric(
             means=means,
+            image_means=image_means,
             projection=fit_whitening(centred_scans, options.whiten_dim, options.whiten_power),
         )
         if catalog_mask.sum() >= 2:
-            catalog = means.centre_references(refs.subset(catalog_mask))
+            catalog = image_means.centre_references(refs.subset(catalog_mask))
             whitening.score_scale = _margin_ratio(centred_scans, catalog, whitening)
         metric.projection, metric.score_scale = whitening.projection, whitening.score_scale
         metric.whitening = whitening
@@ -262,19 +307,23 @@ def fit_metric(
     held_out = _held_out(refs, options.validation_share, options.max_validation_queries)
     fit_part, check_part = refs.subset(~held_out), refs.subset(held_out)
     projection = fit_lda(
-        means.centre_references(fit_part), fit_part.product_ids, options.max_dim, options.shrinkage
+        image_means.centre_references(fit_part),
+        fit_part.product_ids,
+        options.max_dim,
+        options.shrinkage,
     )
     if projection is None or not len(check_part):
         report["lda_skipped"] = "nothing to validate on"
         return metric
-    trial = LearnedMetric(means=means, projection=projection)
+    # validated in the image embedding's space, where it re-ranks
+    trial = LearnedMetric(means=image_means, image_means=image_means, projection=projection)
     # judged against the centred space alone: with few confirmations, the held-out photos are
     # too few to judge against the whitening, which LDA then beats on the benchmark anyway
     before = _recall_at_1(
         check_part.vectors,
         check_part.product_ids,
         fit_part,
-        LearnedMetric(means=means),
+        LearnedMetric(means=image_means, image_means=image_means),
         rerank_candidates,
     )
     learned = _recall_at_1(
@@ -289,7 +338,7 @@ def fit_metric(
         report["lda_skipped"] = "did not beat the plain space on held-out confirmations"
         return metric
     projection = fit_lda(
-        means.centre_references(refs), refs.product_ids, options.max_dim, options.shrinkage
+        image_means.centre_references(refs), refs.product_ids, options.max_dim, options.shrinkage
     )
     if projection is not None:
         metric.projection, metric.score_scale = projection, 1.0

@@ -9,7 +9,10 @@ Ranking a scan:
 2. each product's score is corrected by its best image's domain mean (catalog images and
    confirmed scans are centred on their own means), and the list re-sorted;
 3. once enough scans whiten the space, or a metric has been learned from confirmed matches,
-   those candidates are re-ranked by their product prototype in that space;
+   those candidates are re-ranked by their product prototype in that space (the image
+   embedding's; with the colour term on, a scan that shows colour adds its colour similarity
+   to the product's, weighted as in the vectors, and a scan without colour is ranked by the
+   image alone);
 4. `MatchPolicy` decides `matched` or `no_confident_match` from the best score and its margin
    over the runner-up.
 """
@@ -25,12 +28,18 @@ import numpy as np
 from PIL import Image
 
 from shared.contract import MatchStatus, RankedProduct, S3Object
-from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ProductHit, VectorIndex
+from worker.index import (
+    SOURCE_CATALOG,
+    SOURCE_CONFIRMED_SCAN,
+    ProductHit,
+    ReferenceSet,
+    VectorIndex,
+)
 from worker.matching.catalog import Catalog
-from worker.matching.learning import LearnedMetric, MetricOptions, fit_metric
+from worker.matching.learning import LearnedMetric, MetricOptions, fit_metric, image_part
 from worker.observability.logs import get_logger
 from worker.settings import LearningSettings, MatchingSettings
-from worker.vision.embedder import Embedder, ImageKind
+from worker.vision.embedder import Embedder, ImageKind, unit_rows
 
 log = get_logger(__name__)
 
@@ -53,6 +62,12 @@ class MatchPolicy:
         if hits[0].score < self.min_score or hits[0].score - runner_up < self.min_margin:
             return MatchStatus.no_confident_match
         return MatchStatus.matched
+
+
+@dataclass(frozen=True)
+class _Prototype:
+    image: np.ndarray  # in the metric's space
+    colour: np.ndarray  # unit mean colour descriptor; zeros where no image showed colour
 
 
 @dataclass(frozen=True)
@@ -91,7 +106,7 @@ class Matcher:
         self.policy = policy
         self.learning = learning or LearningSettings()
         self.metric = LearnedMetric()
-        self._prototypes: dict[tuple[str, bool], tuple[np.ndarray, float]] = {}
+        self._prototypes: dict[tuple[str, bool], tuple[_Prototype, float]] = {}
         self._changes = 0
         self._dirty = False
         self._new_scans = 0  # scans remembered since the last fit
@@ -130,10 +145,10 @@ class Matcher:
             source = SOURCE_CATALOG
         found = self.index.search(centred, wanted, category, source)
         rankings = []
-        for query, hits in zip(centred, found, strict=True):
+        for vector, query, hits in zip(vectors, centred, found, strict=True):
             hits = self._correct_domains(query, hits, metric)
             if metric.reranks and hits:
-                hits = self._rerank(query, hits, metric)
+                hits = self._rerank(vector, hits, metric)
             rankings.append(self._ranking(hits, top_k))
         if source is None and self.learning.new_products_first and self._with_photos:
             rankings = self._new_products_first(vectors, centred, rankings, top_k, category, metric)
@@ -163,12 +178,12 @@ class Matcher:
         # again): that evidence outweighs the catalog images
         closest_photos = self.index.search(vectors, 1, category, SOURCE_CONFIRMED_SCAN)
         routed = []
-        for query, ranking, hits, photos in zip(
-            centred, rankings, found, closest_photos, strict=True
+        for vector, query, ranking, hits, photos in zip(
+            vectors, centred, rankings, found, closest_photos, strict=True
         ):
             hits = self._correct_domains(query, hits, metric)
             if whitening is not None and hits:
-                hits = self._rerank(query, hits, whitening, catalog_only=True)
+                hits = self._rerank(vector, hits, whitening, catalog_only=True)
             new_product_closest = bool(hits) and hits[0].product_id not in self._with_photos
             same_item = bool(photos) and photos[0].score >= self.learning.photo_match_stands
             if new_product_closest and not same_item:
@@ -192,28 +207,39 @@ class Matcher:
 
     def _rerank(
         self,
-        query: np.ndarray,
+        vector: np.ndarray,
         hits: list[ProductHit],
         metric: LearnedMetric,
         catalog_only: bool = False,
     ) -> list[ProductHit]:
-        projected = metric.project(query[None, :])[0]
-        scale = metric.score_scale
-        rescored = [
-            replace(
-                hit,
-                score=scale
-                * float(projected @ self._prototype(hit.product_id, metric, catalog_only)),
-            )
-            for hit in hits
-        ]
+        """Re-score a scan's candidates (`vector`: as embedded) by their prototypes in the
+        metric's space, plus the colour term where the scan shows colour."""
+        image = metric.image_means.centre_query(self._image_part(vector[None, :]))
+        projected = metric.project(image)[0]
+        colour = self._colour_part(vector[None, :])[0]
+        weight = self.embedder.colour_weight
+        rescored = []
+        for hit in hits:
+            prototype = self._prototype(hit.product_id, metric, catalog_only)
+            score = metric.score_scale * float(projected @ prototype.image)
+            if colour.any() and prototype.colour.any():
+                score = (score + weight * float(colour @ prototype.colour)) / (1 + weight)
+            rescored.append(replace(hit, score=score))
         return sorted(rescored, key=lambda hit: (-hit.score, hit.product_id))
+
+    def _image_part(self, vectors: np.ndarray) -> np.ndarray:
+        return image_part(vectors, self.embedder.view_dim)
+
+    def _colour_part(self, vectors: np.ndarray) -> np.ndarray:
+        """The colour descriptors inside vectors (unit rows; zero rows where a picture showed
+        no colour, and no columns without the colour term)."""
+        return unit_rows(vectors[:, self.embedder.view_dim :])
 
     def _prototype(
         self, product_id: str, metric: LearnedMetric, catalog_only: bool = False
-    ) -> np.ndarray:
-        """A product's prototype in the metric's space (of its catalog images only, or of all
-        its references), cached for `prototype_ttl_seconds`."""
+    ) -> _Prototype:
+        """A product's prototype in the metric's space and its mean colour (of its catalog
+        images only, or of all its references), cached for `prototype_ttl_seconds`."""
         now = time.monotonic()
         key = (product_id, catalog_only)
         cached = self._prototypes.get(key)
@@ -222,7 +248,18 @@ class Matcher:
         references = self.index.references(product_id)
         if catalog_only and (references.sources == SOURCE_CATALOG).any():
             references = references.subset(references.sources == SOURCE_CATALOG)
-        prototype = metric.prototype(references)
+        colours = self._colour_part(references.vectors)
+        shown = colours[colours.any(axis=1)]
+        prototype = _Prototype(
+            image=metric.prototype(
+                ReferenceSet(
+                    self._image_part(references.vectors),
+                    references.product_ids,
+                    references.sources,
+                )
+            ),
+            colour=unit_rows(shown.mean(axis=0)) if len(shown) else np.zeros(colours.shape[1]),
+        )
         current = self.metric
         if metric is current or metric is current.whitening:  # not of a replaced metric
             self._prototypes[key] = (prototype, now)
@@ -274,6 +311,7 @@ class Matcher:
             whiten_dim=self.learning.whiten_dim,
             whiten_power=self.learning.whiten_power,
             min_scans_for_whitening=self.learning.min_scans_for_whitening,
+            view_dim=self.embedder.view_dim,
         )
         references = self.index.references()
         metric = fit_metric(

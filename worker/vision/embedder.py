@@ -133,9 +133,9 @@ class Embedder:
         self.image_size = self._members[0].image_size
         self.runtime = settings.runtime
         self._colour_weight = settings.colour_weight
-        self.dim = int(self._views([Image.new("RGB", (64, 64), "gray")], 1).shape[1])  # warm-up
-        if self._colour_weight:
-            self.dim += colour.DIM
+        self.view_dim = int(self._views([Image.new("RGB", (64, 64), "gray")], 1).shape[1])
+        # the leading dimensions are the image embedding; the rest (if any) the colour
+        self.dim = self.view_dim + (colour.DIM if self._colour_weight else 0)
         self.load_seconds = time.perf_counter() - started
         log.info(
             "model.loaded",
@@ -145,6 +145,10 @@ class Embedder:
             runtime=self.runtime.value,
             seconds=round(self.load_seconds, 2),
         )
+
+    @property
+    def colour_weight(self) -> float:
+        return self._colour_weight
 
     def embed(
         self, images: Sequence[Image.Image], kind: ImageKind = ImageKind.catalog
