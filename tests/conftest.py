@@ -45,6 +45,7 @@ def tiny_embedder(tiny_model_dir: Path):
             threads=1,
             batch_size=8,
             scan_crops=[1.0],
+            colour_weight=0.0,  # the image embedding alone: tests build its vectors by hand
             cache_dir=tiny_model_cache(tiny_model_dir),
         )
     )

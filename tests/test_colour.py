@@ -52,7 +52,11 @@ def test_gold_silver_and_rose_twins_are_told_apart_by_colour_through_a_bag_photo
 
 def test_the_weight_appends_the_colour_and_names_another_index(tiny_model_dir, tmp_path):
     base = ModelSettings(
-        name=f"local-dir:{tiny_model_dir}", threads=1, runtime="torch", cache_dir=tmp_path
+        name=f"local-dir:{tiny_model_dir}",
+        threads=1,
+        runtime="torch",
+        cache_dir=tmp_path,
+        colour_weight=0.0,
     )
     coloured = base.model_copy(update={"colour_weight": 0.5})
     assert model_id_for(base) != model_id_for(coloured)

@@ -20,7 +20,14 @@ def members(tmp_path_factory) -> list[str]:
 
 def _embedder(name: str, cache) -> Embedder:
     return Embedder(
-        ModelSettings(name=name, threads=1, batch_size=8, scan_crops=[1.0, 0.5], cache_dir=cache)
+        ModelSettings(
+            name=name,
+            threads=1,
+            batch_size=8,
+            scan_crops=[1.0, 0.5],
+            colour_weight=0.0,  # the image towers' part alone (colour: tests/test_colour.py)
+            cache_dir=cache,
+        )
     )
 
 

@@ -9,6 +9,7 @@ from PIL import Image
 from tests.support.pictures import GROCERY
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
+from worker.vision import colour
 from worker.vision.embedder import Embedder
 from worker.vision.weights import BUILTIN_MODELS, rename_to_timm
 
@@ -36,11 +37,12 @@ def default_embedder(tmp_path_factory) -> Embedder:
     return Embedder(ModelSettings(cache_dir=cache, threads=2))
 
 
-def test_default_is_the_lite1_lite2_ensemble_with_2560_d_unit_vectors(default_embedder):
+def test_default_is_the_lite1_lite2_ensemble_with_colour(default_embedder):
     assert default_embedder.model_id.startswith("efficientnet-lite1_efficientnet-lite2-v")
-    assert default_embedder.dim == 2 * 1280
+    assert default_embedder.view_dim == 2 * 1280
+    assert default_embedder.dim == 2 * 1280 + colour.DIM
     vectors = default_embedder.embed([Image.new("RGB", (300, 200), "navy")])
-    assert vectors.shape == (1, 2560) and vectors.dtype == np.float32
+    assert vectors.shape == (1, default_embedder.dim) and vectors.dtype == np.float32
     assert np.linalg.norm(vectors[0]) == pytest.approx(1.0, abs=1e-5)
 
 

@@ -193,7 +193,7 @@ class ModelSettings(BaseModel):
     )
     flip: bool = Field(default=True, description="Also embed each crop mirrored (averaged).")
     colour_weight: float = Field(
-        default=0.0,
+        default=0.5,
         ge=0.0,
         le=4.0,
         description="Weight of the object's colour histogram appended to each vector (0: off). "

@@ -161,12 +161,12 @@ class Embedder:
         if not self._colour_weight:
             return views
         # the object's colour, appended: a dot product of two vectors then adds the colour
-        # similarity, weighted, to the embedding's
+        # similarity, weighted, to the embedding's (a picture without colour evidence is its
+        # embedding alone)
         regions = images if kind is ImageKind.catalog else [_central(image) for image in images]
         colours = np.stack([colour.colour_descriptor(region) for region in regions])
-        weight = self._colour_weight
-        joined = np.concatenate([views, np.sqrt(weight) * colours], axis=1) / np.sqrt(1 + weight)
-        return joined.astype(np.float32)
+        joined = np.concatenate([views, np.sqrt(self._colour_weight) * colours], axis=1)
+        return unit_rows(joined).astype(np.float32)
 
     def _views(self, crops: Sequence[Image.Image], per_picture: int) -> np.ndarray:
         """One unit vector per `per_picture` consecutive crops: each member's unit mean of
