@@ -172,6 +172,11 @@ def image_part(vectors: np.ndarray, view_dim: int | None) -> np.ndarray:
     return image_only
 
 
+def image_references(refs: ReferenceSet, view_dim: int | None) -> ReferenceSet:
+    """Reference vectors reduced to their image embedding (`image_part`)."""
+    return ReferenceSet(image_part(refs.vectors, view_dim), refs.product_ids, refs.sources)
+
+
 def _held_out(refs: ReferenceSet, share: float, limit: int) -> np.ndarray:
     """A deterministic share (at most `limit`) of the confirmed scans, held out to validate."""
     keys = np.array(
@@ -229,10 +234,8 @@ def _margin_ratio(
         best_two = np.sort(scores, axis=1)[:, -2:]
         return float(np.median(best_two[:, 1] - best_two[:, 0]))
 
-    projected, plain = (
-        median_margin(metric.project(scans) @ metric.project(catalog).T),
-        median_margin(scans @ catalog.T),
-    )
+    projected = median_margin(metric.project(scans) @ metric.project(catalog).T)
+    plain = median_margin(scans @ catalog.T)
     if projected <= 0 or plain <= 0:  # catalog images that are exact twins: nothing to measure
         return 1.0
     return plain / projected
@@ -262,9 +265,7 @@ def fit_metric(
     means = _domain_means(refs, scan_vectors, options)
     image_means = means
     if options.view_dim is not None and options.view_dim < refs.vectors.shape[1]:
-        refs = ReferenceSet(
-            image_part(refs.vectors, options.view_dim), refs.product_ids, refs.sources
-        )
+        refs = image_references(refs, options.view_dim)
         scan_vectors = image_part(scan_vectors, options.view_dim)
         image_means = _domain_means(refs, scan_vectors, options)
     scans = np.concatenate([scan_vectors, refs.vectors[~catalog_mask]])

@@ -28,15 +28,15 @@ import numpy as np
 from PIL import Image
 
 from shared.contract import MatchStatus, RankedProduct, S3Object
-from worker.index import (
-    SOURCE_CATALOG,
-    SOURCE_CONFIRMED_SCAN,
-    ProductHit,
-    ReferenceSet,
-    VectorIndex,
-)
+from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ProductHit, VectorIndex
 from worker.matching.catalog import Catalog
-from worker.matching.learning import LearnedMetric, MetricOptions, fit_metric, image_part
+from worker.matching.learning import (
+    LearnedMetric,
+    MetricOptions,
+    fit_metric,
+    image_part,
+    image_references,
+)
 from worker.observability.logs import get_logger
 from worker.settings import LearningSettings, MatchingSettings
 from worker.vision.embedder import Embedder, ImageKind, unit_rows
@@ -214,7 +214,7 @@ class Matcher:
     ) -> list[ProductHit]:
         """Re-score a scan's candidates (`vector`: as embedded) by their prototypes in the
         metric's space, plus the colour term where the scan shows colour."""
-        image = metric.image_means.centre_query(self._image_part(vector[None, :]))
+        image = metric.image_means.centre_query(image_part(vector[None, :], self.embedder.view_dim))
         projected = metric.project(image)[0]
         colour = self._colour_part(vector[None, :])[0]
         weight = self.embedder.colour_weight
@@ -226,9 +226,6 @@ class Matcher:
                 score = (score + weight * float(colour @ prototype.colour)) / (1 + weight)
             rescored.append(replace(hit, score=score))
         return sorted(rescored, key=lambda hit: (-hit.score, hit.product_id))
-
-    def _image_part(self, vectors: np.ndarray) -> np.ndarray:
-        return image_part(vectors, self.embedder.view_dim)
 
     def _colour_part(self, vectors: np.ndarray) -> np.ndarray:
         """The colour descriptors inside vectors (unit rows; zero rows where a picture showed
@@ -251,13 +248,7 @@ class Matcher:
         colours = self._colour_part(references.vectors)
         shown = colours[colours.any(axis=1)]
         prototype = _Prototype(
-            image=metric.prototype(
-                ReferenceSet(
-                    self._image_part(references.vectors),
-                    references.product_ids,
-                    references.sources,
-                )
-            ),
+            image=metric.prototype(image_references(references, self.embedder.view_dim)),
             colour=unit_rows(shown.mean(axis=0)) if len(shown) else np.zeros(colours.shape[1]),
         )
         current = self.metric
