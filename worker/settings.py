@@ -328,6 +328,24 @@ class LearningSettings(BaseModel):
         description="...once this many scans exist (with fewer, the estimate hurts more "
         "than it helps).",
     )
+    hubness_weight: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=2.0,
+        description="Where the whitening ranks, each product's score is lowered by this times "
+        "its prototype's mean similarity to its nearest scans (a product that resembles every "
+        "photo does not win them all; 0: off).",
+    )
+    hubness_neighbours: int = Field(
+        default=10, ge=1, description="...the number of nearest scans that mean is taken over."
+    )
+    hubness_distinct: float = Field(
+        default=0.5,
+        gt=0.0,
+        le=1.0,
+        description="...among scans thinned so that no two kept have a cosine above this (in "
+        "the whitened space): a product scanned often counts as much as one scanned rarely.",
+    )
     metric_shrinkage: float = Field(
         default=0.3,
         ge=0.0,

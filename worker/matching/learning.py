@@ -129,6 +129,11 @@ class LearnedMetric:
     whitening: LearnedMetric | None = None
     """The scans' whitening alone (kept when LDA takes over): it ranks scans against catalog
     images only, as on day one (`LEARNING__NEW_PRODUCTS_FIRST`)."""
+    hub_scans: np.ndarray | None = None
+    """Thinned scans in the projection's space (unit rows): a prototype's mean similarity to
+    its nearest ones, times `hub_weight`, is taken off its score (`hub_penalty`)."""
+    hub_weight: float = 0.0
+    hub_neighbours: int = 10
     fitted_at: float = 0.0
     report: dict = field(default_factory=dict)
 
@@ -139,6 +144,16 @@ class LearnedMetric:
     def project(self, centred: np.ndarray) -> np.ndarray:
         assert self.projection is not None
         return unit_rows(centred @ self.projection)
+
+    def hub_penalty(self, prototypes: np.ndarray) -> np.ndarray:
+        """What is taken off the scores of these prototypes (rows, in the projection's space):
+        a prototype near many different photos (a hub) would otherwise rank first for photos
+        of other products (docs/benchmarks.md, "Hubness")."""
+        if self.hub_scans is None or not self.hub_weight:
+            return np.zeros(len(prototypes), dtype=np.float32)
+        similarities = prototypes @ self.hub_scans.T
+        nearest = min(self.hub_neighbours, similarities.shape[1])
+        return self.hub_weight * np.sort(similarities, axis=1)[:, -nearest:].mean(axis=1)
 
     def prototype(self, refs: ReferenceSet) -> np.ndarray:
         """The LDA-space prototype of one product from its reference vectors."""
@@ -156,6 +171,9 @@ class MetricOptions:
     whiten_dim: int = 0
     whiten_power: float = 0.25
     min_scans_for_whitening: int = 500
+    hubness_weight: float = 0.0
+    hubness_neighbours: int = 10
+    hubness_distinct: float = 0.5
     view_dim: int | None = None
     """The vectors' leading dimensions that are the image embedding; the rest (the colour term)
     is left out of everything fitted here and scored apart (`Matcher`)."""
@@ -219,6 +237,19 @@ def _recall_at_1(
     return float(np.mean(predicted == truth)) if len(truth) else float("nan")
 
 
+def thinned(rows: np.ndarray, distinct: float) -> np.ndarray:
+    """Unit rows, taken in a fixed pseudo-random order, each kept only if its cosine to every
+    row kept so far is at most `distinct`: dense clusters (many scans of a popular product)
+    shrink to a few rows, while rare products keep theirs."""
+    kept = np.empty_like(rows)
+    count = 0
+    for row in rows[np.random.default_rng(0).permutation(len(rows))]:
+        if count == 0 or float((kept[:count] @ row).max()) <= distinct:
+            kept[count] = row
+            count += 1
+    return kept[:count].copy()
+
+
 def _margin_ratio(
     centred_scans: np.ndarray, catalog: np.ndarray, metric: LearnedMetric, sample: int = 1000
 ) -> float:
@@ -234,7 +265,10 @@ def _margin_ratio(
         best_two = np.sort(scores, axis=1)[:, -2:]
         return float(np.median(best_two[:, 1] - best_two[:, 0]))
 
-    projected = median_margin(metric.project(scans) @ metric.project(catalog).T)
+    projected_catalog = metric.project(catalog)
+    projected = median_margin(
+        metric.project(scans) @ projected_catalog.T - metric.hub_penalty(projected_catalog)
+    )
     plain = median_margin(scans @ catalog.T)
     if projected <= 0 or plain <= 0:  # catalog images that are exact twins: nothing to measure
         return 1.0
@@ -292,10 +326,19 @@ def fit_metric(
             image_means=image_means,
             projection=fit_whitening(centred_scans, options.whiten_dim, options.whiten_power),
         )
+        if options.hubness_weight:
+            whitening.hub_scans = thinned(
+                whitening.project(centred_scans), options.hubness_distinct
+            )
+            whitening.hub_weight = options.hubness_weight
+            whitening.hub_neighbours = options.hubness_neighbours
+            report["hub_scans"] = len(whitening.hub_scans)
         if catalog_mask.sum() >= 2:
             catalog = image_means.centre_references(refs.subset(catalog_mask))
             whitening.score_scale = _margin_ratio(centred_scans, catalog, whitening)
         metric.projection, metric.score_scale = whitening.projection, whitening.score_scale
+        metric.hub_scans, metric.hub_weight = whitening.hub_scans, whitening.hub_weight
+        metric.hub_neighbours = whitening.hub_neighbours
         metric.whitening = whitening
         report.update(
             whitened=True,
@@ -343,5 +386,6 @@ def fit_metric(
     )
     if projection is not None:
         metric.projection, metric.score_scale = projection, 1.0
+        metric.hub_scans, metric.hub_weight = None, 0.0  # (measured for the whitening only)
         report.update(lda=True, lda_dim=int(projection.shape[1]), reranked_by="lda")
     return metric

@@ -68,6 +68,7 @@ class MatchPolicy:
 class _Prototype:
     image: np.ndarray  # in the metric's space
     colour: np.ndarray  # unit mean colour descriptor; zeros where no image showed colour
+    hub: float = 0.0  # taken off its score in the metric's space (LearnedMetric.hub_penalty)
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ class Matcher:
         rescored = []
         for hit in hits:
             prototype = self._prototype(hit.product_id, metric, catalog_only)
-            score = metric.score_scale * float(projected @ prototype.image)
+            score = metric.score_scale * (float(projected @ prototype.image) - prototype.hub)
             if colour.any() and prototype.colour.any():
                 score = (score + weight * float(colour @ prototype.colour)) / (1 + weight)
             rescored.append(replace(hit, score=score))
@@ -247,9 +248,11 @@ class Matcher:
             references = references.subset(references.sources == SOURCE_CATALOG)
         colours = self._colour_part(references.vectors)
         shown = colours[colours.any(axis=1)]
+        image = metric.prototype(image_references(references, self.embedder.view_dim))
         prototype = _Prototype(
-            image=metric.prototype(image_references(references, self.embedder.view_dim)),
+            image=image,
             colour=unit_rows(shown.mean(axis=0)) if len(shown) else np.zeros(colours.shape[1]),
+            hub=float(metric.hub_penalty(image[None, :])[0]),
         )
         current = self.metric
         if metric is current or metric is current.whitening:  # not of a replaced metric
@@ -302,6 +305,9 @@ class Matcher:
             whiten_dim=self.learning.whiten_dim,
             whiten_power=self.learning.whiten_power,
             min_scans_for_whitening=self.learning.min_scans_for_whitening,
+            hubness_weight=self.learning.hubness_weight,
+            hubness_neighbours=self.learning.hubness_neighbours,
+            hubness_distinct=self.learning.hubness_distinct,
             view_dim=self.embedder.view_dim,
         )
         references = self.index.references()

@@ -1,0 +1,138 @@
+"""The hubness penalty (`LEARNING__HUBNESS_WEIGHT`): where the whitening ranks, each
+candidate's score is lowered by its prototype's mean similarity to its nearest scans, those
+scans thinned so that a product scanned far more often than the others is not penalised for
+it. Whether it helps is measured on real photos (docs/benchmarks.md, "Hubness").
+
+Vectors: products in look-alike pairs, photos varying along a nuisance direction, the
+second of each pair shot apart from its photos (a domain gap).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from worker.index import ReferenceImage, ScanRecord, open_index
+from worker.matching.learning import LearnedMetric, thinned
+from worker.matching.matcher import Matcher, MatchPolicy
+from worker.settings import IndexSettings, LearningSettings
+from worker.vision.embedder import unit_rows
+
+PAIRS = 5
+PRODUCTS = [f"p{n}" for n in range(2 * PAIRS)]
+HUBS = PRODUCTS[:PAIRS]  # shot like photos
+STUDIO = PRODUCTS[PAIRS:]  # their look-alikes, shot apart
+DIM = 32
+SCANS = 300
+GAP, SPREAD = 1.0, 0.7
+
+
+class _Geometry:
+    def __init__(self, seed: int = 3) -> None:
+        self.rng = np.random.default_rng(seed)
+        basis, _ = np.linalg.qr(self.rng.normal(size=(DIM, DIM)))
+        self.products = {}
+        for n in range(PAIRS):
+            self.products[HUBS[n]] = basis[:, 2 * n]
+            self.products[STUDIO[n]] = 0.6 * basis[:, 2 * n] + 0.8 * basis[:, 2 * n + 1]
+        self.nuisance = basis[:, 20]  # light, bag: photos vary along it either way
+        self.gaps = {p: -GAP * self.nuisance if p in STUDIO else 0.0 for p in PRODUCTS}
+
+    def catalog(self, product: str) -> np.ndarray:
+        return unit_rows(self.products[product] + self.gaps[product]).astype(np.float32)
+
+    def photo(self, product: str) -> np.ndarray:
+        look = self.products[product] + self.nuisance * self.rng.normal() * SPREAD
+        return unit_rows(look + self.rng.normal(size=DIM) * 0.05).astype(np.float32)
+
+
+def _fitted(tmp_path, tiny_embedder, weight: float, pool: list[str], distinct: float = 0.5):
+    """A matcher over the pairs' catalog shots, refitted on scans of `pool`'s products."""
+    assert tiny_embedder.dim == DIM
+    geometry = _Geometry()
+    index = open_index(IndexSettings(path=tmp_path / "index"), "hubs", DIM)
+    learning = LearningSettings(
+        whiten_dim=16,
+        min_scans_for_whitening=100,
+        hubness_weight=weight,
+        hubness_distinct=distinct,
+    )
+    matcher = Matcher(tiny_embedder, index, MatchPolicy(), learning)
+    index.upsert([ReferenceImage(p, "front", p, geometry.catalog(p)) for p in PRODUCTS])
+    for n, product in enumerate(pool):
+        index.remember_scan(ScanRecord(f"scan-{n}", geometry.photo(product), "s3://k.jpg", 0.0))
+    matcher.refit()
+    return matcher, index, geometry
+
+
+def _balanced() -> list[str]:
+    return [PRODUCTS[n % len(PRODUCTS)] for n in range(SCANS)]
+
+
+def _penalty(matcher: Matcher, product: str) -> float:
+    metric = matcher.metric
+    prototype = metric.prototype(matcher.index.references(product))
+    return float(metric.hub_penalty(prototype[None, :])[0])
+
+
+def test_each_candidate_loses_its_penalty_in_the_whitened_ranking(tmp_path, tiny_embedder):
+    plain, plain_index, geometry = _fitted(tmp_path / "plain", tiny_embedder, 0.0, _balanced())
+    penalised, index, _ = _fitted(tmp_path / "penalised", tiny_embedder, 0.5, _balanced())
+    try:
+        assert penalised.metric.report["whitened"] and penalised.metric.report["hub_scans"] > 0
+        assert "hub_scans" not in plain.metric.report
+        scans = np.stack([geometry.photo(p) for p in PRODUCTS])
+        for before, after in zip(plain.rank(scans, 3), penalised.rank(scans, 3), strict=True):
+            scores = {hit.product_id: hit.score for hit in before.hits}
+            for hit in after.hits:
+                if hit.product_id in scores:
+                    # the same whitening, so the same cosine; less its penalty, rescaled
+                    expected_ratio = penalised.metric.score_scale / plain.metric.score_scale
+                    cosine = scores[hit.product_id] / plain.metric.score_scale
+                    expected = (cosine - _penalty(penalised, hit.product_id)) * (
+                        plain.metric.score_scale * expected_ratio
+                    )
+                    assert hit.score == pytest.approx(expected, abs=1e-4)
+        penalties = [_penalty(penalised, p) for p in PRODUCTS]
+        assert min(penalties) > 0 and max(penalties) - min(penalties) > 0.01  # not one shift
+    finally:
+        plain_index.close()
+        index.close()
+
+
+def test_a_product_scanned_often_is_not_penalised_for_it(tmp_path, tiny_embedder):
+    popular = "p3"
+    skewed_pool = _balanced() + [popular] * 4 * (SCANS // len(PRODUCTS))  # five times as often
+    penalties = {}
+    for name, pool, distinct in [
+        ("balanced", _balanced(), 0.5),
+        ("skewed", skewed_pool, 0.5),
+        ("skewed, not thinned", skewed_pool, 1.0),
+    ]:
+        matcher, index, _ = _fitted(tmp_path / name, tiny_embedder, 0.5, pool, distinct)
+        try:
+            penalties[name] = _penalty(matcher, popular) / max(
+                _penalty(matcher, p) for p in PRODUCTS if p != popular
+            )
+        finally:
+            index.close()
+    print(penalties)
+    assert penalties["skewed"] <= penalties["balanced"] + 0.05
+    assert penalties["skewed, not thinned"] > penalties["skewed"] + 0.02
+
+
+def test_thinning_keeps_one_row_of_a_dense_cluster_and_every_distinct_row():
+    rng = np.random.default_rng(0)
+    basis, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    dense = unit_rows(basis[:, 0] + rng.normal(size=(50, 16)) * 0.01)
+    distinct = basis[:, 1:6].T
+    kept = thinned(np.concatenate([dense, distinct]).astype(np.float32), 0.5)
+    assert len(kept) == 6
+    assert (kept @ basis[:, 0] > 0.9).sum() == 1
+
+
+def test_no_penalty_without_scans_or_weight():
+    prototypes = np.eye(4, dtype=np.float32)
+    assert not LearnedMetric().hub_penalty(prototypes).any()
+    metric = LearnedMetric(hub_scans=prototypes[:2], hub_weight=0.5, hub_neighbours=1)
+    np.testing.assert_allclose(metric.hub_penalty(prototypes), [0.5, 0.5, 0.0, 0.0])
