@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from worker.index import ReferenceImage, ScanRecord, open_index
-from worker.matching.learning import LearnedMetric, thinned
+from worker.index.base import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ReferenceSet
+from worker.matching.learning import LearnedMetric, MetricOptions, fit_metric, thinned
 from worker.matching.matcher import Matcher, MatchPolicy
 from worker.settings import IndexSettings, LearningSettings
 from worker.vision.embedder import unit_rows
@@ -136,3 +137,25 @@ def test_no_penalty_without_scans_or_weight():
     assert not LearnedMetric().hub_penalty(prototypes).any()
     metric = LearnedMetric(hub_scans=prototypes[:2], hub_weight=0.5, hub_neighbours=1)
     np.testing.assert_allclose(metric.hub_penalty(prototypes), [0.5, 0.5, 0.0, 0.0])
+
+
+def test_confirmed_photos_stay_out_of_the_thinned_scans():
+    """Confirmed photos are labeled and crowd around their own products; only the unlabeled
+    scans stand for the photos a catalog shot is compared with."""
+    rng = np.random.default_rng(1)
+    dim = 24
+    catalog = unit_rows(rng.normal(size=(6, dim))).astype(np.float32)
+    confirmed = unit_rows(catalog[0] + rng.normal(size=(40, dim)) * 0.3).astype(np.float32)
+    scans = unit_rows(rng.normal(size=(200, dim))).astype(np.float32)
+    refs = ReferenceSet(
+        np.concatenate([catalog, confirmed]),
+        np.array([f"p{n}" for n in range(6)] + ["p0"] * 40, dtype=object),
+        np.array([SOURCE_CATALOG] * 6 + [SOURCE_CONFIRMED_SCAN] * 40, dtype=object),
+    )
+    options = MetricOptions(
+        whiten_dim=8, min_scans_for_whitening=100, min_confirmations=10**9, hubness_weight=0.5
+    )
+    whitening = fit_metric(refs, scans, options, rerank_candidates=5).whitening
+    assert whitening is not None
+    expected = thinned(whitening.project(whitening.image_means.centre_query(scans)), 0.5)
+    np.testing.assert_allclose(whitening.hub_scans, expected, atol=1e-6)

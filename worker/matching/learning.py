@@ -149,7 +149,7 @@ class LearnedMetric:
         """What is taken off the scores of these prototypes (rows, in the projection's space):
         a prototype near many different photos (a hub) would otherwise rank first for photos
         of other products (docs/benchmarks.md, "Hubness")."""
-        if self.hub_scans is None or not self.hub_weight:
+        if self.hub_scans is None or not len(self.hub_scans) or not self.hub_weight:
             return np.zeros(len(prototypes), dtype=np.float32)
         similarities = prototypes @ self.hub_scans.T
         nearest = min(self.hub_neighbours, similarities.shape[1])
@@ -326,10 +326,10 @@ def fit_metric(
             image_means=image_means,
             projection=fit_whitening(centred_scans, options.whiten_dim, options.whiten_power),
         )
-        if options.hubness_weight:
-            whitening.hub_scans = thinned(
-                whitening.project(centred_scans), options.hubness_distinct
-            )
+        if options.hubness_weight and len(scan_vectors):
+            # the unlabeled scans only: confirmed photos would crowd their own products' pools
+            unlabeled = image_means.centre_query(scan_vectors)
+            whitening.hub_scans = thinned(whitening.project(unlabeled), options.hubness_distinct)
             whitening.hub_weight = options.hubness_weight
             whitening.hub_neighbours = options.hubness_neighbours
             report["hub_scans"] = len(whitening.hub_scans)
