@@ -14,7 +14,13 @@ import pytest
 
 from worker.index import ReferenceImage, ScanRecord, open_index
 from worker.index.base import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ReferenceSet
-from worker.matching.learning import LearnedMetric, MetricOptions, fit_metric, thinned
+from worker.matching.learning import (
+    HubPenalty,
+    LearnedMetric,
+    MetricOptions,
+    fit_metric,
+    thinned,
+)
 from worker.matching.matcher import Matcher, MatchPolicy
 from worker.settings import IndexSettings, LearningSettings
 from worker.vision.embedder import unit_rows
@@ -88,11 +94,9 @@ def test_each_candidate_loses_its_penalty_in_the_whitened_ranking(tmp_path, tiny
             for hit in after.hits:
                 if hit.product_id in scores:
                     # the same whitening, so the same cosine; less its penalty, rescaled
-                    expected_ratio = penalised.metric.score_scale / plain.metric.score_scale
                     cosine = scores[hit.product_id] / plain.metric.score_scale
-                    expected = (cosine - _penalty(penalised, hit.product_id)) * (
-                        plain.metric.score_scale * expected_ratio
-                    )
+                    penalty = _penalty(penalised, hit.product_id)
+                    expected = (cosine - penalty) * penalised.metric.score_scale
                     assert hit.score == pytest.approx(expected, abs=1e-4)
         penalties = [_penalty(penalised, p) for p in PRODUCTS]
         assert min(penalties) > 0 and max(penalties) - min(penalties) > 0.01  # not one shift
@@ -117,7 +121,6 @@ def test_a_product_scanned_often_is_not_penalised_for_it(tmp_path, tiny_embedder
             )
         finally:
             index.close()
-    print(penalties)
     assert penalties["skewed"] <= penalties["balanced"] + 0.05
     assert penalties["skewed, not thinned"] > penalties["skewed"] + 0.02
 
@@ -135,7 +138,7 @@ def test_thinning_keeps_one_row_of_a_dense_cluster_and_every_distinct_row():
 def test_no_penalty_without_scans_or_weight():
     prototypes = np.eye(4, dtype=np.float32)
     assert not LearnedMetric().hub_penalty(prototypes).any()
-    metric = LearnedMetric(hub_scans=prototypes[:2], hub_weight=0.5, hub_neighbours=1)
+    metric = LearnedMetric(hubs=HubPenalty(prototypes[:2], weight=0.5, neighbours=1))
     np.testing.assert_allclose(metric.hub_penalty(prototypes), [0.5, 0.5, 0.0, 0.0])
 
 
@@ -158,4 +161,5 @@ def test_confirmed_photos_stay_out_of_the_thinned_scans():
     whitening = fit_metric(refs, scans, options, rerank_candidates=5).whitening
     assert whitening is not None
     expected = thinned(whitening.project(whitening.image_means.centre_query(scans)), 0.5)
-    np.testing.assert_allclose(whitening.hub_scans, expected, atol=1e-6)
+    assert whitening.hubs is not None
+    np.testing.assert_allclose(whitening.hubs.scans, expected, atol=1e-6)

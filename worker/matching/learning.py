@@ -112,6 +112,16 @@ def fit_whitening(centred_scans: np.ndarray, max_dim: int, power: float) -> np.n
     return (components / (np.maximum(variances, 0) + floor) ** (power / 2)).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class HubPenalty:
+    """Thinned scans in a projection's space (unit rows, at least one): a prototype's mean
+    similarity to its `neighbours` nearest ones, times `weight`, is its penalty."""
+
+    scans: np.ndarray
+    weight: float
+    neighbours: int
+
+
 @dataclass
 class LearnedMetric:
     """The fitted state a matcher applies to queries and candidates."""
@@ -129,11 +139,8 @@ class LearnedMetric:
     whitening: LearnedMetric | None = None
     """The scans' whitening alone (kept when LDA takes over): it ranks scans against catalog
     images only, as on day one (`LEARNING__NEW_PRODUCTS_FIRST`)."""
-    hub_scans: np.ndarray | None = None
-    """Thinned scans in the projection's space (unit rows): a prototype's mean similarity to
-    its nearest ones, times `hub_weight`, is taken off its score (`hub_penalty`)."""
-    hub_weight: float = 0.0
-    hub_neighbours: int = 10
+    hubs: HubPenalty | None = None
+    """Where set, taken off re-ranked scores (`hub_penalty`)."""
     fitted_at: float = 0.0
     report: dict = field(default_factory=dict)
 
@@ -149,11 +156,11 @@ class LearnedMetric:
         """What is taken off the scores of these prototypes (rows, in the projection's space):
         a prototype near many different photos (a hub) would otherwise rank first for photos
         of other products (docs/benchmarks.md, "Hubness")."""
-        if self.hub_scans is None or not len(self.hub_scans) or not self.hub_weight:
+        if self.hubs is None:
             return np.zeros(len(prototypes), dtype=np.float32)
-        similarities = prototypes @ self.hub_scans.T
-        nearest = min(self.hub_neighbours, similarities.shape[1])
-        return self.hub_weight * np.sort(similarities, axis=1)[:, -nearest:].mean(axis=1)
+        similarities = prototypes @ self.hubs.scans.T
+        nearest = min(self.hubs.neighbours, similarities.shape[1])
+        return self.hubs.weight * np.sort(similarities, axis=1)[:, -nearest:].mean(axis=1)
 
     def prototype(self, refs: ReferenceSet) -> np.ndarray:
         """The LDA-space prototype of one product from its reference vectors."""
@@ -327,18 +334,20 @@ def fit_metric(
             projection=fit_whitening(centred_scans, options.whiten_dim, options.whiten_power),
         )
         if options.hubness_weight and len(scan_vectors):
-            # the unlabeled scans only: confirmed photos would crowd their own products' pools
-            unlabeled = image_means.centre_query(scan_vectors)
-            whitening.hub_scans = thinned(whitening.project(unlabeled), options.hubness_distinct)
-            whitening.hub_weight = options.hubness_weight
-            whitening.hub_neighbours = options.hubness_neighbours
-            report["hub_scans"] = len(whitening.hub_scans)
+            # the unlabeled scans only (`scans` begins with them): confirmed photos would
+            # crowd their own products' pools
+            unlabeled = whitening.project(centred_scans[: len(scan_vectors)])
+            whitening.hubs = HubPenalty(
+                thinned(unlabeled, options.hubness_distinct),
+                options.hubness_weight,
+                options.hubness_neighbours,
+            )
+            report["hub_scans"] = len(whitening.hubs.scans)
         if catalog_mask.sum() >= 2:
             catalog = image_means.centre_references(refs.subset(catalog_mask))
             whitening.score_scale = _margin_ratio(centred_scans, catalog, whitening)
         metric.projection, metric.score_scale = whitening.projection, whitening.score_scale
-        metric.hub_scans, metric.hub_weight = whitening.hub_scans, whitening.hub_weight
-        metric.hub_neighbours = whitening.hub_neighbours
+        metric.hubs = whitening.hubs
         metric.whitening = whitening
         report.update(
             whitened=True,
@@ -386,6 +395,6 @@ def fit_metric(
     )
     if projection is not None:
         metric.projection, metric.score_scale = projection, 1.0
-        metric.hub_scans, metric.hub_weight = None, 0.0  # (measured for the whitening only)
+        metric.hubs = None  # (measured for the whitening only)
         report.update(lda=True, lda_dim=int(projection.shape[1]), reranked_by="lda")
     return metric
