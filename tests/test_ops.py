@@ -1,18 +1,39 @@
-"""The ops endpoint keeps answering probes whatever its other clients do."""
+"""The ops endpoint keeps answering probes whatever its other clients do; its product list
+is for the review desk only, and read from the index at most once per cache period."""
 
 from __future__ import annotations
 
 import socket
+import urllib.error
 import urllib.request
 
-from worker.observability.probes import Health, serve_ops
+import pytest
+
+from worker.errors import StartupError
+from worker.observability.probes import Health, catalog_allowed, serve_ops
+from worker.settings import OpsSettings
 from worker.tools.bench.servers import free_port
+
+TOKEN = "a-catalog-token-of-at-least-32-bytes-for-tests"
+
+
+def ops_settings(port: int, **values) -> OpsSettings:
+    return OpsSettings(http_host="127.0.0.1", http_port=port, **values)
+
+
+def get(url: str, token: str | None = None) -> tuple[int, bytes]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=4) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
 
 
 def test_livez_answers_while_fifty_idle_connections_are_open():
     health = Health()
     port = free_port()
-    server = serve_ops(health, "127.0.0.1", port)
+    server = serve_ops(health, ops_settings(port))
     idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(50)]
     try:
         for _ in range(3):  # a single-threaded server never answers: the idle ones hold it
@@ -29,10 +50,58 @@ def test_an_idle_connection_is_closed_after_the_request_timeout(monkeypatch):
 
     monkeypatch.setattr(ops._QuietHandler, "timeout", 0.3)
     port = free_port()
-    server = serve_ops(Health(), "127.0.0.1", port)
+    server = serve_ops(Health(), ops_settings(port))
     try:
         with socket.create_connection(("127.0.0.1", port)) as connection:
             connection.settimeout(3)
             assert connection.recv(1) == b""  # the server hung up on the silent client
     finally:
         server.shutdown()
+
+
+def test_with_a_token_the_catalog_answers_only_its_bearer_and_is_read_once_per_period():
+    reads = []
+    health = Health()
+    health.catalog = lambda: reads.append(1) or [{"product_id": "p1"}]
+    port = free_port()
+    server = serve_ops(health, ops_settings(port, catalog_token=TOKEN, catalog_cache_seconds=60))
+    url = f"http://127.0.0.1:{port}/catalog"
+    try:
+        assert get(url)[0] == 403
+        assert get(url, "not-the-token")[0] == 403
+        for _ in range(5):
+            status, body = get(url, TOKEN)
+            assert status == 200 and b'"p1"' in body
+        assert len(reads) == 1  # five answers, one read of the index
+        assert get(f"http://127.0.0.1:{port}/readyz")[0] == 503  # probes need no token
+    finally:
+        server.shutdown()
+
+
+def test_without_a_token_the_catalog_answers_this_machine_only():
+    assert catalog_allowed({"REMOTE_ADDR": "127.0.0.1"}, None)
+    assert catalog_allowed({"REMOTE_ADDR": "::1"}, None)
+    assert not catalog_allowed({"REMOTE_ADDR": "10.1.2.3"}, None)
+    assert not catalog_allowed({"REMOTE_ADDR": "10.1.2.3", "HTTP_AUTHORIZATION": "Bearer x"}, None)
+    assert catalog_allowed(
+        {"REMOTE_ADDR": "10.1.2.3", "HTTP_AUTHORIZATION": f"Bearer {TOKEN}"}, TOKEN
+    )
+    assert not catalog_allowed({"REMOTE_ADDR": "127.0.0.1"}, TOKEN)  # a token is always asked
+    assert not catalog_allowed({"HTTP_AUTHORIZATION": "Bearer \u00e9"}, TOKEN)  # no exception
+
+
+def test_a_short_catalog_token_is_refused():
+    with pytest.raises(ValueError, match="32 bytes"):
+        OpsSettings(catalog_token="short")
+    with pytest.raises(ValueError, match="placeholder"):
+        OpsSettings(catalog_token="change-me-catalog-token-for-the-review-desk")
+
+
+def test_a_taken_port_is_one_line_naming_the_setting():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(StartupError, match="JEWELMATCH_OPS__HTTP_PORT") as raised:
+            serve_ops(Health(), ops_settings(port))
+    assert "\n" not in str(raised.value)

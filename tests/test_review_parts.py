@@ -95,10 +95,12 @@ def test_behind_a_trusted_proxy_the_header_names_the_person(tmp_path):
         review={
             "database": tmp_path / "review.sqlite3",
             "trusted_user_header": "X-Forwarded-User",
+            "trusted_proxies": ["127.0.0.1"],
             "users": [{"name": "otto", "role": "ops"}],  # a role, no password
         },
     )
-    client = TestClient(create_app(settings))  # no lifespan: no broker needed for these pages
+    # no lifespan: no broker needed for these pages; the request comes from the proxy
+    client = TestClient(create_app(settings), client=("127.0.0.1", 50000))
     page = client.get("/scans", headers={"X-Forwarded-User": "otto"})
     assert page.status_code == 200 and "otto (ops)" in page.text
     page = client.get("/scans", headers={"X-Forwarded-User": "vera"})
@@ -150,13 +152,14 @@ def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, mon
         review={
             "database": tmp_path / "review.sqlite3",
             "trusted_user_header": "X-Forwarded-User",
+            "trusted_proxies": ["127.0.0.1"],
             "users": [{"name": "otto", "role": "ops"}],
             "worker_urls": [f"http://127.0.0.1:{free_port()}"],
         },
     )
     app = create_app(settings)
     app.state.desk.history.record_result(result("scan-1"))
-    client = TestClient(app, headers={"X-Forwarded-User": "otto"})
+    client = TestClient(app, headers={"X-Forwarded-User": "otto"}, client=("127.0.0.1", 50000))
     ops = client.get("/ops")
     assert ops.status_code == 200
     assert "The broker cannot be reached" in ops.text and "unreachable" in ops.text

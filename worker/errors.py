@@ -28,3 +28,9 @@ class TransientError(JewelmatchError):
     def __init__(self, detail: str) -> None:
         super().__init__(detail)
         self.detail = detail
+
+
+class StartupError(Exception):
+    """Something a person must fix before a command can run (a setting, a taken port, a
+    missing model, an unreachable broker): the command prints its one-line message and exits
+    non-zero, never a traceback."""

@@ -10,7 +10,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 DEFAULT_DATA_DIR = (
@@ -39,6 +46,19 @@ def split_list(value: object) -> object:
     return value
 
 
+def strong_secret(value: SecretStr | None) -> SecretStr | None:
+    """A shared secret that others cannot guess: 32 bytes or more, and not an example's
+    `change-me...` placeholder (refused at start, never echoed)."""
+    if value is None:
+        return None
+    secret = value.get_secret_value()
+    if secret.lower().startswith("change-me"):
+        raise ValueError("is the example's placeholder: generate one of your own")
+    if len(secret.encode()) < 32:
+        raise ValueError("is shorter than 32 bytes: generate a longer one")
+    return value
+
+
 CropFraction = Annotated[float, Field(gt=0.0, le=1.0)]
 
 
@@ -48,6 +68,12 @@ class AmqpSettings(BaseModel):
         description="Broker URL; `memory://` runs an in-process broker (demo, tests).",
     )
     heartbeat_seconds: int = Field(default=30, ge=0, description="AMQP heartbeat; 0 disables.")
+    connect_timeout_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Give up (exit non-zero) when the broker cannot be reached for this long "
+        "since start; unset: retry forever, as orchestrators expect. For one-off runs.",
+    )
     scan_prefetch: int = Field(default=16, ge=1, description="Unacked scans held at once.")
     catalog_prefetch: int = Field(default=32, ge=1, description="Unacked catalog events.")
     delivery_limit: int = Field(
@@ -417,6 +443,21 @@ class OpsSettings(BaseModel):
         description="Health (/livez, /readyz) and /metrics; 0 disables.",
     )
     http_host: str = Field(default="0.0.0.0", description="Address of the ops endpoint.")
+    catalog_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the review desk sends for /catalog (the product list; the "
+        "same value on workers and desk, 32 bytes or more); unset: /catalog answers this "
+        "machine's clients only. Probes and metrics need none.",
+    )
+    catalog_cache_seconds: float = Field(
+        default=15.0, ge=0, description="How old a /catalog answer may be (it reads the index)."
+    )
+
+    @field_validator("catalog_token")
+    @classmethod
+    def _strong_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return strong_secret(value)
+
     drain_seconds: float = Field(default=25.0, ge=0, description="Grace period after SIGTERM.")
     retry_delays_seconds: list[int] = Field(
         default=[2, 10, 60, 300],
@@ -463,13 +504,34 @@ class ReviewSettings(BaseModel):
     trusted_user_header: str | None = Field(
         default=None,
         description="Header a reverse proxy sets to the signed-in person (e.g. "
-        "X-Forwarded-User); only behind a proxy that strips it from clients. Roles still "
-        "come from `users` (unlisted names are reviewers).",
+        "X-Forwarded-User); believed only from `trusted_proxies`, and only when it comes once. "
+        "Roles still come from `users` (unlisted names are reviewers).",
+    )
+    trusted_proxies: Annotated[list[IPvAnyNetwork], NoDecode] = Field(
+        default_factory=list,
+        description="Addresses or networks of the reverse proxies whose `trusted_user_header` "
+        "is believed (JSON list or a,b,c); required with that header.",
     )
     session_secret: SecretStr | None = Field(
         default=None,
-        description="Key that signs session cookies; unset: a random one per start (everyone "
-        "signs in again after a restart).",
+        description="Key that signs session cookies, 32 bytes or more (refused: shorter, or "
+        "the examples' `change-me...`); unset: a random one per start (everyone signs in "
+        "again after a restart).",
+    )
+    session_hours: float = Field(
+        default=12.0, gt=0, le=24 * 30, description="A session ends this long after sign-in."
+    )
+    sign_in_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="Password checks run at once (scrypt takes 16 MiB each); more wait.",
+    )
+    sign_in_attempts_per_minute: int = Field(
+        default=10,
+        ge=1,
+        description="Failed sign-ins allowed per minute from one address, and for one name; "
+        "beyond, refused for that minute without a password check.",
     )
     secure_cookies: bool = Field(
         default=False, description="Send the session cookie over HTTPS only (behind TLS)."
@@ -485,10 +547,24 @@ class ReviewSettings(BaseModel):
         default=50, ge=1, le=500, description="Dead letters listed on the ops page."
     )
 
-    @field_validator("worker_urls", mode="before")
+    @field_validator("worker_urls", "trusted_proxies", mode="before")
     @classmethod
-    def _split_urls(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         return split_list(value)
+
+    @field_validator("session_secret")
+    @classmethod
+    def _strong_secret(cls, value: SecretStr | None) -> SecretStr | None:
+        return strong_secret(value)
+
+    @model_validator(mode="after")
+    def _header_needs_proxies(self) -> ReviewSettings:
+        if self.trusted_user_header and not self.trusted_proxies:
+            raise ValueError(
+                "trusted_user_header needs trusted_proxies: the addresses of the proxies "
+                "allowed to set it (JEWELMATCH_REVIEW__TRUSTED_PROXIES)"
+            )
+        return self
 
 
 class Settings(BaseSettings):

@@ -6,6 +6,7 @@ import contextlib
 import ssl
 from collections.abc import Iterator
 from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 from amqp.exceptions import AMQPError, MessageNacked
 from kombu import Connection, Exchange, Producer, Queue, binding
@@ -114,9 +115,13 @@ class Topology:
                 routing_key="#",
                 durable=True,
                 # bounded: a flood of bad messages drops the oldest evidence rather than
-                # filling the broker until its alarms block every publisher (alerted on)
+                # filling the broker until its alarms block every publisher (alerted on).
+                # Classic, not quorum: ops list dead letters by taking them without an ack,
+                # and a quorum queue counts each such look as a delivery (RabbitMQ 4 drops a
+                # message after 20 by default); a classic queue counts none, on any version,
+                # and puts each back where it was
                 queue_arguments={
-                    "x-queue-type": "quorum",
+                    "x-queue-type": "classic",
                     "x-max-length": amqp.dead_letters_max_length,
                     "x-overflow": "drop-head",
                 },
@@ -203,6 +208,31 @@ def tls_options(settings: AmqpSettings) -> dict | None:
         options["certfile"] = str(settings.ssl_cert_file)
         options["keyfile"] = str(settings.ssl_key_file) if settings.ssl_key_file else None
     return options
+
+
+def broker_address(settings: AmqpSettings) -> str:
+    """`HOST:PORT (vhost V)` of the configured broker, for messages a person reads (never the
+    password)."""
+    url = settings.url.get_secret_value()
+    if "://" not in url or url.startswith("memory://"):
+        return url.split("://", 1)[0] + "://"
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    port = port or (5671 if parts.scheme == "amqps" else 5672)
+    path = unquote(parts.path[1:]) if parts.path.startswith("/") else ""
+    return f"{parts.hostname or 'localhost'}:{port} (vhost {path or '/'})"
+
+
+def broker_user(settings: AmqpSettings) -> str | None:
+    """The login in the broker URL (None for the in-memory transport); the URL's default,
+    as kombu's, is guest."""
+    url = settings.url.get_secret_value()
+    if "://" not in url or url.startswith("memory://"):
+        return None
+    return unquote(urlsplit(url).username or "guest")
 
 
 def connect(settings: AmqpSettings) -> Connection:

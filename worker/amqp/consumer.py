@@ -14,12 +14,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
+from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Consumer
 
 from shared import topology
-from worker.amqp.broker import BROKER_ERRORS, ConfirmedPublisher, Topology, connect
+from worker.amqp.broker import (
+    BROKER_ERRORS,
+    ConfirmedPublisher,
+    Topology,
+    broker_address,
+    connect,
+)
 from worker.amqp.inbox import Inbox
 from worker.amqp.settlement import Settlement, raw_body, trusted_delivery
+from worker.errors import StartupError
 from worker.observability.logs import get_logger
 from worker.observability.probes import Health
 from worker.observability.prometheus import BATCH_SIZE
@@ -71,6 +79,15 @@ def worker_user(connection: Connection) -> str | None:
     return connection.userid
 
 
+class BrokerUnreachable(StartupError):
+    """The broker could not be reached within `amqp.connect_timeout_seconds`."""
+
+
+class TopologyMismatch(StartupError):
+    """A queue or exchange exists with other arguments than the worker declares (a queue
+    type changed by an upgrade): retrying would never help."""
+
+
 class DrainTimeout(Exception):
     """The batch in hand outlived the grace period after a stop."""
 
@@ -112,13 +129,17 @@ class Worker:
 
     def run(self, idle_exit_seconds: float | None = None) -> None:
         """Consume until `stop()`; with `idle_exit_seconds`, also return once the queues have
-        been empty that long. Reconnects with backoff when the broker goes away."""
+        been empty that long. Reconnects with backoff when the broker goes away; raises
+        `BrokerUnreachable` once it has been out of reach for `amqp.connect_timeout_seconds`
+        (when set)."""
         backoff = 1.0
+        unreachable_since = time.monotonic()
         while not self._stopping:
+            reached = False
             try:
                 with self._connect() as connection:
                     connection.ensure_connection(max_retries=1)
-                    backoff = 1.0
+                    reached, backoff = True, 1.0
                     if self._serve(connection, idle_exit_seconds):
                         return
             except DrainTimeout as error:
@@ -127,16 +148,37 @@ class Worker:
             except BROKER_ERRORS as error:
                 self.health.broker_connected = False
                 self.inbox.forget()
-                log.warning(
-                    "broker.disconnected",
-                    error=str(error) or type(error).__name__,
-                    retry_in_s=backoff,
-                )
+                if reached:
+                    unreachable_since = time.monotonic()
+                self._log_broker_error(error, reached, backoff)
+                self._give_up_if_unreachable(unreachable_since)
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         self.health.broker_connected = False
         if self._optimizing is not None:  # the index is closed after this returns
             self._optimizing.join(timeout=self.settings.ops.drain_seconds)
+
+    def _log_broker_error(self, error: BaseException, reached: bool, backoff: float) -> None:
+        """A connection that dropped, or one that was never made: told apart, with the
+        broker's address (never its password)."""
+        reason = str(error) or type(error).__name__
+        address = broker_address(self.settings.amqp)
+        if reached:
+            log.warning("broker.connection_lost", broker=address, error=reason, retry_in_s=backoff)
+        else:
+            log.warning(
+                "broker.unreachable",
+                message=f"cannot connect to {address}: {reason}",
+                retry_in_s=backoff,
+            )
+
+    def _give_up_if_unreachable(self, unreachable_since: float) -> None:
+        limit = self.settings.amqp.connect_timeout_seconds
+        if limit is not None and time.monotonic() - unreachable_since >= limit:
+            raise BrokerUnreachable(
+                f"cannot connect to {broker_address(self.settings.amqp)} for {limit:g} s "
+                "(JEWELMATCH_AMQP__CONNECT_TIMEOUT_SECONDS)"
+            )
 
     def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -154,7 +196,13 @@ class Worker:
         """Serve one connection. Returns True when done (stopped or idle), False to reconnect."""
         amqp = self.settings.amqp
         publish_channel = connection.channel()
-        self.topology.declare(publish_channel)
+        try:
+            self.topology.declare(publish_channel)
+        except PreconditionFailed as error:
+            raise TopologyMismatch(
+                f"the broker holds a queue or exchange of ours with other arguments: {error} "
+                "(after an upgrade, see docs/operations.md, 'Upgrading')"
+            ) from None
         self.settlement = Settlement(
             ConfirmedPublisher(publish_channel), self.topology, worker_user(connection)
         )

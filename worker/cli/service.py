@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from worker.errors import StartupError
 from worker.observability.logs import load_settings
 
 commands = typer.Typer()
@@ -17,33 +18,73 @@ console = Console()
 
 @commands.command()
 def worker() -> None:
-    """Run the worker: consume scans and catalog events until SIGTERM."""
-    from worker.service.app import ModelNotCurrent, run_worker
+    """Run the worker: consume scans and catalog events until SIGTERM.
 
-    try:
-        run_worker(load_settings())
-    except ModelNotCurrent as error:
-        console.print(f"[red]refusing to start:[/red] {error}")
-        raise typer.Exit(2) from None
+    Settings come from JEWELMATCH_* environment variables (or a .env file); the ones most
+    often set:
+
+    \b
+      JEWELMATCH_AMQP__URL            the broker, amqp://USER:PASSWORD@HOST:5672/VHOST
+      JEWELMATCH_S3__ENDPOINT_URL     any S3-compatible store (unset: AWS)
+      JEWELMATCH_S3__ALLOWED_BUCKETS  the only buckets ever fetched
+      JEWELMATCH_MODEL__NAME          the image model (default: the built-in ensemble)
+      JEWELMATCH_INDEX__BACKEND       `edge` (embedded, default) or `qdrant` (a server)
+      JEWELMATCH_OPS__HTTP_PORT       probes and /metrics (8080)
+
+    Every setting, its default and meaning: docs/settings.md."""
+    from worker.service.app import run_worker
+
+    run_worker(load_settings())
 
 
 @commands.command()
 def review() -> None:
     """Run the review desk: a web app where the warehouse confirms or corrects matches and
-    ops see dead letters, queue depths and each worker's readiness (JEWELMATCH_REVIEW__*)."""
+    ops see dead letters, queue depths and each worker's readiness.
+
+    Settings come from JEWELMATCH_* environment variables (or a .env file); the ones most
+    often set:
+
+    \b
+      JEWELMATCH_REVIEW__USERS              who signs in: JSON list of name, role, password_hash
+      JEWELMATCH_REVIEW__SESSION_SECRET     signs session cookies (32 bytes or more)
+      JEWELMATCH_REVIEW__TRUSTED_USER_HEADER and JEWELMATCH_REVIEW__TRUSTED_PROXIES
+                                            sign-in by a reverse proxy instead
+      JEWELMATCH_REVIEW__HOST, __PORT       where it listens (127.0.0.1:8000)
+      JEWELMATCH_REVIEW__WORKER_URLS        each worker's ops endpoint
+      JEWELMATCH_AMQP__URL                  the broker, as the desk's own user
+
+    Every setting, its default and meaning: docs/settings.md."""
     from worker.review.web import serve
 
     serve(load_settings())
 
 
+def read_password() -> str:
+    """From a prompt without echo, asked twice, on a terminal; else the first line of
+    standard input (`echo ... | jewelmatch hash-password`). Never from the command line,
+    where process lists and shell histories would keep it."""
+    import getpass
+    import sys
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("Password: ")
+        if getpass.getpass("Repeat it: ") != password:
+            raise StartupError("the two passwords differ: nothing hashed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise StartupError("an empty password: nothing hashed")
+    return password
+
+
 @commands.command("hash-password")
-def hash_password(
-    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
-) -> None:
-    """Hash a review desk password for JEWELMATCH_REVIEW__USERS (scrypt)."""
+def hash_password() -> None:
+    """Hash a review desk password for JEWELMATCH_REVIEW__USERS (scrypt). It is read from a
+    prompt (no echo, asked twice) or from standard input when that is not a terminal."""
     from worker.review.auth import hash_password as scrypt_hash
 
-    print(scrypt_hash(password))
+    print(scrypt_hash(read_password()))
 
 
 @commands.command()

@@ -113,10 +113,18 @@ def seed_demo(
     """Against a running stack: upload the demo catalog to S3, publish its events as the PIM
     and a scan station would (each as its own AMQP user; default: JEWELMATCH_AMQP__URL),
     and print the answers (docker compose runs this once)."""
+    from worker.amqp.broker import BROKER_ERRORS, broker_address
+    from worker.errors import StartupError
     from worker.tools.seed import RoleUrls
     from worker.tools.seed import seed_demo as run_seed
 
     settings = load_settings()
     default = settings.amqp.url.get_secret_value()
     urls = RoleUrls(pim_url or default, station_url or default, inventory_url or default)
-    run_seed(settings, catalog_bucket, scans_bucket, products, console, urls)
+    try:
+        run_seed(settings, catalog_bucket, scans_bucket, products, console, urls)
+    except BROKER_ERRORS as error:
+        raise StartupError(
+            f"cannot publish through the broker at {broker_address(settings.amqp)}: "
+            f"{error or type(error).__name__} (JEWELMATCH_AMQP__URL, JEWELMATCH_SEED_*_URL)"
+        ) from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hmac
 import json
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +13,9 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import make_wsgi_app
 
+from worker.errors import StartupError
 from worker.observability.prometheus import READY
+from worker.settings import OpsSettings
 
 
 class Health:
@@ -61,12 +65,46 @@ class ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
         """A client that went silent or away is not an error worth a traceback."""
 
 
-def serve_ops(health: Health, host: str, port: int) -> WSGIServer:
+class CachedCatalog:
+    """The product list /catalog serves, read from the index at most once per `max_age`
+    seconds however often it is asked (one reader at a time)."""
+
+    def __init__(self, read: Callable[[], list[dict]], max_age: float) -> None:
+        self._read = read
+        self._max_age = max_age
+        self._lock = threading.Lock()
+        self._body = b""
+        self._read_at = -math.inf
+
+    def body(self) -> bytes:
+        with self._lock:
+            if time.monotonic() - self._read_at >= self._max_age or not self._body:
+                self._body = json.dumps({"products": self._read()}).encode()
+                self._read_at = time.monotonic()
+            return self._body
+
+
+LOOPBACK = ("127.", "::1", "::ffff:127.")
+
+
+def catalog_allowed(environ: dict, token: str | None) -> bool:
+    """With a token, only a request bearing it; without, only a client on this machine."""
+    if token is None:
+        return str(environ.get("REMOTE_ADDR", "")).startswith(LOOPBACK)
+    sent = environ.get("HTTP_AUTHORIZATION", "")
+    return hmac.compare_digest(sent.encode(), f"Bearer {token}".encode())
+
+
+def serve_ops(health: Health, ops: OpsSettings) -> WSGIServer:
     """Serve /livez, /readyz, /metrics and /catalog (the products in this worker's index, for
-    the review desk) in a daemon thread; returns the server."""
+    the review desk only: `catalog_allowed`) in a daemon thread; returns the server. A port
+    already taken is a `StartupError` naming the setting."""
     metrics_app = make_wsgi_app()
+    token = ops.catalog_token.get_secret_value() if ops.catalog_token else None
+    catalog: CachedCatalog | None = None
 
     def app(environ, start_response):
+        nonlocal catalog
         path = environ.get("PATH_INFO", "")
         if path in ("/livez", "/readyz"):
             ok = health.alive if path == "/livez" else health.ready
@@ -77,14 +115,27 @@ def serve_ops(health: Health, host: str, port: int) -> WSGIServer:
         if path == "/metrics":
             return metrics_app(environ, start_response)
         if path == "/catalog" and health.catalog is not None:
-            body = json.dumps({"products": health.catalog()}).encode()
+            if not catalog_allowed(environ, token):
+                start_response("403 Forbidden", [("Content-Type", "text/plain")])
+                return [b"the catalog is for the review desk (JEWELMATCH_OPS__CATALOG_TOKEN)\n"]
+            catalog = catalog or CachedCatalog(health.catalog, ops.catalog_cache_seconds)
             start_response("200 OK", [("Content-Type", "application/json")])
-            return [body]
+            return [catalog.body()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
 
-    server = make_server(
-        host, port, app, server_class=ThreadingWSGIServer, handler_class=_QuietHandler
-    )
+    try:
+        server = make_server(
+            ops.http_host,
+            ops.http_port,
+            app,
+            server_class=ThreadingWSGIServer,
+            handler_class=_QuietHandler,
+        )
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve the ops endpoint on {ops.http_host}:{ops.http_port}: "
+            f"{error.strerror or error} (JEWELMATCH_OPS__HTTP_PORT, JEWELMATCH_OPS__HTTP_HOST)"
+        ) from None
     threading.Thread(target=server.serve_forever, name="ops-http", daemon=True).start()
     return server

@@ -65,31 +65,35 @@ def _too_large(ref: S3Object, size: int, limit: int) -> PermanentError:
     )
 
 
+def s3_client(settings: S3Settings):
+    """A boto3 S3 client with the settings' endpoint, credentials, short timeouts and boto's
+    own standard retry mode."""
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        region_name=settings.region,
+        aws_access_key_id=(
+            settings.access_key_id.get_secret_value() if settings.access_key_id else None
+        ),
+        aws_secret_access_key=(
+            settings.secret_access_key.get_secret_value() if settings.secret_access_key else None
+        ),
+        config=Config(
+            connect_timeout=settings.connect_timeout_seconds,
+            read_timeout=settings.read_timeout_seconds,
+            retries={"mode": "standard", "max_attempts": settings.max_attempts},
+            max_pool_connections=max(10, settings.fetch_threads),
+        ),
+    )
+
+
 class S3ImageStore:
     """boto3 client with short timeouts and boto's own standard retry mode."""
 
     def __init__(self, settings: S3Settings, max_bytes: int) -> None:
         self._allowed = list(settings.allowed_buckets)
         self._max_bytes = max_bytes
-        self._client = boto3.session.Session().client(
-            "s3",
-            endpoint_url=settings.endpoint_url,
-            region_name=settings.region,
-            aws_access_key_id=(
-                settings.access_key_id.get_secret_value() if settings.access_key_id else None
-            ),
-            aws_secret_access_key=(
-                settings.secret_access_key.get_secret_value()
-                if settings.secret_access_key
-                else None
-            ),
-            config=Config(
-                connect_timeout=settings.connect_timeout_seconds,
-                read_timeout=settings.read_timeout_seconds,
-                retries={"mode": "standard", "max_attempts": settings.max_attempts},
-                max_pool_connections=max(10, settings.fetch_threads),
-            ),
-        )
+        self._client = s3_client(settings)
 
     def fetch(self, ref: S3Object) -> Blob:
         check_bucket_allowed(ref, self._allowed)

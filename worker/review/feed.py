@@ -5,8 +5,8 @@ the broker goes away."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
-import time
 
 from kombu import Connection
 from kombu.mixins import ConsumerMixin
@@ -23,6 +23,7 @@ from worker.settings import AmqpSettings
 log = get_logger(__name__)
 
 RETRY_SECONDS = 5.0
+STOP_SECONDS = 2.0
 
 
 class ResultFeed(ConsumerMixin):
@@ -31,6 +32,7 @@ class ResultFeed(ConsumerMixin):
         self.history = history
         self.queues = review_queues(max_length)
         self.ready = threading.Event()
+        self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
     def get_consumers(self, Consumer, channel):
@@ -78,7 +80,7 @@ class ResultFeed(ConsumerMixin):
                 log.warning("review.feed.waiting", error=str(error), retry_in=RETRY_SECONDS)
                 self.connection.release()
                 self.connection = self.connection.clone()  # a fresh connection, no dead channel
-                time.sleep(RETRY_SECONDS)
+                self._stopped.wait(RETRY_SECONDS)
 
     def start(self) -> ResultFeed:
         self._thread = threading.Thread(
@@ -88,7 +90,12 @@ class ResultFeed(ConsumerMixin):
         return self
 
     def stop(self) -> None:
+        """Within about a second: the consuming loop looks at `should_stop` at least once a
+        second, and a wait for the broker ends at once. (A message being written to SQLite
+        then is acked, or redelivered to the next start: nothing is lost either way.)"""
         self.should_stop = True
+        self._stopped.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
-        self.connection.release()
+            self._thread.join(timeout=STOP_SECONDS)
+        with contextlib.suppress(Exception):
+            self.connection.release()

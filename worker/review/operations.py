@@ -2,7 +2,9 @@
 replay or discard dead letters.
 
 Listing takes up to N dead letters without acknowledging them and closes the channel, which
-returns them to the queue untouched (each listing counts as one delivery of each). Replay
+returns them to the queue untouched, each in its place: the dead-letter queue is a classic
+queue, which counts no deliveries, so looking never wears a letter out (a quorum queue would
+count each look, and drop a letter at its delivery limit). Replay
 publishes the original body to the events exchange under its original routing key, as the
 desk's own broker user, and only then acknowledges the dead letter; discard acknowledges it.
 """
@@ -68,12 +70,18 @@ class DeadLetter:
         return self.routing_key in EVENT_MODELS
 
 
+HEADER_CHARS = 300
+"""A header value is shown up to this long (a publisher may set any size)."""
+
+
 def _text(value) -> str:
     if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    if isinstance(value, list | dict):
-        return json.dumps(value, default=str)[:500]
-    return str(value)
+        text = value.decode("utf-8", "replace")
+    elif isinstance(value, list | dict):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    return text if len(text) <= HEADER_CHARS else text[:HEADER_CHARS] + "…"
 
 
 def dead_letter_of(message) -> DeadLetter:
@@ -103,10 +111,15 @@ def dead_letter_of(message) -> DeadLetter:
 
 
 class DeskBroker:
-    """One connection for the desk's requests (one request at a time on it)."""
+    """One connection for the desk's requests (one request at a time on it).
 
-    def __init__(self, amqp: AmqpSettings) -> None:
+    A replay or discard looks for its letter among the first `shown` only: those are the
+    ones the ops page lists (oldest first, and a classic queue keeps that order), so one
+    click never reads thousands of bodies while holding the connection."""
+
+    def __init__(self, amqp: AmqpSettings, shown: int = 50) -> None:
         self.client = JewelmatchClient(amqp, retry_seconds=PUBLISH_SECONDS)
+        self.shown = shown
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -149,7 +162,9 @@ class DeskBroker:
             self._replay(connection, message, letter, person)
 
         with self._lock:
-            return self.client.run(lambda connection: self._take(connection, fingerprint, replay))
+            return self.client.run(
+                lambda connection: self._take(connection, fingerprint, replay, self.shown)
+            )
 
     def discard(self, fingerprint: str, person: str) -> DeadLetter:
         """Remove the dead letter; its body preview stays in the desk's log."""
@@ -164,7 +179,9 @@ class DeskBroker:
             )
 
         with self._lock:
-            return self.client.run(lambda connection: self._take(connection, fingerprint, discard))
+            return self.client.run(
+                lambda connection: self._take(connection, fingerprint, discard, self.shown)
+            )
 
     @staticmethod
     def _taken(channel, limit: int) -> Iterator[tuple[object, DeadLetter]]:
@@ -188,7 +205,7 @@ class DeskBroker:
         connection,
         fingerprint: str,
         act: Callable[[object, object, DeadLetter], None],
-        search_limit: int = 5000,
+        search_limit: int,
     ) -> DeadLetter:
         """Find the dead letter with `fingerprint` among the first `search_limit`, `act` on
         it and acknowledge it; the others go back when the channel closes."""

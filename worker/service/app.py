@@ -6,7 +6,9 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from worker.amqp.broker import broker_user
 from worker.amqp.consumer import Worker
+from worker.errors import StartupError
 from worker.index import VectorIndex, open_index
 from worker.matching.catalog import catalog_summary
 from worker.matching.matcher import Matcher, MatchPolicy
@@ -15,7 +17,7 @@ from worker.observability.probes import Health, serve_ops
 from worker.observability.prometheus import INDEX_POINTS, MODEL_LOAD_SECONDS
 from worker.pipeline.handlers import Handlers
 from worker.pipeline.storage import ImageStore, open_image_store
-from worker.settings import Settings
+from worker.settings import AmqpSettings, Settings
 from worker.vision.embedder import Embedder
 
 log = get_logger(__name__)
@@ -63,7 +65,7 @@ def wire_worker(
     return Worker(settings, handlers, health)
 
 
-class ModelNotCurrent(RuntimeError):
+class ModelNotCurrent(StartupError):
     """The worker's model is not the one whose index is in service."""
 
 
@@ -89,12 +91,36 @@ def opened(settings: Settings, embedder: Embedder | None = None):
         components.close()
 
 
+def check_broker_login(amqp: AmqpSettings) -> None:
+    """The worker honours its steering headers (attempts, original routing key) only on
+    messages whose broker-validated user is its own login. Were that login also a confirming
+    user, a confirmation could carry those headers and steer the worker (a `match.confirmed`
+    turned into a deletion): refuse to start. `guest` is everybody's login on a fresh
+    broker: allowed for trying things out, said loudly."""
+    user = broker_user(amqp)
+    if user is None:
+        return
+    if user in amqp.confirm_users:
+        raise StartupError(
+            f"the worker logs in to the broker as {user!r}, which is also one of the users "
+            "whose match.confirmed it accepts (JEWELMATCH_AMQP__CONFIRM_USERS): give the "
+            "worker a login of its own (deploy/rabbitmq, `jewelmatch rabbitmq-definitions`)"
+        )
+    if user == "guest":
+        log.warning(
+            "broker.guest_login",
+            message="the worker logs in as 'guest': any publisher using 'guest' too could "
+            "pass as the worker; give it a login of its own in production (deploy/rabbitmq)",
+        )
+
+
 def run_worker(settings: Settings) -> None:
     """The `jewelmatch worker` process: probes first, then the model, then consume."""
+    check_broker_login(settings.amqp)
     health = Health()
     ops_server = None
     if settings.ops.http_port:
-        ops_server = serve_ops(health, settings.ops.http_host, settings.ops.http_port)
+        ops_server = serve_ops(health, settings.ops)
         log.info(
             "ops.listening",
             port=settings.ops.http_port,

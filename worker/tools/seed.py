@@ -10,17 +10,20 @@ from __future__ import annotations
 import contextlib
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
 from rich.console import Console
 
 from shared import topology
 from shared.contract import BagPhotographed, MatchResult
 from worker.amqp.client import JewelmatchClient, Received
-from worker.settings import Settings
+from worker.errors import StartupError
+from worker.pipeline.storage import s3_client
+from worker.settings import S3Settings, Settings
 from worker.tools.folders import read_folder_dataset
 from worker.tools.synthetic import write_catalog
 
@@ -33,6 +36,34 @@ class RoleUrls:
     pim: str
     station: str
     inventory: str
+
+
+def object_writer(s3: S3Settings) -> Callable[[str, str, bytes], None]:
+    """`put(bucket, key, data)` into the configured store, whichever back end: an S3 store
+    through boto3, or the local back end's folder per bucket. A store that refuses (no
+    credentials, unreachable, no such bucket) is a one-line `StartupError`."""
+    if s3.backend == "local":
+
+        def put_file(bucket: str, key: str, data: bytes) -> None:
+            path = s3.local_root / bucket / key
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+
+        return put_file
+
+    client = s3_client(s3)
+
+    def put_object(bucket: str, key: str, data: bytes) -> None:
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data)
+        except (BotoCoreError, ClientError) as error:
+            where = s3.endpoint_url or "AWS S3"
+            raise StartupError(
+                f"cannot upload to bucket {bucket!r} at {where}: {error} (JEWELMATCH_S3__*; "
+                "JEWELMATCH_S3__BACKEND=local writes to a folder instead)"
+            ) from None
+
+    return put_object
 
 
 def _client(settings: Settings, url: str) -> JewelmatchClient:
@@ -49,19 +80,7 @@ def seed_demo(
     timeout: float = 600.0,
 ) -> int:
     """Returns how many scans ranked the right product first."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=settings.s3.endpoint_url,
-        region_name=settings.s3.region,
-        aws_access_key_id=(
-            settings.s3.access_key_id.get_secret_value() if settings.s3.access_key_id else None
-        ),
-        aws_secret_access_key=(
-            settings.s3.secret_access_key.get_secret_value()
-            if settings.s3.secret_access_key
-            else None
-        ),
-    )
+    put = object_writer(settings.s3)
     with tempfile.TemporaryDirectory(prefix="jewelmatch-seed-") as tmp:
         write_catalog(Path(tmp), products, scans_per_product=1)
         dataset = read_folder_dataset(Path(tmp))
@@ -69,15 +88,11 @@ def seed_demo(
         events, scans = [], {}
         for product in dataset.products:
             for path in product.catalog:
-                s3.put_object(
-                    Bucket=catalog_bucket,
-                    Key=product.object_key(path, "demo/"),
-                    Body=path.read_bytes(),
-                )
+                put(catalog_bucket, product.object_key(path, "demo/"), path.read_bytes())
             events.append(product.catalog_event(catalog_bucket, "demo/"))
             for query in product.queries:
                 key = product.object_key(query.path, "demo/")
-                s3.put_object(Bucket=scans_bucket, Key=key, Body=query.path.read_bytes())
+                put(scans_bucket, key, query.path.read_bytes())
                 scan_id = f"demo-{product.product_id}-{query.path.stem}-{int(time.time())}"
                 scans[scan_id] = (product.product_id, key)
     default = settings.amqp.url.get_secret_value()

@@ -26,6 +26,7 @@ import torch
 from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image
 
+from worker.errors import StartupError
 from worker.observability.logs import get_logger
 from worker.settings import ModelSettings
 from worker.vision import colour
@@ -92,6 +93,27 @@ def model_id_for(settings: ModelSettings) -> str:
     return _member_id(name) + _view_suffix(settings)
 
 
+def check_model_available(settings: ModelSettings) -> None:
+    """Fail in one line, before open_clip tries (and a model hub is asked), when a configured
+    model's files are not there."""
+    for name in ensemble_members(settings.name):
+        if name.startswith("local-dir:"):
+            folder = Path(name.removeprefix("local-dir:"))
+            if not (folder / "open_clip_config.json").is_file():
+                raise StartupError(
+                    f"no model in {folder} (an open_clip folder holds open_clip_config.json "
+                    "and its weights; JEWELMATCH_MODEL__NAME)"
+                )
+        elif name not in BUILTIN_MODELS and not (
+            settings.pretrained and Path(settings.pretrained).is_file()
+        ):
+            raise StartupError(
+                f"model {name!r} is neither built in ({', '.join(BUILTIN_MODELS)}) nor a "
+                "local-dir: folder, and JEWELMATCH_MODEL__PRETRAINED names no weights file: "
+                "nothing is downloaded at run time"
+            )
+
+
 class _Member:
     """One image tower of the embedder, with its own preprocessing (input size)."""
 
@@ -115,6 +137,7 @@ class Embedder:
 
     def __init__(self, settings: ModelSettings) -> None:
         started = time.perf_counter()
+        check_model_available(settings)
         torch.set_num_threads(settings.threads)
         self.model_id = model_id_for(settings)
         self.batch_size = settings.batch_size

@@ -68,9 +68,13 @@ class OpenVinoTower:
     def __init__(self, path: Path, threads: int) -> None:
         import openvino
 
-        # one stream on `threads` threads: a batch is one request, as in the worker
+        # one stream on `threads` threads: a batch is one request, as in the worker; f32
+        # whatever the CPU offers (OpenVINO would pick bf16 on CPUs with AMX or AVX512_BF16,
+        # and the vectors would then depend on the machine)
         compiled = openvino.Core().compile_model(
-            str(path), "CPU", {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1}
+            str(path),
+            "CPU",
+            {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"},
         )
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()

@@ -40,6 +40,15 @@ def wait_for_port(port: int, timeout: float, process: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listens on port {port} after {timeout} s")
 
 
+TRANSIENT_CTL_EXITS = (69, 75, None)
+"""rabbitmqctl's exits worth another try: 69 (node unavailable or still booting), 75 (a
+temporary failure, e.g. a distribution link being set up), None (no answer in time)."""
+
+
+class RabbitCtlError(RuntimeError):
+    """rabbitmqctl failed; the message carries its own output."""
+
+
 class RabbitNode:
     """A RabbitMQ node of its own (own ports, own data folder) that tests can stop and start."""
 
@@ -96,6 +105,9 @@ class RabbitNode:
             cwd=self.workdir,  # Erlang writes crash dumps (MnesiaCore.*) to its working folder
         )
         wait_for_port(self.port, timeout, self.process)
+        # the AMQP port opens before the node has finished booting (rabbitmqctl may still
+        # answer "not running", exit 69): wait for the boot itself, then for a real login
+        self.ctl("await_startup", "--timeout", str(int(timeout)), timeout=timeout + 10)
         self._wait_until_amqp_works(timeout)
 
     def _wait_until_amqp_works(self, timeout: float) -> None:
@@ -132,25 +144,52 @@ class RabbitNode:
             except OSError:
                 break
 
-    def add_vhost(self, name: str) -> str:
-        """A fresh virtual host (guest may use it); returns its AMQP URL."""
+    def ctl(self, *args: str, timeout: float = 60.0, attempts: int = 3) -> str:
+        """Run `rabbitmqctl ARGS` against this node; a transient failure (the node still
+        booting, a lost distribution link: exit 69 or 75) is tried again a few times, and a
+        final failure says what rabbitmqctl said."""
         ctl = RABBITMQ_SERVER.with_name("rabbitmqctl")
         env = {**os.environ, "HOME": str(self.workdir)}
-        for args in (
-            ["add_vhost", name],
-            ["set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
-        ):
-            subprocess.run(
-                [str(ctl), "-n", self.name, *args],
-                env=env,
-                check=True,
-                capture_output=True,
-                timeout=60,
-            )
+        command = [str(ctl), "-n", self.name, *args]
+        for attempt in range(1, attempts + 1):
+            try:
+                done = subprocess.run(
+                    command, env=env, capture_output=True, text=True, timeout=timeout
+                )
+            except subprocess.TimeoutExpired as error:
+                output, returncode = f"no answer within {timeout:.0f} s: {error}", None
+            else:
+                if done.returncode == 0:
+                    return done.stdout
+                output, returncode = (done.stdout + done.stderr).strip(), done.returncode
+            if returncode not in TRANSIENT_CTL_EXITS or attempt == attempts:
+                raise RabbitCtlError(
+                    f"rabbitmqctl {' '.join(args)} on {self.name} failed "
+                    f"(exit {returncode}, attempt {attempt} of {attempts}): {output[-2000:]}"
+                )
+            time.sleep(attempt)
+        raise AssertionError("unreachable")
+
+    def add_vhost(self, name: str) -> str:
+        """A fresh virtual host (guest may use it); returns its AMQP URL."""
+        self.ctl("add_vhost", name)
+        self.ctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
         return f"amqp://guest:guest@127.0.0.1:{self.port}/{name}"
 
-    def restart(self) -> None:
+    def add_user(self, name: str, password: str, vhost: str = "/") -> str:
+        """A broker user of its own with every permission on `vhost` (again: a new
+        password); returns its AMQP URL."""
+        try:
+            self.ctl("add_user", name, password)
+        except RabbitCtlError as error:
+            if "already exists" not in str(error):
+                raise
+            self.ctl("change_password", name, password)
+        self.ctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*")
+        path = "/" if vhost == "/" else vhost
+        return f"amqp://{name}:{password}@127.0.0.1:{self.port}/{path}"
 
+    def restart(self) -> None:
         self.stop()
         self.start()
 

@@ -1,0 +1,430 @@
+"""The review desk holds against the probes of a hostile peer: who may act as whom (the proxy
+header, forged and stale sessions), what a reviewer may see, what a flood of sign-ins costs,
+odd input, and a prompt stop."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+from pydantic import ValidationError
+from starlette.testclient import TestClient
+
+from worker.amqp.broker import Topology
+from worker.amqp.client import JewelmatchClient
+from worker.observability.probes import Health, serve_ops
+from worker.review import auth as auth_module
+from worker.review.auth import hash_password
+from worker.review.web import create_app
+from worker.settings import AmqpSettings, OpsSettings, Settings
+from worker.tools.bench.servers import free_port
+
+SECRET = "a-review-desk-session-secret-of-48-bytes-for-tests"
+PASSWORDS = {"rita": "rita-reviews-scans", "otto": "otto-runs-ops"}
+USERS = [
+    {"name": "rita", "role": "reviewer", "password_hash": hash_password(PASSWORDS["rita"])},
+    {"name": "otto", "role": "ops", "password_hash": hash_password(PASSWORDS["otto"])},
+]
+PROXY = ("10.0.0.2", 40000)
+ELSEWHERE = ("10.0.0.77", 40000)
+
+
+def desk_settings(tmp_path, amqp_url: str | None = None, **review) -> Settings:
+    values = {
+        "database": tmp_path / "review.sqlite3",
+        "session_secret": SECRET,
+        "users": USERS,
+        "worker_urls": [f"http://127.0.0.1:{free_port()}"],  # nothing listens
+        **review,
+    }
+    amqp = {"url": amqp_url} if amqp_url else {}
+    return Settings(_env_file=None, review=values, amqp=amqp, log={"format": "json"})
+
+
+def form_token(html: str) -> str:
+    return html.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+
+
+def sign_in(client: TestClient, name: str, password: str | None = None):
+    token = form_token(client.get("/login").text)
+    return client.post(
+        "/login",
+        data={"name": name, "password": password or PASSWORDS[name], "csrf_token": token},
+        follow_redirects=False,
+    )
+
+
+def signed_in_as(client: TestClient) -> str | None:
+    page = client.get("/scans", follow_redirects=False)
+    if page.status_code != 200:
+        return None
+    return page.text.split('<span id="person">', 1)[1].split("<", 1)[0]
+
+
+# who is who -------------------------------------------------------------------------------
+
+
+def header_desk(tmp_path) -> Settings:
+    return desk_settings(
+        tmp_path, trusted_user_header="X-Forwarded-User", trusted_proxies=["10.0.0.0/30"]
+    )
+
+
+def test_the_proxy_header_is_believed_from_the_trusted_proxies_only(tmp_path):
+    app = create_app(header_desk(tmp_path))
+    from_proxy = TestClient(app, client=PROXY)
+    assert from_proxy.get("/scans", headers={"X-Forwarded-User": "otto"}).status_code == 200
+    assert signed_in_as(TestClient(app, client=PROXY, headers={"X-Forwarded-User": "otto"})) == (
+        "otto (ops)"
+    )
+    direct = TestClient(app, client=ELSEWHERE, headers={"X-Forwarded-User": "otto"})
+    assert signed_in_as(direct) is None  # a client naming itself is nobody
+
+
+def test_a_repeated_proxy_header_names_nobody(tmp_path):
+    app = create_app(header_desk(tmp_path))
+    client = TestClient(app, client=PROXY)
+    twice = client.get(
+        "/scans",
+        headers=[("X-Forwarded-User", "otto"), ("X-Forwarded-User", "rita")],
+        follow_redirects=False,
+    )
+    assert twice.status_code == 303 and twice.headers["location"].startswith("/login")
+
+
+@pytest.mark.parametrize(
+    "review, complaint",
+    [
+        ({"trusted_user_header": "X-Forwarded-User"}, "trusted_proxies"),
+        ({"session_secret": "change-me-review-sessions-but-long-enough-to-pass"}, "placeholder"),
+        ({"session_secret": "only-31-bytes-of-session-secret"}, "32 bytes"),
+    ],
+)
+def test_the_desk_refuses_to_start_unsafe(tmp_path, review, complaint):
+    with pytest.raises(ValidationError, match=complaint):
+        desk_settings(tmp_path, **review)
+
+
+def test_an_unsafe_desk_says_why_in_one_line_and_exits(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JEWELMATCH_")}
+    env["JEWELMATCH_REVIEW__SESSION_SECRET"] = "change-me-review-sessions"
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "review"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "JEWELMATCH_REVIEW__SESSION_SECRET" in done.stderr
+    assert "change-me-review-sessions" not in done.stderr  # the secret is never echoed
+
+
+def test_signing_out_ends_the_session_for_every_copy_of_the_cookie(tmp_path):
+    app = create_app(desk_settings(tmp_path))
+    browser = TestClient(app)
+    assert sign_in(browser, "otto").status_code == 303
+    copied = TestClient(app, cookies=dict(browser.cookies))
+    assert signed_in_as(copied) == "otto (ops)"
+    token = form_token(browser.get("/scans").text)
+    assert browser.post("/logout", data={"csrf_token": token}).status_code == 200
+    assert signed_in_as(copied) is None
+    assert signed_in_as(browser) is None
+
+
+def test_a_name_removed_from_the_user_list_is_signed_out(tmp_path):
+    browser = TestClient(create_app(desk_settings(tmp_path)))
+    assert sign_in(browser, "otto").status_code == 303
+    cookie = dict(browser.cookies)
+    restarted = create_app(desk_settings(tmp_path, users=USERS[:1]))  # otto left
+    assert signed_in_as(TestClient(restarted, cookies=cookie)) is None
+    kept = create_app(desk_settings(tmp_path))  # the same list: the session lives on
+    assert signed_in_as(TestClient(kept, cookies=cookie)) == "otto (ops)"
+
+
+def test_a_cookie_signed_for_an_invented_person_gets_nothing(tmp_path):
+    import base64
+    import json
+
+    from itsdangerous import TimestampSigner
+
+    app = create_app(desk_settings(tmp_path))
+    payload = base64.b64encode(json.dumps({"user": "otto", "sid": "guessed"}).encode())
+    forged = TimestampSigner(SECRET).sign(payload).decode()
+    client = TestClient(app, cookies={"jewelmatch_review": forged})
+    assert signed_in_as(client) is None
+    assert client.get("/ops", follow_redirects=False).status_code == 303
+
+
+# what a reviewer may see ------------------------------------------------------------------
+
+
+def test_reviewers_are_kept_off_the_ops_page(tmp_path):
+    app = create_app(desk_settings(tmp_path))
+    reviewer = TestClient(app)
+    sign_in(reviewer, "rita")
+    refused = reviewer.get("/ops")
+    assert refused.status_code == 403
+    assert "dead-letter" not in refused.text and "Queue" not in refused.text
+    assert 'href="/ops"' not in reviewer.get("/scans").text
+
+
+# sign-in floods ---------------------------------------------------------------------------
+
+
+def test_failed_sign_ins_are_throttled_per_address_and_per_name(tmp_path):
+    app = create_app(desk_settings(tmp_path, sign_in_attempts_per_minute=3))
+    guesser = TestClient(app, client=ELSEWHERE)
+    assert [sign_in(guesser, "otto", "guess").status_code for _ in range(4)] == [
+        401,
+        401,
+        401,
+        429,
+    ]
+    assert sign_in(guesser, "otto").status_code == 429  # even the right one, this minute
+    assert sign_in(guesser, "rita").status_code == 429  # this address, another name
+    other_address = TestClient(app, client=PROXY)
+    assert sign_in(other_address, "otto").status_code == 429  # this name, another address
+    assert sign_in(other_address, "rita").status_code == 303  # neither: fine
+
+
+def test_password_checks_run_few_at_a_time(tmp_path, monkeypatch):
+    running, peak, lock = 0, 0, threading.Lock()
+    real = auth_module.hash_password
+
+    def counted(password, salt=None):
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            return real(password, salt)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(auth_module, "hash_password", counted)
+    app = create_app(desk_settings(tmp_path, sign_in_concurrency=2))
+    clients = [TestClient(app, client=(f"10.1.0.{n}", 1000)) for n in range(12)]
+    threads = [
+        threading.Thread(target=sign_in, args=(client, f"nobody-{n}", "guess"))
+        for n, client in enumerate(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert peak == 2  # twelve at once, two scrypt hashes at a time (16 MiB each)
+
+
+# odd input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hours", ["²", "nan", "-1", "1e999", "abc", ""])
+def test_an_odd_hours_filter_is_ignored(tmp_path, hours):
+    client = TestClient(create_app(desk_settings(tmp_path)))
+    sign_in(client, "rita")
+    assert client.get("/scans", params={"hours": hours}).status_code == 200
+
+
+def test_a_non_ascii_form_token_is_refused_not_a_crash(tmp_path):
+    client = TestClient(create_app(desk_settings(tmp_path)), raise_server_exceptions=False)
+    sign_in(client, "rita")
+    refused = client.post("/logout", data={"csrf_token": "tökén"})
+    assert refused.status_code == 403
+
+
+# the catalog the desk reads from the workers ---------------------------------------------
+
+
+def test_the_desk_reads_the_workers_catalog_with_its_token_and_caches_it(tmp_path):
+    token = "the-catalog-token-shared-by-desk-and-workers"
+    reads = []
+    health = Health()
+    health.catalog = lambda: (
+        reads.append(1)
+        or [{"product_id": "p1", "sku": "RING-1", "name": "ring", "confirmed_photos": 0}]
+    )
+    port = free_port()
+    server = serve_ops(health, OpsSettings(http_host="127.0.0.1", http_port=port))
+    settings = desk_settings(tmp_path, worker_urls=[f"http://127.0.0.1:{port}"])
+    try:
+        # the worker without a token answers this machine only; with one, only its bearer
+        client = TestClient(create_app(settings))
+        sign_in(client, "rita")
+        for _ in range(3):
+            assert "RING-1" in client.get("/catalog").text
+        assert len(reads) == 1  # three pages, one read: the desk's own cache
+    finally:
+        server.shutdown()
+    secured = free_port()
+    server = serve_ops(
+        health, OpsSettings(http_host="127.0.0.1", http_port=secured, catalog_token=token)
+    )
+    try:
+        without = desk_settings(tmp_path / "b", worker_urls=[f"http://127.0.0.1:{secured}"])
+        client = TestClient(create_app(without))
+        sign_in(client, "rita")
+        assert "RING-1" not in client.get("/catalog").text  # refused: no token
+        with_token = without.model_copy(update={"ops": OpsSettings(catalog_token=token)})
+        client = TestClient(create_app(with_token))
+        sign_in(client, "rita")
+        assert "RING-1" in client.get("/catalog").text
+    finally:
+        server.shutdown()
+
+
+# stopping ---------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_the_desk_stops_within_five_seconds_of_sigterm(tmp_path, amqp_url):
+    with JewelmatchClient(amqp_url) as peer:  # as a worker would on start
+        peer.declare(Topology.build(AmqpSettings(), OpsSettings()))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JEWELMATCH_")}
+    env.update(
+        JEWELMATCH_AMQP__URL=amqp_url,
+        JEWELMATCH_REVIEW__PORT=str(port),
+        JEWELMATCH_REVIEW__DATABASE=str(tmp_path / "review.sqlite3"),
+        JEWELMATCH_REVIEW__SESSION_SECRET=SECRET,
+        JEWELMATCH_LOG__FORMAT="json",
+    )
+    log_path = tmp_path / "desk.log"
+    with log_path.open("wb") as log:
+        desk = subprocess.Popen(
+            [sys.executable, "-m", "worker", "review"], env=env, stdout=log, stderr=log
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while "review.feed.consuming" not in log_path.read_text():
+                assert desk.poll() is None and time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
+                assert reply.status == 200
+            started = time.monotonic()
+            desk.send_signal(signal.SIGTERM)
+            desk.wait(timeout=30)
+            stopped_in = time.monotonic() - started
+        finally:
+            if desk.poll() is None:
+                desk.kill()
+    assert stopped_in < 5.0, log_path.read_text()
+    assert f"http://127.0.0.1:{port}/" in log_path.read_text()  # it said where it served
+
+
+# dead letters -----------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_looking_at_dead_letters_twenty_times_leaves_each_in_place(rabbit, amqp_url):
+    from worker.amqp.broker import DEAD_LETTER, ConfirmedPublisher
+    from worker.review.operations import DeskBroker
+
+    with JewelmatchClient(amqp_url) as peer:
+        peer.declare(Topology.build(AmqpSettings(), OpsSettings()))
+    # a delivery limit, as RabbitMQ 4 applies to quorum queues by default (20): a queue that
+    # counted each look would drop the letters after the 5th
+    rabbit.ctl(
+        "set_policy", "-p", "/", "--apply-to", "queues", "dead-letter-limit",
+        r"^jewelmatch\.dead-letters$", '{"delivery-limit": 5}',
+    )  # fmt: skip
+    try:
+        from kombu import Connection
+
+        with Connection(amqp_url, transport_options={"confirm_publish": True}) as connection:
+            publisher = ConfirmedPublisher(connection.channel())
+            for n in range(3):
+                publisher.publish(f'{{"n": {n}}}', DEAD_LETTER, "bag.photographed")
+        desk = DeskBroker(AmqpSettings(url=amqp_url), shown=50)
+        try:
+            for _ in range(20):
+                letters = desk.dead_letters(50)
+                assert [letter.preview for letter in letters] == [
+                    '{"n": 0}',
+                    '{"n": 1}',
+                    '{"n": 2}',
+                ]  # all there, oldest first, every time
+                assert all("x-delivery-count" not in letter.headers for letter in letters)
+            desk.discard(letters[1].fingerprint, "otto")
+            assert [letter.preview for letter in desk.dead_letters(50)] == ['{"n": 0}', '{"n": 2}']
+        finally:
+            desk.close()
+    finally:
+        rabbit.ctl("clear_policy", "-p", "/", "dead-letter-limit")
+
+
+def test_the_worker_refuses_a_login_it_shares_with_confirming_users():
+    from worker.errors import StartupError
+    from worker.service.app import check_broker_login
+
+    shared = AmqpSettings(url="amqp://guest:guest@127.0.0.1:5672//", confirm_users=["guest"])
+    with pytest.raises(StartupError, match="login of its own"):
+        check_broker_login(shared)
+    implied = AmqpSettings(url="amqp://127.0.0.1:5672//", confirm_users=["guest"])
+    with pytest.raises(StartupError):  # no user in the URL: kombu logs in as guest
+        check_broker_login(implied)
+    check_broker_login(AmqpSettings(url="amqp://jewelmatch-worker:pw@rabbit//"))
+    check_broker_login(AmqpSettings(url="memory://"))
+
+
+def test_a_worker_logged_in_as_guest_says_so_at_start(capsys):
+    from worker.observability.logs import configure_logging
+    from worker.service.app import check_broker_login
+    from worker.settings import LogSettings
+
+    configure_logging(LogSettings(format="json"))
+    check_broker_login(AmqpSettings(url="amqp://guest:guest@127.0.0.1:5672//"))
+    assert "broker.guest_login" in capsys.readouterr().err
+
+
+# confirming a product typed by hand -------------------------------------------------------
+
+
+def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_sent(
+    tmp_path, monkeypatch
+):
+    from worker.review import operations
+
+    monkeypatch.setattr(operations, "PUBLISH_SECONDS", 1.0)
+    from tests.test_review_parts import result
+
+    health = Health()
+    health.catalog = lambda: [
+        {"product_id": f"p-{n}", "sku": f"RING-{n}", "name": "ring", "confirmed_photos": 0}
+        for n in range(100)
+    ]
+    port = free_port()
+    server = serve_ops(health, OpsSettings(http_host="127.0.0.1", http_port=port))
+    nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}//"  # no broker listens
+    settings = desk_settings(tmp_path, nowhere, worker_urls=[f"http://127.0.0.1:{port}"])
+    try:
+        app = create_app(settings)
+        app.state.desk.history.record_result(result("scan-1"))
+        client = TestClient(app)
+        sign_in(client, "rita")
+        page = client.get("/scans/scan-1")
+        assert "RING-42" not in page.text  # the product list is not in the page
+        found = client.get("/products", params={"q": "ring-4"}).json()["products"]
+        assert {p["sku"] for p in found} == {"RING-4", *(f"RING-4{n}" for n in range(10))}
+        assert len(client.get("/products", params={"q": "ring"}).json()["products"]) == 20
+        token = form_token(page.text)
+        typo = client.post(
+            "/scans/scan-1/confirm", data={"product_id": "p-1000", "csrf_token": token}
+        )
+        assert typo.status_code == 400 and "no product 'p-1000'" in typo.text
+        assert app.state.desk.history.scan("scan-1").confirmed_product is None
+        known = client.post(
+            "/scans/scan-1/confirm", data={"product_id": "p-7", "csrf_token": token}
+        )
+        assert known.status_code == 503 and "broker" in known.text  # checked, then sent
+    finally:
+        server.shutdown()
