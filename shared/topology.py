@@ -59,6 +59,8 @@ HEADER_EXCEPTION: Final = "x-jewelmatch-exception"
 HEADER_ATTEMPT: Final = "x-jewelmatch-attempt"
 HEADER_ORIGINAL_QUEUE: Final = "x-jewelmatch-original-queue"
 HEADER_ORIGINAL_ROUTING_KEY: Final = "x-jewelmatch-original-routing-key"
+HEADER_FAILED_AT: Final = "x-jewelmatch-failed-at"
+"""When the worker sent the message on (epoch seconds): the dead letter's time."""
 
 
 def catalog_queue_name(replica_id: str | None = None) -> str:

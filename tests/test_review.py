@@ -4,6 +4,7 @@ a real RabbitMQ node, moto's S3 server over HTTP and a real worker process."""
 from __future__ import annotations
 
 import random
+import re
 import time
 from dataclasses import dataclass
 
@@ -107,6 +108,8 @@ def stack(tmp_path, tiny_model_dir, rabbit, amqp_url):
         s3={"endpoint_url": endpoint, "allowed_buckets": [CATALOG_BUCKET, SCANS_BUCKET]},
         review={
             "database": tmp_path / "review.sqlite3",
+            # random weights: every answer goes to the worklist, as a low score would
+            "review_below_score": 2.0,
             "session_secret": SESSION_SECRET,
             "worker_urls": [f"http://127.0.0.1:{worker.port}"],
             "users": [
@@ -219,7 +222,7 @@ def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(sta
     reviewer = sign_in(browser, stack, "rita")
     row = reviewer.locator('article[data-scan-id="bag-0100"]')
     expect(row.locator(".badge.failed")).to_be_visible(timeout=30_000)
-    expect(row.locator(".reason")).to_contain_text("dependency")
+    expect(row.locator(".reason")).to_contain_text("unavailable")  # in words, not a code
     expect(reviewer.locator('nav a[href="/ops"]')).to_have_count(0)
     looked = reviewer.request.get(f"{stack.desk.url}/ops")
     assert looked.status == 403 and "bag.photographed" not in looked.text()  # ops only
@@ -279,3 +282,57 @@ def test_sign_in_is_refused_without_the_password_or_the_form_token(stack, browse
     assert forged.status == 403
     page.goto(f"{stack.desk.url}/ops")
     expect(page).to_have_url(f"{stack.desk.url}/login?next=%2Fops")
+
+
+def test_a_warehouse_person_clears_the_worklist_with_the_keyboard(stack, browser):
+    bags = {f"bag-w{n}": DESIGNS[n] for n in range(3)}
+    for scan_id, design in bags.items():
+        stack.scan(scan_id, f"bag-{design.product_id}-a.jpg")
+    page = sign_in(browser, stack, "rita")
+    page.goto(f"{stack.desk.url}/worklist")
+    rows = page.locator("article.scan")
+    expect(rows).to_have_count(3, timeout=30_000)
+    assert [rows.nth(n).get_attribute("data-scan-id") for n in range(3)] == list(bags)  # oldest
+    expect(page.locator("#to-review .count")).to_have_text("3")
+    page.wait_for_function(ALL_LOADED, arg="article.scan img")
+    page.screenshot(path=SCREENSHOTS / "review-worklist.png")
+
+    def confirm_with_keys(scan_id: str) -> None:
+        wanted = page.locator(f'#candidates li[data-product-id="{bags[scan_id].product_id}"]')
+        page.keyboard.press(wanted.get_attribute("data-key"))
+        expect(wanted).to_have_class(re.compile("selected"))
+        page.keyboard.press("Enter")
+
+    rows.first.locator("a.scan-id").click()
+    expect(page).to_have_url(re.compile("/scans/bag-w0$"))
+    page.wait_for_function(ALL_LOADED, arg=".detail img")
+    page.screenshot(path=SCREENSHOTS / "review-scan.png")
+    confirm_with_keys("bag-w0")
+    expect(page).to_have_url(re.compile(r"/scans/bag-w1\?done=bag-w0$"))  # on to the next
+    expect(page.locator("#done")).to_contain_text("Confirmed bag-w0")
+    expect(page.locator("#to-review .count")).to_have_text("2")
+    page.keyboard.press("j")
+    expect(page).to_have_url(re.compile("/scans/bag-w2$"))
+    page.keyboard.press("k")
+    expect(page).to_have_url(re.compile("/scans/bag-w1$"))
+    confirm_with_keys("bag-w1")
+    expect(page).to_have_url(re.compile(r"/scans/bag-w2\?done=bag-w1$"))
+    expect(page.locator("#to-review .count")).to_have_text("1")
+
+    # a mis-click is changed, not lost: the buttons wait for "Change", then correct it
+    page.goto(f"{stack.desk.url}/scans/bag-w0")
+    expect(page.locator("#candidates button.confirm").first).to_be_disabled()
+    page.click("#change")
+    other = page.locator(
+        f'#candidates li:not([data-product-id="{bags["bag-w0"].product_id}"]) button.confirm'
+    ).first
+    expect(other).to_be_enabled()
+    corrected_to = other.locator("xpath=ancestor::li").get_attribute("data-product-id")
+    other.click()
+    expect(page).to_have_url(re.compile(r"/scans/bag-w2\?done=bag-w0$"))
+    expect(page.locator("#done")).to_contain_text(f"Confirmed bag-w0 as {corrected_to}")
+    work = stack.desk.desk.history.work_per_person(0)
+    assert [(w.person, w.confirmations, w.corrections) for w in work] == [("rita", 2, 1)]
+    page.goto(f"{stack.desk.url}/scans/bag-w0")
+    expect(page.locator("#confirmation")).to_contain_text(f"Confirmed as {corrected_to}")
+    expect(page.locator("#outcome")).to_contain_text("applied", timeout=30_000)

@@ -189,4 +189,4 @@ def test_sign_in_sends_people_only_to_pages_of_the_desk(tmp_path, target):
         data={"name": "ana", "password": "pw-of-ana", "next": target, "csrf_token": token},
         follow_redirects=False,
     )
-    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/scans"
+    assert signed_in.status_code == 303 and signed_in.headers["location"] == "/worklist"

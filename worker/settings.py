@@ -230,7 +230,7 @@ class ModelSettings(BaseModel):
         default=ModelRuntime.openvino,
         description="What runs the image tower: `openvino` or `onnxruntime` (the tower exported "
         "to ONNX once, cached under `cache_dir/onnx`) or `torch`. Same vectors (cosine "
-        "≥ 0.999), so one index serves all three.",
+        "≥ 0.9999), so one index serves all three.",
     )
     device: str = Field(default="cpu", description="torch device (runtime `torch`), e.g. `cuda`.")
 
@@ -542,6 +542,16 @@ class ReviewSettings(BaseModel):
     )
     queue_max_length: int = Field(
         default=100_000, ge=1, description="Results waiting in the desk's own queues."
+    )
+    review_below_score: float | None = Field(
+        default=None,
+        description="`matched` answers whose best score is below this go to the worklist too "
+        "(unset: only `no_confident_match` and `failed` do).",
+    )
+    undo_seconds: float = Field(
+        default=30.0,
+        ge=0,
+        description="How long after confirming the next scan offers to change it back.",
     )
     dead_letters_shown: int = Field(
         default=50, ge=1, le=500, description="Dead letters listed on the ops page."

@@ -138,6 +138,7 @@ class Settlement:
             topology.HEADER_ATTEMPT: attempt,
             topology.HEADER_ERROR: (outcome.error or "")[:2000],
             topology.HEADER_EXCEPTION: outcome.exception or "",
+            topology.HEADER_FAILED_AT: int(time.time()),
             HEADER_SENDER: delivery.user_id or "",
         }
         self.publisher.publish(

@@ -38,7 +38,16 @@ def worker() -> None:
 
 
 @commands.command()
-def review() -> None:
+def review(
+    demo: Annotated[
+        bool,
+        typer.Option(
+            "--demo",
+            help="Try the desk on this machine, nothing else needed but Debian's "
+            "rabbitmq-server: its own broker node, a worker, seeded scans; Ctrl-C stops it.",
+        ),
+    ] = False,
+) -> None:
     """Run the review desk: a web app where the warehouse confirms or corrects matches and
     ops see dead letters, queue depths and each worker's readiness.
 
@@ -55,6 +64,12 @@ def review() -> None:
       JEWELMATCH_AMQP__URL                  the broker, as the desk's own user
 
     Every setting, its default and meaning: docs/settings.md."""
+    if demo:
+        from worker.tools.review_demo import run_review_demo
+
+        review = load_settings().review  # logging as configured; where to listen
+        run_review_demo(console, review.host, review.port)
+        return
     from worker.review.web import serve
 
     serve(load_settings())

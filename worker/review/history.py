@@ -1,5 +1,8 @@
-"""The desk's memory: the latest scans with their answers, and what became of each
-confirmation, in one SQLite file (bounded: the oldest scans go first)."""
+"""The desk's memory: the latest scans with their answers, what became of each
+confirmation, and who confirmed or corrected what when, in one SQLite file (bounded: the
+oldest scans go first). The worklist is the scans that still need a person: those the
+worker could not answer with confidence (or answered below the ops' score), oldest first,
+until someone confirms or sets them aside."""
 
 from __future__ import annotations
 
@@ -28,7 +31,32 @@ CREATE TABLE IF NOT EXISTS scans (
     outcome TEXT
 );
 CREATE INDEX IF NOT EXISTS scans_received ON scans (received_at);
+CREATE TABLE IF NOT EXISTS confirmations (
+    scan_id TEXT NOT NULL,
+    product_id TEXT NOT NULL,
+    person TEXT NOT NULL,
+    at REAL NOT NULL,
+    correction INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS confirmations_at ON confirmations (at);
 """
+ADDED_COLUMNS = {"set_aside_by": "TEXT", "set_aside_at": "REAL"}
+"""Columns added since the first schema (an existing file gets them on open)."""
+
+LOG_SECONDS = 31 * 24 * 3600
+"""How long the per-person log of confirmations is kept."""
+
+TOP_SCORE = "COALESCE(json_extract(result, '$.matches[0].score'), 0)"
+
+
+@dataclass(frozen=True)
+class PersonHour:
+    """What one person did in one clock hour."""
+
+    person: str
+    hour: float  # epoch seconds of the hour's start
+    confirmations: int
+    corrections: int
 
 
 @dataclass(frozen=True)
@@ -40,6 +68,7 @@ class ScanEntry:
     confirmed_by: str | None = None
     confirmed_at: float | None = None
     outcome: CatalogOutcome | None = None
+    set_aside_by: str | None = None
 
     @property
     def scan_id(self) -> str:
@@ -65,6 +94,10 @@ class History:
         self._db = sqlite3.connect(path, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.executescript(SCHEMA)
+        present = {row[1] for row in self._db.execute("PRAGMA table_info(scans)")}
+        for column, kind in ADDED_COLUMNS.items():
+            if column not in present:
+                self._db.execute(f"ALTER TABLE scans ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         with self._lock:
@@ -100,22 +133,54 @@ class History:
                 "DELETE FROM scans WHERE seq <= (SELECT MAX(seq) FROM scans) - ?", (self.limit,)
             )
 
-    def record_confirmation(self, scan_id: str, product_id: str, person: str) -> None:
+    def record_confirmation(self, scan_id: str, product_id: str, person: str) -> bool:
+        """The scan's confirmation (a later one, a correction, replaces it); logged per person.
+        Returns whether it corrected an earlier confirmation."""
         with self._lock, self._db:
+            row = self._db.execute(
+                "SELECT confirmed_product FROM scans WHERE scan_id = ?", (scan_id,)
+            ).fetchone()
+            correction = bool(row and row[0] is not None)
+            self._db.execute("DELETE FROM confirmations WHERE at < ?", (time.time() - LOG_SECONDS,))
+            self._db.execute(
+                "INSERT INTO confirmations (scan_id, product_id, person, at, correction)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (scan_id, product_id, person, time.time(), int(correction)),
+            )
             self._db.execute(
                 """UPDATE scans SET confirmed_product = ?, confirmed_by = ?, confirmed_at = ?,
                        outcome = NULL, search = search || ' ' || ?
                    WHERE scan_id = ?""",
                 (product_id, person, time.time(), product_id.lower(), scan_id),
             )
+        return correction
 
-    def forget_confirmation(self, scan_id: str) -> None:
-        """A confirmation that could not be sent."""
+    def forget_confirmation(self, scan_id: str, previous: ScanEntry) -> None:
+        """A confirmation that could not be sent: the scan as it was before, and no log."""
         with self._lock, self._db:
             self._db.execute(
-                """UPDATE scans SET confirmed_product = NULL, confirmed_by = NULL,
-                       confirmed_at = NULL, outcome = NULL WHERE scan_id = ?""",
+                """UPDATE scans SET confirmed_product = ?, confirmed_by = ?,
+                       confirmed_at = ?, outcome = ? WHERE scan_id = ?""",
+                (
+                    previous.confirmed_product,
+                    previous.confirmed_by,
+                    previous.confirmed_at,
+                    previous.outcome.model_dump_json() if previous.outcome else None,
+                    scan_id,
+                ),
+            )
+            self._db.execute(
+                "DELETE FROM confirmations WHERE rowid = (SELECT MAX(rowid) FROM confirmations"
+                " WHERE scan_id = ?)",
                 (scan_id,),
+            )
+
+    def set_aside(self, scan_id: str, person: str) -> None:
+        """Off the worklist without a confirmation (a failed scan photographed again)."""
+        with self._lock, self._db:
+            self._db.execute(
+                "UPDATE scans SET set_aside_by = ?, set_aside_at = ? WHERE scan_id = ?",
+                (person, time.time(), scan_id),
             )
 
     def record_outcome(self, outcome: CatalogOutcome) -> bool:
@@ -157,6 +222,64 @@ class History:
         rows = self._rows("SELECT * FROM scans WHERE scan_id = ?", [scan_id])
         return self._entry(rows[0]) if rows else None
 
+    def _needing(self, below_score: float | None) -> tuple[str, list]:
+        """The WHERE clause of the worklist."""
+        wanting = "status IN ('no_confident_match', 'failed')"
+        values: list = []
+        if below_score is not None:
+            wanting = f"({wanting} OR (status = 'matched' AND {TOP_SCORE} < ?))"
+            values.append(below_score)
+        return (
+            f"{wanting} AND confirmed_product IS NULL AND set_aside_by IS NULL",
+            values,
+        )
+
+    def worklist(self, below_score: float | None, limit: int = 50) -> list[ScanEntry]:
+        """The scans that need a person, oldest first."""
+        where, values = self._needing(below_score)
+        rows = self._rows(
+            f"SELECT * FROM scans WHERE {where} ORDER BY seq LIMIT ?", [*values, limit]
+        )
+        return [self._entry(row) for row in rows]
+
+    def worklist_count(self, below_score: float | None) -> int:
+        where, values = self._needing(below_score)
+        return self._rows(f"SELECT COUNT(*) AS n FROM scans WHERE {where}", values)[0]["n"]
+
+    def worklist_neighbours(
+        self, scan_id: str, below_score: float | None
+    ) -> tuple[str | None, str | None]:
+        """The worklist's scans before and after this one (which need not be on it now)."""
+        where, values = self._needing(below_score)
+        seq = self._rows("SELECT seq FROM scans WHERE scan_id = ?", [scan_id])
+        if not seq:
+            return None, None
+        at = seq[0]["seq"]
+        before = self._rows(
+            f"SELECT scan_id FROM scans WHERE {where} AND seq < ? ORDER BY seq DESC LIMIT 1",
+            [*values, at],
+        )
+        after = self._rows(
+            f"SELECT scan_id FROM scans WHERE {where} AND seq > ? ORDER BY seq LIMIT 1",
+            [*values, at],
+        )
+        return (
+            before[0]["scan_id"] if before else None,
+            after[0]["scan_id"] if after else None,
+        )
+
+    def work_per_person(self, since: float) -> list[PersonHour]:
+        """Confirmations and corrections per person and clock hour since `since`, newest
+        hour first."""
+        rows = self._rows(
+            """SELECT person, CAST(at / 3600 AS INTEGER) * 3600 AS hour,
+                      SUM(1 - correction) AS confirmations, SUM(correction) AS corrections
+               FROM confirmations WHERE at >= ? GROUP BY person, hour
+               ORDER BY hour DESC, person""",
+            [since],
+        )
+        return [PersonHour(**row) for row in rows]
+
     def stations(self) -> list[str]:
         rows = self._rows(
             "SELECT DISTINCT station_id FROM scans WHERE station_id IS NOT NULL ORDER BY 1", []
@@ -196,4 +319,5 @@ class History:
             confirmed_by=row["confirmed_by"],
             confirmed_at=row["confirmed_at"],
             outcome=CatalogOutcome.model_validate_json(row["outcome"]) if row["outcome"] else None,
+            set_aside_by=row.get("set_aside_by"),
         )

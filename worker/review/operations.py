@@ -16,6 +16,7 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from amqp.exceptions import NotFound
 
@@ -64,6 +65,7 @@ class DeadLetter:
     preview: str
     size: int
     headers: dict[str, str]
+    failed_at: float | None = None  # epoch seconds, when known
 
     @property
     def replayable(self) -> bool:
@@ -82,6 +84,19 @@ def _text(value) -> str:
     else:
         text = str(value)
     return text if len(text) <= HEADER_CHARS else text[:HEADER_CHARS] + "…"
+
+
+def failed_at(headers: dict) -> float | None:
+    """When the message was dead-lettered: the worker's own header, or the broker's x-death
+    record (a delivery limit reached)."""
+    try:
+        if topology.HEADER_FAILED_AT in headers:
+            return float(headers[topology.HEADER_FAILED_AT])
+        deaths = headers.get("x-death") or []
+        moment = deaths[0].get("time") if deaths and isinstance(deaths[0], dict) else None
+        return moment.timestamp() if isinstance(moment, datetime) else None
+    except (TypeError, ValueError):
+        return None
 
 
 def dead_letter_of(message) -> DeadLetter:
@@ -107,6 +122,7 @@ def dead_letter_of(message) -> DeadLetter:
         preview=body[:PREVIEW_CHARS].decode("utf-8", "replace"),
         size=len(body),
         headers=headers,
+        failed_at=failed_at(message.headers or {}),
     )
 
 

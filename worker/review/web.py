@@ -18,7 +18,7 @@ from starlette.staticfiles import StaticFiles
 from worker.errors import StartupError
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
-from worker.review import pages
+from worker.review import ops_pages, pages, scan_pages
 from worker.review.desk import Desk, replica_urls
 from worker.settings import Settings
 
@@ -32,14 +32,19 @@ ROUTES = [
     Route("/login", pages.login_form, methods=["GET"]),
     Route("/login", pages.login, methods=["POST"]),
     Route("/logout", pages.logout, methods=["POST"]),
-    Route("/scans", pages.scans),
-    Route("/scans/{scan_id:path}/confirm", pages.confirm, methods=["POST"]),
-    Route("/scans/{scan_id:path}", pages.scan),
-    Route("/catalog", pages.catalog),
-    Route("/products", pages.products),
-    Route("/ops", pages.ops),
+    Route("/worklist", scan_pages.worklist),
+    Route("/worklist/count", scan_pages.worklist_count),
+    Route("/scans", scan_pages.scans),
+    Route("/scans/{scan_id:path}/confirm", scan_pages.confirm, methods=["POST"]),
+    Route("/scans/{scan_id:path}/set-aside", scan_pages.set_aside, methods=["POST"]),
+    Route("/scans/{scan_id:path}", scan_pages.scan),
+    Route("/catalog", scan_pages.catalog),
+    Route("/products", scan_pages.products),
+    Route("/ops", ops_pages.ops),
     Route(
-        "/ops/dead-letters/{fingerprint}/{action:str}", pages.dead_letter_action, methods=["POST"]
+        "/ops/dead-letters/{fingerprint}/{action:str}",
+        ops_pages.dead_letter_action,
+        methods=["POST"],
     ),
     Route("/image/{bucket}/{key:path}", pages.image),
     Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),

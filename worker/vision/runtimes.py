@@ -76,6 +76,7 @@ class OpenVinoTower:
             "CPU",
             {"INFERENCE_NUM_THREADS": threads, "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32"},
         )
+        self.precision = str(compiled.get_property("INFERENCE_PRECISION_HINT"))  # for tests
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
 

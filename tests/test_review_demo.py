@@ -1,0 +1,66 @@
+"""`jewelmatch review --demo` shows the desk on one machine without Docker: its own broker
+node, a real worker on the default model, seeded scans to review; Ctrl-C removes it all."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from worker.tools.bench.servers import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def test_the_demo_desk_serves_seeded_scans_and_stops_clean_on_ctrl_c(tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JEWELMATCH_")}
+    env.update(JEWELMATCH_REVIEW__PORT=str(port), JEWELMATCH_LOG__FORMAT="json", COLUMNS="200")
+    output = tmp_path / "demo.log"
+    with output.open("wb") as log:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "worker", "review", "--demo"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 600
+            while "seeded" not in output.read_text():
+                assert demo.poll() is None, output.read_text()[-3000:]
+                assert time.monotonic() < deadline, output.read_text()[-3000:]
+                time.sleep(1)
+            text = output.read_text()
+            password = re.search(r"reviewer / (\S+)", text).group(1)
+            workdir = Path(re.search(r"demo data in (\S+)", text).group(1))
+            assert workdir.is_dir()
+            desk = requests.Session()
+            base = f"http://127.0.0.1:{port}"
+            form = desk.get(f"{base}/login", timeout=10).text
+            token = form.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+            signed_in = desk.post(
+                f"{base}/login",
+                data={"name": "reviewer", "password": password, "csrf_token": token},
+                timeout=30,
+            )
+            assert signed_in.status_code == 200 and "reviewer (reviewer)" in signed_in.text
+            deadline = time.monotonic() + 120  # the worker answers the seeded scans
+            while desk.get(f"{base}/scans", timeout=10).text.count('class="scan ') < 18:
+                assert time.monotonic() < deadline
+                time.sleep(1)
+            assert desk.get(f"{base}/ops", timeout=10).status_code == 403  # a reviewer
+            demo.send_signal(signal.SIGINT)
+            assert demo.wait(timeout=60) == 0, output.read_text()[-3000:]
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+    assert not workdir.exists()  # broker data, images, index and history removed
+    leftover = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True)
+    assert leftover.stdout == ""  # no node or worker left running
