@@ -19,7 +19,7 @@ def tiny_settings(tmp_path, tiny_model_dir):
     """Domain centring off: the tiny model's random weights have no photo domain, and with it
     on, confirmed photos wait for 20 scans (tests/test_first_confirmation.py); this tests the
     benchmark's plumbing."""
-    return make_settings(tmp_path, tiny_model_dir, learning={"centre_domains": False})
+    return make_settings(tmp_path, tiny_model_dir, learning={"centring": {"enabled": False}})
 
 
 def write_dataset(root):

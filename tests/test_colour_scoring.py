@@ -12,11 +12,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.index import ReferenceImage, ScanRecord, open_index
+from worker.index import ReferenceImage, ScanRecord
+from worker.index.memory import InMemoryIndex
 from worker.matching.matcher import Matcher, MatchPolicy
-from worker.settings import IndexSettings, LearningSettings, ModelSettings
+from worker.settings import LearningSettings, ModelSettings
+from worker.vectors import VectorLayout, unit_rows
 from worker.vision import colour
-from worker.vision.embedder import Embedder, unit_rows
+from worker.vision.embedder import Embedder
 
 WEIGHT = 0.5
 DESIGNS = 8
@@ -25,18 +27,9 @@ PRODUCTS = [f"d{d}-{metal}" for d in range(DESIGNS) for metal in METALS]
 SCANS = 240
 
 
-@pytest.fixture(scope="module")
-def coloured_embedder(tiny_model_dir, tmp_path_factory) -> Embedder:
-    return Embedder(
-        ModelSettings(
-            name=f"local-dir:{tiny_model_dir}",
-            threads=1,
-            runtime="torch",
-            scan_crops=[1.0],
-            colour_weight=WEIGHT,
-            cache_dir=tmp_path_factory.mktemp("model-cache"),
-        )
-    )
+VIEW_DIM = 32
+COLOURED = VectorLayout(VIEW_DIM, WEIGHT)
+"""As the embedder lays out a 32-d image embedding with the colour term at WEIGHT."""
 
 
 class _Twins:
@@ -71,40 +64,54 @@ class _Twins:
         return self._fused(look, shown)
 
 
-def _fitted_matcher(path, embedder, twins: _Twins, image_only: bool = False) -> Matcher:
+def _fitted_matcher(twins: _Twins, image_only: bool = False) -> Matcher:
     """A matcher whose scans (a tenth of them showing colour) have whitened the space; with
     `image_only`, the same vectors without their colour part, for a colour-free embedder."""
 
     def vector(fused: np.ndarray) -> np.ndarray:
         return unit_rows(fused[: twins.view_dim]) if image_only else fused
 
-    index = open_index(IndexSettings(path=path), "twins", embedder.dim)
-    learning = LearningSettings(whiten_dim=8, min_scans_for_whitening=100)
-    matcher = Matcher(embedder, index, MatchPolicy(), learning)
+    layout = VectorLayout(VIEW_DIM) if image_only else COLOURED
+    index = InMemoryIndex("twins", VIEW_DIM + (0 if image_only else colour.DIM))
+    learning = LearningSettings(whitening={"dim": 8, "min_scans": 100})
+    matcher = Matcher(index, layout, "twins", MatchPolicy(), learning)
     index.upsert([ReferenceImage(p, "front", p, vector(twins.catalog(p))) for p in PRODUCTS])
     for n in range(SCANS):
         photo = twins.photo(PRODUCTS[n % len(PRODUCTS)], shows_colour=n % 10 == 0)
         index.remember_scan(ScanRecord(f"scan-{n}", vector(photo), "s3://scans/k.jpg", 0.0))
     matcher.refit()
-    assert matcher.metric.report["whitened"]
+    assert matcher.snapshot.report["whitened"]
     return matcher
 
 
 @pytest.fixture()
-def fitted(tmp_path, coloured_embedder):
-    twins = _Twins(coloured_embedder.view_dim)
-    matcher = _fitted_matcher(tmp_path / "index", coloured_embedder, twins)
-    yield twins, matcher
-    matcher.index.close()
+def fitted():
+    twins = _Twins(VIEW_DIM)
+    return twins, _fitted_matcher(twins)
 
 
-def test_the_learned_space_is_the_image_embeddings_alone(fitted, coloured_embedder):
+def test_the_embedder_lays_out_its_vectors_so(tiny_model_dir, tmp_path):
+    embedder = Embedder(
+        ModelSettings(
+            name=f"local-dir:{tiny_model_dir}",
+            threads=1,
+            runtime="torch",
+            scan_crops=[1.0],
+            colour_weight=WEIGHT,
+            cache_dir=tmp_path / "model-cache",
+        )
+    )
+    assert embedder.layout == COLOURED
+    assert embedder.dim == VIEW_DIM + colour.DIM
+
+
+def test_the_learned_space_is_the_image_embeddings_alone(fitted):
     _, matcher = fitted
-    view_dim = coloured_embedder.view_dim
-    assert coloured_embedder.dim == view_dim + colour.DIM
-    assert np.allclose(matcher.metric.projection[view_dim:], 0.0, atol=1e-6)
-    assert not matcher.metric.image_means.scan[view_dim:].any()
-    assert not matcher.metric.image_means.catalog[view_dim:].any()
+    snapshot = matcher.snapshot
+    assert np.allclose(snapshot.space.projection[VIEW_DIM:], 0.0, atol=1e-6)
+    assert not snapshot.centring.image_means.scan[VIEW_DIM:].any()
+    assert not snapshot.centring.image_means.catalog[VIEW_DIM:].any()
+    assert "colour" in snapshot.stages
 
 
 def test_colour_tells_twins_apart_in_the_learned_space(fitted):
@@ -115,23 +122,15 @@ def test_colour_tells_twins_apart_in_the_learned_space(fitted):
     assert right >= 0.9
 
 
-def test_a_scan_without_colour_is_ranked_as_without_the_colour_term(
-    fitted, tmp_path, tiny_embedder
-):
+def test_a_scan_without_colour_is_ranked_as_without_the_colour_term(fitted):
     """The same scans, ranked by a matcher that never saw colour (the catalog images' colour
     must not shift a colourless scan's ranking through the learned space)."""
     twins, matcher = fitted
-    assert tiny_embedder.dim == twins.view_dim
     same_scans = _Twins(twins.view_dim)  # the same seed: the same catalog and scans
-    image_only = _fitted_matcher(tmp_path / "image-only", tiny_embedder, same_scans, True)
-    try:
-        photos = np.stack([twins.photo(p, shows_colour=False) for p in PRODUCTS * 4])
-        with_term = matcher.rank(photos, 5)
-        without = image_only.rank(unit_rows(photos[:, : twins.view_dim]), 5)
-        for one, other in zip(with_term, without, strict=True):
-            assert [h.product_id for h in one.hits] == [h.product_id for h in other.hits]
-            assert [h.score for h in one.hits] == pytest.approx(
-                [h.score for h in other.hits], rel=1e-3
-            )
-    finally:
-        image_only.index.close()
+    image_only = _fitted_matcher(same_scans, True)
+    photos = np.stack([twins.photo(p, shows_colour=False) for p in PRODUCTS * 4])
+    with_term = matcher.rank(photos, 5)
+    without = image_only.rank(unit_rows(photos[:, : twins.view_dim]), 5)
+    for one, other in zip(with_term, without, strict=True):
+        assert [h.product_id for h in one.hits] == [h.product_id for h in other.hits]
+        assert [h.score for h in one.hits] == pytest.approx([h.score for h in other.hits], rel=1e-3)

@@ -15,10 +15,13 @@ import numpy as np
 import pytest
 
 from shared.contract import MatchStatus
-from worker.index import ReferenceImage, ScanRecord, open_index
+from worker.index import ReferenceImage, ScanRecord
+from worker.index.memory import InMemoryIndex
 from worker.matching.matcher import Matcher, MatchPolicy
-from worker.settings import IndexSettings, LearningSettings
-from worker.vision.embedder import unit_rows
+from worker.settings import LearningSettings
+from worker.vectors import VectorLayout, unit_rows
+
+MIN_SCANS = LearningSettings().centring.min_scans
 
 PRODUCTS = [f"p{n}" for n in range(8)]
 DIM = 32
@@ -48,19 +51,19 @@ class _Geometry:
         )
 
 
+def _matcher(learning: LearningSettings | None = None) -> Matcher:
+    index = InMemoryIndex("geometry", DIM)
+    return Matcher(index, VectorLayout(DIM), "geometry", MatchPolicy(min_margin=0.05), learning)
+
+
 @pytest.fixture
-def matcher(tmp_path, tiny_embedder):
-    assert tiny_embedder.dim == DIM
-    index = open_index(IndexSettings(path=tmp_path / "index"), "geometry", DIM)
-    matcher = Matcher(tiny_embedder, index, MatchPolicy(min_margin=0.05), LearningSettings())
-    yield matcher
-    index.close()
+def matcher():
+    return _matcher()
 
 
 def _remember(matcher: Matcher, scan_id: str, vector: np.ndarray) -> ScanRecord:
     record = ScanRecord(scan_id, vector, f"s3://scans/{scan_id}.jpg", time.time())
-    matcher.index.remember_scan(record)
-    matcher.note_scans(1)
+    matcher.scans.remember(record)
     return record
 
 
@@ -88,7 +91,7 @@ def test_one_confirmation_never_turns_a_right_answer_into_a_wrong_match(matcher)
     assert all(p != "p0" for status, p in after if status is MatchStatus.matched)
 
     # once the worker has seen enough photos to know their domain, the confirmation counts
-    for n in range(LearningSettings().min_scans_for_centring):
+    for n in range(MIN_SCANS):
         _remember(matcher, f"unlabeled-{n}", geometry.photo(PRODUCTS[n % len(PRODUCTS)]))
     matcher.refit()
     learned = _answers(matcher, geometry, PRODUCTS)
@@ -105,34 +108,30 @@ def test_the_refit_that_learns_the_photo_domain_is_due_as_soon_as_enough_scans_e
     geometry = _Geometry(DIM)
     matcher.index.upsert([ReferenceImage("p1", "front", "sku-p1", geometry.catalog("p1"))])
     matcher.refit()
-    needed = LearningSettings().min_scans_for_centring
+    needed = MIN_SCANS
     for n in range(needed - 1):
         _remember(matcher, f"scan-{n}", geometry.photo("p1"))
-    assert not matcher.refit_in_background_if_due()  # refit_seconds (300 s) not reached
+    learner = matcher.learner
+    assert not learner.refit_in_background_if_due()  # refit.seconds (300 s) not reached
     _remember(matcher, "one-more", geometry.photo("p1"))
-    assert matcher.refit_in_background_if_due()
-    deadline = time.monotonic() + 30
-    while matcher.metric.means.scan is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert matcher.metric.means.scan is not None
+    assert learner.refit_in_background_if_due()
+    learner.wait(timeout=30)
+    assert matcher.snapshot.centring.means.scan is not None
 
 
 def _photo_domain_known(matcher: Matcher, geometry: _Geometry) -> None:
-    for n in range(LearningSettings().min_scans_for_centring):
+    for n in range(MIN_SCANS):
         _remember(matcher, f"unlabeled-{n}", geometry.photo(PRODUCTS[n % len(PRODUCTS)]))
 
 
 @pytest.mark.parametrize("new_products_first", [True, False])
-def test_a_new_product_is_not_lost_to_a_confirmed_look_alike(
-    tmp_path, tiny_embedder, new_products_first
-):
+def test_a_new_product_is_not_lost_to_a_confirmed_look_alike(new_products_first):
     """p0 is new (catalog shot only, and a poor one); p1 has a confirmed photo that shows
     much of p0 (a look-alike). A photo of p0 is closest to that photo, but its closest
     catalog image is p0's: it is ranked as on day one, against catalog images only."""
     geometry = _Geometry(DIM)
-    index = open_index(IndexSettings(path=tmp_path / "index"), "geometry", DIM)
-    learning = LearningSettings(new_products_first=new_products_first)
-    matcher = Matcher(tiny_embedder, index, MatchPolicy(min_margin=0.05), learning)
+    matcher = _matcher(LearningSettings(new_products_first={"enabled": new_products_first}))
+    index = matcher.index
     catalog = matcher.catalog()
     index.upsert([ReferenceImage(p, "front", f"sku-{p}", geometry.catalog(p)) for p in PRODUCTS])
     _photo_domain_known(matcher, geometry)
@@ -159,4 +158,3 @@ def test_a_new_product_is_not_lost_to_a_confirmed_look_alike(
         assert {hit.source for hit in photo_of_new.hits} == {"catalog"}
     else:
         assert photo_of_new.hits[0].product_id == "p1"  # what the option is there to prevent
-    index.close()

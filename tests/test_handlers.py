@@ -7,6 +7,7 @@ import io
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -69,7 +70,7 @@ def _handlers(tmp_path, tiny_model_dir, tiny_embedder, images, **sections) -> Ha
     )
     components = build_components(settings, tiny_embedder)
     store = FaultyStore(images, settings.s3.allowed_buckets, settings.images.max_bytes)
-    handlers = Handlers(settings, store, components.matcher)
+    handlers = Handlers(settings, store, components.embedder, components.matcher)
     return handlers
 
 
@@ -280,7 +281,7 @@ def test_an_object_replaced_at_the_same_key_is_embedded_again(handlers, images):
     [outcome] = handlers.handle_catalog([delivery(topology.PRODUCT_UPDATED, product(design))])
     assert only_result(outcome).images_indexed == 1
     after = index.references(design.product_id).vectors[0]
-    expected = handlers.matcher.embed([replacement], ImageKind.catalog)[0]
+    expected = handlers.embedder.embed([replacement], ImageKind.catalog)[0]
     assert not np.allclose(after, before)
     assert np.allclose(after, expected, atol=1e-4)
 
@@ -316,8 +317,8 @@ def test_redelivered_product_event_reports_the_same_outcome(handlers):
 
 def test_scans_make_the_next_timed_refit_due(handlers):
     ingest(handlers)
-    matcher = handlers.matcher
-    matcher.refit()
+    learner = handlers.matcher.learner
+    learner.refit()
 
     def scans(prefix: str) -> None:
         outcomes = handlers.handle_scans(
@@ -326,13 +327,16 @@ def test_scans_make_the_next_timed_refit_due(handlers):
         assert all(isinstance(only_result(o), MatchResult) for o in outcomes)
 
     scans("first")  # enough to learn the photo domain, which the metric lacks: due at once
-    assert matcher.refit_in_background_if_due()
-    matcher._fitting.join(timeout=30)  # the background refit, done
-    assert matcher.metric.means.scan is not None
+    assert learner.refit_in_background_if_due()
+    learner.wait(timeout=30)  # the background refit, done
+    assert learner.snapshot.centring.means.scan is not None
     scans("more")
-    assert not matcher.refit_in_background_if_due()  # scans alone: not before refit_seconds
-    matcher.metric.fitted_at -= handlers.settings.learning.refit_seconds
-    assert matcher.refit_in_background_if_due()  # but then, since they changed the statistics
+    assert not learner.refit_in_background_if_due()  # scans alone: not before refit.seconds
+    learner.snapshot = replace(
+        learner.snapshot,
+        fitted_at=learner.snapshot.fitted_at - handlers.settings.learning.refit.seconds,
+    )
+    assert learner.refit_in_background_if_due()  # but then, since they changed the statistics
 
 
 def test_no_published_detail_carries_a_url_or_an_object_address(handlers, images):

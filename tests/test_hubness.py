@@ -1,4 +1,4 @@
-"""The hubness penalty (`LEARNING__HUBNESS_WEIGHT`): where the whitening ranks, each
+"""The hubness penalty (`LEARNING__HUBNESS__WEIGHT`): where the whitening ranks, each
 candidate's score is lowered by its prototype's mean similarity to its nearest scans, those
 scans thinned so that a product scanned far more often than the others is not penalised for
 it. Whether it helps is measured on real photos (docs/benchmarks.md, "Hubness").
@@ -12,18 +12,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.index import ReferenceImage, ScanRecord, open_index
+from worker.index import ReferenceImage, ScanRecord
 from worker.index.base import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ReferenceSet
-from worker.matching.learning import (
-    HubPenalty,
-    LearnedMetric,
-    MetricOptions,
-    fit_metric,
-    thinned,
-)
+from worker.index.memory import InMemoryIndex
+from worker.matching.fitting import fit_snapshot
 from worker.matching.matcher import Matcher, MatchPolicy
-from worker.settings import IndexSettings, LearningSettings
-from worker.vision.embedder import unit_rows
+from worker.matching.stages.centring import DomainMeans
+from worker.matching.stages.hubness import HubPenalty, thinned
+from worker.matching.stages.space import RerankSpace
+from worker.settings import LearningSettings
+from worker.vectors import VectorLayout, unit_rows
 
 PAIRS = 5
 PRODUCTS = [f"p{n}" for n in range(2 * PAIRS)]
@@ -53,18 +51,15 @@ class _Geometry:
         return unit_rows(look + self.rng.normal(size=DIM) * 0.05).astype(np.float32)
 
 
-def _fitted(tmp_path, tiny_embedder, weight: float, pool: list[str], distinct: float = 0.5):
+def _fitted(weight: float, pool: list[str], distinct: float = 0.5):
     """A matcher over the pairs' catalog shots, refitted on scans of `pool`'s products."""
-    assert tiny_embedder.dim == DIM
     geometry = _Geometry()
-    index = open_index(IndexSettings(path=tmp_path / "index"), "hubs", DIM)
+    index = InMemoryIndex("hubs", DIM)
     learning = LearningSettings(
-        whiten_dim=16,
-        min_scans_for_whitening=100,
-        hubness_weight=weight,
-        hubness_distinct=distinct,
+        whitening={"dim": 16, "min_scans": 100},
+        hubness={"weight": weight, "distinct": distinct},
     )
-    matcher = Matcher(tiny_embedder, index, MatchPolicy(), learning)
+    matcher = Matcher(index, VectorLayout(DIM), "hubs", MatchPolicy(), learning)
     index.upsert([ReferenceImage(p, "front", p, geometry.catalog(p)) for p in PRODUCTS])
     for n, product in enumerate(pool):
         index.remember_scan(ScanRecord(f"scan-{n}", geometry.photo(product), "s3://k.jpg", 0.0))
@@ -77,35 +72,33 @@ def _balanced() -> list[str]:
 
 
 def _penalty(matcher: Matcher, product: str) -> float:
-    metric = matcher.metric
-    prototype = metric.prototype(matcher.index.references(product))
-    return float(metric.hub_penalty(prototype[None, :])[0])
+    space = matcher.snapshot.space
+    prototype = space.prototype(matcher.index.references(product))
+    return float(space.hub_penalty(prototype[None, :])[0])
 
 
-def test_each_candidate_loses_its_penalty_in_the_whitened_ranking(tmp_path, tiny_embedder):
-    plain, plain_index, geometry = _fitted(tmp_path / "plain", tiny_embedder, 0.0, _balanced())
-    penalised, index, _ = _fitted(tmp_path / "penalised", tiny_embedder, 0.5, _balanced())
-    try:
-        assert penalised.metric.report["whitened"] and penalised.metric.report["hub_scans"] > 0
-        assert "hub_scans" not in plain.metric.report
-        scans = np.stack([geometry.photo(p) for p in PRODUCTS])
-        for before, after in zip(plain.rank(scans, 3), penalised.rank(scans, 3), strict=True):
-            scores = {hit.product_id: hit.score for hit in before.hits}
-            for hit in after.hits:
-                if hit.product_id in scores:
-                    # the same whitening, so the same cosine; less its penalty, rescaled
-                    cosine = scores[hit.product_id] / plain.metric.score_scale
-                    penalty = _penalty(penalised, hit.product_id)
-                    expected = (cosine - penalty) * penalised.metric.score_scale
-                    assert hit.score == pytest.approx(expected, abs=1e-4)
-        penalties = [_penalty(penalised, p) for p in PRODUCTS]
-        assert min(penalties) > 0 and max(penalties) - min(penalties) > 0.01  # not one shift
-    finally:
-        plain_index.close()
-        index.close()
+def test_each_candidate_loses_its_penalty_in_the_whitened_ranking():
+    plain, _, geometry = _fitted(0.0, _balanced())
+    penalised, _, _ = _fitted(0.5, _balanced())
+    report = penalised.snapshot.report
+    assert report["whitened"] and report["hub_scans"] > 0
+    assert "hub_scans" not in plain.snapshot.report
+    assert "hubness" in penalised.snapshot.stages and "hubness" not in plain.snapshot.stages
+    scans = np.stack([geometry.photo(p) for p in PRODUCTS])
+    for before, after in zip(plain.rank(scans, 3), penalised.rank(scans, 3), strict=True):
+        scores = {hit.product_id: hit.score for hit in before.hits}
+        for hit in after.hits:
+            if hit.product_id in scores:
+                # the same whitening, so the same cosine; less its penalty, rescaled
+                cosine = scores[hit.product_id] / plain.snapshot.space.score_scale
+                penalty = _penalty(penalised, hit.product_id)
+                expected = (cosine - penalty) * penalised.snapshot.space.score_scale
+                assert hit.score == pytest.approx(expected, abs=1e-4)
+    penalties = [_penalty(penalised, p) for p in PRODUCTS]
+    assert min(penalties) > 0 and max(penalties) - min(penalties) > 0.01  # not one shift
 
 
-def test_a_product_scanned_often_is_not_penalised_for_it(tmp_path, tiny_embedder):
+def test_a_product_scanned_often_is_not_penalised_for_it():
     popular = "p3"
     skewed_pool = _balanced() + [popular] * 4 * (SCANS // len(PRODUCTS))  # five times as often
     penalties = {}
@@ -114,13 +107,10 @@ def test_a_product_scanned_often_is_not_penalised_for_it(tmp_path, tiny_embedder
         ("skewed", skewed_pool, 0.5),
         ("skewed, not thinned", skewed_pool, 1.0),
     ]:
-        matcher, index, _ = _fitted(tmp_path / name, tiny_embedder, 0.5, pool, distinct)
-        try:
-            penalties[name] = _penalty(matcher, popular) / max(
-                _penalty(matcher, p) for p in PRODUCTS if p != popular
-            )
-        finally:
-            index.close()
+        matcher, _, _ = _fitted(0.5, pool, distinct)
+        penalties[name] = _penalty(matcher, popular) / max(
+            _penalty(matcher, p) for p in PRODUCTS if p != popular
+        )
     assert penalties["skewed"] <= penalties["balanced"] + 0.05
     assert penalties["skewed, not thinned"] > penalties["skewed"] + 0.02
 
@@ -137,9 +127,11 @@ def test_thinning_keeps_one_row_of_a_dense_cluster_and_every_distinct_row():
 
 def test_no_penalty_without_scans_or_weight():
     prototypes = np.eye(4, dtype=np.float32)
-    assert not LearnedMetric().hub_penalty(prototypes).any()
-    metric = LearnedMetric(hubs=HubPenalty(prototypes[:2], weight=0.5, neighbours=1))
-    np.testing.assert_allclose(metric.hub_penalty(prototypes), [0.5, 0.5, 0.0, 0.0])
+    plain = RerankSpace("whitening", np.eye(4, dtype=np.float32), DomainMeans())
+    assert not plain.hub_penalty(prototypes).any()
+    hubs = HubPenalty(prototypes[:2], weight=0.5, neighbours=1)
+    penalised = RerankSpace("whitening", np.eye(4, dtype=np.float32), DomainMeans(), hubs=hubs)
+    np.testing.assert_allclose(penalised.hub_penalty(prototypes), [0.5, 0.5, 0.0, 0.0])
 
 
 def test_confirmed_photos_stay_out_of_the_thinned_scans():
@@ -155,11 +147,12 @@ def test_confirmed_photos_stay_out_of_the_thinned_scans():
         np.array([f"p{n}" for n in range(6)] + ["p0"] * 40, dtype=object),
         np.array([SOURCE_CATALOG] * 6 + [SOURCE_CONFIRMED_SCAN] * 40, dtype=object),
     )
-    options = MetricOptions(
-        whiten_dim=8, min_scans_for_whitening=100, min_confirmations=10**9, hubness_weight=0.5
+    learning = LearningSettings(
+        whitening={"dim": 8, "min_scans": 100}, lda={"enabled": False}, hubness={"weight": 0.5}
     )
-    whitening = fit_metric(refs, scans, options, rerank_candidates=5).whitening
+    snapshot = fit_snapshot(refs, scans, VectorLayout(dim), learning, MatchPolicy())
+    whitening = snapshot.whitening
     assert whitening is not None
-    expected = thinned(whitening.project(whitening.image_means.centre_query(scans)), 0.5)
+    expected = thinned(whitening.project_scans(scans), 0.5)
     assert whitening.hubs is not None
     np.testing.assert_allclose(whitening.hubs.scans, expected, atol=1e-6)

@@ -46,8 +46,13 @@ def ref(product: str, image: str, vector, category=None, source=SOURCE_CATALOG, 
     )
 
 
-@pytest.fixture(params=["edge", "qdrant-local"])
+@pytest.fixture(params=["edge", "qdrant-local", "memory"])
 def index(request, tmp_path: Path):
+    if request.param == "memory":  # the stand-in the matching tests use: held to the same
+        from worker.index.memory import InMemoryIndex
+
+        yield InMemoryIndex("test-model", DIM)
+        return
     if request.param == "edge":
         settings = IndexSettings(backend="edge", path=tmp_path / "index")
     else:

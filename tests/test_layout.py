@@ -71,7 +71,7 @@ def test_the_contract_imports_nothing_of_the_worker():
 # Bottom to top; a package imports only packages of lower layers (peers do not import each other).
 LAYERS = [
     {"shared"},
-    {"worker.errors", "worker.settings"},
+    {"worker.errors", "worker.settings", "worker.vectors"},
     {"worker.observability"},
     {"worker.vision", "worker.index"},
     {"worker.matching"},
@@ -112,6 +112,31 @@ def modules_loaded_by(imports: list[str]) -> set[str]:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout
     return set(listing.split())
+
+
+def test_matching_loads_no_model_and_no_qdrant_code():
+    """Ranking and learning are numpy: importing every module of worker/matching loads
+    neither torch, open_clip nor a Qdrant client (its tests run without them)."""
+    matching = sorted(
+        module_name(path)
+        for path in (ROOT / "worker" / "matching").rglob("*.py")
+        if path.name != "__init__.py"
+    )
+    loaded = modules_loaded_by(matching)
+    heavy = {m for m in loaded if m.split(".")[0] in {"torch", "open_clip", "qdrant_client"}}
+    assert heavy == set()
+    assert not {"qdrant_edge", "openvino", "onnxruntime"} & loaded
+
+
+def test_no_function_is_longer_than_80_lines_and_no_class_than_300():
+    too_long = []
+    for path in (ROOT / "worker").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            limit = 300 if isinstance(node, ast.ClassDef) else 80
+            kinds = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+            if isinstance(node, kinds) and node.end_lineno - node.lineno + 1 > limit:
+                too_long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert too_long == []
 
 
 def test_the_worker_command_loads_no_tool():

@@ -93,7 +93,7 @@ def stack(tmp_path, tiny_model_dir, rabbit, amqp_url):
             index_path=tmp_path / "index",
             model_dir=tiny_model_dir,
             # random weights: a confirmed photo is used at once, without domain statistics
-            JEWELMATCH_LEARNING__CENTRE_DOMAINS="false",
+            JEWELMATCH_LEARNING__CENTRING__ENABLED="false",
             JEWELMATCH_OPS__MAX_ATTEMPTS="2",
             JEWELMATCH_S3__MAX_ATTEMPTS="1",
             JEWELMATCH_S3__CONNECT_TIMEOUT_SECONDS="0.5",

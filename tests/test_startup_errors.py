@@ -137,3 +137,18 @@ def test_seeding_an_s3_store_that_refuses_is_one_line(tmp_path):
         cwd=tmp_path,
     )
     assert_one_line(done, "cannot upload to bucket 'catalog-images'")
+
+
+@pytest.mark.parametrize(
+    "old, new",
+    [
+        ("JEWELMATCH_LEARNING__WHITEN_DIM", "JEWELMATCH_LEARNING__WHITENING__DIM"),
+        (
+            "JEWELMATCH_LEARNING__NEW_PRODUCTS_FIRST",
+            "JEWELMATCH_LEARNING__NEW_PRODUCTS_FIRST__ENABLED",
+        ),
+    ],
+)
+def test_a_learning_setting_of_an_earlier_release_names_its_new_name(old, new):
+    done = jewelmatch("worker", env={old: "false" if "FIRST" in old else "64"})
+    assert_one_line(done, old, new)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from worker.index import ReferenceImage, ScanRecord, open_index
+from worker.index import ReferenceImage, ScanRecord
+from worker.index.memory import InMemoryIndex
 from worker.matching.matcher import Matcher, MatchPolicy
-from worker.settings import IndexSettings, LearningSettings
-from worker.vision.embedder import unit_rows
+from worker.settings import LearningSettings
+from worker.vectors import VectorLayout, unit_rows
 
 PRODUCTS = [f"p{n}" for n in range(10)]
 DIM = 32
@@ -41,38 +42,34 @@ class _Geometry:
         return unit_rows(look + self.photo_domain + noise).astype(np.float32)
 
 
-def _recall_at_1(tmp_path, tiny_embedder, learning: LearningSettings, scans: int = SCANS):
-    assert tiny_embedder.dim == DIM
+def _recall_at_1(learning: LearningSettings, scans: int = SCANS):
     geometry = _Geometry()
-    index = open_index(IndexSettings(path=tmp_path / "index"), "geometry", DIM)
-    try:
-        matcher = Matcher(tiny_embedder, index, MatchPolicy(), learning)
-        index.upsert([ReferenceImage(p, "front", p, geometry.catalog(p)) for p in PRODUCTS])
-        for n in range(scans):
-            photo = geometry.photo(PRODUCTS[n % len(PRODUCTS)])
-            index.remember_scan(ScanRecord(f"scan-{n}", photo, "s3://scans/k.jpg", 0.0))
-        matcher.refit()
-        truth = [PRODUCTS[n % len(PRODUCTS)] for n in range(SCANS)]
-        rankings = matcher.rank(np.stack([geometry.photo(p) for p in truth]), 5)
-        right = [r.hits[0].product_id == t for r, t in zip(rankings, truth, strict=True)]
-        return float(np.mean(right)), matcher.metric.report
-    finally:
-        index.close()
+    index = InMemoryIndex("geometry", DIM)
+    matcher = Matcher(index, VectorLayout(DIM), "geometry", MatchPolicy(), learning)
+    index.upsert([ReferenceImage(p, "front", p, geometry.catalog(p)) for p in PRODUCTS])
+    for n in range(scans):
+        photo = geometry.photo(PRODUCTS[n % len(PRODUCTS)])
+        index.remember_scan(ScanRecord(f"scan-{n}", photo, "s3://scans/k.jpg", 0.0))
+    matcher.refit()
+    truth = [PRODUCTS[n % len(PRODUCTS)] for n in range(SCANS)]
+    rankings = matcher.rank(np.stack([geometry.photo(p) for p in truth]), 5)
+    right = [r.hits[0].product_id == t for r, t in zip(rankings, truth, strict=True)]
+    return float(np.mean(right)), matcher.snapshot.report
 
 
-def test_whitening_from_unlabeled_scans_ranks_more_photos_right(tmp_path, tiny_embedder):
-    plain, plain_report = _recall_at_1(tmp_path / "plain", tiny_embedder, _learning(0))
-    whitened, report = _recall_at_1(tmp_path / "whitened", tiny_embedder, _learning(16))
+def test_whitening_from_unlabeled_scans_ranks_more_photos_right():
+    plain, plain_report = _recall_at_1(_learning(0))
+    whitened, report = _recall_at_1(_learning(16))
     assert not plain_report["whitened"] and report["whitened"]
     assert plain < 0.9
     assert whitened >= plain + 0.05
 
 
 @pytest.mark.parametrize("scans", [50, 99])
-def test_too_few_scans_are_not_whitened(tmp_path, tiny_embedder, scans):
-    _, report = _recall_at_1(tmp_path, tiny_embedder, _learning(16), scans=scans)
+def test_too_few_scans_are_not_whitened(scans):
+    _, report = _recall_at_1(_learning(16), scans=scans)
     assert report["centred"] and not report["whitened"]
 
 
 def _learning(whiten_dim: int) -> LearningSettings:
-    return LearningSettings(whiten_dim=whiten_dim, min_scans_for_whitening=100)
+    return LearningSettings(whitening={"dim": whiten_dim, "min_scans": 100})

@@ -320,7 +320,8 @@ def test_a_confirmed_correction_makes_the_next_photo_of_that_product_rank_first(
     import numpy as np
     from PIL import Image
 
-    learning = settings.learning.model_copy(update={"centre_domains": False})
+    centring = settings.learning.centring.model_copy(update={"enabled": False})
+    learning = settings.learning.model_copy(update={"centring": centring})
     settings = settings.model_copy(update={"learning": learning})
 
     def blocks(seed: int) -> Image.Image:

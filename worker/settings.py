@@ -322,39 +322,23 @@ class MatchingSettings(BaseModel):
     )
 
 
-class LearningSettings(BaseModel):
-    """How the system learns from scans and confirmed matches (backbone frozen)."""
+# The ranking's stages (worker/matching/stages/), one group each ----------------------
 
-    centre_domains: bool = Field(
+
+class CentringSettings(BaseModel):
+    enabled: bool = Field(
         default=True,
-        description="Subtract the mean scan and catalog vectors (from unlabeled "
-        "scans) before comparing.",
+        description="Subtract the mean scan and catalog vectors (from unlabeled scans) before "
+        "comparing.",
     )
-    metric: bool = Field(
-        default=True,
-        description="Fit an LDA metric on confirmed matches and re-rank with it "
-        "(only when it beats the plain space on held-out confirmations).",
+    min_scans: int = Field(default=20, ge=1, description="Scans needed before scans are centred.")
+    scans_read: int = Field(
+        default=5000, ge=0, description="Remembered scans read for the scan statistics."
     )
-    metric_max_dim: int = Field(default=128, ge=2, description="Dimensions of the metric.")
-    whiten_dim: int = Field(
-        default=128,
-        ge=0,
-        description="Before confirmations teach a metric, candidates are re-ranked after a "
-        "PCA whitening of the unlabeled scans onto this many components (0: off)...",
-    )
-    whiten_power: float = Field(
-        default=0.25,
-        ge=0.0,
-        le=1.0,
-        description="...each scaled by its variance to the power -power/2 (1: full whitening)...",
-    )
-    min_scans_for_whitening: int = Field(
-        default=500,
-        ge=2,
-        description="...once this many scans exist (with fewer, the estimate hurts more "
-        "than it helps).",
-    )
-    hubness_weight: float = Field(
+
+
+class HubnessSettings(BaseModel):
+    weight: float = Field(
         default=0.5,
         ge=0.0,
         le=2.0,
@@ -362,17 +346,54 @@ class LearningSettings(BaseModel):
         "its prototype's mean similarity to its nearest scans (a product that resembles every "
         "photo does not win them all; 0: off).",
     )
-    hubness_neighbours: int = Field(
+    neighbours: int = Field(
         default=10, ge=1, description="...the number of nearest scans that mean is taken over."
     )
-    hubness_distinct: float = Field(
+    distinct: float = Field(
         default=0.5,
         gt=0.0,
         le=1.0,
         description="...among scans thinned so that no two kept have a cosine above this (in "
         "the whitened space): a product scanned often counts as much as one scanned rarely.",
     )
-    metric_shrinkage: float = Field(
+
+
+class WhiteningSettings(BaseModel):
+    dim: int = Field(
+        default=128,
+        ge=0,
+        description="Before confirmations teach a metric, candidates are re-ranked after a "
+        "PCA whitening of the unlabeled scans onto this many components (0: off)...",
+    )
+    power: float = Field(
+        default=0.25,
+        ge=0.0,
+        le=1.0,
+        description="...each scaled by its variance to the power -power/2 (1: full whitening)...",
+    )
+    min_scans: int = Field(
+        default=500,
+        ge=2,
+        description="...once this many scans exist (with fewer, the estimate hurts more than it "
+        "helps).",
+    )
+    variance_floor: float = Field(
+        default=0.1,
+        gt=0.0,
+        le=1.0,
+        description="Variances are floored at this share of the largest, so that weak, noisy "
+        "components are not blown up.",
+    )
+
+
+class LdaSettings(BaseModel):
+    enabled: bool = Field(
+        default=True,
+        description="Fit an LDA metric on confirmed matches and re-rank with it (only when it "
+        "beats the centred space on held-out confirmations).",
+    )
+    max_dim: int = Field(default=128, ge=2, description="Dimensions of the metric.")
+    shrinkage: float = Field(
         default=0.3,
         ge=0.0,
         le=1.0,
@@ -381,13 +402,20 @@ class LearningSettings(BaseModel):
     min_confirmations: int = Field(
         default=20, ge=2, description="Confirmed scans needed before a metric is fitted."
     )
-    min_scans_for_centring: int = Field(
-        default=20, ge=1, description="Scans needed before scans are centred."
+    validation_share: float = Field(
+        default=0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Share of the confirmed scans held out to judge the metric (by a hash of "
+        "product and position: the same ones at every refit).",
     )
-    rerank_candidates: int = Field(
-        default=20, ge=1, description="Products found in the plain space that the metric re-ranks."
+    max_validation_queries: int = Field(
+        default=2000, ge=1, description="At most this many held-out confirmations are ranked."
     )
-    new_products_first: bool = Field(
+
+
+class NewProductsSettings(BaseModel):
+    enabled: bool = Field(
         default=True,
         description="A scan whose closest catalog image is of a product without confirmed "
         "photos yet is ranked against catalog images only, so that new products keep their "
@@ -396,30 +424,80 @@ class LearningSettings(BaseModel):
     )
     photo_match_stands: float = Field(
         default=0.93,
-        description="...unless a confirmed photo is at least this similar to the scan "
-        "(cosine of the embeddings): a photo of the very item, whose product then stays first.",
+        description="...unless a confirmed photo is at least this similar to the scan (cosine "
+        "of the embeddings): a photo of the very item, whose product then stays first.",
     )
-    refit_after_changes: int = Field(
+
+
+RENAMED_LEARNING_SETTINGS = {
+    "centre_domains": "centring__enabled",
+    "min_scans_for_centring": "centring__min_scans",
+    "scans_for_statistics": "centring__scans_read",
+    "whiten_dim": "whitening__dim",
+    "whiten_power": "whitening__power",
+    "min_scans_for_whitening": "whitening__min_scans",
+    "hubness_weight": "hubness__weight",
+    "hubness_neighbours": "hubness__neighbours",
+    "hubness_distinct": "hubness__distinct",
+    "metric": "lda__enabled",
+    "metric_max_dim": "lda__max_dim",
+    "metric_shrinkage": "lda__shrinkage",
+    "min_confirmations": "lda__min_confirmations",
+    "new_products_first": "new_products_first__enabled",
+    "photo_match_stands": "new_products_first__photo_match_stands",
+    "refit_after_changes": "refit__after_changes",
+    "refit_seconds": "refit__seconds",
+}
+"""Flat learning settings of earlier releases and their nested names (refused, named)."""
+
+
+class RefitSettings(BaseModel):
+    after_changes: int = Field(
         default=25,
         ge=1,
-        description="Refit (in the background, when idle) after this many catalog "
-        "changes and confirmations...",
+        description="Refit (in the background, when idle) after this many catalog changes and "
+        "confirmations...",
     )
-    refit_seconds: float = Field(
+    seconds: float = Field(
         default=300.0,
         gt=0,
         description="...or this long after the last fit, if anything changed (new scans "
         "included: they refine the scan statistics).",
     )
-    scans_for_statistics: int = Field(
-        default=5000, ge=0, description="Remembered scans read for the scan mean."
+
+
+class LearningSettings(BaseModel):
+    """How the ranking's stages learn from scans and confirmed matches (backbone frozen): one
+    nested group per stage (worker/matching/stages/)."""
+
+    centring: CentringSettings = CentringSettings()
+    whitening: WhiteningSettings = WhiteningSettings()
+    hubness: HubnessSettings = HubnessSettings()
+    lda: LdaSettings = LdaSettings()
+    new_products_first: NewProductsSettings = NewProductsSettings()
+    rerank_candidates: int = Field(
+        default=20, ge=1, description="Products found by the search that a space re-ranks."
     )
+    refit: RefitSettings = RefitSettings()
     prototype_ttl_seconds: float = Field(
         default=60.0,
         gt=0,
-        description="A cached product prototype is recomputed after this "
-        "long (other workers may have changed the product).",
+        description="A cached product prototype is recomputed after this long (other workers "
+        "may have changed the product).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_renamed(cls, values: object) -> object:
+        if isinstance(values, dict):
+            for old, new in RENAMED_LEARNING_SETTINGS.items():
+                # (`new_products_first` names the new group too: refused unless a group)
+                if old in values and not isinstance(values[old], dict):
+                    raise ValueError(
+                        f"JEWELMATCH_LEARNING__{old.upper()} is now "
+                        f"JEWELMATCH_LEARNING__{new.upper()} (docs/operations.md, 'Upgrading')"
+                    )
+        return values
 
 
 class LogFormat(StrEnum):

@@ -3,9 +3,9 @@
 All AMQP work happens on this loop's thread (kombu connections are not thread-safe), the way
 kombu's `ConsumerMixin` and dramatiq's consumer thread divide the work: the loop connects,
 consumes into the `Inbox`, keeps heartbeats flowing while a batch is handled in a background
-thread, and settles each delivery (`Settlement`). When the queues are idle it runs the idle
-hook (refits, housekeeping). Broker failures reconnect with backoff; nothing a message does
-can stop the loop.
+thread, and settles each delivery (`Settlement`). When the queues are idle it calls the
+service's idle hook (refits, index maintenance, housekeeping: `worker.service.maintenance`).
+Broker failures reconnect with backoff; nothing a message does can stop the loop.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ __all__ = ["DrainTimeout", "Worker", "raw_body"]
 
 log = get_logger(__name__)
 
-HOUSEKEEPING_SECONDS = 3600.0
 HANDLER_POLL_SECONDS = 0.002
 """How often the loop looks whether the handler thread is done (adds at most this latency)."""
 
@@ -99,6 +98,7 @@ class Worker:
         handlers: Handlers,
         health: Health | None = None,
         connection_factory: Callable[[], Connection] | None = None,
+        on_idle: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.handlers = handlers
@@ -108,8 +108,7 @@ class Worker:
         self._stopping = False
         self._stop_logged = False
         self.inbox = Inbox(settings.model.batch_size, settings.amqp.catalog_prefetch)
-        self._last_housekeeping = 0.0
-        self._optimizing: threading.Thread | None = None
+        self._on_idle = on_idle
         self._stop_requested_at = 0.0
         self._consumers: list[Consumer] = []
 
@@ -155,8 +154,6 @@ class Worker:
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
         self.health.broker_connected = False
-        if self._optimizing is not None:  # the index is closed after this returns
-            self._optimizing.join(timeout=self.settings.ops.drain_seconds)
 
     def _log_broker_error(self, error: BaseException, reached: bool, backoff: float) -> None:
         """A connection that dropped, or one that was never made: told apart, with the
@@ -302,45 +299,9 @@ class Worker:
         ]
 
     def _when_idle(self) -> None:
-        """Idle hook: refit the learned metric and build the index's search structures when
-        due (both in the background: the loop keeps serving), and purge expired scan records
-        hourly."""
-        self.handlers.matcher.refit_in_background_if_due()
-        self._optimize_in_background_if_due()
-        now = time.monotonic()
-        if now - self._last_housekeeping < HOUSEKEEPING_SECONDS:
-            return
-        self._last_housekeeping = now
+        """The service's idle work (`on_idle`: refits, index maintenance, housekeeping); it
+        must not block, and nothing it raises stops the loop."""
         try:
-            self.handlers.forget_old_scans()
-        except Exception as error:  # housekeeping must never stop the worker
-            log.warning("housekeeping.failed", error=str(error))
-
-    def _optimize_in_background_if_due(self) -> None:
-        index = self.handlers.matcher.index
-        if self._optimizing is not None and self._optimizing.is_alive():
-            return
-        try:
-            due = index.needs_optimizing()
+            self._on_idle()
         except Exception as error:
-            log.warning("index.optimize_check_failed", error=str(error))
-            return
-        if due:
-            self._optimizing = threading.Thread(
-                target=_optimize_logging, args=(index,), name="index-optimize", daemon=True
-            )
-            self._optimizing.start()
-
-
-def _optimize_logging(index) -> None:
-    started = time.monotonic()
-    try:
-        index.optimize()
-    except Exception as error:  # the exact search keeps answering meanwhile
-        log.warning("index.optimize_failed", error=str(error))
-        return
-    log.info(
-        "index.optimized",
-        reference_images=index.count(),
-        seconds=round(time.monotonic() - started, 2),
-    )
+            log.warning("worker.idle_work_failed", error=str(error))

@@ -108,27 +108,36 @@ def accuracy(
     with Progress(console=console, transient=True) as progress:
         report = run_accuracy(settings, options, progress)
     figures = report.to_json()
+    _print_accuracy(report, figures, f"{data} ({split}", bool(new_share))
+    console.print(f"written: {write_result(out, 'accuracy', _command(), figures)}")
+    if contact_sheet:
+        console.print(f"contact sheet: {contact_sheet}")
+
+
+ACCURACY_COLUMNS = {
+    "confirmed_per_product": "confirmed",
+    "queries": "queries",
+    "recall@1": "R@1",
+    "recall@5": "R@5",
+    "mrr": "MRR",
+    "no_confident_match_in_catalog": "no-match known",
+    "answered_accuracy": "answered acc",
+    "no_confident_match_open_set": "no-match open set",
+}
+
+
+def _print_accuracy(report, figures: dict, where: str, new_products: bool) -> None:
     table = Table(
-        title=f"Accuracy of {report.model} on {data} ({split}; "
+        title=f"Accuracy of {report.model} on {where}; "
         f"{len(report.products_left_out)} products left out)"
     )
-    columns = {
-        "confirmed_per_product": "confirmed",
-        "queries": "queries",
-        "recall@1": "R@1",
-        "recall@5": "R@5",
-        "mrr": "MRR",
-        "no_confident_match_in_catalog": "no-match known",
-        "answered_accuracy": "answered acc",
-        "no_confident_match_open_set": "no-match open set",
-    }
-    if new_share:
+    columns = dict(ACCURACY_COLUMNS)
+    if new_products:
         columns |= {"recall@1_new": "R@1 new", "recall@1_confirmed_products": "R@1 confirmed"}
     for label in columns.values():
         table.add_column(label, justify="right")
     for run in figures["runs"]:
         table.add_row(*(_fmt(run[key]) for key in columns))
-
     console.print(table)
     if figures["confusions"]:
         console.print(
@@ -137,9 +146,6 @@ def accuracy(
                 f"{c['true']} → {c['predicted']} ×{c['count']}" for c in figures["confusions"][:6]
             )
         )
-    console.print(f"written: {write_result(out, 'accuracy', _command(), figures)}")
-    if contact_sheet:
-        console.print(f"contact sheet: {contact_sheet}")
 
 
 def _servers_help() -> str:
@@ -275,6 +281,13 @@ def scale(
             real,
             progress,
         )
+    console.print(_scale_table(figures, vector_dim))
+    console.print(f"written: {write_result(out, 'scale', _command(), figures)}")
+
+
+def _scale_table(figures: dict, vector_dim: int) -> Table:
+    """Each size and kind: the exact search, each HNSW setting, and qdrant-client's local
+    mode where measured."""
     table = Table(title=f"Grouped top-10 query on the embedded engine ({vector_dim}-d)")
     for column in (
         "size",
@@ -330,8 +343,7 @@ def scale(
                 "",
                 "",
             )
-    console.print(table)
-    console.print(f"written: {write_result(out, 'scale', _command(), figures)}")
+    return table
 
 
 @bench.command()

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-POINT_NAMESPACE = uuid.UUID("8f5f7c0e-4d0b-5b8e-9a43-6a1f0c1f9e11")
+from worker.vectors import SOURCE_CATALOG as SOURCE_CATALOG  # re-exported
+from worker.vectors import SOURCE_CONFIRMED_SCAN as SOURCE_CONFIRMED_SCAN
 
-SOURCE_CATALOG = "catalog"
-SOURCE_CONFIRMED_SCAN = "confirmed_scan"
+POINT_NAMESPACE = uuid.UUID("8f5f7c0e-4d0b-5b8e-9a43-6a1f0c1f9e11")
 
 
 def point_id(product_id: str, image_id: str, model_id: str) -> str:

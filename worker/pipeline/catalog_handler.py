@@ -9,7 +9,6 @@ batch; events of one product are applied in the order they came.
 
 from __future__ import annotations
 
-import hmac
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,14 +23,14 @@ from shared.contract import (
     ProductDeleted,
     ProductImage,
     ProductUpserted,
-    S3Object,
 )
 from shared.messages import InvalidMessage, parse_event
 from worker.errors import PermanentError
-from worker.index import ScanRecord
 from worker.matching.catalog import EmbeddedImage, SyncPlan
 from worker.matching.matcher import Matcher
 from worker.observability.logs import get_logger
+from worker.pipeline.confirmation import ConfirmedScans
+from worker.pipeline.embedding import Embeds
 from worker.pipeline.image_loader import ImageLoader
 from worker.pipeline.outcome import (
     Action,
@@ -43,9 +42,9 @@ from worker.pipeline.outcome import (
     identifier_in,
     timed,
 )
-from worker.pipeline.scan_handler import receipt_key, scan_receipt
+from worker.pipeline.receipts import Receipts
 from worker.settings import Settings
-from worker.vision.embedder import ImageKind
+from worker.vectors import ImageKind
 
 log = get_logger(__name__)
 audit = get_logger("jewelmatch.audit")
@@ -67,17 +66,21 @@ class CatalogHandler:
         self,
         settings: Settings,
         loader: ImageLoader,
+        embedder: Embeds,
         matcher: Matcher,
         policy: FailurePolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.loader = loader
+        self.embedder = embedder
         self.matcher = matcher
         self.policy = policy
         self.clock = clock
         self.catalog = matcher.catalog()
-        self._receipt_key = receipt_key(settings)
+        self.confirmed_scans = ConfirmedScans(
+            matcher.scans, Receipts(settings.matching.receipt_key), loader, embedder, clock
+        )
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Apply catalog events in order; upserts of distinct products share one embed batch."""
@@ -265,7 +268,7 @@ class CatalogHandler:
                     timer.add(stage, ms / 1000)
         good = [entry for entry in good if entry[0].error is None]
         vectors = timed(
-            timer, "embed", self.matcher.embed, [r.picture for _, _, r in good], ImageKind.catalog
+            timer, "embed", self.embedder.embed, [r.picture for _, _, r in good], ImageKind.catalog
         )
         for (item, image, result), vector in zip(good, vectors, strict=True):
             item.embedded.append(EmbeddedImage(image, vector, result.etag))
@@ -334,28 +337,14 @@ class CatalogHandler:
         if allowed and delivery.user_id not in allowed:
             detail = "confirmations are accepted only from the configured confirming users"
             return self._refuse(delivery, event, FailureReason.not_authorized, detail), None
-        index = self.matcher.index
-        scan = index.recall_scan(event.scan_id)
-        if scan is not None and event.image is not None and scan.image_uri != event.image.uri:
-            detail = "the confirmation's image is not the photo this scan was answered for"
-            return self._refuse(delivery, event, FailureReason.unknown_scan, detail), None
-        if scan is None:
-            image = self._proven_image(event)
-            if image is None:
-                detail = (
-                    f"scan {event.scan_id!r} was not answered by this replica and the "
-                    "confirmation carries no valid receipt and image"
-                )
-                return self._refuse(delivery, event, FailureReason.unknown_scan, detail), None
-            try:
-                scan = self._scan_from_image(event.scan_id, image)
-            except PermanentError as error:
-                return self._refuse(delivery, event, error.reason, error.detail), None
+        try:
+            scan = self.confirmed_scans.find(event)
+        except PermanentError as error:
+            return self._refuse(delivery, event, error.reason, error.detail), None
         previous = scan.extra.get("confirmed_product_id")
-        if not self.catalog.confirm(event.product_id, scan):
+        if not self.matcher.scans.confirm(scan, event.product_id):  # a correction moves it
             detail = f"product {event.product_id!r} is not in the catalog"
             return self._refuse(delivery, event, FailureReason.unknown_product, detail), previous
-        index.remember_scan(scan)  # remembers where the photo went (a correction moves it)
         applied = self.outcome(
             delivery,
             event.product_id,
@@ -364,19 +353,3 @@ class CatalogHandler:
             images_indexed=1,
         )
         return applied, previous
-
-    def _proven_image(self, event: MatchConfirmed) -> S3Object | None:
-        """The photo of a scan another replica answered, if the confirmation proves it with
-        the receipt that the answering worker signed with the shared key."""
-        if self._receipt_key is None or event.image is None or event.receipt is None:
-            return None
-        expected = scan_receipt(self._receipt_key, event.scan_id, event.image.uri)
-        return event.image if hmac.compare_digest(expected, event.receipt) else None
-
-    def _scan_from_image(self, scan_id: str, image: S3Object) -> ScanRecord:
-        """A scan answered by another replica, embedded again from its photo."""
-        loaded = self.loader.load(image)
-        vector = self.matcher.embed([loaded.picture], ImageKind.scan)[0]
-        return ScanRecord(
-            scan_id=scan_id, vector=vector, image_uri=image.uri, created_at=self.clock()
-        )

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from worker.matching.matcher import Matcher
 from worker.observability.logs import get_logger
 from worker.pipeline.catalog_handler import CatalogHandler
+from worker.pipeline.embedding import Embeds
 from worker.pipeline.image_loader import ImageLoader
 from worker.pipeline.outcome import (
     Action,
@@ -40,16 +41,20 @@ class Handlers:
         self,
         settings: Settings,
         store: ImageStore,
+        embedder: Embeds,
         matcher: Matcher,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
+        self.embedder = embedder
         self.matcher = matcher
         self.clock = clock
         self.loader = ImageLoader(settings, store)
         policy = FailurePolicy(settings.ops.max_attempts)
-        self.scans = ScanHandler(settings, self.loader, matcher, policy, clock)
-        self.catalog_events = CatalogHandler(settings, self.loader, matcher, policy, clock)
+        self.scans = ScanHandler(settings, self.loader, embedder, matcher, policy, clock)
+        self.catalog_events = CatalogHandler(
+            settings, self.loader, embedder, matcher, policy, clock
+        )
 
     @property
     def catalog(self):
@@ -109,7 +114,7 @@ class Handlers:
     # housekeeping -------------------------------------------------------------------
 
     def forget_old_scans(self) -> None:
-        self.matcher.index.forget_scans_before(
+        self.matcher.scans.forget_before(
             self.clock() - self.settings.matching.scan_memory_days * 86400
         )
 

@@ -8,8 +8,6 @@ photo's ranking. Every scan gets exactly one published answer, whatever goes wro
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from shared.contract import BagPhotographed, FailureReason, MatchResult, MatchSt
 from shared.messages import InvalidMessage, parse_event
 from worker.index import ScanRecord
 from worker.matching.matcher import Matcher
+from worker.pipeline.embedding import Embeds
 from worker.pipeline.image_loader import ImageLoader
 from worker.pipeline.outcome import (
     Action,
@@ -32,21 +31,9 @@ from worker.pipeline.outcome import (
     identifier_in,
     timed,
 )
+from worker.pipeline.receipts import Receipts
 from worker.settings import Settings
-from worker.vision.embedder import ImageKind
-
-
-def scan_receipt(key: bytes, scan_id: str, image_uri: str) -> str:
-    """Proof that this system answered `scan_id` with the photo at `image_uri` (HMAC-SHA256,
-    URL-safe hex, 32 characters). Workers sharing the key can check each other's."""
-    message = f"{scan_id}\x1f{image_uri}".encode()
-    return hmac.new(key, message, hashlib.sha256).hexdigest()[:32]
-
-
-def receipt_key(settings: Settings) -> bytes | None:
-    """The key shared by all workers that signs and checks receipts (None: no receipts)."""
-    key = settings.matching.receipt_key
-    return key.get_secret_value().encode() if key else None
+from worker.vectors import ImageKind
 
 
 @dataclass
@@ -70,20 +57,18 @@ class ScanHandler:
         self,
         settings: Settings,
         loader: ImageLoader,
+        embedder: Embeds,
         matcher: Matcher,
         policy: FailurePolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.loader = loader
+        self.embedder = embedder
         self.matcher = matcher
         self.policy = policy
         self.clock = clock
-        self._receipt_key = receipt_key(settings)
-
-    @property
-    def index(self):
-        return self.matcher.index
+        self.receipts = Receipts(settings.matching.receipt_key)
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(deliveries)
@@ -99,7 +84,7 @@ class ScanHandler:
                     delivery, InvalidMessage(f"{delivery.routing_key} is not a scan event")
                 )
                 continue
-            known = self.index.recall_scan(event.scan_id)
+            known = self.matcher.scans.recall(event.scan_id)
             if known is None or not known.result_json:
                 fresh[i] = event
             elif known.same_photo(event.image.uri, event.station_id):
@@ -149,7 +134,7 @@ class ScanHandler:
         """Dead-letter it; and if a scan id can be read that was never answered, the station
         still gets an answer. A known scan is never answered a second, different way."""
         scan_id = identifier_in(delivery.body, "scan_id")
-        answered = scan_id is not None and self.index.recall_scan(scan_id) is not None
+        answered = scan_id is not None and self.matcher.scans.recall(scan_id) is not None
         results = []
         if scan_id and not answered:
             detail = f"the message is not a valid bag.photographed event: {error}"[:1000]
@@ -231,7 +216,7 @@ class ScanHandler:
 
     def _match(self, ready: list[_Ready], outcomes: list[Outcome | None]) -> None:
         started = time.perf_counter()
-        vectors = self.matcher.embed([item.picture for item in ready], ImageKind.scan)
+        vectors = self.embedder.embed([item.picture for item in ready], ImageKind.scan)
         embed_seconds = time.perf_counter() - started
         # Scans asking for the same category and top_k are searched in one batch.
         groups: dict[tuple[str | None, int], list[int]] = {}
@@ -255,7 +240,7 @@ class ScanHandler:
                 matches=ranking.ranked_products(),
                 image=scan.image,
                 station_id=scan.station_id,
-                receipt=self.receipt(scan.scan_id, scan.image.uri),
+                receipt=self.receipts.sign(scan.scan_id, scan.image.uri),
                 model=self.matcher.model_id,
                 timings_ms=timer.ms,
             )
@@ -267,16 +252,10 @@ class ScanHandler:
                 created_at=self.clock(),
                 result_json=result.model_dump_json(),
             )
-            timed(timer, "remember", self.index.remember_scan, record)
+            timed(timer, "remember", self.matcher.scans.remember, record)
             outcomes[item.position] = Outcome(
                 Action.ack, [(topology.MATCH_RESULT, result)], log=_scan_log(result)
             )
-        self.matcher.note_scans(len(ready))
-
-    def receipt(self, scan_id: str, image_uri: str) -> str | None:
-        if self._receipt_key is None:
-            return None
-        return scan_receipt(self._receipt_key, scan_id, image_uri)
 
 
 def _scan_log(result: MatchResult, **extra) -> dict:

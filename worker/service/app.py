@@ -11,12 +11,13 @@ from worker.amqp.consumer import Worker
 from worker.errors import StartupError
 from worker.index import VectorIndex, open_index
 from worker.matching.catalog import catalog_summary
-from worker.matching.matcher import Matcher, MatchPolicy
+from worker.matching.matcher import Matcher, policy_from_settings
 from worker.observability.logs import get_logger
 from worker.observability.probes import Health, serve_ops
 from worker.observability.prometheus import INDEX_POINTS, MODEL_LOAD_SECONDS
 from worker.pipeline.handlers import Handlers
 from worker.pipeline.storage import ImageStore, open_image_store
+from worker.service.maintenance import Maintenance
 from worker.settings import AmqpSettings, Settings
 from worker.vision.embedder import Embedder
 
@@ -28,6 +29,7 @@ class Components:
     embedder: Embedder
     index: VectorIndex
     matcher: Matcher
+    maintenance: Maintenance | None = None  # set by wire_worker
 
     def close(self) -> None:
         self.index.close()
@@ -46,7 +48,11 @@ def build_components(settings: Settings, embedder: Embedder | None = None) -> Co
         reference_images=index.count(),
     )
     matcher = Matcher(
-        embedder, index, MatchPolicy.from_settings(settings.matching), settings.learning
+        index,
+        embedder.layout,
+        embedder.model_id,
+        policy_from_settings(settings.matching),
+        settings.learning,
     )
     matcher.refit()  # what the index already teaches (domain means, learned metric)
     return Components(embedder, index, matcher)
@@ -61,8 +67,11 @@ def wire_worker(
     """The one place a worker is put together: the image store, the handlers over the
     loaded model and index, and the consumer loop (which owns the handlers: `worker.handlers`)."""
     store = store or open_image_store(settings.s3, settings.images.max_bytes)
-    handlers = Handlers(settings, store, components.matcher)
-    return Worker(settings, handlers, health)
+    handlers = Handlers(settings, store, components.embedder, components.matcher)
+    components.maintenance = Maintenance(
+        components.matcher.learner, components.index, handlers.forget_old_scans
+    )
+    return Worker(settings, handlers, health, on_idle=components.maintenance.on_idle)
 
 
 class ModelNotCurrent(StartupError):
@@ -144,6 +153,7 @@ def run_worker(settings: Settings) -> None:
         worker_box.append(worker)
         if not health.stopping:
             worker.run()
+        components.maintenance.wait(settings.ops.drain_seconds)  # the index closes next
         worker.handlers.close()
     if ops_server is not None:
         ops_server.shutdown()

@@ -14,11 +14,12 @@ from rich.console import Console
 from rich.progress import Progress
 
 from worker.matching.catalog import Catalog, EmbeddedImage
-from worker.matching.matcher import Matcher, Ranking
+from worker.matching.matcher import Ranking
+from worker.pipeline.embedding import Embeds
 from worker.service.app import opened
 from worker.settings import Settings
 from worker.tools.folders import FolderProduct, read_folder_dataset
-from worker.vision.embedder import ImageKind
+from worker.vectors import ImageKind
 from worker.vision.images import decode_image
 
 FOLDER_BUCKET = "folder"
@@ -29,7 +30,7 @@ def _load(path: Path, settings: Settings) -> Image.Image:
 
 
 def embed_paths(
-    matcher: Matcher,
+    embedder: Embeds,
     paths: Sequence[Path],
     kind: ImageKind,
     settings: Settings,
@@ -42,15 +43,15 @@ def embed_paths(
     step = max(1, settings.model.batch_size)
     for start in range(0, len(paths), step):
         batch = [_load(p, settings) for p in paths[start : start + step]]
-        chunks.append(matcher.embed(batch, kind))
+        chunks.append(embedder.embed(batch, kind))
         progress.advance(task, len(batch))
     if not chunks:
-        return np.zeros((0, matcher.embedder.dim), dtype=np.float32)
+        return np.zeros((0, embedder.dim), dtype=np.float32)
     return np.concatenate(chunks)
 
 
 def ingest_products(
-    matcher: Matcher,
+    embedder: Embeds,
     catalog: Catalog,
     products: Sequence[FolderProduct],
     settings: Settings,
@@ -59,7 +60,7 @@ def ingest_products(
     """Ingest each product's `catalog_*` images as a `product.created` event would."""
     paths = [path for product in products for path in product.catalog]
     vectors = iter(
-        embed_paths(matcher, paths, ImageKind.catalog, settings, progress, "catalog images")
+        embed_paths(embedder, paths, ImageKind.catalog, settings, progress, "catalog images")
     )
     for product in products:
         event = product.catalog_event(FOLDER_BUCKET)
@@ -79,7 +80,7 @@ def ingest_folder(settings: Settings, folder: Path, console: Console) -> int:
     products = [p for p in dataset.products if p.catalog]
     with opened(settings) as components, Progress(console=console) as progress:
         catalog = components.matcher.catalog()
-        return ingest_products(components.matcher, catalog, products, settings, progress)
+        return ingest_products(components.embedder, catalog, products, settings, progress)
 
 
 def scan_image(
@@ -87,4 +88,5 @@ def scan_image(
 ) -> tuple[Ranking, str]:
     picture = decode_image(image.read_bytes(), settings.images)
     with opened(settings) as components:
-        return components.matcher.match([picture], top_k, category)[0], components.matcher.model_id
+        vectors = components.embedder.embed([picture], ImageKind.scan)
+        return components.matcher.rank(vectors, top_k, category)[0], components.matcher.model_id

@@ -17,7 +17,6 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
-from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
@@ -29,16 +28,12 @@ from PIL import Image
 from worker.errors import StartupError
 from worker.observability.logs import get_logger
 from worker.settings import ModelSettings
+from worker.vectors import ImageKind, VectorLayout, unit_rows
 from worker.vision import colour
 from worker.vision.runtimes import open_tower
 from worker.vision.weights import BUILTIN_MODELS, resolve_model_name
 
 log = get_logger(__name__)
-
-
-class ImageKind(StrEnum):
-    catalog = "catalog"
-    scan = "scan"
 
 
 def centred_crops(image: Image.Image, fractions: Sequence[float]) -> list[Image.Image]:
@@ -173,6 +168,11 @@ class Embedder:
     def colour_weight(self) -> float:
         return self._colour_weight
 
+    @property
+    def layout(self) -> VectorLayout:
+        """How its vectors are made of an image part and a colour part."""
+        return VectorLayout(self.view_dim, self._colour_weight)
+
     def embed(
         self, images: Sequence[Image.Image], kind: ImageKind = ImageKind.catalog
     ) -> np.ndarray:
@@ -231,7 +231,4 @@ def _central(image: Image.Image) -> Image.Image:
     return centred_crops(image, [0.75])[0]
 
 
-def unit_rows(vectors: np.ndarray) -> np.ndarray:
-    """Vectors (rows, or one vector) scaled to unit length; zero vectors stay zero."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
+__all__ = ["Embedder", "ImageKind", "centred_crops", "unit_rows"]

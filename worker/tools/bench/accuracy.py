@@ -33,9 +33,8 @@ from rich.progress import Progress
 
 from shared.contract import MatchStatus
 from worker.index import ScanRecord
-from worker.matching.catalog import Catalog
 from worker.matching.matcher import Matcher, Ranking
-from worker.service.app import opened
+from worker.service.app import Components, opened
 from worker.settings import Settings
 from worker.tools.bench.recall import (
     confusion_pairs,
@@ -47,7 +46,7 @@ from worker.tools.bench.recall import (
 )
 from worker.tools.folders import FolderDataset, FolderProduct, QueryPhoto, read_folder_dataset
 from worker.tools.terminal import embed_paths, ingest_products
-from worker.vision.embedder import ImageKind
+from worker.vectors import ImageKind
 
 TOP_K = 5
 BENCH_BUCKET = "bench"
@@ -172,14 +171,22 @@ def _scan_id(photo: QueryPhoto) -> str:
 
 
 def _remember_scans(
-    matcher: Matcher, photos: Sequence[QueryPhoto], settings: Settings, progress: Progress
+    components: Components,
+    photos: Sequence[QueryPhoto],
+    settings: Settings,
+    progress: Progress,
 ) -> None:
     """Photos the running system has scanned (unlabeled), as the worker remembers them."""
     vectors = embed_paths(
-        matcher, [p.path for p in photos], ImageKind.scan, settings, progress, "scanned photos"
+        components.embedder,
+        [p.path for p in photos],
+        ImageKind.scan,
+        settings,
+        progress,
+        "scanned photos",
     )
     for photo, vector in zip(photos, vectors, strict=True):
-        matcher.index.remember_scan(
+        components.matcher.scans.remember(
             ScanRecord(
                 scan_id=_scan_id(photo),
                 vector=vector,
@@ -189,13 +196,10 @@ def _remember_scans(
         )
 
 
-def _confirm(matcher: Matcher, catalog: Catalog, photos: Sequence[QueryPhoto]) -> None:
+def _confirm(matcher: Matcher, photos: Sequence[QueryPhoto]) -> None:
     """Confirm remembered scans the way `match.confirmed` does."""
     for photo in photos:
-        record = matcher.index.recall_scan(_scan_id(photo))
-        assert record is not None
-        catalog.confirm(photo.product_id, record)
-        matcher.index.remember_scan(record)
+        assert matcher.scans.confirm(_scan_id(photo), photo.product_id)
 
 
 def _rank_all(
@@ -223,10 +227,18 @@ def _first_photos(product: FolderProduct, split: str, count: int) -> list[QueryP
     return photos[:count]
 
 
-def run_accuracy(
-    settings: Settings, options: AccuracyOptions, progress: Progress
-) -> AccuracyReport:
-    dataset: FolderDataset = read_folder_dataset(options.data)
+@dataclass(frozen=True)
+class _Plan:
+    """What the protocol does with the data set (fixed by its seed)."""
+
+    in_catalog: list[FolderProduct]
+    left_out: list[str]
+    new_ids: frozenset[str]
+    scanned: list[QueryPhoto]
+    queries: list[QueryPhoto]
+
+
+def _plan(dataset: FolderDataset, options: AccuracyOptions) -> _Plan:
     rng = random.Random(options.seed)
     with_queries = [
         p.product_id
@@ -253,18 +265,27 @@ def run_accuracy(
         queries = random.Random(options.seed).sample(
             queries, min(options.max_queries, len(queries))
         )
+    return _Plan(in_catalog, left_out, new_ids, scanned, queries)
+
+
+def run_accuracy(
+    settings: Settings, options: AccuracyOptions, progress: Progress
+) -> AccuracyReport:
+    dataset: FolderDataset = read_folder_dataset(options.data)
+    plan = _plan(dataset, options)
     with tempfile.TemporaryDirectory(prefix="jewelmatch-bench-") as tmp:
         bench_settings = settings.model_copy(
             update={"index": settings.index.model_copy(update={"path": Path(tmp) / "index"})}
         )
         with opened(bench_settings) as components:
             matcher = components.matcher
-            catalog = matcher.catalog()
-            ingest_products(matcher, catalog, in_catalog, settings, progress)
-            _remember_scans(matcher, scanned, settings, progress)
+            ingest_products(
+                components.embedder, matcher.catalog(), plan.in_catalog, settings, progress
+            )
+            _remember_scans(components, plan.scanned, settings, progress)
             query_vectors = embed_paths(
-                matcher,
-                [q.path for q in queries],
+                components.embedder,
+                [q.path for q in plan.queries],
                 ImageKind.scan,
                 settings,
                 progress,
@@ -273,44 +294,55 @@ def run_accuracy(
             report = AccuracyReport(
                 model=matcher.model_id,
                 dataset=str(options.data),
-                products_in_catalog=len(in_catalog),
-                products_left_out=left_out,
+                products_in_catalog=len(plan.in_catalog),
+                products_left_out=plan.left_out,
             )
-            confirmed_so_far = 0
-            for count in sorted(set(options.confirmed)):
-                _confirm(
-                    matcher,
-                    catalog,
-                    [
-                        q
-                        for p in in_catalog
-                        if p.product_id not in new_ids
-                        for q in _first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
-                    ],
-                )
-                confirmed_so_far = count
-                metric = matcher.refit()  # what the worker does in the background
-                started = time.perf_counter()
-                categories = (
-                    {p.product_id: p.category for p in dataset.products}
-                    if options.category_hint
-                    else None
-                )
-                outcomes = _rank_all(matcher, query_vectors, queries, categories)
-
-                report.runs.append(
-                    AccuracyRun(
-                        count,
-                        [o for o in outcomes if o.query.product_id in known_ids],
-                        [o for o in outcomes if o.query.product_id not in known_ids],
-                        time.perf_counter() - started,
-                        dict(metric.report),
-                        new_ids,
-                    )
-                )
+            categories = (
+                {p.product_id: p.category for p in dataset.products}
+                if options.category_hint
+                else None
+            )
+            _runs(matcher, plan, options, query_vectors, categories, report)
     if options.contact_sheet and report.runs:
         write_contact_sheet(report.runs[0], dataset, options.contact_sheet)
     return report
+
+
+def _runs(
+    matcher: Matcher,
+    plan: _Plan,
+    options: AccuracyOptions,
+    query_vectors: np.ndarray,
+    categories: dict[str, str | None] | None,
+    report: AccuracyReport,
+) -> None:
+    """One run per confirmation count: confirm the next photos, refit, rank every query."""
+    known_ids = {p.product_id for p in plan.in_catalog}
+    confirmed_so_far = 0
+    for count in sorted(set(options.confirmed)):
+        _confirm(
+            matcher,
+            [
+                q
+                for p in plan.in_catalog
+                if p.product_id not in plan.new_ids
+                for q in _first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
+            ],
+        )
+        confirmed_so_far = count
+        snapshot = matcher.refit()  # what the worker does in the background
+        started = time.perf_counter()
+        outcomes = _rank_all(matcher, query_vectors, plan.queries, categories)
+        report.runs.append(
+            AccuracyRun(
+                count,
+                [o for o in outcomes if o.query.product_id in known_ids],
+                [o for o in outcomes if o.query.product_id not in known_ids],
+                time.perf_counter() - started,
+                dict(snapshot.report),
+                plan.new_ids,
+            )
+        )
 
 
 def write_contact_sheet(

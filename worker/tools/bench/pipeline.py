@@ -237,7 +237,7 @@ def run_throughput(
                 "warm-up",
             )
             seconds = _ingest(client, events, progress, "ingesting through the broker")
-            embedder = worker.handlers.matcher.embedder
+            embedder = worker.handlers.embedder
             raw = _raw_forward(embedder, settings, data, images, progress)
     pipeline_rate = images / seconds
     return {

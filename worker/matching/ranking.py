@@ -1,0 +1,245 @@
+"""The one ranking: scan vectors in, ranked products and a decision out, over a frozen
+snapshot of fitted stages (`Snapshot`). The live path, the refit's check of a learned metric
+and the accuracy benchmark all call `rank`; nothing else ranks.
+
+The stages, in the order they act (`Snapshot.stages`; each module in `stages/`):
+
+1. **centring** — the query is centred on the scan domain's mean and searched (catalog images
+   only until that mean is known); each candidate's score is corrected by its best image's
+   domain mean;
+2. **re-ranking** — in the active space (the metric learned from confirmations, else the
+   scans' whitening), the candidates are re-scored by their product prototypes, less each
+   one's hub penalty, plus the **colour** term where the scan shows colour;
+3. **new products first** — a scan whose closest catalog product has no confirmed photo yet
+   is ranked again, through stages 1–2 against catalog images in the whitened space;
+4. **decision** — `matched` or `no_confident_match` from the best score and its margin.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from shared.contract import MatchStatus, RankedProduct, S3Object
+from worker.index.base import ProductHit, VectorIndex
+from worker.matching.stages.centring import Centring, image_references
+from worker.matching.stages.colour import ColourTerm
+from worker.matching.stages.new_products import NewProductsFirst
+from worker.matching.stages.space import RerankSpace
+from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, VectorLayout, unit_rows
+
+
+@dataclass(frozen=True)
+class MatchPolicy:
+    """The decision: the best product is not trusted when its score is too low, or a
+    runner-up too close."""
+
+    min_score: float = 0.0
+    min_margin: float = 0.0
+
+    def decide(self, hits: Sequence[ProductHit]) -> MatchStatus:
+        if not hits:
+            return MatchStatus.no_confident_match
+        runner_up = hits[1].score if len(hits) > 1 else -1.0
+        if hits[0].score < self.min_score or hits[0].score - runner_up < self.min_margin:
+            return MatchStatus.no_confident_match
+        return MatchStatus.matched
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every fitted stage, as of one fit; never changed in place (a refit makes another)."""
+
+    layout: VectorLayout
+    centring: Centring = field(default_factory=Centring)
+    space: RerankSpace | None = None
+    """Where candidates are re-ranked: the learned metric, else the whitening, else none."""
+    whitening: RerankSpace | None = None
+    """The scans' whitening, kept when the metric takes over: new products are ranked in it."""
+    new_products: NewProductsFirst = field(default_factory=NewProductsFirst)
+    policy: MatchPolicy = MatchPolicy()
+    rerank_candidates: int = 20
+    fitted_at: float = 0.0
+    report: dict = field(default_factory=dict)
+
+    @property
+    def colour(self) -> ColourTerm:
+        return ColourTerm(self.layout.colour_weight)
+
+    @property
+    def stages(self) -> list[str]:
+        """The stages that act on a scan now, in order (for logs and reports)."""
+        named = ["centring"] if self.centring.enabled else []
+        if self.space is not None:
+            named.append(f"rerank:{self.space.name}")
+            named += ["hubness"] if self.space.hubs is not None else []
+            named += ["colour"] if self.layout.colour_weight else []
+        named += ["new_products_first"] if self.new_products.applies else []
+        return [*named, "decision"]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    status: MatchStatus
+    hits: list[ProductHit]
+
+    def ranked_products(self) -> list[RankedProduct]:
+        return [
+            RankedProduct(
+                rank=rank,
+                product_id=hit.product_id,
+                sku=hit.sku,
+                score=round(float(hit.score), 6),
+                image_id=hit.image_id,
+                source=hit.source,
+                name=hit.name,
+                image=S3Object.model_validate(hit.uri) if hit.uri else None,
+            )
+            for rank, hit in enumerate(self.hits, start=1)
+        ]
+
+
+@dataclass(frozen=True)
+class Prototype:
+    image: np.ndarray  # in the space
+    colour: np.ndarray  # unit mean colour descriptor; zeros where no image showed colour
+    hub: float = 0.0  # taken off its score in the space
+
+
+class Prototypes:
+    """Each product's prototype in a space, read from the index and kept for `ttl` seconds
+    (other workers may change a product); `forget` drops a product's at once. Thread-safe."""
+
+    def __init__(self, index: VectorIndex, layout: VectorLayout, ttl: float = 60.0) -> None:
+        self.index, self.layout, self.ttl = index, layout, ttl
+        self._cached: dict[tuple[str, bool, int], tuple[Prototype, float]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, product_id: str, space: RerankSpace, catalog_only: bool) -> Prototype:
+        key, now = (product_id, catalog_only, id(space)), time.monotonic()
+        with self._lock:
+            cached = self._cached.get(key)
+        if cached is not None and now - cached[1] < self.ttl:
+            return cached[0]
+        references = self.index.references(product_id)
+        if catalog_only and (references.sources == SOURCE_CATALOG).any():
+            references = references.subset(references.sources == SOURCE_CATALOG)
+        colours = self.layout.colour_part(references.vectors)
+        shown = colours[colours.any(axis=1)]
+        image = space.prototype(image_references(references, self.layout))
+        prototype = Prototype(
+            image=image,
+            colour=unit_rows(shown.mean(axis=0)) if len(shown) else np.zeros(colours.shape[1]),
+            hub=float(space.hub_penalty(image[None, :])[0]),
+        )
+        with self._lock:
+            self._cached[key] = (prototype, now)
+        return prototype
+
+    def forget(self, product_ids=None) -> None:
+        """Drop cached prototypes: of these products, or all (a new snapshot)."""
+        with self._lock:
+            if product_ids is None:
+                self._cached.clear()
+            else:
+                gone = set(product_ids)
+                self._cached = {k: v for k, v in self._cached.items() if k[0] not in gone}
+
+
+def rank(
+    snapshot: Snapshot,
+    index: VectorIndex,
+    prototypes: Prototypes,
+    vectors: np.ndarray,
+    top_k: int,
+    category: str | None = None,
+) -> list[Ranking]:
+    """Rank products for scan vectors (one more is looked at, for the margin)."""
+    queries = snapshot.centring.centre(vectors)
+    source = snapshot.centring.searchable_source()
+    rankings = _ranked(snapshot, snapshot.space, index, prototypes, vectors, queries, top_k,
+                       category, source)  # fmt: skip
+    if source is None and snapshot.new_products.applies:
+        rankings = _new_products_first(
+            snapshot, index, prototypes, vectors, queries, rankings, top_k, category
+        )
+    return rankings
+
+
+def _ranked(
+    snapshot: Snapshot,
+    space: RerankSpace | None,
+    index: VectorIndex,
+    prototypes: Prototypes,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    top_k: int,
+    category: str | None,
+    source: str | None,
+) -> list[Ranking]:
+    """Stages 1, 2 and 4: search, correct, re-rank in `space` (catalog prototypes only when
+    the search keeps to catalog images by choice), decide."""
+    wanted = top_k + 1
+    if space is not None:
+        wanted = max(wanted, snapshot.rerank_candidates)
+    catalog_only = source == SOURCE_CATALOG and snapshot.centring.searchable_source() is None
+    rankings = []
+    found = index.search(queries, wanted, category, source)
+    for vector, query, hits in zip(vectors, queries, found, strict=True):
+        hits = snapshot.centring.correct(query, hits)
+        if space is not None and hits:
+            hits = _rescored(snapshot, space, prototypes, vector, hits, catalog_only)
+        hits = hits[: top_k + 1]
+        rankings.append(Ranking(snapshot.policy.decide(hits), hits[:top_k]))
+    return rankings
+
+
+def _rescored(
+    snapshot: Snapshot,
+    space: RerankSpace,
+    prototypes: Prototypes,
+    vector: np.ndarray,
+    hits: list[ProductHit],
+    catalog_only: bool,
+) -> list[ProductHit]:
+    """Stage 2: a scan's candidates (`vector`: as embedded) re-scored by their prototypes in
+    `space`, less their hub penalty, plus the colour term."""
+    layout = snapshot.layout
+    projected = space.project_scans(layout.image_part(vector[None, :]))[0]
+    colour = layout.colour_part(vector[None, :])[0]
+    rescored = []
+    for hit in hits:
+        prototype = prototypes.get(hit.product_id, space, catalog_only)
+        score = space.score_scale * (float(projected @ prototype.image) - prototype.hub)
+        score = snapshot.colour.combine(score, colour, prototype.colour)
+        rescored.append(replace(hit, score=score))
+    return sorted(rescored, key=lambda hit: (-hit.score, hit.product_id))
+
+
+def _new_products_first(
+    snapshot: Snapshot,
+    index: VectorIndex,
+    prototypes: Prototypes,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    rankings: list[Ranking],
+    top_k: int,
+    category: str | None,
+) -> list[Ranking]:
+    """Stage 3: where the closest catalog product has no confirmed photo yet, the scan's
+    ranking against catalog images, in the whitened space, replaces its ranking."""
+    day_one = _ranked(snapshot, snapshot.whitening, index, prototypes, vectors, queries, top_k,
+                      category, SOURCE_CATALOG)  # fmt: skip
+    # a confirmed photo this similar shows the very item (a corrected scan photographed again)
+    closest_photos = index.search(vectors, 1, category, SOURCE_CONFIRMED_SCAN)
+    routed = []
+    for ranking, catalog_ranking, photos in zip(rankings, day_one, closest_photos, strict=True):
+        closest = catalog_ranking.hits[0].product_id if catalog_ranking.hits else None
+        photo_score = photos[0].score if photos else None
+        routes = snapshot.new_products.routes(closest, photo_score)
+        routed.append(catalog_ranking if routes else ranking)
+    return routed

@@ -1,0 +1,62 @@
+"""A metric learned from confirmed matches (LDA): linear discriminant analysis on the
+reference images grouped by product (catalog images and confirmed scans) finds the directions
+that separate products and ignores those that vary within a product (light, bag, angle).
+Candidates are re-ranked by their product prototype in that space. It is only switched on
+when it ranks held-out confirmations better than the centred space, through the live ranking
+(`worker.matching.fitting`)."""
+
+from __future__ import annotations
+
+import zlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from worker.settings import LdaSettings
+from worker.vectors import SOURCE_CONFIRMED_SCAN
+
+if TYPE_CHECKING:
+    from worker.index.base import ReferenceSet
+
+
+def fit_lda(
+    vectors: np.ndarray, labels: np.ndarray, max_dim: int, shrinkage: float
+) -> np.ndarray | None:
+    """Projection (d × k) maximising between-product over within-product scatter.
+
+    The within-product scatter is shrunk toward a multiple of the identity, so that products
+    with a single image, and dimensions no confirmation has varied, stay usable.
+    """
+    classes, inverse = np.unique(labels, return_inverse=True)
+    if len(classes) < 2:
+        return None
+    dim = vectors.shape[1]
+    counts = np.bincount(inverse).astype(np.float64)
+    sums = np.zeros((len(classes), dim))
+    np.add.at(sums, inverse, vectors)
+    class_means = sums / counts[:, None]
+    overall = vectors.mean(axis=0)
+    within = vectors - class_means[inverse]
+    scatter_within = within.T @ within / len(vectors)
+    between = (class_means - overall) * np.sqrt(counts)[:, None]
+    scatter_between = between.T @ between / len(vectors)
+    scatter_within = (1 - shrinkage) * scatter_within + shrinkage * np.trace(
+        scatter_within
+    ) / dim * np.eye(dim)
+    scatter_within += 1e-9 * np.eye(dim)
+    # generalised symmetric eigenproblem via whitening of the within scatter
+    eigenvalues, eigenvectors = np.linalg.eigh(scatter_within)
+    whiten = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-12))
+    values, vectors_b = np.linalg.eigh(whiten.T @ scatter_between @ whiten)
+    order = np.argsort(values)[::-1][: min(max_dim, len(classes) - 1)]
+    return (whiten @ vectors_b[:, order]).astype(np.float32)
+
+
+def held_out(refs: ReferenceSet, settings: LdaSettings) -> np.ndarray:
+    """A deterministic share (at most `max_validation_queries`) of the confirmed scans."""
+    keys = np.array(
+        [zlib.crc32(f"{p}/{i}".encode()) % 1000 for i, p in enumerate(refs.product_ids)]
+    )
+    held = (refs.sources == SOURCE_CONFIRMED_SCAN) & (keys < settings.validation_share * 1000)
+    held[np.flatnonzero(held)[settings.max_validation_queries :]] = False
+    return held

@@ -1,0 +1,71 @@
+"""What the service does while the queues are quiet: the learner's refit when due, the
+index's search structures when due (both in the background: the consumer keeps serving), and
+an hourly purge of expired scan records. The consumer only says when it is idle."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from worker.index.base import VectorIndex
+from worker.matching.learner import Learner
+from worker.observability.logs import get_logger
+
+log = get_logger(__name__)
+
+HOUSEKEEPING_SECONDS = 3600.0
+
+
+class Maintenance:
+    def __init__(
+        self, learner: Learner, index: VectorIndex, housekeeping: Callable[[], None]
+    ) -> None:
+        self.learner, self.index, self.housekeeping = learner, index, housekeeping
+        self._optimizing: threading.Thread | None = None
+        self._last_housekeeping = 0.0
+
+    def on_idle(self) -> None:
+        self.learner.refit_in_background_if_due()
+        self._optimize_in_background_if_due()
+        now = time.monotonic()
+        if now - self._last_housekeeping < HOUSEKEEPING_SECONDS:
+            return
+        self._last_housekeeping = now
+        try:
+            self.housekeeping()
+        except Exception as error:  # housekeeping must never stop the worker
+            log.warning("housekeeping.failed", error=str(error))
+
+    def wait(self, timeout: float) -> None:
+        """Until an index build in progress is done (before the index is closed)."""
+        if self._optimizing is not None:
+            self._optimizing.join(timeout=timeout)
+
+    def _optimize_in_background_if_due(self) -> None:
+        if self._optimizing is not None and self._optimizing.is_alive():
+            return
+        try:
+            due = self.index.needs_optimizing()
+        except Exception as error:
+            log.warning("index.optimize_check_failed", error=str(error))
+            return
+        if due:
+            self._optimizing = threading.Thread(
+                target=_optimize_logging, args=(self.index,), name="index-optimize", daemon=True
+            )
+            self._optimizing.start()
+
+
+def _optimize_logging(index: VectorIndex) -> None:
+    started = time.monotonic()
+    try:
+        index.optimize()
+    except Exception as error:  # the exact search keeps answering meanwhile
+        log.warning("index.optimize_failed", error=str(error))
+        return
+    log.info(
+        "index.optimized",
+        reference_images=index.count(),
+        seconds=round(time.monotonic() - started, 2),
+    )
