@@ -43,7 +43,7 @@ from worker.pipeline.outcome import (
     timed,
 )
 from worker.pipeline.receipts import Receipts
-from worker.settings import Settings
+from worker.settings import AmqpSettings
 from worker.vectors import ImageKind
 
 log = get_logger(__name__)
@@ -64,23 +64,23 @@ class _Upsert:
 class CatalogHandler:
     def __init__(
         self,
-        settings: Settings,
+        amqp: AmqpSettings,
+        receipts: Receipts,
         loader: ImageLoader,
         embedder: Embeds,
         matcher: Matcher,
         policy: FailurePolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        self.confirm_users = list(amqp.confirm_users)
+        self.replica_id = amqp.replica_id
         self.loader = loader
         self.embedder = embedder
         self.matcher = matcher
         self.policy = policy
         self.clock = clock
         self.catalog = matcher.catalog()
-        self.confirmed_scans = ConfirmedScans(
-            matcher.scans, Receipts(settings.matching.receipt_key), loader, embedder, clock
-        )
+        self.confirmed_scans = ConfirmedScans(matcher.scans, receipts, loader, embedder, clock)
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         """Apply catalog events in order; upserts of distinct products share one embed batch."""
@@ -138,7 +138,7 @@ class CatalogHandler:
             images_indexed=images_indexed,
             problems=list(problems),
             model=self.matcher.model_id,
-            replica=self.settings.amqp.replica_id,
+            replica=self.replica_id,
         )
         rejected = status is CatalogOutcomeStatus.rejected
         return Outcome(
@@ -333,7 +333,7 @@ class CatalogHandler:
     def _confirm_or_refuse(
         self, delivery: Delivery, event: MatchConfirmed
     ) -> tuple[Outcome, str | None]:
-        allowed = self.settings.amqp.confirm_users
+        allowed = self.confirm_users
         if allowed and delivery.user_id not in allowed:
             detail = "confirmations are accepted only from the configured confirming users"
             return self._refuse(delivery, event, FailureReason.not_authorized, detail), None

@@ -26,6 +26,7 @@ from worker.pipeline.outcome import (
     describe,
     identifier_in,
 )
+from worker.pipeline.receipts import Receipts
 from worker.pipeline.scan_handler import ScanHandler
 from worker.pipeline.storage import ImageStore
 from worker.settings import Settings
@@ -49,11 +50,12 @@ class Handlers:
         self.embedder = embedder
         self.matcher = matcher
         self.clock = clock
-        self.loader = ImageLoader(settings, store)
+        self.loader = ImageLoader(settings.images, settings.s3.fetch_threads, store)
+        receipts = Receipts(settings.matching.receipt_key)
         policy = FailurePolicy(settings.ops.max_attempts)
-        self.scans = ScanHandler(settings, self.loader, embedder, matcher, policy, clock)
+        self.scans = ScanHandler(receipts, self.loader, embedder, matcher, policy, clock)
         self.catalog_events = CatalogHandler(
-            settings, self.loader, embedder, matcher, policy, clock
+            settings.amqp, receipts, self.loader, embedder, matcher, policy, clock
         )
 
     @property

@@ -19,7 +19,7 @@ from PIL import Image
 from shared.contract import S3Object
 from worker.pipeline.outcome import Timer, timed
 from worker.pipeline.storage import ImageStore
-from worker.settings import Settings, container_cpu_limit
+from worker.settings import ImageSettings, container_cpu_limit
 from worker.vision.images import decode_image
 
 
@@ -31,10 +31,10 @@ class LoadedImage:
 
 
 class ImageLoader:
-    def __init__(self, settings: Settings, store: ImageStore) -> None:
-        self.settings = settings
+    def __init__(self, images: ImageSettings, fetch_threads: int, store: ImageStore) -> None:
+        self.images = images
         self.store = store
-        self._pool = ThreadPoolExecutor(settings.s3.fetch_threads, thread_name_prefix="fetch")
+        self._pool = ThreadPoolExecutor(fetch_threads, thread_name_prefix="fetch")
         self._decoders = ThreadPoolExecutor(container_cpu_limit(), thread_name_prefix="decode")
 
     def load(self, ref: S3Object) -> LoadedImage:
@@ -44,7 +44,7 @@ class ImageLoader:
         return LoadedImage(picture, timer, blob.etag)
 
     def _decode(self, data: bytes):
-        return self._decoders.submit(decode_image, data, self.settings.images).result()
+        return self._decoders.submit(decode_image, data, self.images).result()
 
     def load_all(self, refs: Sequence[S3Object]) -> list[LoadedImage | Exception]:
         """Each entry is a picture with its timings, or the error (classified by the caller)."""

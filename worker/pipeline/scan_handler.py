@@ -32,7 +32,6 @@ from worker.pipeline.outcome import (
     timed,
 )
 from worker.pipeline.receipts import Receipts
-from worker.settings import Settings
 from worker.vectors import ImageKind
 
 
@@ -55,20 +54,19 @@ def _readable_scan(delivery: Delivery) -> BagPhotographed | None:
 class ScanHandler:
     def __init__(
         self,
-        settings: Settings,
+        receipts: Receipts,
         loader: ImageLoader,
         embedder: Embeds,
         matcher: Matcher,
         policy: FailurePolicy,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.settings = settings
+        self.receipts = receipts
         self.loader = loader
         self.embedder = embedder
         self.matcher = matcher
         self.policy = policy
         self.clock = clock
-        self.receipts = Receipts(settings.matching.receipt_key)
 
     def handle(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(deliveries)
