@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 
 from worker.settings import Settings
@@ -26,12 +26,23 @@ def default_of(field: FieldInfo) -> str:
     return f"`{text.replace(str(Path.home()), '~')}`"
 
 
+def leaves(prefix: str, model: type[BaseModel]) -> list[str]:
+    """One row per setting; a nested group (a ranking stage's) is walked into."""
+    lines = []
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}__{name.upper()}"
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            lines.extend(leaves(variable, annotation))
+        else:
+            lines.append(f"| `{variable}` | {default_of(field)} | {field.description or ''} |")
+    return lines
+
+
 def rows() -> list[str]:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     for section, section_field in Settings.model_fields.items():
-        for name, field in section_field.annotation.model_fields.items():
-            variable = f"JEWELMATCH_{section.upper()}__{name.upper()}"
-            lines.append(f"| `{variable}` | {default_of(field)} | {field.description or ''} |")
+        lines.extend(leaves(f"JEWELMATCH_{section.upper()}", section_field.annotation))
     return lines
 
 
