@@ -6,7 +6,7 @@ the live ranking code. Nothing is kept across processes; not a production back e
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -23,13 +23,36 @@ from worker.index.base import (
 )
 from worker.vectors import unit_rows
 
+QUERY_CHUNK = 256
+"""Queries scored at once (a chunk's scores against every image are held in memory)."""
+
+
+@dataclass(frozen=True)
+class _Matrix:
+    """Every stored image, grouped by product (sorted by product id), as one matrix."""
+
+    images: list[ReferenceImage]
+    vectors: np.ndarray  # unit rows
+    starts: np.ndarray  # where each product's rows begin
+    products: np.ndarray  # product id of each group
+
+    @classmethod
+    def of(cls, by_product: dict[str, dict[str, ReferenceImage]], dim: int) -> _Matrix:
+        images = [image for p in sorted(by_product) for image in by_product[p].values()]
+        vectors = np.stack([i.vector for i in images]) if images else np.zeros((0, dim))
+        sizes = [len(by_product[p]) for p in sorted(by_product) if by_product[p]]
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+        products = np.array([p for p in sorted(by_product) if by_product[p]], dtype=object)
+        return cls(images, unit_rows(vectors.astype(np.float32)), starts, products)
+
 
 class InMemoryIndex(VectorIndex):
     def __init__(self, model_id: str, dim: int) -> None:
         self.model_id, self.dim = model_id, dim
-        self._images: dict[tuple[str, str], ReferenceImage] = {}
+        self._by_product: dict[str, dict[str, ReferenceImage]] = {}
         self._scans: dict[str, ScanRecord] = {}
         self._states: dict[str, ProductState] = {}
+        self._matrix: _Matrix | None = None  # rebuilt after a change, on the next search
 
     @classmethod
     def of_references(cls, refs: ReferenceSet, model_id: str = "memory") -> InMemoryIndex:
@@ -49,30 +72,33 @@ class InMemoryIndex(VectorIndex):
 
     def upsert(self, images: Sequence[ReferenceImage]) -> None:
         for image in images:
-            self._images[(image.product_id, image.image_id)] = image
+            self._by_product.setdefault(image.product_id, {})[image.image_id] = image
+        self._matrix = None
 
     def product_images(self, product_id: str) -> list[StoredImage]:
-        return [_stored(i) for (p, _), i in self._images.items() if p == product_id]
+        return [_stored(image) for image in self._by_product.get(product_id, {}).values()]
 
     def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]:
-        stored = [_stored(image) for image in self._images.values()]
+        stored = [_stored(i) for images in self._by_product.values() for i in images.values()]
         for start in range(0, len(stored), page_size):
             yield stored[start : start + page_size]
 
     def delete_images(self, product_id: str, image_ids: Sequence[str]) -> None:
         for image_id in image_ids:
-            self._images.pop((product_id, image_id), None)
+            self._by_product.get(product_id, {}).pop(image_id, None)
+        self._matrix = None
 
     def delete_product(self, product_id: str) -> None:
-        for key in [key for key in self._images if key[0] == product_id]:
-            del self._images[key]
+        self._by_product.pop(product_id, None)
+        self._matrix = None
 
     def set_product_info(
         self, product_id: str, sku: str, name: str | None, category: str | None
     ) -> None:
-        for key, image in self._images.items():
-            if key[0] == product_id:
-                self._images[key] = _replace(image, sku=sku, name=name, category=category)
+        images = self._by_product.get(product_id, {})
+        for image_id, image in images.items():
+            images[image_id] = replace(image, sku=sku, name=name, category=category)
+        self._matrix = None
 
     def search(
         self,
@@ -81,32 +107,57 @@ class InMemoryIndex(VectorIndex):
         category: str | None = None,
         source: str | None = None,
     ) -> list[list[ProductHit]]:
-        images = [
-            image
-            for image in self._images.values()
-            if (category is None or image.category == category)
-            and (source is None or image.source == source)
-        ]
-        if not images:
-            return [[] for _ in vectors]
-        matrix = unit_rows(np.stack([image.vector for image in images]).astype(np.float32))
-        scores = unit_rows(np.asarray(vectors, dtype=np.float32)) @ matrix.T
-        return [
-            group_by_product(
-                (_hit(image, float(score)) for image, score in zip(images, row, strict=True)), top_k
-            )
-            for row in scores
-        ]
+        """Exact: every image scored, each product by its best (numpy, a chunk of queries at
+        a time); ties as the other back ends break them (`group_by_product`)."""
+        if self._matrix is None:
+            self._matrix = _Matrix.of(self._by_product, self.dim)
+        matrix = self._matrix
+        allowed = np.array(
+            [
+                (category is None or image.category == category)
+                and (source is None or image.source == source)
+                for image in matrix.images
+            ],
+            dtype=bool,
+        )
+        queries = unit_rows(np.asarray(vectors, dtype=np.float32))
+        found: list[list[ProductHit]] = []
+        for start in range(0, len(queries), QUERY_CHUNK):
+            scores = queries[start : start + QUERY_CHUNK] @ matrix.vectors.T
+            found.extend(self._grouped(matrix, np.where(allowed, scores, -np.inf), top_k))
+        return found
+
+    @staticmethod
+    def _grouped(matrix: _Matrix, scores: np.ndarray, top_k: int) -> list[list[ProductHit]]:
+        if not len(matrix.images):
+            return [[] for _ in scores]
+        best = np.maximum.reduceat(scores, matrix.starts, axis=1)
+        ends = [*matrix.starts[1:], len(matrix.images)]
+        results = []
+        for row, product_best in zip(scores, best, strict=True):
+            finite = product_best[np.isfinite(product_best)]
+            wanted = min(top_k, len(finite))
+            if not wanted:
+                results.append([])
+                continue
+            kth = np.partition(finite, -wanted)[-wanted]  # ties at the boundary stay in
+            pool = np.flatnonzero(product_best >= kth)
+            # best score first, then product id (as group_by_product sorts)
+            order = sorted(pool, key=lambda g: (-product_best[g], matrix.products[g]))
+            hits = []
+            for group in order[:top_k]:
+                first = matrix.starts[group]
+                image = matrix.images[first + int(np.argmax(row[first : ends[group]]))]
+                hits.append(_hit(image, float(product_best[group])))
+            results.append(group_by_product(hits, top_k))
+        return results
 
     def count(self) -> int:
-        return len(self._images)
+        return sum(len(images) for images in self._by_product.values())
 
     def references(self, product_id: str | None = None) -> ReferenceSet:
-        rows = [
-            (image.product_id, image.source, image.vector)
-            for image in self._images.values()
-            if product_id is None or image.product_id == product_id
-        ]
+        groups = [self._by_product.get(product_id, {})] if product_id else self._by_product.values()
+        rows = [(i.product_id, i.source, i.vector) for images in groups for i in images.values()]
         return ReferenceSet.from_rows(rows, self.dim)
 
     # scans -------------------------------------------------------------------------------
@@ -164,7 +215,3 @@ def _stored(image: ReferenceImage) -> StoredImage:
         image.product_id,
         image.etag,
     )
-
-
-def _replace(image: ReferenceImage, **changes) -> ReferenceImage:
-    return replace(image, **changes)
