@@ -56,6 +56,12 @@ def test_confirmed_photos_and_open_set_are_measured(tmp_path, tiny_model_dir):
     assert all(o.rank is None for o in report.runs[1].unknown)
     assert all(left_out not in o.ranked for o in report.runs[1].known)
     assert (tmp_path / "sheet.png").stat().st_size > 0
+    # the margin curve says, per threshold, how many left-out photos would be refused
+    unknown_margins = [o.margin for o in report.runs[1].unknown]
+    for point in one["margin_curve"]:
+        refused = sum(m < point["threshold"] for m in unknown_margins) / len(unknown_margins)
+        assert point["open_set_refused"] == refused
+    assert one["margin_curve"][0]["open_set_refused"] == 0.0  # threshold 0: nothing refused
 
 
 def test_the_day_to_day_mix_reports_new_products_apart(tmp_path, tiny_model_dir):

@@ -135,9 +135,16 @@ class AccuracyRun:
         )
 
     def margin_curve(self, thresholds: Sequence[float]) -> list[dict]:
-        return coverage_accuracy_curve(
+        """Per margin threshold: the share of catalog products' photos answered and how many
+        of those answers are right, and the share of left-out products' photos refused."""
+        curve = coverage_accuracy_curve(
             [o.margin for o in self.known], [o.rank == 1 for o in self.known], thresholds
         )
+        unknown = np.array([o.margin for o in self.unknown], dtype=float)
+        for point in curve:
+            refused = unknown < point["threshold"]
+            point["open_set_refused"] = float(refused.mean()) if len(unknown) else float("nan")
+        return curve
 
 
 @dataclass
