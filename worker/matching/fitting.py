@@ -32,9 +32,9 @@ def fit_snapshot(
     policy: MatchPolicy,
 ) -> Snapshot:
     """A new snapshot of every stage from the references and remembered scans."""
-    centring = Centring.fit(refs, scan_vectors, layout, learning.centring)
     image_refs = image_references(refs, layout)
     image_scans = layout.image_part(scan_vectors)
+    centring = Centring.fit(refs, scan_vectors, image_refs, image_scans, learning.centring)
     catalog_mask = refs.sources == SOURCE_CATALOG
     scans = np.concatenate([image_scans, image_refs.vectors[~catalog_mask]])
     confirmations = int((~catalog_mask).sum())

@@ -63,16 +63,17 @@ class Centring:
         cls,
         refs: ReferenceSet,
         scan_vectors: np.ndarray,
-        layout: VectorLayout,
+        image_refs: ReferenceSet,
+        image_scans: np.ndarray,
         settings: CentringSettings,
     ) -> Centring:
+        """From the vectors as stored and the same reduced to their image embedding
+        (`image_references`, `VectorLayout.image_part`: the very arrays when there is no
+        colour part)."""
         means = DomainMeans.fit(refs, scan_vectors, settings.min_scans)
         image_means = means
-        if layout.view_dim < refs.vectors.shape[1]:
-            image_refs = image_references(refs, layout)
-            image_means = DomainMeans.fit(
-                image_refs, layout.image_part(scan_vectors), settings.min_scans
-            )
+        if image_refs.vectors is not refs.vectors:
+            image_means = DomainMeans.fit(image_refs, image_scans, settings.min_scans)
         return cls(settings.enabled, means, image_means)
 
     def centre(self, vectors: np.ndarray) -> np.ndarray:
