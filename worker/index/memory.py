@@ -19,7 +19,6 @@ from worker.index.base import (
     ScanRecord,
     StoredImage,
     VectorIndex,
-    group_by_product,
 )
 from worker.vectors import unit_rows
 
@@ -76,10 +75,10 @@ class InMemoryIndex(VectorIndex):
         self._matrix = None
 
     def product_images(self, product_id: str) -> list[StoredImage]:
-        return [_stored(image) for image in self._by_product.get(product_id, {}).values()]
+        return [self._stored(image) for image in self._by_product.get(product_id, {}).values()]
 
     def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]:
-        stored = [_stored(i) for images in self._by_product.values() for i in images.values()]
+        stored = [self._stored(i) for images in self._by_product.values() for i in images.values()]
         for start in range(0, len(stored), page_size):
             yield stored[start : start + page_size]
 
@@ -149,7 +148,7 @@ class InMemoryIndex(VectorIndex):
                 first = matrix.starts[group]
                 image = matrix.images[first + int(np.argmax(row[first : ends[group]]))]
                 hits.append(_hit(image, float(product_best[group])))
-            results.append(group_by_product(hits, top_k))
+            results.append(hits)  # one per product, in group_by_product's order
         return results
 
     def count(self) -> int:
@@ -184,6 +183,10 @@ class InMemoryIndex(VectorIndex):
     def set_product_state(self, state: ProductState) -> None:
         self._states[state.product_id] = state
 
+    def _stored(self, image: ReferenceImage) -> StoredImage:
+        """What the other back ends read back from a point's payload."""
+        return StoredImage.from_payload(image.payload(self.model_id))
+
     def current_model_id(self) -> str | None:
         return self.model_id
 
@@ -201,17 +204,4 @@ def _hit(image: ReferenceImage, score: float) -> ImageHit:
         image.category,
         image.name,
         image.uri,
-    )
-
-
-def _stored(image: ReferenceImage) -> StoredImage:
-    return StoredImage(
-        image.image_id,
-        image.source,
-        image.uri,
-        image.sku,
-        image.name,
-        image.category,
-        image.product_id,
-        image.etag,
     )
