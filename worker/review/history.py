@@ -84,16 +84,23 @@ class ScanFilter:
     limit: int = 50
 
 
+def open_database(path: Path, schema: str) -> sqlite3.Connection:
+    """The desk's SQLite file (made with its folder if new), shared across threads (each
+    user holds its own lock), in WAL mode, with `schema`'s tables."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.executescript(schema)
+    return db
+
+
 class History:
     """Thread-safe: the feed writes from its thread while pages read."""
 
     def __init__(self, path: Path, limit: int) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.limit = limit
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA)
         present = {row[1] for row in self._db.execute("PRAGMA table_info(scans)")}
         for column, kind in ADDED_COLUMNS.items():
             if column not in present:

@@ -103,9 +103,11 @@ TEMPLATES.env.globals.update(image_url=image_url, when=when, label=label, age=ag
 
 
 def page(request: Request, name: str, person: Person | None, status_code: int = 200, **context):
-    """A rendered template; every page of a signed-in person shows the worklist's count."""
+    """A rendered template; every page of a signed-in person shows the worklist's count (not
+    the `_fragment` templates of the live refresh, which have no navigation)."""
     desk: Desk = request.app.state.desk
-    to_review = desk.history.worklist_count(desk.review.review_below_score) if person else 0
+    whole_page = person is not None and not name.startswith("_")
+    to_review = desk.history.worklist_count(desk.review.review_below_score) if whole_page else 0
     context.update(
         person=person, csrf=csrf_token(request), path=request.url.path, to_review=to_review
     )

@@ -6,10 +6,11 @@ the cookie, not just the browser's."""
 from __future__ import annotations
 
 import secrets
-import sqlite3
 import threading
 import time
 from pathlib import Path
+
+from worker.review.history import open_database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -26,12 +27,9 @@ class SessionStore:
     when the session secret is configured)."""
 
     def __init__(self, path: Path, lifetime_seconds: float) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.lifetime = lifetime_seconds
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+        self._db = open_database(path, SCHEMA)
 
     def open(self, person: str) -> str:
         """A new session of `person`; returns its id (expired sessions are swept here)."""
