@@ -101,10 +101,10 @@ def serve_ops(health: Health, ops: OpsSettings) -> WSGIServer:
     already taken is a `StartupError` naming the setting."""
     metrics_app = make_wsgi_app()
     token = ops.catalog_token.get_secret_value() if ops.catalog_token else None
-    catalog: CachedCatalog | None = None
+    # read through `health`, whose catalog is set once the index is open
+    catalog = CachedCatalog(lambda: health.catalog(), ops.catalog_cache_seconds)
 
     def app(environ, start_response):
-        nonlocal catalog
         path = environ.get("PATH_INFO", "")
         if path in ("/livez", "/readyz"):
             ok = health.alive if path == "/livez" else health.ready
@@ -118,7 +118,6 @@ def serve_ops(health: Health, ops: OpsSettings) -> WSGIServer:
             if not catalog_allowed(environ, token):
                 start_response("403 Forbidden", [("Content-Type", "text/plain")])
                 return [b"the catalog is for the review desk (JEWELMATCH_OPS__CATALOG_TOKEN)\n"]
-            catalog = catalog or CachedCatalog(health.catalog, ops.catalog_cache_seconds)
             start_response("200 OK", [("Content-Type", "application/json")])
             return [catalog.body()]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
