@@ -37,19 +37,32 @@ def fit_lda(
     class_means = sums / counts[:, None]
     overall = vectors.mean(axis=0)
     within = vectors - class_means[inverse]
-    scatter_within = within.T @ within / len(vectors)
     between = (class_means - overall) * np.sqrt(counts)[:, None]
+    # Both scatters live in the span of the centred vectors; outside it the within scatter is
+    # the shrinkage's multiple of the identity and the between scatter zero, so no direction
+    # there can be chosen: solving inside the span (rank ≤ references) gives the same
+    # projection as the full d × d problem, in a fraction of the time.
+    basis = _span(vectors - overall) if len(vectors) < dim else np.eye(dim)
+    within, between = within @ basis, between @ basis
+    scatter_within = within.T @ within / len(vectors)
     scatter_between = between.T @ between / len(vectors)
+    rank = basis.shape[1]
     scatter_within = (1 - shrinkage) * scatter_within + shrinkage * np.trace(
         scatter_within
-    ) / dim * np.eye(dim)
-    scatter_within += 1e-9 * np.eye(dim)
+    ) / dim * np.eye(rank)
+    scatter_within += 1e-9 * np.eye(rank)
     # generalised symmetric eigenproblem via whitening of the within scatter
     eigenvalues, eigenvectors = np.linalg.eigh(scatter_within)
     whiten = eigenvectors / np.sqrt(np.maximum(eigenvalues, 1e-12))
     values, vectors_b = np.linalg.eigh(whiten.T @ scatter_between @ whiten)
     order = np.argsort(values)[::-1][: min(max_dim, len(classes) - 1)]
-    return (whiten @ vectors_b[:, order]).astype(np.float32)
+    return (basis @ whiten @ vectors_b[:, order]).astype(np.float32)
+
+
+def _span(centred: np.ndarray) -> np.ndarray:
+    """An orthonormal basis (d × r) of the rows' span."""
+    _, singular, rows = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
+    return rows[singular > singular.max() * 1e-10].T
 
 
 def held_out(refs: ReferenceSet, settings: LdaSettings) -> np.ndarray:
