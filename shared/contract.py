@@ -244,6 +244,22 @@ class MatchResult(_Message):
     reason: FailureReason | None = None
     detail: str | None = Field(default=None, description="Human-readable detail of a failure.")
     matches: list[RankedProduct] = Field(default_factory=list)
+    confidence: float | None = Field(
+        default=None,
+        ge=0.0,
+        le=1.0,
+        description="Probability that the first match is the right product, learned from this "
+        "deployment's confirmations (`confidence_origin` 'labels' or 'labels+margin'); with "
+        "'prior', only a monotone score of the margin, 0.5 at the prior's threshold. Null when "
+        "failed.",
+    )
+    confidence_origin: str | None = Field(
+        default=None,
+        description="'labels': `matched` at the threshold that keeps the target precision on "
+        "held-out confirmations; 'labels+margin': the labels cannot promise it yet, the "
+        "prior's margin decides and the labels refuse likely unknown jewels; 'prior': too "
+        "few confirmations. Null when failed.",
+    )
     image: S3Object | None = Field(default=None, description="The scan's photo, as received.")
     station_id: str | None = Field(default=None, description="The scan station, as received.")
     receipt: str | None = Field(

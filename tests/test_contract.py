@@ -92,6 +92,21 @@ def test_failed_result_needs_a_reason_and_only_failed_has_one():
         )
 
 
+def test_a_result_carries_a_probability_as_its_confidence():
+    result = MatchResult(
+        scan_id="s",
+        status=MatchStatus.matched,
+        model="m",
+        confidence=0.97,
+        confidence_origin="labels",
+    )
+    assert json.loads(result.model_dump_json())["confidence"] == 0.97
+    with pytest.raises(ValueError):
+        MatchResult(scan_id="s", status=MatchStatus.matched, model="m", confidence=1.2)
+    schema = json_schemas()["match.result.schema.json"]
+    assert schema["properties"]["confidence"]["anyOf"][0]["maximum"] == 1.0
+
+
 def test_every_message_has_a_json_schema_that_validates_a_real_message():
     schemas = json_schemas()
     assert set(schemas) == {

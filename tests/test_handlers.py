@@ -147,8 +147,12 @@ def test_a_message_that_raises_is_its_own_failure_and_its_batch_mates_are_answer
     good_1, boom, good_2 = outcomes
     assert only_result(good_1).status is MatchStatus.matched
     assert only_result(good_2).status is MatchStatus.matched
+    # too few confirmations to learn from: the prior's confidence, above its threshold
+    assert only_result(good_1).confidence_origin == "prior"
+    assert 0.5 <= only_result(good_1).confidence <= 1.0
     failed = only_result(boom)
     assert (failed.status, failed.reason) == (MatchStatus.failed, FailureReason.internal_error)
+    assert failed.confidence is None
     assert boom.action is Action.dead_letter  # never retried, kept for operators
     assert "nobody planned" in boom.error  # the raw error for operators...
     assert "nobody planned" not in failed.detail  # ...never for consumers

@@ -1,6 +1,7 @@
 import uuid
 
 import numpy as np
+import pytest
 
 from shared.contract import MatchStatus
 from worker.index import ImageHit, ProductHit, group_by_product, point_id
@@ -49,13 +50,16 @@ def product(pid, score):
     return ProductHit(pid, f"sku-{pid}", score, "img", "catalog")
 
 
-def test_policy_needs_score_and_margin():
-    policy = MatchPolicy(min_score=0.5, min_margin=0.05)
-    assert policy.decide([product("a", 0.80), product("b", 0.70)]) is MatchStatus.matched
-    assert policy.decide([product("a", 0.45), product("b", 0.10)]) is MatchStatus.no_confident_match
-    assert policy.decide([product("a", 0.80), product("b", 0.78)]) is MatchStatus.no_confident_match
-    assert policy.decide([product("a", 0.80)]) is MatchStatus.matched
-    assert policy.decide([]) is MatchStatus.no_confident_match
+def test_the_prior_needs_score_and_margin():
+    prior = MatchPolicy(min_score=0.5, min_margin=0.05).prior()
+    assert prior.assess([0.80, 0.70])[0] is MatchStatus.matched
+    assert prior.assess([0.45, 0.10])[0] is MatchStatus.no_confident_match
+    assert prior.assess([0.80, 0.78])[0] is MatchStatus.no_confident_match
+    assert prior.assess([0.80])[0] is MatchStatus.matched
+    assert prior.assess([])[0] is MatchStatus.no_confident_match
+    # its confidence grows with the margin and is one half at the threshold
+    assert prior.assess([0.80, 0.75])[1] == pytest.approx(0.5)
+    assert prior.assess([0.80, 0.70])[1] > prior.assess([0.80, 0.74])[1] > 0.5
 
 
 def test_ranking_numbers_products_from_one():

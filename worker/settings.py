@@ -311,6 +311,15 @@ class MatchingSettings(BaseModel):
         "(calibrated on the train split, docs/benchmarks.md).",
     )
 
+    target_precision: float = Field(
+        default=0.99,
+        gt=0.5,
+        lt=1.0,
+        description="Share of `matched` answers that must be right: once enough confirmations "
+        "exist, the threshold of `confidence` that keeps it on held-out ones "
+        "(LEARNING__CONFIDENCE); before, `min_margin` decides.",
+    )
+
     scan_memory_days: float = Field(
         default=30.0, gt=0, description="How long a scan can still be confirmed."
     )
@@ -414,6 +423,43 @@ class LdaSettings(BaseModel):
     )
 
 
+class ConfidenceSettings(BaseModel):
+    enabled: bool = Field(
+        default=True,
+        description="Learn `confidence` and the `matched` threshold from confirmations "
+        "(worker/matching/stages/confidence.py); off: `MATCHING__MIN_MARGIN` decides.",
+    )
+    min_labels: int = Field(
+        default=150,
+        ge=10,
+        description="Confirmations needed before the learned confidence replaces the prior.",
+    )
+    folds: int = Field(
+        default=5,
+        ge=2,
+        le=20,
+        description="Cross-fitting folds: each confirmation is ranked "
+        "by a metric fitted without its fold.",
+    )
+    unknown_share: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="Prior share of scans that show jewels outside the catalog: how much "
+        "those weigh when the confidence is fitted.",
+    )
+    unknown_refusal: float = Field(
+        default=0.9,
+        ge=0.0,
+        lt=1.0,
+        description="Share of jewels outside the catalog (simulated: a confirmation ranked "
+        "without its product) that the `matched` threshold must refuse.",
+    )
+    max_labels: int = Field(
+        default=3000, ge=10, description="At most this many confirmations are ranked per refit."
+    )
+
+
 class NewProductsSettings(BaseModel):
     enabled: bool = Field(
         default=True,
@@ -475,6 +521,7 @@ class LearningSettings(BaseModel):
     hubness: HubnessSettings = HubnessSettings()
     lda: LdaSettings = LdaSettings()
     new_products_first: NewProductsSettings = NewProductsSettings()
+    confidence: ConfidenceSettings = ConfidenceSettings()
     rerank_candidates: int = Field(
         default=20, ge=1, description="Products found by the search that a space re-ranks."
     )

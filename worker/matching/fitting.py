@@ -9,13 +9,16 @@ backdrop do not, and it is scored apart (`stages/colour.py`)."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import numpy as np
 
 from worker.index.base import ReferenceSet
 from worker.index.memory import InMemoryIndex
+from worker.matching.labels import confirmation_outcomes
 from worker.matching.ranking import MatchPolicy, Prototypes, Snapshot, rank
 from worker.matching.stages.centring import Centring, image_references
+from worker.matching.stages.confidence import Outcomes, fit_confidence
 from worker.matching.stages.lda import LdaSettings, fit_lda, held_out
 from worker.matching.stages.new_products import NewProductsFirst
 from worker.matching.stages.space import RerankSpace
@@ -48,7 +51,7 @@ def fit_snapshot(
     }
     whitening = _whitening(centring, image_refs, scans, len(image_scans), learning, report)
     lda = _lda(centring, image_refs, confirmations, learning, report)
-    return Snapshot(
+    snapshot = Snapshot(
         layout=layout,
         centring=centring,
         space=lda or whitening,
@@ -63,6 +66,22 @@ def fit_snapshot(
         fitted_at=time.time(),
         report=report,
     )
+    return _with_confidence(snapshot, refs, confirmations, learning)
+
+
+def _with_confidence(
+    snapshot: Snapshot, refs: ReferenceSet, confirmations: int, learning: LearningSettings
+) -> Snapshot:
+    """The snapshot with its confidence stage learned from its confirmations, once enough."""
+    settings = learning.confidence
+    outcomes = Outcomes.none()
+    if settings.enabled and confirmations >= settings.min_labels:
+        outcomes = confirmation_outcomes(refs, snapshot, learning)
+    policy = snapshot.policy
+    confidence = fit_confidence(outcomes, settings, policy.target_precision, policy.prior())
+    labels = confidence.report.get("labels") or confirmations
+    snapshot.report["confidence"] = {**confidence.report, "labels": labels}
+    return replace(snapshot, confidence=confidence)
 
 
 def _whitening(

@@ -19,7 +19,11 @@ __all__ = ["MatchPolicy", "Matcher", "Ranking", "policy_from_settings"]
 
 
 def policy_from_settings(settings: MatchingSettings) -> MatchPolicy:
-    return MatchPolicy(min_score=settings.min_score, min_margin=settings.min_margin)
+    return MatchPolicy(
+        min_score=settings.min_score,
+        min_margin=settings.min_margin,
+        target_precision=settings.target_precision,
+    )
 
 
 class Matcher:

@@ -12,14 +12,15 @@ The stages, in the order they act (`Snapshot.stages`; each module in `stages/`):
    one's hub penalty, plus the **colour** term where the scan shows colour;
 3. **new products first** — a scan whose closest catalog product has no confirmed photo yet
    is ranked again, through stages 1–2 against catalog images in the whitened space;
-4. **decision** — `matched` or `no_confident_match` from the best score and its margin.
+4. **confidence** — the probability that the first product is right, learned from this
+   deployment's confirmations (the prior, a margin threshold, until enough exist), and the
+   decision: `matched` from the threshold that keeps the target precision.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -28,6 +29,7 @@ from shared.contract import MatchStatus, RankedProduct, S3Object
 from worker.index.base import ProductHit, VectorIndex
 from worker.matching.stages.centring import Centring, image_references
 from worker.matching.stages.colour import ColourTerm
+from worker.matching.stages.confidence import Confidence
 from worker.matching.stages.new_products import NewProductsFirst
 from worker.matching.stages.space import RerankSpace
 from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, VectorLayout, unit_rows
@@ -35,19 +37,15 @@ from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, VectorLayout, 
 
 @dataclass(frozen=True)
 class MatchPolicy:
-    """The decision: the best product is not trusted when its score is too low, or a
-    runner-up too close."""
+    """What the decision is asked for: before labels, the best product is not trusted when its
+    score is too low or a runner-up too close (the prior); after, `target_precision`."""
 
     min_score: float = 0.0
     min_margin: float = 0.0
+    target_precision: float = 0.99
 
-    def decide(self, hits: Sequence[ProductHit]) -> MatchStatus:
-        if not hits:
-            return MatchStatus.no_confident_match
-        runner_up = hits[1].score if len(hits) > 1 else -1.0
-        if hits[0].score < self.min_score or hits[0].score - runner_up < self.min_margin:
-            return MatchStatus.no_confident_match
-        return MatchStatus.matched
+    def prior(self) -> Confidence:
+        return Confidence.prior(self.min_margin, self.min_score)
 
 
 @dataclass(frozen=True)
@@ -62,6 +60,8 @@ class Snapshot:
     """The scans' whitening, kept when the metric takes over: new products are ranked in it."""
     new_products: NewProductsFirst = field(default_factory=NewProductsFirst)
     policy: MatchPolicy = MatchPolicy()
+    confidence: Confidence | None = None
+    """The decision stage; None: the policy's prior."""
     rerank_candidates: int = 20
     fitted_at: float = 0.0
     report: dict = field(default_factory=dict)
@@ -79,13 +79,20 @@ class Snapshot:
             named += ["hubness"] if self.space.hubs is not None else []
             named += ["colour"] if self.layout.colour_weight else []
         named += ["new_products_first"] if self.new_products.applies else []
-        return [*named, "decision"]
+        return [*named, f"confidence:{self.decision.origin}"]
+
+    @property
+    def decision(self) -> Confidence:
+        return self.confidence or self.policy.prior()
 
 
 @dataclass(frozen=True)
 class Ranking:
     status: MatchStatus
     hits: list[ProductHit]
+    confidence: float = 0.0
+    """Probability that the first product is right (`stages/confidence.py`)."""
+    confidence_origin: str = "prior"
 
     def ranked_products(self) -> list[RankedProduct]:
         return [
@@ -187,14 +194,15 @@ def _ranked(
     if space is not None:
         wanted = max(wanted, snapshot.rerank_candidates)
     catalog_only = source == SOURCE_CATALOG and snapshot.centring.searchable_source() is None
-    rankings = []
+    rankings, decision = [], snapshot.decision
     found = index.search(queries, wanted, category, source)
     for vector, query, hits in zip(vectors, queries, found, strict=True):
         hits = snapshot.centring.correct(query, hits)
         if space is not None and hits:
             hits = _rescored(snapshot, space, prototypes, vector, hits, catalog_only)
         hits = hits[: top_k + 1]
-        rankings.append(Ranking(snapshot.policy.decide(hits), hits[:top_k]))
+        status, confidence = decision.assess([hit.score for hit in hits])
+        rankings.append(Ranking(status, hits[:top_k], confidence, decision.origin))
     return rankings
 
 

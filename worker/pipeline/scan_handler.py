@@ -236,6 +236,8 @@ class ScanHandler:
                 scan_id=scan.scan_id,
                 status=ranking.status,
                 matches=ranking.ranked_products(),
+                confidence=round(ranking.confidence, 4),
+                confidence_origin=ranking.confidence_origin,
                 image=scan.image,
                 station_id=scan.station_id,
                 receipt=self.receipts.sign(scan.scan_id, scan.image.uri),

@@ -1,0 +1,186 @@
+"""The confidence stage: a logistic model of the ranking's evidence fitted on labelled
+outcomes, and a threshold that keeps the target precision on held-out ones."""
+
+import numpy as np
+import pytest
+
+from shared.contract import MatchStatus
+from worker.matching.stages.confidence import (
+    Confidence,
+    Outcomes,
+    conformal_threshold,
+    expected_calibration_error,
+    fit_confidence,
+    fit_logistic,
+    refusal_threshold,
+)
+from worker.settings import ConfidenceSettings
+
+TRUE_WEIGHTS = np.array([2.0, 30.0, -4.0])  # score, margin, intercept
+
+
+def outcomes(n: int, seed: int, unknown: bool = True) -> Outcomes:
+    """Rankings whose first product is right with the probability of a known logistic model,
+    and (when `unknown`) as many of jewels outside the catalog, whose margins are small."""
+    rng = np.random.default_rng(seed)
+    score, margin = rng.uniform(0.2, 0.9, n), rng.exponential(0.08, n)
+    evidence = np.column_stack([score, margin])
+    right = rng.random(n) < 1 / (1 + np.exp(-(evidence @ TRUE_WEIGHTS[:2] + TRUE_WEIGHTS[2])))
+    known = np.ones(n, dtype=bool)
+    if unknown:
+        strays = np.column_stack([rng.uniform(0.2, 0.8, n), rng.exponential(0.03, n)])
+        evidence = np.vstack([evidence, strays])
+        right = np.r_[right, np.zeros(n, dtype=bool)]
+        known = np.r_[known, np.zeros(n, dtype=bool)]
+    keys = np.array([f"k{seed}-{i}" for i in range(len(right))], dtype=object)
+    return Outcomes(evidence, right, known, keys)
+
+
+def test_the_logistic_fit_recovers_the_model_that_made_the_labels():
+    data = outcomes(20000, seed=1, unknown=False)
+    weights = fit_logistic(data.evidence, data.right.astype(float), np.ones(len(data)))
+    # 20 000 draws: each weight within a few standard errors of the truth
+    assert weights == pytest.approx(TRUE_WEIGHTS, rel=0.15)
+
+
+def test_the_threshold_keeps_the_target_on_the_labels_it_was_chosen_on_with_a_margin():
+    data = outcomes(3000, seed=2)
+    confidence = fit_logistic(data.evidence, data.right.astype(float), data.weights(0.2))
+    scores = Confidence(confidence, 0.0).of(data.evidence)
+    threshold, precision, coverage = conformal_threshold(
+        scores, data.right, data.weights(0.2), 0.95
+    )
+    answered = scores >= threshold
+    weights = data.weights(0.2)[answered]
+    wrong = (weights * ~data.right[answered]).sum()
+    assert (wrong + 1) / (weights.sum() + 1) <= 0.05
+    assert precision == pytest.approx(1 - wrong / weights.sum())
+    assert 0 < coverage < 1
+
+
+def test_the_threshold_holds_on_fresh_scans_of_the_same_kind():
+    learned = fit_confidence(outcomes(3000, seed=3), ConfidenceSettings(), 0.95, prior())
+    assert learned.origin == "labels"
+    fresh = outcomes(20000, seed=4)
+    answered = learned.of(fresh.evidence) >= learned.threshold
+    # 20 000 fresh draws: sampling error well under 0.01
+    assert fresh.right[answered & fresh.known].mean() >= 0.95 - 0.01
+    assert (~answered[~fresh.known]).mean() >= ConfidenceSettings().unknown_refusal - 0.01
+    assert learned.report["estimated_coverage"] > 0.05
+
+
+def test_the_threshold_refuses_the_asked_share_of_unknown_jewels():
+    rng = np.random.default_rng(9)
+    unknown = rng.random(999)
+    threshold = refusal_threshold(unknown, 0.9)
+    assert (unknown < threshold).mean() >= 0.9
+    assert (unknown < threshold).sum() == 900  # the conformal quantile, not one more
+    assert refusal_threshold(unknown[:5], 0.9) == 1.0  # five cannot promise 90 %
+    assert refusal_threshold(unknown, 0.0) == 0.0
+
+
+def test_the_confidence_is_calibrated_where_the_model_fits():
+    learned = fit_confidence(outcomes(4000, seed=5), ConfidenceSettings(), 0.95, prior())
+    fresh = outcomes(20000, seed=6, unknown=False)
+    error = expected_calibration_error(learned.of(fresh.evidence), fresh.right)
+    # unknown outcomes weigh in the fit, so known ones are slightly under-confident
+    assert error < 0.06
+
+
+def test_until_enough_labels_the_prior_decides():
+    settings = ConfidenceSettings(min_labels=500)
+    fallback = fit_confidence(outcomes(400, seed=7), settings, 0.99, prior())
+    assert fallback.origin == "prior"
+    assert fallback.report["skipped"] == "fewer than 500"
+    assert fallback.assess([0.8, 0.65])[0] is MatchStatus.matched
+
+
+def test_labels_that_cannot_promise_the_target_keep_the_margin_and_refuse_unknown_jewels():
+    # every outcome a coin toss: no threshold keeps 99 %; the unknown ones can still be told
+    data = outcomes(1000, seed=8)
+    coin = Outcomes(
+        data.evidence, (np.arange(len(data)) % 2 == 0) & data.known, data.known, data.keys
+    )
+    hybrid = fit_confidence(coin, ConfidenceSettings(), 0.99, prior())
+    assert hybrid.origin == "labels+margin"
+    assert hybrid.min_margin == prior().min_margin
+    assert hybrid.report["threshold_for_precision"] == 1.0
+    assert hybrid.report["estimated_unknown_refused"] >= 0.9
+    # a ranking the labels let through is still refused below the prior's margin
+    just_below = [0.9, 0.9 - 0.099]
+    assert hybrid.assess(just_below)[1] >= hybrid.threshold
+    assert hybrid.assess(just_below)[0] is MatchStatus.no_confident_match
+    assert hybrid.assess([0.9, 0.7])[0] is MatchStatus.matched
+
+
+def test_expected_calibration_error_is_zero_for_a_perfect_forecast_and_the_gap_otherwise():
+    assert expected_calibration_error(np.array([1.0, 1.0, 0.0]), np.array([1, 1, 0])) == 0.0
+    assert expected_calibration_error(np.full(4, 0.95), np.array([1, 0, 1, 0])) == pytest.approx(
+        0.45
+    )
+
+
+def prior() -> Confidence:
+    return Confidence.prior(min_margin=0.1)
+
+
+# --- learned from confirmations, through the refit and the ranking ------------------------
+
+PRODUCTS, PHOTOS, DIM = 60, 4, 48
+
+
+def _shop(seed: int = 11):
+    """Products as directions; catalog shots near them, photos noisier."""
+    from worker.index.base import ReferenceSet
+    from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, unit_rows
+
+    rng = np.random.default_rng(seed)
+    centres = unit_rows(rng.normal(size=(PRODUCTS + 10, DIM)))
+
+    def photo(product: int, spread: float = 0.12) -> np.ndarray:
+        return unit_rows(centres[product] + rng.normal(size=DIM) * spread).astype(np.float32)
+
+    rows, ids, sources = [], [], []
+    for product in range(PRODUCTS):
+        rows.append(photo(product, 0.05))
+        ids.append(f"p{product}")
+        sources.append(SOURCE_CATALOG)
+        for _ in range(PHOTOS):
+            rows.append(photo(product))
+            ids.append(f"p{product}")
+            sources.append(SOURCE_CONFIRMED_SCAN)
+    refs = ReferenceSet(
+        np.array(rows), np.array(ids, dtype=object), np.array(sources, dtype=object)
+    )
+    return refs, photo
+
+
+def test_a_refit_learns_the_confidence_from_its_confirmations_and_ranks_with_it():
+    from worker.index.memory import InMemoryIndex
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.ranking import MatchPolicy, Prototypes, rank
+    from worker.settings import LearningSettings
+    from worker.vectors import VectorLayout
+
+    refs, photo = _shop()
+    layout = VectorLayout(DIM)
+    scans = np.array([photo(p % PRODUCTS) for p in range(200)])
+    snapshot = fit_snapshot(
+        refs, scans, layout, LearningSettings(), MatchPolicy(min_margin=0.5, target_precision=0.95)
+    )
+    assert snapshot.decision.origin == "labels"
+    report = snapshot.report["confidence"]
+    assert report["labels"] == PRODUCTS * PHOTOS
+    assert report["estimated_precision"] >= 0.95 and report["estimated_coverage"] > 0.5
+    assert snapshot.stages[-1] == "confidence:labels"
+
+    index = InMemoryIndex.of_references(refs)
+    prototypes = Prototypes(index, layout)
+    known = rank(snapshot, index, prototypes, np.array([photo(p) for p in range(20)]), 3)
+    strangers = rank(snapshot, index, prototypes, np.array([photo(p) for p in range(60, 70)]), 3)
+    answered = [r for r in known if r.status is MatchStatus.matched]
+    # the prior (a margin of 0.5) would answer none of these; the labels answer most, rightly
+    assert len(answered) >= 10
+    assert all(r.hits[0].product_id == f"p{n}" for n, r in enumerate(known) if r in answered)
+    assert all(r.confidence_origin == "labels" and 0 <= r.confidence <= 1 for r in known)
+    assert sum(r.status is MatchStatus.matched for r in strangers) <= 2

@@ -1,0 +1,85 @@
+"""Every confirmation as a labelled outcome, for the confidence stage: each confirmed photo
+ranked as if it arrived now, by the snapshot being fitted, against the references of the
+other folds (and, where the snapshot ranks in the learned metric, a metric fitted on them:
+cross-fitting, so that no photo is ranked by what it taught). Its ranking read once more
+without its own product is the outcome of a jewel outside the catalog."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import replace
+
+import numpy as np
+
+from worker.index.base import ReferenceSet
+from worker.index.memory import InMemoryIndex
+from worker.matching.ranking import Prototypes, Snapshot, rank
+from worker.matching.stages.centring import image_references
+from worker.matching.stages.confidence import Outcomes, evidence
+from worker.matching.stages.lda import fit_lda
+from worker.matching.stages.space import RerankSpace
+from worker.settings import LearningSettings
+from worker.vectors import SOURCE_CONFIRMED_SCAN
+
+_CANDIDATES = 3  # the first, the second and, once the product is taken out, a third
+
+
+def confirmation_outcomes(
+    refs: ReferenceSet, snapshot: Snapshot, learning: LearningSettings
+) -> Outcomes:
+    """Labelled outcomes of (at most `confidence.max_labels`) confirmed photos."""
+    settings = learning.confidence
+    confirmed = np.flatnonzero(refs.sources == SOURCE_CONFIRMED_SCAN)[: settings.max_labels]
+    keys = np.array([f"{refs.product_ids[i]}/{i}" for i in confirmed], dtype=object)
+    fold_of = np.array([zlib.crc32(k.encode()) % settings.folds for k in keys])
+    rows: list[np.ndarray] = []
+    right: list[bool] = []
+    known: list[bool] = []
+    kept: list[str] = []
+    for fold in range(settings.folds):
+        held = confirmed[fold_of == fold]
+        if not len(held):
+            continue
+        training = np.ones(len(refs), dtype=bool)
+        training[held] = False
+        fold_snapshot = _fold_snapshot(refs.subset(training), snapshot, learning)
+        index = InMemoryIndex.of_references(refs.subset(training))
+        prototypes = Prototypes(index, snapshot.layout, ttl=float("inf"))
+        rankings = rank(fold_snapshot, index, prototypes, refs.vectors[held], _CANDIDATES)
+        for row, ranking in zip(held, rankings, strict=True):
+            truth = refs.product_ids[row]
+            hits = ranking.hits
+            others = [hit.score for hit in hits if hit.product_id != truth]
+            rows += [evidence([hit.score for hit in hits]), evidence(others)]
+            right += [bool(hits) and hits[0].product_id == truth, False]
+            known += [True, False]
+            kept += [f"{truth}/{row}"] * 2
+    if not rows:
+        return Outcomes.none()
+    return Outcomes(np.array(rows), np.array(right), np.array(known), np.array(kept, dtype=object))
+
+
+def _fold_snapshot(
+    training: ReferenceSet, snapshot: Snapshot, learning: LearningSettings
+) -> Snapshot:
+    """The snapshot as it would rank without the held-out fold: its learned metric refitted on
+    the rest, its new products those with confirmed photos in the rest."""
+    space = snapshot.space
+    if space is not None and space.name == "lda":
+        image_refs = image_references(training, snapshot.layout)
+        image_means = snapshot.centring.image_means
+        projection = fit_lda(
+            image_means.centre_references(image_refs),
+            image_refs.product_ids,
+            learning.lda.max_dim,
+            learning.lda.shrinkage,
+        )
+        space = RerankSpace("lda", projection, image_means) if projection is not None else None
+        space = space or snapshot.whitening
+    with_photos = frozenset(training.product_ids[training.sources == SOURCE_CONFIRMED_SCAN])
+    return replace(
+        snapshot,
+        space=space,
+        new_products=replace(snapshot.new_products, with_photos=with_photos),
+        confidence=None,
+    )

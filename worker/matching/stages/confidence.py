@@ -1,0 +1,249 @@
+"""Confidence: the probability that a scan's first product is the right one, learned from this
+deployment's own confirmations, and the `matched` threshold that keeps a target precision.
+
+Labels come from the refit (`fitting.py`): every confirmed photo is ranked as if it arrived
+now, against the references of the other folds (cross-fitting: no photo is ranked by a metric
+fitted on it), a labelled outcome (right or wrong at rank 1); and its ranking is read once more
+with its product taken out, an outcome that can only be wrong (a jewel the catalog does not
+hold). A logistic model of the ranking's evidence (`evidence`) is fitted on a third of those
+labels; the threshold is chosen on the other two thirds, the smallest confidence at which
+`(wrong answers + 1) / (answers + 1)` stays within `1 - target_precision` and at least
+`unknown_refusal` of the jewels outside the catalog are refused (a conformal-style split: the
+`+1` is what a guarantee on unseen scans of the same kind costs). In the fit, unknown jewels
+weigh `unknown_share` of all scans, the prior odds that a scan shows one. Before enough labels
+exist, and while they cannot promise the target, the prior decides: a margin threshold
+(`MATCHING__MIN_MARGIN`, chosen on the grocery `train` split)."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from shared.contract import MatchStatus
+from worker.settings import ConfidenceSettings
+
+EVIDENCE = ("score", "margin")
+"""What the confidence reads of a ranking: the first product's score and its lead on the
+second. (Whether the best image is a confirmed photo, the catalog image's own lead, the product's
+photo-to-photo spread and the lead over the next four were tried, on `train`: none separated
+right answers or unknown jewels better; docs/benchmarks.md, "Confidence".)"""
+
+PRIOR_SLOPE = 40.0
+"""The prior's confidence is `sigmoid(PRIOR_SLOPE * (margin - min_margin))` + 0.5 at the
+threshold: a shape, not a calibration; `origin: prior` says so."""
+
+
+def evidence(scores: Sequence[float]) -> np.ndarray:
+    """The evidence of one ranking, from its products' scores (best first)."""
+    if not len(scores):
+        return np.array([-1.0, 0.0])
+    runner_up = scores[1] if len(scores) > 1 else -1.0
+    return np.array([scores[0], scores[0] - runner_up])
+
+
+@dataclass(frozen=True)
+class Confidence:
+    """The decision stage: a logistic model of `evidence` (weights, intercept last) and the
+    confidence from which a scan is `matched`."""
+
+    weights: np.ndarray
+    threshold: float
+    min_score: float = 0.0
+    origin: str = "prior"
+    report: dict = field(default_factory=dict)
+    min_margin: float = 0.0
+    """Also asked of a `matched` answer while labels cannot promise the target precision yet
+    (origin `labels+margin`): the prior's margin."""
+
+    @classmethod
+    def prior(cls, min_margin: float, min_score: float = 0.0) -> Confidence:
+        """Before labels: matched when the margin reaches `min_margin` (where the confidence,
+        only a score of the margin, is 0.5)."""
+        weights = np.array([0.0, PRIOR_SLOPE, -PRIOR_SLOPE * min_margin])
+        report = {"origin": "prior", "min_margin": min_margin}
+        return cls(weights, 0.5, min_score, "prior", report, min_margin)
+
+    def of(self, features: np.ndarray) -> np.ndarray:
+        """Probability of being right, per row of evidence."""
+        features = np.atleast_2d(features)
+        return _sigmoid(features @ self.weights[:-1] + self.weights[-1])
+
+    def assess(self, scores: Sequence[float]) -> tuple[MatchStatus, float]:
+        """The decision on one ranking and its confidence."""
+        if not len(scores):
+            return MatchStatus.no_confident_match, 0.0
+        features = evidence(scores)
+        confidence = float(self.of(features)[0])
+        trusted = (
+            confidence >= self.threshold
+            and scores[0] >= self.min_score
+            and features[1] >= self.min_margin
+        )
+        return (MatchStatus.matched if trusted else MatchStatus.no_confident_match), confidence
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Labelled rankings: evidence rows, whether rank 1 was right, and whether the product
+    was in the catalog (False: a simulated unknown jewel, never right)."""
+
+    evidence: np.ndarray
+    right: np.ndarray
+    known: np.ndarray
+    keys: np.ndarray  # a stable key per outcome (the confirmation it comes from)
+
+    @classmethod
+    def none(cls) -> Outcomes:
+        empty = np.zeros(0, dtype=bool)
+        return cls(np.zeros((0, len(EVIDENCE))), empty, empty, np.zeros(0, dtype=object))
+
+    def __len__(self) -> int:
+        return len(self.right)
+
+    def subset(self, mask: np.ndarray) -> Outcomes:
+        return Outcomes(self.evidence[mask], self.right[mask], self.known[mask], self.keys[mask])
+
+    def weights(self, unknown_share: float) -> np.ndarray:
+        """Known outcomes weigh 1; unknown ones together `unknown_share` of the total."""
+        known, unknown = int(self.known.sum()), int((~self.known).sum())
+        if not unknown or not known:
+            return np.ones(len(self))
+        per_unknown = unknown_share / (1 - unknown_share) * known / unknown
+        return np.where(self.known, 1.0, per_unknown)
+
+
+def fit_confidence(
+    outcomes: Outcomes, settings: ConfidenceSettings, target_precision: float, fallback: Confidence
+) -> Confidence:
+    """A learned confidence from labelled outcomes, or `fallback` (the prior) while fewer than
+    `min_labels` known outcomes exist."""
+    known = int(outcomes.known.sum())
+    if not settings.enabled or known < settings.min_labels:
+        return _with_report(fallback, labels=known, skipped=f"fewer than {settings.min_labels}")
+    # a third fits the two weights; two thirds choose the threshold, where numbers count
+    calibrating = np.array([zlib.crc32(str(k).encode()) % 3 != 0 for k in outcomes.keys])
+    fit_part, check_part = outcomes.subset(~calibrating), outcomes.subset(calibrating)
+    weights = fit_logistic(
+        fit_part.evidence, fit_part.right.astype(float), fit_part.weights(settings.unknown_share)
+    )
+    learned = Confidence(weights, 1.0, fallback.min_score, "labels")
+    check_confidence = learned.of(check_part.evidence)
+    known_part = check_part.known
+    answers = check_confidence[known_part]
+    precise, _, _ = conformal_threshold(
+        answers, check_part.right[known_part], np.ones(len(answers)), target_precision
+    )
+    refusing = refusal_threshold(check_confidence[~known_part], settings.unknown_refusal)
+    if refusing >= 1.0:
+        return _with_report(fallback, labels=known, skipped="too few labels to refuse unknowns")
+    threshold, origin, min_margin = max(precise, refusing), "labels", 0.0
+    if precise >= 1.0:
+        # the target cannot be promised yet: the prior's margin decides, and the labels
+        # refuse what looks like a jewel outside the catalog
+        threshold, origin = refusing, "labels+margin"
+        min_margin = fallback.min_margin
+    margins = check_part.evidence[known_part, 1]
+    answered = (answers >= threshold) & (margins >= min_margin)
+    report = {
+        "origin": origin,
+        "labels": known,
+        "calibration_labels": int(known_part.sum()),
+        "target_precision": target_precision,
+        "threshold": round(threshold, 4),
+        "threshold_for_precision": round(precise, 4),
+        "threshold_for_unknown_refusal": round(refusing, 4),
+        "estimated_precision": round(
+            float(check_part.right[known_part][answered].mean()) if answered.any() else np.nan, 4
+        ),
+        "estimated_coverage": round(float(answered.mean()), 4),
+        "estimated_unknown_refused": round(
+            float(
+                (
+                    (check_confidence[~known_part] < threshold)
+                    | (check_part.evidence[~known_part, 1] < min_margin)
+                ).mean()
+            ),
+            4,
+        ),
+        "calibration_error": round(
+            expected_calibration_error(answers, check_part.right[known_part]), 4
+        ),
+    }
+    return Confidence(weights, threshold, fallback.min_score, origin, report, min_margin)
+
+
+def _with_report(confidence: Confidence, **extra) -> Confidence:
+    return replace(confidence, report={**confidence.report, **extra})
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -40, 40)))
+
+
+def fit_logistic(
+    features: np.ndarray, labels: np.ndarray, weights: np.ndarray, l2: float = 1e-3
+) -> np.ndarray:
+    """Weighted, lightly regularised logistic regression by Newton's method (two features and
+    a few thousand rows at most: no library needed); intercept last."""
+    x = np.hstack([features, np.ones((len(features), 1))])
+    w = np.zeros(x.shape[1])
+    penalty = l2 * np.eye(x.shape[1])
+    penalty[-1, -1] = 0.0
+    for _ in range(100):
+        p = _sigmoid(x @ w)
+        gradient = x.T @ (weights * (p - labels)) + penalty @ w
+        hessian = (x * (weights * p * (1 - p))[:, None]).T @ x + penalty
+        step = np.linalg.solve(hessian + 1e-9 * np.eye(len(w)), gradient)
+        w = w - step
+        if np.abs(step).max() < 1e-9:
+            break
+    return w
+
+
+def conformal_threshold(
+    confidence: np.ndarray, right: np.ndarray, weights: np.ndarray, target_precision: float
+) -> tuple[float, float, float]:
+    """The smallest confidence whose answers keep `(wrong + 1) / (answered + 1)` within
+    `1 - target_precision` on these held-out outcomes (weighted); with the precision and the
+    (weighted) share answered there. 1.0, nothing answered, when no confidence does."""
+    order = np.argsort(-confidence, kind="stable")
+    c, y, w = confidence[order], right[order].astype(float), weights[order]
+    answered = np.cumsum(w)
+    wrong = np.cumsum(w * (1 - y))
+    bound = (wrong + 1) / (answered + 1)
+    last_of_value = np.r_[c[1:] != c[:-1], True]  # a threshold sits between distinct values
+    ok = np.flatnonzero((bound <= 1 - target_precision) & last_of_value)
+    if not len(ok):
+        return 1.0, float("nan"), 0.0
+    i = ok[-1]
+    return float(c[i]), float(1 - wrong[i] / answered[i]), float(answered[i] / w.sum())
+
+
+def refusal_threshold(unknown_confidence: np.ndarray, refusal: float) -> float:
+    """The smallest confidence that refuses at least `refusal` of jewels outside the catalog
+    with a conformal quantile of these held-out ones (the `⌈(n + 1) · refusal⌉`-th smallest
+    refused). 1.0 when there are too few to promise it; 0.0 when nothing is asked."""
+    if refusal <= 0:
+        return 0.0
+    ordered = np.sort(unknown_confidence)
+    rank = int(np.ceil((len(ordered) + 1) * refusal))
+    if rank > len(ordered):
+        return 1.0
+    return float(np.nextafter(ordered[rank - 1], np.inf))
+
+
+def expected_calibration_error(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
+    """Mean gap between confidence and the share right, over equal-width confidence bins,
+    weighted by how many fall in each."""
+    if not len(confidence):
+        return float("nan")
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    gap = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            gap += inside.sum() * abs(confidence[inside].mean() - right[inside].mean())
+    return float(gap / len(confidence))
