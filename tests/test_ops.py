@@ -105,3 +105,33 @@ def test_a_taken_port_is_one_line_naming_the_setting():
         with pytest.raises(StartupError, match="JEWELMATCH_OPS__HTTP_PORT") as raised:
             serve_ops(Health(), ops_settings(port))
     assert "\n" not in str(raised.value)
+
+
+def test_the_confidence_figures_are_served_on_metrics_and_read_back_by_the_desk():
+    from worker.observability.prometheus import observe_confidence
+    from worker.review.desk import confidence_figures
+
+    learned = {
+        "origin": "labels",
+        "threshold": 0.95,
+        "estimated_precision": 0.995,
+        "estimated_coverage": 0.7,
+        "estimated_unknown_refused": 0.92,
+        "labels": 730,
+    }
+    port = free_port()
+    server = serve_ops(Health(), ops_settings(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        observe_confidence(learned)
+        assert confidence_figures(url) == {
+            "learned": 1.0,
+            "margin": 0.0,
+            **{k: v for k, v in learned.items() if k != "origin"},
+        }
+        observe_confidence({"origin": "prior", "min_margin": 0.09})
+        # the prior estimates nothing
+        assert confidence_figures(url) == {"learned": 0.0, "margin": 1.0}
+    finally:
+        server.shutdown()
+    assert confidence_figures(url) == {}  # a worker gone: nothing, no error

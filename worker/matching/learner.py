@@ -15,6 +15,7 @@ from worker.matching.fitting import fit_snapshot
 from worker.matching.ranking import MatchPolicy, Prototypes, Snapshot
 from worker.matching.stages.centring import Centring
 from worker.observability.logs import get_logger
+from worker.observability.prometheus import observe_confidence
 from worker.settings import LearningSettings
 from worker.vectors import VectorLayout
 
@@ -37,6 +38,7 @@ class Learner:
             rerank_candidates=learning.rerank_candidates,
         )
         self.prototypes = Prototypes(index, layout, learning.prototype_ttl_seconds)
+        observe_confidence(self.snapshot.decision.report)
         self._changes = 0
         self._dirty = False
         self._new_scans = 0  # scans remembered since the last fit
@@ -89,6 +91,7 @@ class Learner:
         with self._lock:
             self.snapshot = snapshot
         self.prototypes.forget()
+        observe_confidence(snapshot.report.get("confidence", {}))
         log.info(
             "metric.fitted",
             seconds=round(time.perf_counter() - started, 2),

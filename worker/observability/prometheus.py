@@ -38,6 +38,32 @@ BATCH_SIZE = Histogram(
 MODEL_LOAD_SECONDS = Gauge("jewelmatch_model_load_seconds", "Time the model took to load.")
 INDEX_POINTS = Gauge("jewelmatch_index_reference_images", "Reference images in the index.")
 READY = Gauge("jewelmatch_ready", "1 when the worker is ready to take messages.")
+CONFIDENCE = Gauge(
+    "jewelmatch_confidence",
+    "The decision as of the last refit: 'learned' 1 when learned from confirmations (0: the "
+    "prior); 'margin' 1 while the prior's margin is asked too; its 'threshold'; and on "
+    "held-out confirmations, the 'estimated_precision' and "
+    "'estimated_coverage' of `matched` and the 'estimated_unknown_refused' share of jewels "
+    "outside the catalog; 'labels' confirmations it learned from.",
+    ["figure"],
+)
+CONFIDENCE_FIGURES = (
+    "threshold",
+    "estimated_precision",
+    "estimated_coverage",
+    "estimated_unknown_refused",
+    "labels",
+)
+
+
+def observe_confidence(report: dict) -> None:
+    """Publish the confidence stage's figures (`Snapshot.report['confidence']`)."""
+    origin = report.get("origin", "prior")
+    CONFIDENCE.labels("learned").set(1 if origin.startswith("labels") else 0)
+    CONFIDENCE.labels("margin").set(1 if origin in ("prior", "labels+margin") else 0)
+    for figure in CONFIDENCE_FIGURES:
+        value = report.get(figure)
+        CONFIDENCE.labels(figure).set(float("nan") if value is None else value)
 
 
 def observe_stages(timings_ms: dict[str, float]) -> None:

@@ -4,12 +4,15 @@ connection, the image store, and the workers it asks for readiness and the produ
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit, urlunsplit
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore, open_image_store
@@ -72,11 +75,12 @@ class Desk:
         def probe(url: str) -> dict:
             try:
                 with urllib.request.urlopen(f"{url.rstrip('/')}/readyz", timeout=3) as answer:
-                    return {"url": url, "state": "ready", "code": answer.status}
+                    state = {"url": url, "state": "ready", "code": answer.status}
             except urllib.error.HTTPError as error:
-                return {"url": url, "state": "not ready", "code": error.code}
+                state = {"url": url, "state": "not ready", "code": error.code}
             except OSError as error:
                 return {"url": url, "state": "unreachable", "code": None, "error": str(error)}
+            return {**state, "confidence": confidence_figures(url)}
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(probe, urls))
@@ -100,3 +104,20 @@ class Desk:
             self._catalog = (time.monotonic(), products)
             return products
         return products
+
+
+def confidence_figures(url: str) -> dict[str, float]:
+    """A worker's confidence figures, read from its /metrics (`jewelmatch_confidence`); empty
+    when it does not answer."""
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=3) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return {}
+    return {
+        sample.labels["figure"]: sample.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "jewelmatch_confidence"
+        for sample in family.samples
+        if not math.isnan(sample.value)
+    }
