@@ -112,5 +112,21 @@ def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkey
     document = json.loads(out.read_text())
     assert document["benchmark"] == "accuracy"
     assert document["machine"]["cpus_usable"] >= 1 and document["machine"]["cpu_model"]
-    assert [r["confirmed_per_product"] for r in document["figures"]["runs"]] == [0, 1]
+    runs = document["figures"]["runs"]
+    assert [r["confirmed_per_product"] for r in runs] == [0, 1]
     assert "R@1" in result.output
+    # the decision's figures: too few confirmations here, the prior decides
+    assert [r["confidence_origin"] for r in runs] == ["prior", "prior"]
+    curve = runs[1]["confidence_curve"]
+    assert curve[0]["threshold"] == 0.5 and 0.0 <= curve[0]["answered"] <= 1.0
+
+
+def test_bench_refit_times_every_stage_the_confidence_included(tmp_path):
+    out = tmp_path / "refit.json"
+    command = ["bench", "refit", "--products", "20", "--confirmed", "8", "--scans", "50"]
+    command += ["--dim", "32", "--colour-dim", "0", "--out", str(out)]
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 0, result.output
+    [row] = json.loads(out.read_text())["figures"]["refits"]
+    assert row["references"] == 20 * 9 and row["seconds_median"] > 0
+    assert row["stages"][-1].startswith("confidence:labels")  # 160 confirmations: learned

@@ -123,6 +123,8 @@ ACCURACY_COLUMNS = {
     "no_confident_match_in_catalog": "no-match known",
     "answered_accuracy": "answered acc",
     "no_confident_match_open_set": "no-match open set",
+    "confidence_origin": "confidence",
+    "calibration_error": "ECE",
 }
 
 
@@ -399,3 +401,35 @@ def models(
         )
     console.print(table)
     console.print(f"written: {write_result(out, 'models', _command(), {'models': rows})}")
+
+
+@bench.command()
+def refit(
+    products: Annotated[int, typer.Option(help="Products in the catalog.")] = 73,
+    confirmed: Annotated[str, typer.Option(help="Confirmed photos per product.")] = "3,10",
+    scans: Annotated[int, typer.Option(help="Unlabeled scans remembered.")] = 800,
+    dim: Annotated[int, typer.Option(help="Image embedding dimension.")] = 2560,
+    colour_dim: Annotated[int, typer.Option(help="Colour descriptor dimension.")] = 16,
+    out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "refit.json",
+) -> None:
+    """Seconds a background refit of every stage takes (the confidence's labels included), on
+    vectors of a deployment's shape."""
+    from worker.observability.logs import load_settings
+    from worker.tools.bench.refit import run_refit
+    from worker.tools.bench.report import write_result
+
+    settings = load_settings(quiet=True)
+    rows = run_refit(settings, products, _ints(confirmed), scans, dim, colour_dim)
+    table = Table(title=f"Refit, {products} products, {scans} scans, {dim + colour_dim}-d")
+    for label in ("confirmed", "references", "s median", "s max", "stages"):
+        table.add_column(label)
+    for row in rows:
+        table.add_row(
+            str(row["confirmed_per_product"]),
+            str(row["references"]),
+            f"{row['seconds_median']:.2f}",
+            f"{row['seconds_max']:.2f}",
+            " ".join(row["stages"]),
+        )
+    console.print(table)
+    console.print(f"written: {write_result(out, 'refit', _command(), {'refits': rows})}")

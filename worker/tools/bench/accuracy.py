@@ -34,6 +34,7 @@ from rich.progress import Progress
 from shared.contract import MatchStatus
 from worker.index import ScanRecord
 from worker.matching.matcher import Matcher, Ranking
+from worker.matching.stages.confidence import expected_calibration_error
 from worker.service.app import Components, opened
 from worker.settings import Settings
 from worker.tools.bench.recall import (
@@ -120,6 +121,11 @@ class AccuracyRun:
                 [o.ranking.status is MatchStatus.no_confident_match for o in self.known]
             ),
             "answered_accuracy": share([o.rank == 1 for o in answered]),
+            "confidence_origin": self.known[0].ranking.confidence_origin if self.known else None,
+            "calibration_error": expected_calibration_error(
+                np.array([o.ranking.confidence for o in self.known]),
+                np.array([o.rank == 1 for o in self.known]),
+            ),
             "open_set_queries": len(self.unknown),
             "no_confident_match_open_set": share(
                 [o.ranking.status is MatchStatus.no_confident_match for o in self.unknown]
@@ -133,6 +139,20 @@ class AccuracyRun:
         return confusion_pairs(
             [(o.query.product_id, o.ranked[0]) for o in self.known if o.ranked], top
         )
+
+    def confidence_curve(self, thresholds: Sequence[float]) -> list[dict]:
+        """Per confidence threshold: the share of catalog products' photos answered, how many
+        of those answers are right, and the share of left-out products' photos refused."""
+        curve = coverage_accuracy_curve(
+            [o.ranking.confidence for o in self.known],
+            [o.rank == 1 for o in self.known],
+            thresholds,
+        )
+        unknown = np.array([o.ranking.confidence for o in self.unknown], dtype=float)
+        for point in curve:
+            refused = unknown < point["threshold"]
+            point["open_set_refused"] = float(refused.mean()) if len(unknown) else float("nan")
+        return curve
 
     def margin_curve(self, thresholds: Sequence[float]) -> list[dict]:
         """Per margin threshold: the share of catalog products' photos answered and how many
@@ -157,6 +177,7 @@ class AccuracyReport:
 
     def to_json(self) -> dict:
         margins = [round(x, 3) for x in np.arange(0.0, 0.3001, 0.01)]
+        confidences = [round(x, 3) for x in np.arange(0.5, 1.0001, 0.02)]
 
         return {
             "model": self.model,
@@ -164,7 +185,12 @@ class AccuracyReport:
             "products_in_catalog": self.products_in_catalog,
             "products_left_out": self.products_left_out,
             "runs": [
-                {**run.summary(), "margin_curve": run.margin_curve(margins)} for run in self.runs
+                {
+                    **run.summary(),
+                    "margin_curve": run.margin_curve(margins),
+                    "confidence_curve": run.confidence_curve(confidences),
+                }
+                for run in self.runs
             ],
             "confusions": [
                 {"true": t, "predicted": p, "count": n}
