@@ -40,10 +40,11 @@ def confirmation_outcomes(
         held = confirmed[fold_of == fold]
         if not len(held):
             continue
-        training = np.ones(len(refs), dtype=bool)
-        training[held] = False
-        fold_snapshot = _fold_snapshot(refs.subset(training), snapshot, learning)
-        index = InMemoryIndex.of_references(refs.subset(training))
+        kept_rows = np.ones(len(refs), dtype=bool)
+        kept_rows[held] = False
+        training = refs.subset(kept_rows)
+        fold_snapshot = _fold_snapshot(training, snapshot, learning)
+        index = InMemoryIndex.of_references(training)
         prototypes = Prototypes(index, snapshot.layout, ttl=float("inf"))
         rankings = rank(fold_snapshot, index, prototypes, refs.vectors[held], _CANDIDATES)
         for row, ranking in zip(held, rankings, strict=True):
