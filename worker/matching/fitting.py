@@ -19,7 +19,7 @@ from worker.matching.labels import confirmation_outcomes
 from worker.matching.ranking import MatchPolicy, Prototypes, Snapshot, rank
 from worker.matching.stages.centring import Centring, image_references
 from worker.matching.stages.confidence import Outcomes, fit_confidence
-from worker.matching.stages.lda import LdaSettings, fit_lda, held_out
+from worker.matching.stages.lda import LdaSettings, held_out, lda_space
 from worker.matching.stages.new_products import NewProductsFirst
 from worker.matching.stages.space import RerankSpace
 from worker.matching.stages.whitening import fit_whitening
@@ -129,19 +129,12 @@ def _lda(
     image_means = centring.image_means
     held = held_out(image_refs, settings)
     fit_part, check_part = image_refs.subset(~held), image_refs.subset(held)
-    projection = fit_lda(
-        image_means.centre_references(fit_part),
-        fit_part.product_ids,
-        settings.max_dim,
-        settings.shrinkage,
-    )
-    if projection is None or not len(check_part):
+    candidate = lda_space(fit_part, image_means, settings)
+    if candidate is None or not len(check_part):
         report["lda_skipped"] = "nothing to validate on"
         return None
     before = recall_at_1(check_part, fit_part, centring, None, learning)
-    learned = recall_at_1(
-        check_part, fit_part, centring, RerankSpace("lda", projection, image_means), learning
-    )
+    learned = recall_at_1(check_part, fit_part, centring, candidate, learning)
     report.update(
         validation_queries=len(check_part),
         validation_recall_plain=before,
@@ -150,16 +143,11 @@ def _lda(
     if learned < before:
         report["lda_skipped"] = "did not beat the plain space on held-out confirmations"
         return None
-    projection = fit_lda(
-        image_means.centre_references(image_refs),
-        image_refs.product_ids,
-        settings.max_dim,
-        settings.shrinkage,
-    )
-    if projection is None:
+    space = lda_space(image_refs, image_means, settings)
+    if space is None:
         return None
-    report.update(lda=True, lda_dim=int(projection.shape[1]), reranked_by="lda")
-    return RerankSpace("lda", projection, image_means)
+    report.update(lda=True, lda_dim=int(space.projection.shape[1]), reranked_by="lda")
+    return space
 
 
 def recall_at_1(

@@ -16,8 +16,7 @@ from worker.index.memory import InMemoryIndex
 from worker.matching.ranking import Prototypes, Snapshot, rank
 from worker.matching.stages.centring import image_references
 from worker.matching.stages.confidence import Outcomes, evidence
-from worker.matching.stages.lda import fit_lda
-from worker.matching.stages.space import RerankSpace
+from worker.matching.stages.lda import lda_space
 from worker.settings import LearningSettings
 from worker.vectors import SOURCE_CONFIRMED_SCAN
 
@@ -37,7 +36,8 @@ def confirmation_outcomes(
     known: list[bool] = []
     kept: list[str] = []
     for fold in range(settings.folds):
-        held = confirmed[fold_of == fold]
+        in_fold = fold_of == fold
+        held = confirmed[in_fold]
         if not len(held):
             continue
         kept_rows = np.ones(len(refs), dtype=bool)
@@ -47,14 +47,14 @@ def confirmation_outcomes(
         index = InMemoryIndex.of_references(training)
         prototypes = Prototypes(index, snapshot.layout, ttl=float("inf"))
         rankings = rank(fold_snapshot, index, prototypes, refs.vectors[held], _CANDIDATES)
-        for row, ranking in zip(held, rankings, strict=True):
+        for row, key, ranking in zip(held, keys[in_fold], rankings, strict=True):
             truth = refs.product_ids[row]
             hits = ranking.hits
             others = [hit.score for hit in hits if hit.product_id != truth]
             rows += [evidence([hit.score for hit in hits]), evidence(others)]
             right += [bool(hits) and hits[0].product_id == truth, False]
             known += [True, False]
-            kept += [f"{truth}/{row}"] * 2
+            kept += [key, key]
     if not rows:
         return Outcomes.none()
     return Outcomes(np.array(rows), np.array(right), np.array(known), np.array(kept, dtype=object))
@@ -68,14 +68,7 @@ def _fold_snapshot(
     space = snapshot.space
     if space is not None and space.name == "lda":
         image_refs = image_references(training, snapshot.layout)
-        image_means = snapshot.centring.image_means
-        projection = fit_lda(
-            image_means.centre_references(image_refs),
-            image_refs.product_ids,
-            learning.lda.max_dim,
-            learning.lda.shrinkage,
-        )
-        space = RerankSpace("lda", projection, image_means) if projection is not None else None
+        space = lda_space(image_refs, snapshot.centring.image_means, learning.lda)
         space = space or snapshot.whitening
     with_photos = frozenset(training.product_ids[training.sources == SOURCE_CONFIRMED_SCAN])
     return replace(

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from worker.matching.stages.space import RerankSpace
 from worker.settings import LdaSettings
 from worker.vectors import SOURCE_CONFIRMED_SCAN
 
 if TYPE_CHECKING:
     from worker.index.base import ReferenceSet
+    from worker.matching.stages.centring import DomainMeans
 
 
 def fit_lda(
@@ -63,6 +65,20 @@ def _span(centred: np.ndarray) -> np.ndarray:
     """An orthonormal basis (d × r) of the rows' span."""
     _, singular, rows = np.linalg.svd(centred.astype(np.float64), full_matrices=False)
     return rows[singular > singular.max() * 1e-10].T
+
+
+def lda_space(
+    image_refs: ReferenceSet, image_means: DomainMeans, settings: LdaSettings
+) -> RerankSpace | None:
+    """The learned space from these references (image embeddings), centred per domain; None
+    when they do not teach one (a single product)."""
+    projection = fit_lda(
+        image_means.centre_references(image_refs),
+        image_refs.product_ids,
+        settings.max_dim,
+        settings.shrinkage,
+    )
+    return RerankSpace("lda", projection, image_means) if projection is not None else None
 
 
 def held_out(refs: ReferenceSet, settings: LdaSettings) -> np.ndarray:

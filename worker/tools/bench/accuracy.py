@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,24 +143,19 @@ class AccuracyRun:
     def confidence_curve(self, thresholds: Sequence[float]) -> list[dict]:
         """Per confidence threshold: the share of catalog products' photos answered, how many
         of those answers are right, and the share of left-out products' photos refused."""
-        curve = coverage_accuracy_curve(
-            [o.ranking.confidence for o in self.known],
-            [o.rank == 1 for o in self.known],
-            thresholds,
-        )
-        unknown = np.array([o.ranking.confidence for o in self.unknown], dtype=float)
-        for point in curve:
-            refused = unknown < point["threshold"]
-            point["open_set_refused"] = float(refused.mean()) if len(unknown) else float("nan")
-        return curve
+        return self._curve(lambda o: o.ranking.confidence, thresholds)
 
     def margin_curve(self, thresholds: Sequence[float]) -> list[dict]:
-        """Per margin threshold: the share of catalog products' photos answered and how many
-        of those answers are right, and the share of left-out products' photos refused."""
+        """The same per margin threshold."""
+        return self._curve(lambda o: o.margin, thresholds)
+
+    def _curve(
+        self, value: Callable[[QueryOutcome], float], thresholds: Sequence[float]
+    ) -> list[dict]:
         curve = coverage_accuracy_curve(
-            [o.margin for o in self.known], [o.rank == 1 for o in self.known], thresholds
+            [value(o) for o in self.known], [o.rank == 1 for o in self.known], thresholds
         )
-        unknown = np.array([o.margin for o in self.unknown], dtype=float)
+        unknown = np.array([value(o) for o in self.unknown], dtype=float)
         for point in curve:
             refused = unknown < point["threshold"]
             point["open_set_refused"] = float(refused.mean()) if len(unknown) else float("nan")

@@ -13,7 +13,7 @@ import numpy as np
 
 from worker.index.base import ReferenceSet
 from worker.matching.fitting import fit_snapshot
-from worker.matching.ranking import MatchPolicy
+from worker.matching.matcher import policy_from_settings
 from worker.settings import Settings
 from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, VectorLayout, unit_rows
 
@@ -44,11 +44,7 @@ def run_refit(
     """Seconds per refit (median of `repeats`) for each number of confirmed photos."""
     rng = np.random.default_rng(0)
     layout = VectorLayout(dim, settings.model.colour_weight if colour_dim else 0.0)
-    policy = MatchPolicy(
-        settings.matching.min_score,
-        settings.matching.min_margin,
-        settings.matching.target_precision,
-    )
+    policy = policy_from_settings(settings.matching)
     scan_vectors = unit_rows(rng.normal(size=(scans, dim + colour_dim))).astype(np.float32)
     rows = []
     for count in confirmed:
