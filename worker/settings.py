@@ -512,6 +512,42 @@ class RefitSettings(BaseModel):
     )
 
 
+class DetailSettings(BaseModel):
+    enabled: bool = Field(
+        default=True,
+        description="Re-rank the first candidates of each scan by the local detail its photo "
+        "shares with each candidate's best reference image (worker/matching/stages/detail.py).",
+    )
+    candidates: int = Field(
+        default=5, ge=2, le=20, description="...this many first candidates (each a comparison)."
+    )
+    weight: float = Field(
+        default=0.02,
+        ge=0.0,
+        description="...each one's score raised by this times ln(1 + shared keypoints in one "
+        "geometry) (chosen on jewelry-dev and grocery train, docs/benchmarks.md).",
+    )
+    side: int = Field(
+        default=400,
+        ge=64,
+        le=2048,
+        description="Pictures are compared at this many px on their longer side...",
+    )
+    features: int = Field(default=400, ge=16, le=5000, description="...by this many keypoints.")
+    cache_images: int = Field(
+        default=4096,
+        ge=0,
+        description="Reference images whose keypoints are kept in memory (about 100 kB each "
+        "at 400 keypoints: 0.4 GB when full).",
+    )
+    cache_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description="A reference's keypoints are read again after this long (another worker "
+        "may have replaced its image).",
+    )
+
+
 class LearningSettings(BaseModel):
     """How the ranking's stages learn from scans and confirmed matches (backbone frozen): one
     nested group per stage (worker/matching/stages/)."""
@@ -522,6 +558,7 @@ class LearningSettings(BaseModel):
     lda: LdaSettings = LdaSettings()
     new_products_first: NewProductsSettings = NewProductsSettings()
     confidence: ConfidenceSettings = ConfidenceSettings()
+    detail: DetailSettings = DetailSettings()
     rerank_candidates: int = Field(
         default=20, ge=1, description="Products found by the search that a space re-ranks."
     )

@@ -19,6 +19,7 @@ from worker.matching.labels import confirmation_outcomes
 from worker.matching.ranking import MatchPolicy, Prototypes, Snapshot, rank
 from worker.matching.stages.centring import Centring, image_references
 from worker.matching.stages.confidence import Outcomes, fit_confidence
+from worker.matching.stages.detail import DetailStage
 from worker.matching.stages.lda import LdaSettings, held_out, lda_space
 from worker.matching.stages.new_products import NewProductsFirst
 from worker.matching.stages.space import RerankSpace
@@ -63,6 +64,7 @@ def fit_snapshot(
         ),
         policy=policy,
         rerank_candidates=learning.rerank_candidates,
+        detail=DetailStage.from_settings(learning.detail),
         fitted_at=time.time(),
         report=report,
     )

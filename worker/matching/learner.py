@@ -14,6 +14,7 @@ from worker.index.base import VectorIndex
 from worker.matching.fitting import fit_snapshot
 from worker.matching.ranking import MatchPolicy, Prototypes, Snapshot
 from worker.matching.stages.centring import Centring
+from worker.matching.stages.detail import DetailStage, ImageReader, ReferenceDetails
 from worker.observability.logs import get_logger
 from worker.observability.prometheus import observe_confidence
 from worker.settings import LearningSettings
@@ -31,19 +32,31 @@ class Learner:
         policy: MatchPolicy,
     ) -> None:
         self.index, self.layout, self.learning, self.policy = index, layout, learning, policy
+        detail = DetailStage.from_settings(learning.detail)
         self.snapshot = Snapshot(
             layout=layout,
             centring=Centring(learning.centring.enabled),
             policy=policy,
             rerank_candidates=learning.rerank_candidates,
+            detail=detail,
         )
         self.prototypes = Prototypes(index, layout, learning.prototype_ttl_seconds)
+        self.details: ReferenceDetails | None = None  # `read_references_with`
         observe_confidence(self.snapshot.decision.report)
         self._changes = 0
         self._dirty = False
         self._new_scans = 0  # scans remembered since the last fit
         self._lock = threading.Lock()
         self._fitting: threading.Thread | None = None
+
+    def read_references_with(self, read_image: ImageReader) -> None:
+        """Where the detail stage reads reference images; until this is called (or with the
+        stage disabled), it does not act."""
+        settings = self.learning.detail
+        if settings.enabled:
+            self.details = ReferenceDetails(
+                read_image, self.snapshot.detail, settings.cache_images, settings.cache_seconds
+            )
 
     # what happened ----------------------------------------------------------------------
 
@@ -55,6 +68,8 @@ class Learner:
             self._changes += count
             self._dirty = True
         self.prototypes.forget(list(product_ids))
+        if self.details is not None:
+            self.details.forget(list(product_ids))
 
     def note_photo(self, product_id: str) -> None:
         """A confirmed photo was stored: the product is no longer new."""

@@ -5,15 +5,20 @@ is what runs. Embedding happens before (`worker.vision`): matching loads no mode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+from PIL import Image
 
 from worker.index.base import VectorIndex
 from worker.matching.catalog import Catalog
 from worker.matching.learner import Learner
 from worker.matching.ranking import MatchPolicy, Ranking, Snapshot, rank
 from worker.matching.scan_memory import ScanMemory
+from worker.matching.stages.detail import ImageReader, ScanDetails
 from worker.settings import LearningSettings, MatchingSettings
 from worker.vectors import VectorLayout
+from worker.vision.local_features import LocalFeatures
 
 __all__ = ["MatchPolicy", "Matcher", "Ranking", "policy_from_settings"]
 
@@ -46,10 +51,43 @@ class Matcher:
     def snapshot(self) -> Snapshot:
         return self.learner.snapshot
 
-    def rank(self, vectors: np.ndarray, top_k: int, category: str | None = None) -> list[Ranking]:
-        """Rank products for scan vectors (as embedded) on the current snapshot."""
+    def read_references_with(self, read_image: ImageReader) -> None:
+        """How the detail stage reads a reference image by its URI (decoded, upright RGB);
+        until set, rankings do not compare detail."""
+        self.learner.read_references_with(read_image)
+
+    @property
+    def compares_detail(self) -> bool:
+        """Whether rankings use the scans' pictures (`scan_details`)."""
+        return self.learner.details is not None
+
+    def scan_details(self, pictures: Sequence[Image.Image]) -> list[LocalFeatures] | None:
+        """The detail stage's features of scan pictures (None where the stage does not act)."""
+        if not self.compares_detail:
+            return None
+        stage = self.learner.snapshot.detail
+        return [stage.extract(picture) for picture in pictures]
+
+    def rank(
+        self,
+        vectors: np.ndarray,
+        top_k: int,
+        category: str | None = None,
+        scan_details: Sequence[LocalFeatures] | None = None,
+    ) -> list[Ranking]:
+        """Rank products for scan vectors (as embedded) on the current snapshot; with the
+        scans' `scan_details`, the detail stage acts."""
+        details = None
+        if scan_details is not None and self.learner.details is not None:
+            details = ScanDetails(scan_details, self.learner.details)
         return rank(
-            self.learner.snapshot, self.index, self.learner.prototypes, vectors, top_k, category
+            self.learner.snapshot,
+            self.index,
+            self.learner.prototypes,
+            vectors,
+            top_k,
+            category,
+            details,
         )
 
     def catalog(self) -> Catalog:

@@ -10,11 +10,18 @@ The stages, in the order they act (`Snapshot.stages`; each module in `stages/`):
 2. **re-ranking** — in the active space (the metric learned from confirmations, else the
    scans' whitening), the candidates are re-scored by their product prototypes, less each
    one's hub penalty, plus the **colour** term where the scan shows colour;
-3. **new products first** — a scan whose closest catalog product has no confirmed photo yet
-   is ranked again, through stages 1–2 against catalog images in the whitened space;
-4. **confidence** — the probability that the first product is right, learned from this
+3. **detail** — the first few candidates are re-scored by the local detail (keypoints in one
+   geometry) the scan's photo shares with each one's best reference image, and re-ordered;
+4. **new products first** — a scan whose closest catalog product has no confirmed photo yet
+   is ranked again, through stages 1–3 against catalog images in the whitened space;
+5. **confidence** — the probability that the first product is right, learned from this
    deployment's confirmations (the prior, a margin threshold, until enough exist), and the
    decision: `matched` from the threshold that keeps the target precision.
+
+The detail stage acts where the scan's photo is at hand (`details`): the live path and the
+benchmark. The refit ranks confirmations from their vectors alone, so the confidence is
+learned from rankings without it and is asked about scores before it
+(`DetailStage.decision_scores`): detail re-orders, and can only take confidence away.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from worker.index.base import ProductHit, VectorIndex
 from worker.matching.stages.centring import Centring, image_references
 from worker.matching.stages.colour import ColourTerm
 from worker.matching.stages.confidence import Confidence
+from worker.matching.stages.detail import DetailStage, ScanDetails
 from worker.matching.stages.new_products import NewProductsFirst
 from worker.matching.stages.space import RerankSpace
 from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, VectorLayout, unit_rows
@@ -63,6 +71,8 @@ class Snapshot:
     confidence: Confidence | None = None
     """The decision stage; None: the policy's prior."""
     rerank_candidates: int = 20
+    detail: DetailStage = field(default_factory=DetailStage)
+    """Not fitted (set from settings); acts only where a scan's photo is at hand."""
     fitted_at: float = 0.0
     report: dict = field(default_factory=dict)
 
@@ -78,6 +88,7 @@ class Snapshot:
             named.append(f"rerank:{self.space.name}")
             named += ["hubness"] if self.space.hubs is not None else []
             named += ["colour"] if self.layout.colour_weight else []
+        named += ["detail"] if self.detail.enabled else []
         named += ["new_products_first"] if self.new_products.applies else []
         return [*named, f"confidence:{self.decision.origin}"]
 
@@ -164,15 +175,19 @@ def rank(
     vectors: np.ndarray,
     top_k: int,
     category: str | None = None,
+    details: ScanDetails | None = None,
 ) -> list[Ranking]:
-    """Rank products for scan vectors (one more is looked at, for the margin)."""
+    """Rank products for scan vectors (one more is looked at, for the margin); with
+    `details` (one per scan), the detail stage acts."""
     queries = snapshot.centring.centre(vectors)
     source = snapshot.centring.searchable_source()
+    if not snapshot.detail.enabled:
+        details = None
     rankings = _ranked(snapshot, snapshot.space, index, prototypes, vectors, queries, top_k,
-                       category, source)  # fmt: skip
+                       category, source, details)  # fmt: skip
     if source is None and snapshot.new_products.applies:
         rankings = _new_products_first(
-            snapshot, index, prototypes, vectors, queries, rankings, top_k, category
+            snapshot, index, prototypes, vectors, queries, rankings, top_k, category, details
         )
     return rankings
 
@@ -187,21 +202,30 @@ def _ranked(
     top_k: int,
     category: str | None,
     source: str | None,
+    details: ScanDetails | None = None,
 ) -> list[Ranking]:
-    """Stages 1, 2 and 4: search, correct, re-rank in `space` (catalog prototypes only when
-    the search keeps to catalog images by choice), decide."""
+    """Stages 1, 2, 3 and 5: search, correct, re-rank in `space` (catalog prototypes only when
+    the search keeps to catalog images by choice), re-rank by detail, decide."""
     wanted = top_k + 1
     if space is not None:
         wanted = max(wanted, snapshot.rerank_candidates)
+    if details is not None:
+        wanted = max(wanted, snapshot.detail.candidates)
     catalog_only = source == SOURCE_CATALOG and snapshot.centring.searchable_source() is None
     rankings, decision = [], snapshot.decision
     found = index.search(queries, wanted, category, source)
-    for vector, query, hits in zip(vectors, queries, found, strict=True):
+    for n, (vector, query, hits) in enumerate(zip(vectors, queries, found, strict=True)):
         hits = snapshot.centring.correct(query, hits)
         if space is not None and hits:
             hits = _rescored(snapshot, space, prototypes, vector, hits, catalog_only)
+        hits = hits[: max(top_k + 1, snapshot.detail.candidates)]
+        decided = [hit.score for hit in hits[: top_k + 1]]
+        if details is not None:
+            reranked = snapshot.detail.rerank(hits, details.scans[n], details.references)
+            decided = snapshot.detail.decision_scores(hits, reranked)
+            hits = reranked
         hits = hits[: top_k + 1]
-        status, confidence = decision.assess([hit.score for hit in hits])
+        status, confidence = decision.assess(decided)
         rankings.append(Ranking(status, hits[:top_k], confidence, decision.origin))
     return rankings
 
@@ -237,11 +261,12 @@ def _new_products_first(
     rankings: list[Ranking],
     top_k: int,
     category: str | None,
+    details: ScanDetails | None,
 ) -> list[Ranking]:
-    """Stage 3: where the closest catalog product has no confirmed photo yet, the scan's
+    """Stage 4: where the closest catalog product has no confirmed photo yet, the scan's
     ranking against catalog images, in the whitened space, replaces its ranking."""
     day_one = _ranked(snapshot, snapshot.whitening, index, prototypes, vectors, queries, top_k,
-                      category, SOURCE_CATALOG)  # fmt: skip
+                      category, SOURCE_CATALOG, details)  # fmt: skip
     # a confirmed photo this similar shows the very item (a corrected scan photographed again)
     closest_photos = index.search(vectors, 1, category, SOURCE_CONFIRMED_SCAN)
     routed = []

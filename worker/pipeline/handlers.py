@@ -51,6 +51,7 @@ class Handlers:
         self.matcher = matcher
         self.clock = clock
         self.loader = ImageLoader(settings.images, settings.s3.fetch_threads, store)
+        matcher.read_references_with(self.loader.read_picture)  # the detail stage's
         receipts = Receipts(settings.matching.receipt_key)
         policy = FailurePolicy(settings.ops.max_attempts)
         self.scans = ScanHandler(receipts, self.loader, embedder, matcher, policy, clock)

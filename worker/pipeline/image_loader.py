@@ -43,6 +43,10 @@ class ImageLoader:
         picture = timed(timer, "decode", self._decode, blob.data)
         return LoadedImage(picture, timer, blob.etag)
 
+    def read_picture(self, uri: str) -> Image.Image:
+        """The decoded picture of the object at `uri` (`s3://bucket/key`)."""
+        return self.load(S3Object.model_validate(uri)).picture
+
     def _decode(self, data: bytes):
         return self._decoders.submit(decode_image, data, self.images).result()
 

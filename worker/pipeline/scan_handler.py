@@ -216,6 +216,9 @@ class ScanHandler:
         started = time.perf_counter()
         vectors = self.embedder.embed([item.picture for item in ready], ImageKind.scan)
         embed_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        details = self.matcher.scan_details([item.picture for item in ready])
+        detail_seconds = time.perf_counter() - started
         # Scans asking for the same category and top_k are searched in one batch.
         groups: dict[tuple[str | None, int], list[int]] = {}
         for n, item in enumerate(ready):
@@ -223,7 +226,12 @@ class ScanHandler:
         rankings = {}
         for (category, top_k), members in groups.items():
             started = time.perf_counter()
-            found = self.matcher.rank(vectors[members], top_k, category)
+            found = self.matcher.rank(
+                vectors[members],
+                top_k,
+                category,
+                [details[n] for n in members] if details is not None else None,
+            )
             query_seconds = time.perf_counter() - started
             for n, ranking in zip(members, found, strict=True):
                 rankings[n] = (ranking, query_seconds)
@@ -231,6 +239,8 @@ class ScanHandler:
             ranking, query_seconds = rankings[n]
             scan, timer = item.scan, item.timer
             timer.add("embed", embed_seconds)
+            if details is not None:
+                timer.add("detail", detail_seconds)
             timer.add("query", query_seconds)
             result = MatchResult(
                 scan_id=scan.scan_id,

@@ -27,15 +27,18 @@ STONES = {
 @dataclass(frozen=True)
 class Design:
     product_id: str
-    kind: str  # ring | pendant
+    kind: str  # ring | pendant | signet
     metal: str
     stone: str
     cut: str  # round | square | drop
     band: int  # band or bail width in px at 512 px
     stones: int  # 1 or 3
+    engraving: int = 0  # signets: the seed of the engraved pattern, all that tells them apart
 
     @property
     def sku(self) -> str:
+        if self.kind == "signet":
+            return f"SI-{self.metal[:2].upper()}-E{self.engraving}"
         return (
             f"{self.kind[:2].upper()}-{self.metal[:2].upper()}-{self.stone[:3].upper()}-"
             f"{self.cut[:2].upper()}{self.band}-{self.stones}"
@@ -43,6 +46,8 @@ class Design:
 
     @property
     def name(self) -> str:
+        if self.kind == "signet":
+            return f"{self.metal} signet ring, engraving no. {self.engraving}"
         stones = "solitaire" if self.stones == 1 else "trilogy"
         return f"{self.metal} {self.kind}, {self.cut} {self.stone} {stones}"
 
@@ -78,6 +83,39 @@ def catalog_designs(count: int = 16, seed: int = 7) -> list[Design]:
                 seen.add(variant)
                 designs.append(Design(f"p{len(designs) + 1:03d}", *variant))
     return designs
+
+
+def signet_twins(count: int = 4, first: int = 1, metal: str = "silver") -> list[Design]:
+    """Signet rings alike in all but their engraving: the twins that only detail tells apart
+    (product ids `s001`... from `first`)."""
+    return [
+        Design(f"s{first + n:03d}", "signet", metal, "none", "round", 18, 0, engraving=first + n)
+        for n in range(count)
+    ]
+
+
+def _engraved_signet(draw: ImageDraw.ImageDraw, big: int, design: Design) -> None:
+    """A signet's face seen from above: a metal disc with a rim, and fine grooves engraved
+    in a pattern drawn from `design.engraving`."""
+    rng = random.Random(design.engraving)
+    metal = METALS[design.metal]
+    centre, r = big / 2, big * 0.3
+    draw.ellipse([centre - r, centre - r, centre + r, centre + r], fill=_shade(metal, 45))
+    inner = r * 0.9
+    draw.ellipse([centre - inner, centre - inner, centre + inner, centre + inner], fill=metal)
+    for _ in range(14):
+        x, y = centre + rng.uniform(-0.6, 0.6) * r, centre + rng.uniform(-0.6, 0.6) * r
+        points = []
+        for _ in range(rng.randint(2, 4)):
+            x = min(max(x + rng.uniform(-0.35, 0.35) * r, centre - 0.7 * r), centre + 0.7 * r)
+            y = min(max(y + rng.uniform(-0.35, 0.35) * r, centre - 0.7 * r), centre + 0.7 * r)
+            points.append((x, y))
+        if len(points) > 1:
+            draw.line(points, fill=_shade(metal, 110), width=10, joint="curve")
+
+
+def _shade(colour: tuple[int, int, int], darker: int) -> tuple[int, ...]:
+    return tuple(max(0, c - darker) for c in colour)
 
 
 def _stone(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, design: Design) -> None:
@@ -116,7 +154,9 @@ def render(design: Design, size: int = 512) -> Image.Image:
     shade = tuple(max(0, c - 45) for c in metal)
     band = design.band * 2
     centre = big / 2
-    if design.kind == "ring":
+    if design.kind == "signet":
+        _engraved_signet(draw, big, design)
+    elif design.kind == "ring":
         outer = big * 0.30
         draw.ellipse(
             [
