@@ -93,6 +93,13 @@ def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkey
     monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
     monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
     out = tmp_path / "accuracy.json"
+    products = sorted(p.name for p in data.iterdir())
+    kinds = tmp_path / "kinds.csv"
+    kinds.write_text(
+        "# a comment\nphoto,kind\n"
+        + "".join(f"{p}/query_val_0.jpg,{'worn' if n % 2 else 'studio'}\n"
+                  for n, p in enumerate(products))
+    )  # fmt: skip
     result = CliRunner().invoke(
         app,
         [
@@ -106,6 +113,8 @@ def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkey
             "1",
             "--out",
             str(out),
+            "--kinds",
+            str(kinds),
         ],
     )
     assert result.exit_code == 0, result.output
@@ -115,6 +124,11 @@ def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkey
     runs = document["figures"]["runs"]
     assert [r["confirmed_per_product"] for r in runs] == [0, 1]
     assert "R@1" in result.output
+    # per kind of photo: the catalog's photos of each kind, with their recall
+    by_kind = runs[1]["by_kind"]
+    assert sorted(by_kind) == ["studio", "worn"]
+    assert sum(k["queries"] for k in by_kind.values()) == runs[1]["queries"]
+    assert "worn photos" in result.output
     # the decision's figures: too few confirmations here, the prior decides
     assert [r["confidence_origin"] for r in runs] == ["prior", "prior"]
     curve = runs[1]["confidence_curve"]

@@ -86,6 +86,13 @@ def accuracy(
             "recall@1 is reported for them and for the confirmed ones apart.",
         ),
     ] = 0.0,
+    kinds: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV `photo,kind` (photo: <product>/<file>), e.g. "
+            "benchmarks/jewelry-dev-kinds.csv: recall is also reported per kind of photo."
+        ),
+    ] = None,
 ) -> None:
     """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
     from worker.observability.logs import load_settings
@@ -103,6 +110,7 @@ def accuracy(
         contact_sheet=contact_sheet,
         category_hint=category_hint,
         new_share=new_share,
+        kinds=kinds,
     )
 
     with Progress(console=console, transient=True) as progress:
@@ -141,6 +149,13 @@ def _print_accuracy(report, figures: dict, where: str, new_products: bool) -> No
     for run in figures["runs"]:
         table.add_row(*(_fmt(run[key]) for key in columns))
     console.print(table)
+    for run in figures["runs"]:
+        for kind, kind_figures in run.get("by_kind", {}).items():
+            console.print(
+                f"{run['confirmed_per_product']} confirmed, {kind} photos "
+                f"({kind_figures['queries']}): R@1 {_fmt(kind_figures['recall@1'])}, "
+                f"R@5 {_fmt(kind_figures['recall@5'])}"
+            )
     if figures["confusions"]:
         console.print(
             "most frequent confusions (true → ranked first): "

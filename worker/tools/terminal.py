@@ -5,7 +5,7 @@ The folder helpers here are shared with the accuracy benchmark.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,14 +13,16 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import Progress
 
+from shared.contract import S3Object
 from worker.matching.catalog import Catalog, EmbeddedImage
-from worker.matching.matcher import Ranking
+from worker.matching.matcher import Matcher, Ranking
 from worker.pipeline.embedding import Embeds
 from worker.service.app import opened
 from worker.settings import Settings
 from worker.tools.folders import FolderProduct, read_folder_dataset
 from worker.vectors import ImageKind
 from worker.vision.images import decode_image
+from worker.vision.local_features import LocalFeatures
 
 FOLDER_BUCKET = "folder"
 
@@ -48,6 +50,30 @@ def embed_paths(
     if not chunks:
         return np.zeros((0, embedder.dim), dtype=np.float32)
     return np.concatenate(chunks)
+
+
+def folder_reader(root: Path, settings: Settings) -> Callable[[str], Image.Image]:
+    """Reads a reference image of a folder data set by its URI (`s3://<any bucket>/<product>/
+    <file>`, as ingested here), for the detail stage."""
+
+    def read(uri: str) -> Image.Image:
+        return _load(root / S3Object.model_validate(uri).key, settings)
+
+    return read
+
+
+def detail_of_paths(
+    matcher: Matcher, paths: Sequence[Path], settings: Settings, progress: Progress, label: str
+) -> list[LocalFeatures] | None:
+    """The detail stage's features of files (None where the stage does not act)."""
+    if not matcher.compares_detail:
+        return None
+    task = progress.add_task(label, total=len(paths))
+    features = []
+    for path in paths:
+        features += matcher.scan_details([_load(path, settings)]) or []
+        progress.advance(task)
+    return features
 
 
 def ingest_products(

@@ -20,6 +20,7 @@ catalog-only one.
 
 from __future__ import annotations
 
+import csv
 import random
 import tempfile
 import time
@@ -46,8 +47,9 @@ from worker.tools.bench.recall import (
     share,
 )
 from worker.tools.folders import FolderDataset, FolderProduct, QueryPhoto, read_folder_dataset
-from worker.tools.terminal import embed_paths, ingest_products
+from worker.tools.terminal import detail_of_paths, embed_paths, folder_reader, ingest_products
 from worker.vectors import ImageKind
+from worker.vision.local_features import LocalFeatures
 
 TOP_K = 5
 BENCH_BUCKET = "bench"
@@ -66,6 +68,8 @@ class AccuracyOptions:
     unlabeled_scans_per_product: int = 10
     category_hint: bool = False
     new_share: float = 0.0
+    kinds: Path | None = None
+    """CSV `photo,kind` (`photo`: `<product>/<file>`): recall is also reported per kind."""
 
 
 @dataclass
@@ -97,6 +101,8 @@ class AccuracyRun:
     seconds: float
     metric: dict = field(default_factory=dict)
     new_products: frozenset[str] = frozenset()
+    kinds: dict[str, str] = field(default_factory=dict)
+    """Kind of photo by `<product>/<file>` (studio, worn, surface...), where labelled."""
 
     def summary(self) -> dict:
         ranks = [o.rank for o in self.known]
@@ -110,6 +116,14 @@ class AccuracyRun:
                 "new_queries": len(new),
                 "recall@1_new": recall_at_k(new, 1),
                 "recall@1_confirmed_products": recall_at_k(old, 1),
+            }
+        by_kind = {}
+        for kind in sorted(set(self.kinds.values())):
+            ranks_of_kind = [o.rank for o in self.known if self._kind(o) == kind]
+            by_kind[kind] = {
+                "queries": len(ranks_of_kind),
+                "recall@1": recall_at_k(ranks_of_kind, 1),
+                "recall@5": recall_at_k(ranks_of_kind, 5),
             }
         return {
             "confirmed_per_product": self.confirmed_per_product,
@@ -133,7 +147,11 @@ class AccuracyRun:
             "seconds": round(self.seconds, 2),
             "metric": self.metric,
             **mix,
+            **({"by_kind": by_kind} if by_kind else {}),
         }
+
+    def _kind(self, outcome: QueryOutcome) -> str | None:
+        return self.kinds.get(f"{outcome.query.product_id}/{outcome.query.path.name}")
 
     def confusions(self, top: int = 10) -> list[tuple[str, str, int]]:
         return confusion_pairs(
@@ -194,6 +212,12 @@ class AccuracyReport:
         }
 
 
+def read_kinds(path: Path) -> dict[str, str]:
+    """`photo,kind` rows (comment lines start with #) as {photo: kind}."""
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return {row["photo"]: row["kind"] for row in csv.DictReader(lines)}
+
+
 def _scan_id(photo: QueryPhoto) -> str:
     return f"bench-{photo.product_id}-{photo.path.name}"
 
@@ -235,16 +259,23 @@ def _rank_all(
     vectors: np.ndarray,
     queries: Sequence[QueryPhoto],
     categories: dict[str, str | None] | None = None,
+    details: Sequence[LocalFeatures] | None = None,
 ) -> list[QueryOutcome]:
     """Rank every query; with `categories`, each scan carries its product's category hint
-    (as a station that knows the tray's category would send it)."""
+    (as a station that knows the tray's category would send it); with `details`, the detail
+    stage compares each query's photo."""
     if not len(vectors):
         return []
     if categories is None:
-        rankings = matcher.rank(vectors, TOP_K)
+        rankings = matcher.rank(vectors, TOP_K, scan_details=details)
     else:
         rankings = [
-            matcher.rank(vectors[i : i + 1], TOP_K, categories.get(q.product_id))[0]
+            matcher.rank(
+                vectors[i : i + 1],
+                TOP_K,
+                categories.get(q.product_id),
+                [details[i]] if details is not None else None,
+            )[0]
             for i, q in enumerate(queries)
         ]
     return [QueryOutcome(q, r) for q, r in zip(queries, rankings, strict=True)]
@@ -307,6 +338,7 @@ def run_accuracy(
         )
         with opened(bench_settings) as components:
             matcher = components.matcher
+            matcher.read_references_with(folder_reader(options.data, settings))
             ingest_products(
                 components.embedder, matcher.catalog(), plan.in_catalog, settings, progress
             )
@@ -319,6 +351,9 @@ def run_accuracy(
                 progress,
                 f"{options.split} photos",
             )
+            query_details = detail_of_paths(
+                matcher, [q.path for q in plan.queries], settings, progress, "detail of photos"
+            )
             report = AccuracyReport(
                 model=matcher.model_id,
                 dataset=str(options.data),
@@ -330,7 +365,7 @@ def run_accuracy(
                 if options.category_hint
                 else None
             )
-            _runs(matcher, plan, options, query_vectors, categories, report)
+            _runs(matcher, plan, options, query_vectors, query_details, categories, report)
     if options.contact_sheet and report.runs:
         write_contact_sheet(report.runs[0], dataset, options.contact_sheet)
     return report
@@ -341,11 +376,13 @@ def _runs(
     plan: _Plan,
     options: AccuracyOptions,
     query_vectors: np.ndarray,
+    query_details: Sequence[LocalFeatures] | None,
     categories: dict[str, str | None] | None,
     report: AccuracyReport,
 ) -> None:
     """One run per confirmation count: confirm the next photos, refit, rank every query."""
     known_ids = {p.product_id for p in plan.in_catalog}
+    kinds = read_kinds(options.kinds) if options.kinds else {}
     confirmed_so_far = 0
     for count in sorted(set(options.confirmed)):
         _confirm(
@@ -360,7 +397,7 @@ def _runs(
         confirmed_so_far = count
         snapshot = matcher.refit()  # what the worker does in the background
         started = time.perf_counter()
-        outcomes = _rank_all(matcher, query_vectors, plan.queries, categories)
+        outcomes = _rank_all(matcher, query_vectors, plan.queries, categories, query_details)
         report.runs.append(
             AccuracyRun(
                 count,
@@ -369,6 +406,7 @@ def _runs(
                 time.perf_counter() - started,
                 dict(snapshot.report),
                 plan.new_ids,
+                kinds,
             )
         )
 

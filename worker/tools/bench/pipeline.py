@@ -34,7 +34,7 @@ from worker.vision.images import decode_image
 
 CATALOG_BUCKET = "bench-catalog"
 SCANS_BUCKET = "bench-scans"
-STAGES = ("fetch", "decode", "embed", "query")
+STAGES = ("fetch", "decode", "embed", "detail", "query")
 
 
 @dataclass
