@@ -57,6 +57,18 @@ def test_ingest_then_scan_from_a_terminal(tmp_path, tiny_model_dir, monkeypatch)
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if re.search(r"│\s+[12]\s+│", line)]
     assert len(rows) == 2 and "p003" in rows[0]
+    without_detail = _first_score(result.output)
+    # given the folder, the detail stage compares the photo with the candidates' images: the
+    # very picture shares all its keypoints (82) with itself: 0.02 × ln(83) = 0.088
+    photo = str(tmp_path / "data/p003/catalog_0.png")
+    result = runner.invoke(app, ["scan", photo, "--top-k", "2", "--folder", str(tmp_path / "data")])
+    assert result.exit_code == 0, result.output
+    assert _first_score(result.output) - without_detail > 0.075
+
+
+def _first_score(output: str) -> float:
+    row = next(line for line in output.splitlines() if re.search(r"│\s+1\s+│", line))
+    return float(re.findall(r"\d+\.\d{4}", row)[0])
 
 
 @pytest.mark.integration

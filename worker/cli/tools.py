@@ -70,11 +70,18 @@ def scan(
     image: Annotated[Path, typer.Argument(help="A photo to identify.")],
     top_k: Annotated[int, typer.Option(help="Products to list.")] = 5,
     category: Annotated[str | None, typer.Option(help="Only products of this category.")] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option(
+            help="The folder `jewelmatch ingest` read: the detail stage compares the photo "
+            "with its candidates' images there (without it, it does not act)."
+        ),
+    ] = None,
 ) -> None:
     """Identify one photo against the configured index and print the ranked products."""
     from worker.tools.terminal import scan_image
 
-    ranking, model_id = scan_image(load_settings(quiet=True), image, top_k, category)
+    ranking, model_id = scan_image(load_settings(quiet=True), image, top_k, category, folder)
     table = Table(title=f"{image} — {ranking.status.value} ({model_id})")
     for column in ("rank", "product", "sku", "score", "image"):
         table.add_column(column)

@@ -110,9 +110,15 @@ def ingest_folder(settings: Settings, folder: Path, console: Console) -> int:
 
 
 def scan_image(
-    settings: Settings, image: Path, top_k: int, category: str | None
+    settings: Settings, image: Path, top_k: int, category: str | None, folder: Path | None = None
 ) -> tuple[Ranking, str]:
+    """Rank one photo; with the `folder` its catalog was ingested from, the detail stage
+    compares the photo with its candidates' images there."""
     picture = decode_image(image.read_bytes(), settings.images)
     with opened(settings) as components:
+        matcher = components.matcher
+        if folder is not None:
+            matcher.read_references_with(folder_reader(folder, settings))
         vectors = components.embedder.embed([picture], ImageKind.scan)
-        return components.matcher.rank(vectors, top_k, category)[0], components.matcher.model_id
+        details = matcher.scan_details([picture])
+        return matcher.rank(vectors, top_k, category, details)[0], matcher.model_id
