@@ -4,6 +4,7 @@ engine, and a tiny open_clip model. Messages go in and out exactly as in product
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -17,7 +18,9 @@ from shared.contract import (
 )
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from tests.support.harness import WorkerHarness
+from worker.matching.stages.detail import DetailStage
 from worker.tools.synthetic import catalog_designs, render
+from worker.vision.images import decode_image
 
 pytestmark = pytest.mark.integration
 
@@ -84,9 +87,14 @@ def test_ingested_products_match_a_scan_of_their_catalog_image(settings, catalog
         target.sku,
         "front",
     )
-    assert best.score == pytest.approx(1.0, abs=0.02)
+    # the cosine of the very picture (1), plus the detail stage's bonus: it read the catalog
+    # image from S3 and found every keypoint of the photo in it
+    picture = decode_image(jpeg_bytes(render(target, 256)), settings.images)
+    keypoints = len(DetailStage(enabled=True).extract(picture))
+    assert keypoints > 20
+    assert best.score == pytest.approx(1.0 + 0.02 * math.log1p(keypoints), abs=0.02)
     assert result.model.startswith("tiny-openclip-v")  # scan view differs from default
-    assert {"fetch", "decode", "embed", "query"} <= set(result.timings_ms)
+    assert {"fetch", "decode", "embed", "detail", "query"} <= set(result.timings_ms)
 
 
 def test_redelivered_product_event_creates_no_duplicate(settings, catalog, tiny_embedder):

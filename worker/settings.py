@@ -211,6 +211,12 @@ class ModelSettings(BaseModel):
         description="Centred square crops (fractions of the shorter side) averaged into a "
         "catalog image's vector.",
     )
+    catalog_object_region: bool = Field(
+        default=False,
+        description="Embed a catalog image as the piece's own region (GrabCut from the "
+        "middle, worker/vision/object_region.py), less the scene of a lifestyle shot. Another "
+        "value is another model id (an index rebuilt).",
+    )
     scan_crops: list[CropFraction] = Field(
         default=[1.0, 0.75, 0.5],
         min_length=1,

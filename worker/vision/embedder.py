@@ -30,6 +30,7 @@ from worker.observability.logs import get_logger
 from worker.settings import ModelSettings
 from worker.vectors import ImageKind, VectorLayout, unit_rows
 from worker.vision import colour
+from worker.vision.object_region import object_region
 from worker.vision.runtimes import open_tower
 from worker.vision.weights import BUILTIN_MODELS, resolve_model_name
 
@@ -62,6 +63,8 @@ def _view_suffix(settings: ModelSettings) -> str:
     view = (VIEWS_VERSION, tuple(settings.catalog_crops), tuple(settings.scan_crops), settings.flip)
     if settings.colour_weight:  # (absent when off, so that existing ids stay as they were)
         view += (COLOUR_VERSION, settings.colour_weight)
+    if settings.catalog_object_region:  # (likewise)
+        view += ("catalog_object_region",)
     return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
 
 
@@ -141,6 +144,7 @@ class Embedder:
             ImageKind.scan: tuple(settings.scan_crops),
         }
         self._flip = settings.flip
+        self._object_region = settings.catalog_object_region
         names = ensemble_members(settings.name)
         if len(names) > 1 and settings.pretrained:
             raise ValueError("an ensemble's members must be built-in or local-dir: models")
@@ -179,6 +183,8 @@ class Embedder:
         """Embed pictures as views of their kind; float32 rows of unit length, one per picture."""
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if kind is ImageKind.catalog and self._object_region:
+            images = [object_region(image) for image in images]
         crops = [crop for image in images for crop in centred_crops(image, self._crops[kind])]
         views = self._views(crops, len(self._crops[kind]))
         if not self._colour_weight:

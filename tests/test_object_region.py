@@ -1,0 +1,53 @@
+"""The piece's own region, found without weights (GrabCut from the middle)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from worker.settings import ModelSettings
+from worker.tools.synthetic import catalog_designs, render
+from worker.vision.embedder import model_id_for
+from worker.vision.object_region import object_region
+
+
+def _lifestyle_shot() -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """A 120 px jewel (on white) placed off-centre on a large grey-beige backdrop, and its box."""
+    jewel = render(catalog_designs(1, seed=3)[0], 120)
+    scene = Image.new("RGB", (600, 400), (190, 180, 165))
+    left, top = 330, 170
+    scene.paste(jewel, (left, top))
+    return scene, (left, top, left + 120, top + 120)
+
+
+def test_a_piece_on_a_plain_backdrop_is_cut_to_its_own_box():
+    scene, (left, top, right, bottom) = _lifestyle_shot()
+    region = object_region(scene)
+    # a square around the piece with a margin: far smaller than the scene, and holding it
+    assert region.width * region.height < 0.25 * scene.width * scene.height
+    assert region.width >= right - left and region.height >= bottom - top
+    # ...holding it: the white of the jewel's square lies inside the region
+    assert _white(region) >= 0.95 * _white(scene) > 0
+    assert object_region(scene).tobytes() == region.tobytes()  # deterministic
+
+
+def _white(picture: Image.Image) -> int:
+    return int((np.asarray(picture) > 240).all(axis=2).sum())
+
+
+def test_a_picture_where_nothing_stands_out_is_kept_whole():
+    blank = Image.new("RGB", (300, 200), (128, 128, 128))
+    assert object_region(blank).size == blank.size
+    tiny = Image.new("RGB", (5, 5), (10, 10, 10))
+    assert object_region(tiny).size == tiny.size
+
+
+def test_the_object_region_is_another_model_id_and_off_keeps_todays():
+    """Catalog vectors made from the region never share an index with whole-picture ones;
+    with the option off, ids stay what they were."""
+    default = ModelSettings()
+    assert model_id_for(default.model_copy(update={"catalog_object_region": True})) != (
+        model_id_for(default)
+    )
+    # the default's id, which names every index built before the option existed
+    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"
