@@ -120,7 +120,7 @@ def _shade(colour: tuple[int, int, int], darker: int) -> tuple[int, ...]:
 
 def _stone(draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, design: Design) -> None:
     color = STONES[design.stone]
-    rim = tuple(max(0, c - 60) for c in METALS[design.metal])
+    rim = _shade(METALS[design.metal], 60)
     if design.cut == "round":
         box = [cx - r, cy - r, cx + r, cy + r]
         draw.ellipse(box, fill=rim)
@@ -151,7 +151,7 @@ def render(design: Design, size: int = 512) -> Image.Image:
     image = Image.new("RGB", (big, big), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     metal = METALS[design.metal]
-    shade = tuple(max(0, c - 45) for c in metal)
+    shade = _shade(metal, 45)
     band = design.band * 2
     centre = big / 2
     if design.kind == "signet":

@@ -151,7 +151,7 @@ class AccuracyRun:
         }
 
     def _kind(self, outcome: QueryOutcome) -> str | None:
-        return self.kinds.get(f"{outcome.query.product_id}/{outcome.query.path.name}")
+        return self.kinds.get(outcome.query.object_key())
 
     def confusions(self, top: int = 10) -> list[tuple[str, str, int]]:
         return confusion_pairs(
