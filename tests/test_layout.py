@@ -74,6 +74,7 @@ LAYERS = [
     {"worker.errors", "worker.settings", "worker.vectors"},
     {"worker.observability"},
     {"worker.vision", "worker.index"},
+    {"worker.training"},
     {"worker.matching"},
     {"worker.pipeline"},
     {"worker.amqp"},

@@ -193,6 +193,12 @@ class ModelSettings(BaseModel):
         ),
     )
     pretrained: str | None = Field(default=None, description="Weights file for an architecture.")
+    version: str = Field(
+        default="current",
+        description="`current`: the version of this model that `jewelmatch train` promoted "
+        "last, if any (else the weights as configured); `base`: the weights as configured; "
+        "or a version id (`<cache_dir>/versions/<id>`).",
+    )
     cache_dir: Path = Field(
         default=DEFAULT_DATA_DIR / "models",
         description="Where built-in model folders are prepared.",
@@ -745,6 +751,40 @@ class ReviewSettings(BaseModel):
         return self
 
 
+class TrainingSettings(BaseModel):
+    """`jewelmatch train`: fine-tuning the image towers on confirmed matches
+    (worker/training/), and the gate a new model version must pass."""
+
+    epochs: int = Field(default=4, ge=1, le=100, description="Passes over the training photos.")
+    trained_stages: int = Field(
+        default=2,
+        ge=1,
+        le=7,
+        description="Last stages of each EfficientNet tower that are trained; the rest is "
+        "frozen and its output cached (more stages: slower, and only worth it on a GPU).",
+    )
+    views: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Views of each picture cached for training: the whole picture and random "
+        "square crops, mirrored at random.",
+    )
+    batch_size: int = Field(default=32, ge=2, description="Pictures per training step.")
+    learning_rate: float = Field(default=1e-4, gt=0, description="Of the trained stages (AdamW).")
+    proxy_learning_rate: float = Field(
+        default=1e-2, gt=0, description="Of the products' proxies (one vector per product)."
+    )
+    weight_decay: float = Field(default=1e-4, ge=0)
+    temperature: float = Field(
+        default=0.05, gt=0, description="Of the proxy loss's softmax over products."
+    )
+    seed: int = Field(default=0, description="A run is deterministic from it.")
+    device: str | None = Field(
+        default=None, description="torch device; default: a GPU when torch finds one, else CPU."
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="JEWELMATCH_",
@@ -761,6 +801,7 @@ class Settings(BaseSettings):
     index: IndexSettings = IndexSettings()
     matching: MatchingSettings = MatchingSettings()
     learning: LearningSettings = LearningSettings()
+    training: TrainingSettings = TrainingSettings()
 
     log: LogSettings = LogSettings()
     ops: OpsSettings = OpsSettings()

@@ -30,12 +30,16 @@ TINY_CONFIG = {
 
 
 def write_tiny_model(directory: Path, seed: int = 0) -> Path:
+    return _write(directory, TINY_CONFIG, seed)
+
+
+def _write(directory: Path, config: dict, seed: int) -> Path:
     import open_clip
     import torch
     from safetensors.torch import save_file
 
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "open_clip_config.json").write_text(json.dumps(TINY_CONFIG))
+    (directory / "open_clip_config.json").write_text(json.dumps(config))
     torch.manual_seed(seed)
     model = open_clip.create_model(f"local-dir:{directory}")
     save_file(
@@ -43,3 +47,25 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
         str(directory / "open_clip_model.safetensors"),
     )
     return directory
+
+
+TINY_EFFICIENTNET_CONFIG = {
+    "model_cfg": {
+        "embed_dim": 1280,
+        "vision_cfg": {
+            "timm_model_name": "tf_efficientnet_lite0",
+            "timm_model_pretrained": False,
+            "timm_pool": "avg",
+            "timm_proj": "none",
+            "image_size": 64,
+        },
+        "text_cfg": TINY_CONFIG["model_cfg"]["text_cfg"],
+    },
+    "preprocess_cfg": TINY_CONFIG["preprocess_cfg"],
+}
+"""The built-in models' kind of tower (a timm EfficientNet, which fine-tuning needs), random
+and at 64 px: small enough to train in a test."""
+
+
+def write_tiny_efficientnet(directory: Path, seed: int = 0) -> Path:
+    return _write(directory, TINY_EFFICIENTNET_CONFIG, seed)

@@ -93,6 +93,14 @@ def accuracy(
             "benchmarks/jewelry-dev-kinds.csv: recall is also reported per kind of photo."
         ),
     ] = None,
+    fine_tune: Annotated[
+        bool,
+        typer.Option(
+            help="Fine-tune the image towers first (jewelmatch train's code, "
+            "JEWELMATCH_TRAINING__*) on the largest --confirmed count's photos and their "
+            "products' catalog images; --new-share products never train."
+        ),
+    ] = False,
 ) -> None:
     """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
     from worker.observability.logs import load_settings
@@ -111,15 +119,29 @@ def accuracy(
         category_hint=category_hint,
         new_share=new_share,
         kinds=kinds,
+        fine_tune=fine_tune,
     )
 
     with Progress(console=console, transient=True) as progress:
         report = run_accuracy(settings, options, progress)
     figures = report.to_json()
+    if report.fine_tune:
+        _print_fine_tune(report.fine_tune)
     _print_accuracy(report, figures, f"{data} ({split}", bool(new_share))
     console.print(f"written: {write_result(out, 'accuracy', _command(), figures)}")
     if contact_sheet:
         console.print(f"contact sheet: {contact_sheet}")
+
+
+def _print_fine_tune(fine_tune: dict) -> None:
+    console.print(
+        f"fine-tuned in {fine_tune['seconds']:.0f} s: "
+        + "; ".join(
+            f"{t['pictures']} pictures of {t['products']} products, loss "
+            + " → ".join(f"{loss:.2f}" for loss in t["loss_per_epoch"])
+            for t in fine_tune["towers"].values()
+        )
+    )
 
 
 ACCURACY_COLUMNS = {

@@ -3,6 +3,8 @@ definitions, prepare the model, re-embed under a new model."""
 
 from __future__ import annotations
 
+import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -131,51 +133,79 @@ def reindex(
 ) -> None:
     """Re-embed the catalog (and confirmed scans) of another model's index with the configured
     model, from S3, beside the old index; then switch to it atomically."""
+    _reindex(load_settings(quiet=True), from_model, switch)
+
+
+def _reindex(settings, from_model: str, switch: bool) -> None:
     from rich.progress import Progress
 
-    from worker.index import open_index, stored_dimension
-    from worker.index.edge import IndexLockedError, make_current
-    from worker.pipeline.storage import open_image_store
+    from worker.index import open_index
+    from worker.index.edge import make_current
     from worker.service.reindex import reindex as run_reindex
     from worker.settings import IndexBackend
     from worker.vision.embedder import Embedder
 
-    settings = load_settings(quiet=True)
-    dim = stored_dimension(settings.index, from_model)
-    if dim is None:
-        raise typer.BadParameter(f"no index of model {from_model!r} to re-embed")
     embedder = Embedder(settings.model)
     if embedder.model_id == from_model:
         raise typer.BadParameter("the configured model is the one in service: nothing to do")
-    try:
-        source = open_index(settings.index, from_model, dim)
-    except IndexLockedError as error:
-        raise typer.BadParameter(f"{error}: stop the worker that owns it first") from None
-    target = open_index(settings.index, embedder.model_id, embedder.dim)
-    store = open_image_store(settings.s3, settings.images.max_bytes)
-    with Progress(console=console) as progress:
-        task = progress.add_task(f"re-embedding for {target.model_id}", total=source.count())
-        report = run_reindex(
-            source,
-            target,
-            store,
-            embedder,
-            settings.images,
-            settings.model.batch_size,
-            on_progress=lambda done: progress.advance(task, done),
-        )
-    if switch:
-        if settings.index.backend is IndexBackend.qdrant:
-            target.make_current()
-        else:
-            make_current(settings.index.path, embedder.model_id)
-    source.close()
-    target.close()
+    with _opened_index(settings, from_model) as source:
+        target = open_index(settings.index, embedder.model_id, embedder.dim)
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"re-embedding for {target.model_id}", total=source.count())
+            report = run_reindex(
+                source,
+                target,
+                _image_store(settings),
+                embedder,
+                settings.images,
+                settings.model.batch_size,
+                on_progress=lambda done: progress.advance(task, done),
+            )
+        if switch:
+            if settings.index.backend is IndexBackend.qdrant:
+                target.make_current()
+            else:
+                make_current(settings.index.path, embedder.model_id)
+        target.close()
     console.print(
         f"re-embedded {report.reindexed} of {report.images} images for "
         f"{embedder.model_id} ({report.skipped} skipped, {report.removed} removed)"
         + ("; now current" if switch else "")
     )
+
+
+@contextmanager
+def _opened_index(settings, model_id: str):
+    """The existing index of `model_id`, closed after use."""
+    from worker.index import open_index, stored_dimension
+    from worker.index.edge import IndexLockedError
+
+    dim = stored_dimension(settings.index, model_id)
+    if dim is None:
+        raise typer.BadParameter(f"no index of model {model_id!r}")
+    try:
+        index = open_index(settings.index, model_id, dim)
+    except IndexLockedError as error:
+        raise typer.BadParameter(f"{error}: stop the worker that owns it first") from None
+    try:
+        yield index
+    finally:
+        index.close()
+
+
+def _index_in_service(settings):
+    from worker.index import current_index_model
+
+    model_id = current_index_model(settings.index)
+    if model_id is None:
+        raise typer.BadParameter("no index in service (nothing ingested yet)")
+    return _opened_index(settings, model_id)
+
+
+def _image_store(settings):
+    from worker.pipeline.storage import open_image_store
+
+    return open_image_store(settings.s3, settings.images.max_bytes)
 
 
 @commands.command("rabbitmq-definitions")
@@ -206,3 +236,138 @@ def prepare_model() -> None:
         f"{embedder.model_id} on {embedder.runtime.value}: {embedder.dim}-d, "
         f"ready in {embedder.load_seconds:.1f} s"
     )
+
+
+@commands.command()
+def train(
+    promote: Annotated[
+        bool, typer.Option(help="Promote the new version if it passes the gate (reindexes).")
+    ] = False,
+    recent_share: Annotated[
+        float, typer.Option(min=0.05, max=0.5, help="Latest confirmations held out for the gate.")
+    ] = 0.2,
+    product_share: Annotated[
+        float,
+        typer.Option(min=0.05, max=0.5, help="Confirmed products that never train (the gate)."),
+    ] = 0.2,
+    open_set: Annotated[
+        int, typer.Option(min=1, help="Products left out of the gate's catalog (open set).")
+    ] = 4,
+) -> None:
+    """Fine-tune the image towers on the confirmed matches of the index in service, judge the
+    result on held-out confirmations against the model in service, and keep it as a model
+    version (JEWELMATCH_TRAINING__*; docs/operations.md, "Training")."""
+    from rich.progress import Progress
+
+    from worker.tools.training.job import NothingToTrainOn, TrainOptions, train_version
+
+    settings = load_settings(quiet=True)
+    with _index_in_service(settings) as index, Progress(console=console) as progress:
+        store = _image_store(settings)
+        try:
+            version, decision = train_version(
+                settings,
+                index,
+                store,
+                TrainOptions(recent_share, product_share, open_set),
+                progress,
+            )
+        except NothingToTrainOn as error:
+            console.print(f"[yellow]{error}[/yellow]")
+            raise typer.Exit(1) from None
+    card = version.card
+    console.print(
+        f"version {version.version}: trained in {card['training']['seconds']:.0f} s on "
+        f"{card['data']['train_photos']} photos; card {version.folder / 'card.json'}"
+    )
+    for side in ("current", "candidate"):
+        console.print(f"{side}: " + json.dumps(decision.to_json()[side]))
+    if not decision.passed:
+        console.print("[red]not promoted:[/red] " + "; ".join(decision.reasons))
+        raise typer.Exit(1)
+    console.print(
+        f"[green]passed the gate[/green]; promote: jewelmatch model promote {version.version}"
+    )
+    if promote:
+        _switch_version(settings, version.version)
+
+
+model_commands = typer.Typer(
+    help="Model versions made by `jewelmatch train`.", no_args_is_help=True
+)
+commands.add_typer(model_commands, name="model")
+
+
+@model_commands.command("list")
+def list_versions() -> None:
+    """The versions of the configured model, and which one is current."""
+    from worker.vision.versions import ModelVersions
+
+    settings = load_settings(quiet=True)
+    versions = ModelVersions(settings.model.cache_dir)
+    promoted = versions.promoted(settings.model.name)
+    folders = sorted(versions.root.glob("*/card.json")) if versions.root.is_dir() else []
+    for path in folders:
+        card = json.loads(path.read_text())
+        state = (
+            "current"
+            if promoted and promoted[-1] == card["version"]
+            else ("promoted before" if card["version"] in promoted else "")
+        )
+        gate = "passed" if card["gate"]["passed"] else "failed"
+        console.print(f"{card['version']}  {card['created_at']}  gate {gate}  {state}")
+
+
+@model_commands.command("promote")
+def promote_version(version: Annotated[str, typer.Argument(help="A version that passed.")]) -> None:
+    """Re-embed the catalog with a version (beside the index in service), then make it current."""
+    _switch_version(load_settings(quiet=True), version)
+
+
+@model_commands.command("rollback")
+def rollback() -> None:
+    """Return to the version promoted before the current one (or the configured weights):
+    the index of that model is brought up to date from the one in service, then made current."""
+    from worker.vision.versions import BASE, ModelVersions
+
+    settings = load_settings(quiet=True)
+    versions = ModelVersions(settings.model.cache_dir)
+    promoted = versions.promoted(settings.model.name)
+    if not promoted:
+        raise typer.BadParameter("no promoted version to roll back")
+    previous = promoted[-2] if len(promoted) > 1 else BASE
+    _switch_to(settings, previous)
+    versions.rollback(settings.model.name)
+    console.print(f"current: {previous}")
+
+
+def _switch_version(settings, version: str) -> None:
+    from worker.vision.versions import ModelVersions
+
+    versions = ModelVersions(settings.model.cache_dir)
+    card = versions.get(version).card
+    if not card["gate"]["passed"]:
+        raise typer.BadParameter(f"version {version} did not pass its gate: not promoted")
+    if card["base_model"] != settings.model.name:
+        raise typer.BadParameter(
+            f"version {version} is of {card['base_model']}, not of the configured model"
+        )
+    _switch_to(settings, version)
+    versions.promote(settings.model.name, version)
+    console.print(
+        f"current: {version}; restart the workers to take it "
+        "(kubectl rollout restart deployment/jewelmatch-worker)"
+    )
+
+
+def _switch_to(settings, version: str) -> None:
+    """Re-embed the index in service with the model at `version`, then make that index
+    current (the `reindex` command's steps)."""
+    from worker.index import current_index_model
+
+    model = settings.model.model_copy(update={"version": version})
+    target = settings.model_copy(update={"model": model})
+    in_service = current_index_model(settings.index)
+    if in_service is None:
+        raise typer.BadParameter("no index in service to re-embed")
+    _reindex(target, in_service, switch=True)

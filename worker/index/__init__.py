@@ -38,6 +38,23 @@ def stored_dimension(settings: IndexSettings, model_id: str) -> int | None:
     return int(json.loads(config.read_text())["vectors"][""]["size"])
 
 
+def current_index_model(settings: IndexSettings) -> str | None:
+    """The model whose index is in service (the `current` link, or the alias), if any."""
+    if settings.backend is IndexBackend.qdrant:
+        from worker.index.server import open_client, references_alias, references_collection
+
+        client = open_client(settings)
+        alias = references_alias(settings.collection_prefix)
+        prefix = references_collection(settings.collection_prefix, "")
+        for description in client.get_aliases().aliases:
+            if description.alias_name == alias:
+                return description.collection_name.removeprefix(prefix)
+        return None
+    from worker.index.edge import current_model
+
+    return current_model(Path(settings.path))
+
+
 def open_index(settings: IndexSettings, model_id: str, dim: int) -> VectorIndex:
     """Open (creating if needed) the index of `model_id` on the configured back end."""
     if settings.backend is IndexBackend.qdrant:

@@ -63,6 +63,9 @@ class ReferenceImage:
     name: str | None = None
     uri: str | None = None
     etag: str | None = None
+    taken_at: float | None = None
+    """When a confirmed scan's photo was taken (seconds since the epoch): training holds the
+    latest confirmations out."""
 
     def payload(self, model_id: str) -> dict:
         """What is stored beside the vector (indexed: product_id, category, source)."""
@@ -75,6 +78,7 @@ class ReferenceImage:
             "source": self.source,
             "uri": self.uri,
             "etag": self.etag,
+            "taken_at": self.taken_at,
             "model": model_id,
         }
 
@@ -91,6 +95,7 @@ class StoredImage:
     category: str | None = None
     product_id: str = ""
     etag: str | None = None
+    taken_at: float | None = None
 
     @classmethod
     def from_payload(cls, payload: dict) -> StoredImage:
@@ -103,6 +108,7 @@ class StoredImage:
             payload.get("category"),
             payload.get("product_id", ""),
             payload.get("etag"),
+            payload.get("taken_at"),
         )
 
 

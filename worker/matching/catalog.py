@@ -167,6 +167,7 @@ class Catalog:
                     category=product.category,
                     name=product.name,
                     uri=scan.image_uri,
+                    taken_at=scan.created_at,
                 )
             ]
         )

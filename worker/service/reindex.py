@@ -90,6 +90,7 @@ def reindex(
                         category=s.category,
                         name=s.name,
                         uri=s.uri,
+                        taken_at=s.taken_at,
                     )
                     for (s, _), vector in zip(chosen, vectors, strict=True)
                 ]

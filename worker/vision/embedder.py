@@ -32,6 +32,7 @@ from worker.vectors import ImageKind, VectorLayout, unit_rows
 from worker.vision import colour
 from worker.vision.object_region import object_region
 from worker.vision.runtimes import open_tower
+from worker.vision.versions import versioned_name
 from worker.vision.weights import BUILTIN_MODELS, resolve_model_name
 
 log = get_logger(__name__)
@@ -85,10 +86,10 @@ def model_id_for(settings: ModelSettings) -> str:
     name = settings.name
     members = ensemble_members(name)
     if len(members) > 1:
-        return "_".join(_member_id(member) for member in members) + _view_suffix(settings)
+        return "_".join(member_id(member) for member in members) + _view_suffix(settings)
     if name not in BUILTIN_MODELS and not name.startswith("local-dir:") and settings.pretrained:
         name = f"{name}-{Path(settings.pretrained).stem}"
-    return _member_id(name) + _view_suffix(settings)
+    return member_id(name) + _view_suffix(settings)
 
 
 def check_model_available(settings: ModelSettings) -> None:
@@ -135,6 +136,10 @@ class Embedder:
 
     def __init__(self, settings: ModelSettings) -> None:
         started = time.perf_counter()
+        self.base_name = settings.name
+        settings = settings.model_copy(
+            update={"name": versioned_name(settings.name, settings.version, settings.cache_dir)}
+        )
         check_model_available(settings)
         torch.set_num_threads(settings.threads)
         self.model_id = model_id_for(settings)
@@ -149,7 +154,7 @@ class Embedder:
         if len(names) > 1 and settings.pretrained:
             raise ValueError("an ensemble's members must be built-in or local-dir: models")
         self._members = [
-            _Member(settings, name, self.model_id if len(names) == 1 else _member_id(name))
+            _Member(settings, name, self.model_id if len(names) == 1 else member_id(name))
             for name in names
         ]
         self.image_size = self._members[0].image_size
@@ -225,7 +230,7 @@ class Embedder:
         return features.astype(np.float32, copy=False)
 
 
-def _member_id(name: str) -> str:
+def member_id(name: str) -> str:
     """A member's name as a file-name-safe id (names its cached ONNX export)."""
     if name.startswith("local-dir:"):
         name = Path(name.removeprefix("local-dir:")).name

@@ -48,7 +48,10 @@ from worker.tools.bench.recall import (
 )
 from worker.tools.folders import FolderDataset, FolderProduct, QueryPhoto, read_folder_dataset
 from worker.tools.terminal import detail_of_paths, embed_paths, folder_reader, ingest_products
+from worker.training.fine_tune import LabelledPicture
+from worker.training.model import TrainedModel, fine_tune_model, run_version
 from worker.vectors import ImageKind
+from worker.vision.images import decode_image
 from worker.vision.local_features import LocalFeatures
 
 TOP_K = 5
@@ -70,6 +73,14 @@ class AccuracyOptions:
     new_share: float = 0.0
     kinds: Path | None = None
     """CSV `photo,kind` (`photo`: `<product>/<file>`): recall is also reported per kind."""
+    fine_tune: bool = False
+    """Fine-tune the image towers first (`jewelmatch train`'s code) on the confirmation photos
+    of the largest count and the catalog images of their products; brand-new products
+    (`new_share`) and left-out ones never train."""
+    fine_tune_dir: Path | None = None
+    """Where the fine-tuned towers are kept (default: a temporary folder)."""
+    new_products: frozenset[str] | None = None
+    """The brand-new products, by name (instead of a `new_share` drawn by the seed)."""
 
 
 @dataclass
@@ -187,6 +198,7 @@ class AccuracyReport:
     products_in_catalog: int
     products_left_out: list[str]
     runs: list[AccuracyRun] = field(default_factory=list)
+    fine_tune: dict | None = None
 
     def to_json(self) -> dict:
         margins = [round(x, 3) for x in np.arange(0.0, 0.3001, 0.01)]
@@ -197,6 +209,7 @@ class AccuracyReport:
             "dataset": self.dataset,
             "products_in_catalog": self.products_in_catalog,
             "products_left_out": self.products_left_out,
+            **({"fine_tune": self.fine_tune} if self.fine_tune else {}),
             "runs": [
                 {
                     **run.summary(),
@@ -312,6 +325,8 @@ def _plan(dataset: FolderDataset, options: AccuracyOptions) -> _Plan:
         if options.new_share
         else []
     )
+    if options.new_products is not None:
+        new_ids = frozenset(options.new_products) & known_ids
     # The system has already scanned (unlabeled) the first photos of every product in the
     # confirmation split; confirmations are later taken from those. None of them is matched.
     per_product = max([options.unlabeled_scans_per_product, *options.confirmed])
@@ -327,6 +342,39 @@ def _plan(dataset: FolderDataset, options: AccuracyOptions) -> _Plan:
     return _Plan(in_catalog, left_out, new_ids, scanned, queries)
 
 
+def _fine_tune(
+    settings: Settings, options: AccuracyOptions, plan: _Plan, out_dir: Path, progress: Progress
+) -> TrainedModel:
+    """Train the towers on what the protocol confirms at its largest count (never a photo
+    that is matched, never a new or left-out product)."""
+    most = max(options.confirmed)
+    if most < 1:
+        raise ValueError("--fine-tune needs confirmed photos (e.g. --confirmed 0,10)")
+    trained_products = [p for p in plan.in_catalog if p.product_id not in plan.new_ids]
+    pictures = [
+        LabelledPicture(p.product_id, f"{p.product_id}/{path.name}", _loader(path, settings), True)
+        for p in trained_products
+        for path in p.catalog
+    ] + [
+        LabelledPicture(q.product_id, q.object_key(), _loader(q.path, settings))
+        for p in trained_products
+        for q in _first_photos(p, options.confirmed_split, most)
+    ]
+    tasks: dict[tuple[str, str], object] = {}
+
+    def advance(tower: str, stage: str, done: int, total: int) -> None:
+        if (tower, stage) not in tasks:
+            tasks[tower, stage] = progress.add_task(f"training {tower}: {stage}", total=total)
+        progress.update(tasks[tower, stage], completed=done)
+
+    version = run_version(settings.model, pictures, settings.training)
+    return fine_tune_model(settings.model, pictures, settings.training, out_dir, version, advance)
+
+
+def _loader(path: Path, settings: Settings) -> Callable[[], Image.Image]:
+    return lambda: decode_image(path.read_bytes(), settings.images)
+
+
 def run_accuracy(
     settings: Settings, options: AccuracyOptions, progress: Progress
 ) -> AccuracyReport:
@@ -336,6 +384,14 @@ def run_accuracy(
         bench_settings = settings.model_copy(
             update={"index": settings.index.model_copy(update={"path": Path(tmp) / "index"})}
         )
+        trained = None
+        if options.fine_tune:
+            trained = _fine_tune(
+                settings, options, plan, options.fine_tune_dir or Path(tmp) / "model", progress
+            )
+            bench_settings = bench_settings.model_copy(
+                update={"model": settings.model.model_copy(update={"name": trained.name})}
+            )
         with opened(bench_settings) as components:
             matcher = components.matcher
             matcher.read_references_with(folder_reader(options.data, settings))
@@ -359,6 +415,7 @@ def run_accuracy(
                 dataset=str(options.data),
                 products_in_catalog=len(plan.in_catalog),
                 products_left_out=plan.left_out,
+                fine_tune=trained.to_json() if trained else None,
             )
             categories = (
                 {p.product_id: p.category for p in dataset.products}

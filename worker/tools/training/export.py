@@ -1,0 +1,129 @@
+"""The confirmed matches of the index in service, written as a folder data set (the layout of
+`jewelmatch bench accuracy`), split so that what trains never sees what it is judged on:
+
+- a share of the confirmed products (chosen by a hash of the product id and the seed) never
+  trains: all their photos are `val`, and their catalog image is all the model has of them;
+- of the other products' confirmations, the latest share (by the time the photo was taken) is
+  `val`; the rest is `train`, oldest first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+from shared.contract import FailureReason, S3Object
+from worker.errors import PermanentError
+from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, StoredImage, VectorIndex
+from worker.observability.logs import get_logger
+from worker.pipeline.storage import ImageStore
+from worker.settings import ImageSettings
+from worker.tools.folders import IMAGE_SUFFIXES
+from worker.vision.images import decode_image
+
+log = get_logger(__name__)
+
+
+@dataclass
+class ExportReport:
+    products: int = 0
+    catalog_images: int = 0
+    train_photos: int = 0
+    recent_photos: int = 0
+    held_out_products: list[str] = field(default_factory=list)
+    held_out_photos: int = 0
+    skipped: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "products": self.products,
+            "catalog_images": self.catalog_images,
+            "train_photos": self.train_photos,
+            "recent_photos_held_out": self.recent_photos,
+            "products_held_out": len(self.held_out_products),
+            "photos_of_held_out_products": self.held_out_photos,
+            "images_skipped": self.skipped,
+        }
+
+
+def held_out_product(product_id: str, share: float, seed: int) -> bool:
+    """Whether a product is in the product-disjoint share (stable across runs and machines)."""
+    digest = hashlib.sha256(f"{seed}\x1f{product_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def export_confirmations(
+    index: VectorIndex,
+    store: ImageStore,
+    limits: ImageSettings,
+    out: Path,
+    recent_share: float,
+    product_share: float,
+    seed: int,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> ExportReport:
+    images: dict[str, list[StoredImage]] = {}
+    for page in index.all_images():
+        for stored in page:
+            images.setdefault(stored.product_id, []).append(stored)
+        on_progress(len(page))
+    confirmed = {
+        product_id: [s for s in stored if s.source == SOURCE_CONFIRMED_SCAN]
+        for product_id, stored in images.items()
+    }
+    held_out = {
+        p for p, photos in confirmed.items() if photos and held_out_product(p, product_share, seed)
+    }
+    trainable = sorted(
+        (s.taken_at or 0.0, s.image_id, s)
+        for p, photos in confirmed.items()
+        if p not in held_out
+        for s in photos
+    )
+    recent_count = round(recent_share * len(trainable))
+    recent = {s.image_id for _, _, s in trainable[len(trainable) - recent_count :]}
+    report = ExportReport(held_out_products=sorted(held_out))
+    for product_id, stored in sorted(images.items()):
+        folder = out / quote(product_id, safe="-_.")
+        catalog = [s for s in stored if s.source == SOURCE_CATALOG]
+        photos = sorted(confirmed[product_id], key=lambda s: (s.taken_at or 0.0, s.image_id))
+        if not catalog:
+            continue
+        report.products += 1
+        for n, image in enumerate(catalog):
+            if _copy(store, limits, image, folder / f"catalog_{n:04d}", report):
+                report.catalog_images += 1
+        for n, photo in enumerate(photos):
+            split = "val" if product_id in held_out or photo.image_id in recent else "train"
+            if _copy(store, limits, photo, folder / f"query_{split}_{n:04d}", report):
+                if product_id in held_out:
+                    report.held_out_photos += 1
+                elif split == "val":
+                    report.recent_photos += 1
+                else:
+                    report.train_photos += 1
+    return report
+
+
+def _copy(
+    store: ImageStore, limits: ImageSettings, image: StoredImage, stem: Path, report: ExportReport
+) -> bool:
+    """Write an image's bytes where the data set expects it, if they decode."""
+    try:
+        if not image.uri or not image.uri.startswith("s3://"):
+            raise PermanentError(FailureReason.image_not_found, f"no S3 location: {image.uri!r}")
+        location = S3Object.model_validate(image.uri)
+        data = store.fetch(location).data
+        decode_image(data, limits)
+    except PermanentError as error:
+        report.skipped += 1
+        log.warning("training.image_skipped", uri=image.uri, reason=str(error))
+        return False
+    suffix = Path(location.key).suffix.lower()
+    suffix = suffix if suffix in IMAGE_SUFFIXES else ".jpg"  # (decoded by content anyway)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(suffix).write_bytes(data)
+    return True

@@ -1,0 +1,117 @@
+"""`jewelmatch train`: export the confirmed matches (export.py), fine-tune the configured
+model's towers on the training share and judge the result against the model in service on the
+held-out shares with `bench accuracy`'s protocol (gate.py); the run is kept as a model version
+with its card, whether it passed or not, and only a version that passed can be promoted."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.progress import Progress
+
+from worker.index import VectorIndex
+from worker.observability.logs import get_logger
+from worker.pipeline.storage import ImageStore
+from worker.settings import Settings
+from worker.tools.bench.accuracy import AccuracyOptions, run_accuracy
+from worker.tools.folders import read_folder_dataset
+from worker.tools.training.export import export_confirmations
+from worker.training.gate import GateDecision, judge
+from worker.vision.versions import BASE, ModelVersion, ModelVersions
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    recent_share: float = 0.2
+    product_share: float = 0.2
+    open_set: int = 4
+
+
+class NothingToTrainOn(ValueError):
+    pass
+
+
+def train_version(
+    settings: Settings,
+    index: VectorIndex,
+    store: ImageStore,
+    options: TrainOptions,
+    progress: Progress,
+) -> tuple[ModelVersion, GateDecision]:
+    started = time.time()
+    versions = ModelVersions(settings.model.cache_dir)
+    seed = settings.training.seed
+    with tempfile.TemporaryDirectory(prefix="jewelmatch-train-") as tmp:
+        data = Path(tmp) / "data"
+        task = progress.add_task("reading the index", total=index.count())
+        exported = export_confirmations(
+            index,
+            store,
+            settings.images,
+            data,
+            options.recent_share,
+            options.product_share,
+            seed,
+            lambda done: progress.advance(task, done),
+        )
+        log.info("training.exported", **exported.to_json())
+        if not exported.train_photos:
+            raise NothingToTrainOn("no confirmed matches to train on")
+        dataset = read_folder_dataset(data)
+        most = max(sum(q.split == "train" for q in p.queries) for p in dataset.products)
+        judged = AccuracyOptions(
+            data=data,
+            split="val",
+            confirmed=(most,),
+            open_set=options.open_set,
+            seed=seed,
+            unlabeled_scans_per_product=most,
+            new_products=frozenset(exported.held_out_products),
+        )
+        in_service = run_accuracy(settings, judged, progress)
+        # a stable place: a run stopped half-way resumes from its checkpoints
+        staging = versions.root / ".training"
+        candidate = run_accuracy(
+            _base_weights(settings),
+            AccuracyOptions(**{**judged.__dict__, "fine_tune": True, "fine_tune_dir": staging}),
+            progress,
+        )
+    trained = candidate.fine_tune or {}
+    decision = judge(in_service.runs[-1].summary(), candidate.runs[-1].summary())
+    version = trained["version"]
+    folder = versions.folder(version)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    towers = [Path(name.removeprefix("local-dir:")).name for name in trained["name"].split("+")]
+    for tower in towers:
+        (staging / tower).rename(folder / tower)
+    shutil.rmtree(staging)  # the checkpoints: the run is over
+    card = {
+        "version": version,
+        "base_model": settings.model.name,
+        "in_service": in_service.model,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": round(time.time() - started, 1),
+        "seed": seed,
+        "training_settings": settings.training.model_dump(mode="json"),
+        "data": {**exported.to_json(), "confirmed_per_product_at_most": most},
+        "towers": towers,
+        "training": trained,
+        "gate": decision.to_json(),
+    }
+    model_version = versions.write_card(version, card)
+    log.info("training.gate", version=version, **decision.to_json())
+    return model_version, decision
+
+
+def _base_weights(settings: Settings) -> Settings:
+    """A candidate is trained from the configured weights, never from an earlier version."""
+    return settings.model_copy(
+        update={"model": settings.model.model_copy(update={"version": BASE})}
+    )

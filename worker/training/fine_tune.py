@@ -1,0 +1,322 @@
+"""Fine-tuning an image tower on confirmed matches: each confirmed bag photo is a labelled
+example of its product, and the product's catalog images are its anchors.
+
+The loss is a proxy loss (a normalised softmax over one learned vector per product, started
+from the product's catalog image embedding), which needs no pairs or triplets and holds with
+one to ten photos per product. Only the tower's last stages are trained: the frozen front is
+run once per augmented view of each picture and cached, so an epoch costs the last stages'
+forward and backward passes alone (minutes on two CPU cores for a few thousand photos; on a
+GPU, when torch finds one, more stages can be trained).
+
+A run is deterministic from its seed (the views of a picture depend on the seed and the
+picture's position, each epoch's order on the seed and the epoch), and it resumes from the
+checkpoint of its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.transform import PreprocessCfg, image_transform_v2
+from PIL import Image, ImageOps
+from safetensors.torch import save_file
+
+from worker.observability.logs import get_logger
+from worker.settings import TrainingSettings
+from worker.training.towers import SplitTower
+from worker.vision.weights import CONFIG_FILE, WEIGHTS_FILE
+
+log = get_logger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class LabelledPicture:
+    """One training picture: a catalog image (an anchor) or a confirmed bag photo."""
+
+    product_id: str
+    key: str
+    """Stable name of the picture (its URI): part of the run's fingerprint."""
+    load: Callable[[], Image.Image]
+    is_catalog: bool = False
+
+
+@dataclass
+class TowerReport:
+    """What one tower's run did (a model card keeps it)."""
+
+    pictures: int
+    products: int
+    views: int
+    epochs: int
+    stages: int
+    device: str
+    losses: list[float] = field(default_factory=list)
+    cache_seconds: float = 0.0
+    train_seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {
+            "pictures": self.pictures,
+            "products": self.products,
+            "views_per_picture": self.views,
+            "epochs": self.epochs,
+            "trained_stages": self.stages,
+            "device": self.device,
+            "loss_per_epoch": [round(loss, 4) for loss in self.losses],
+            "feature_cache_seconds": round(self.cache_seconds, 1),
+            "training_seconds": round(self.train_seconds, 1),
+            "pictures_skipped": len(self.skipped),
+        }
+
+
+def training_device(settings: TrainingSettings) -> torch.device:
+    """The configured device, else a GPU when torch finds one, else the CPU."""
+    if settings.device:
+        return torch.device(settings.device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def training_views(
+    picture: Image.Image, count: int, rng: random.Random, is_catalog: bool
+) -> list[Image.Image]:
+    """The picture whole, then `count - 1` random square crops (a catalog image: at least 0.8
+    of its shorter side; a bag photo: from half of it, as the scan's zoomed crops), each
+    mirrored at random. No colour change: colour tells twins apart."""
+    width, height = picture.size
+    shorter = min(width, height)
+    views = [picture]
+    smallest = 0.8 if is_catalog else 0.5
+    for _ in range(count - 1):
+        side = max(1, round(shorter * rng.uniform(smallest, 1.0)))
+        left = rng.randint(0, width - side)
+        top = rng.randint(0, height - side)
+        view = picture.crop((left, top, left + side, top + side))
+        views.append(ImageOps.mirror(view) if rng.random() < 0.5 else view)
+    return views
+
+
+def run_fingerprint(
+    source: Path, pictures: Sequence[LabelledPicture], settings: TrainingSettings
+) -> str:
+    """What a checkpoint belongs to: the starting weights, the pictures and the settings but
+    the number of epochs (a longer run goes on from a shorter one's checkpoint)."""
+    digest = hashlib.sha256((source / WEIGHTS_FILE).read_bytes())
+    chosen = settings.model_dump(mode="json", exclude={"epochs"})
+    digest.update(json.dumps(chosen, sort_keys=True).encode())
+    for picture in pictures:
+        digest.update(f"{picture.product_id}\x1f{picture.key}\x1f{picture.is_catalog}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+class _Checkpoint:
+    """The state after the last finished epoch, written whole or not at all."""
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        self.path = directory / CHECKPOINT_FILE
+        self.fingerprint = fingerprint
+
+    def load(self) -> dict | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != self.fingerprint:
+            log.info("training.checkpoint_ignored", path=str(self.path), reason="another run")
+            return None
+        return state
+
+    def save(self, state: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save({**state, "fingerprint": self.fingerprint}, partial)
+        partial.replace(self.path)
+
+
+def fine_tune_tower(
+    source: Path,
+    pictures: Sequence[LabelledPicture],
+    settings: TrainingSettings,
+    target: Path,
+    work_dir: Path,
+    on_progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
+    threads: int = 2,
+) -> TowerReport:
+    """Fine-tune the open_clip folder `source` on `pictures`; write the result, an open_clip
+    folder with the same configuration, to `target`. `on_progress(stage, done, total)`
+    reports the feature cache and the epochs (a progress bar shows them)."""
+    torch.set_num_threads(threads)
+    device = training_device(settings)
+    torch.manual_seed(settings.seed)
+    model = open_clip.create_model(f"local-dir:{source}", device="cpu")
+    split = SplitTower(model, settings.trained_stages)
+    split.freeze()
+    transform = image_transform_v2(PreprocessCfg(**model.visual.preprocess_cfg), is_train=False)
+    model.to(device)
+
+    cache_started = time.perf_counter()
+    cache = _cache_front(split, transform, pictures, settings, device, on_progress)
+    features, labels = cache.features, cache.labels
+    report = TowerReport(
+        len(labels),
+        len(cache.products),
+        settings.views,
+        settings.epochs,
+        split.stages,
+        str(device),
+        skipped=cache.skipped,
+    )
+    report.cache_seconds = time.perf_counter() - cache_started
+    if not labels:
+        raise ValueError("no picture could be read: nothing to train on")
+
+    proxies = torch.nn.Parameter(_initial_proxies(split, cache, device))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": split.trainable_parameters(), "lr": settings.learning_rate},
+            {"params": [proxies], "lr": settings.proxy_learning_rate, "weight_decay": 0.0},
+        ],
+        weight_decay=settings.weight_decay,
+    )
+    checkpoint = _Checkpoint(work_dir, run_fingerprint(source, pictures, settings))
+    start_epoch = 0
+    if (state := checkpoint.load()) is not None:
+        model.load_state_dict(state["model"])
+        proxies.data.copy_(state["proxies"])
+        optimizer.load_state_dict(state["optimizer"])
+        report.losses = list(state["losses"])
+        start_epoch = state["epoch"]
+        log.info("training.resumed", epoch=start_epoch, path=str(checkpoint.path))
+
+    label_tensor = torch.tensor(labels, device=device)
+    train_started = time.perf_counter()
+    for epoch in range(start_epoch, settings.epochs):
+        loss = _train_epoch(split, proxies, optimizer, features, label_tensor, settings, epoch)
+        report.losses.append(loss)
+        checkpoint.save(
+            {
+                "epoch": epoch + 1,
+                "model": model.state_dict(),
+                "proxies": proxies.detach().cpu(),
+                "optimizer": optimizer.state_dict(),
+                "losses": report.losses,
+            }
+        )
+        log.info("training.epoch", epoch=epoch + 1, loss=round(loss, 4))
+        on_progress("epochs", epoch + 1, settings.epochs)
+    report.train_seconds = time.perf_counter() - train_started
+    _save_folder(model, source, target)
+    return report
+
+
+def _train_epoch(
+    split: SplitTower,
+    proxies: torch.nn.Parameter,
+    optimizer: torch.optim.Optimizer,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    settings: TrainingSettings,
+    epoch: int,
+) -> float:
+    """One pass in an order (and with views) drawn from the seed and the epoch; the mean loss."""
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
+    order = torch.randperm(len(labels), generator=generator)
+    chosen_view = torch.randint(settings.views, (len(labels),), generator=generator)
+    device = labels.device
+    total, batches = 0.0, 0
+    for start in range(0, len(order), settings.batch_size):
+        batch = order[start : start + settings.batch_size]
+        inputs = features[batch, chosen_view[batch]].to(device, torch.float32)
+        embedded = F.normalize(split.back(inputs), dim=1)
+        logits = embedded @ F.normalize(proxies, dim=1).T / settings.temperature
+        loss = F.cross_entropy(logits, labels[batch.to(device)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total, batches = total + loss.item(), batches + 1
+    return total / max(1, batches)
+
+
+@dataclass
+class _FeatureCache:
+    """The frozen front's output for every view of every readable picture (float16, on the
+    CPU, shaped pictures × views × C × H × W), with each picture's product number."""
+
+    features: torch.Tensor
+    labels: list[int]
+    is_catalog: list[bool]
+    products: list[str]
+    skipped: list[str]
+
+
+def _cache_front(
+    split: SplitTower,
+    transform: Callable,
+    pictures: Sequence[LabelledPicture],
+    settings: TrainingSettings,
+    device: torch.device,
+    on_progress: Callable[[str, int, int], None],
+) -> _FeatureCache:
+    products = sorted({picture.product_id for picture in pictures})
+    number = {product_id: i for i, product_id in enumerate(products)}
+    cache = _FeatureCache(torch.zeros(0), [], [], products, [])
+    rows = []
+    for position, picture in enumerate(pictures):
+        try:
+            image = picture.load()
+        except Exception as error:  # one unreadable picture must not stop a run
+            cache.skipped.append(picture.key)
+            log.warning("training.picture_skipped", key=picture.key, reason=str(error))
+            continue
+        rng = random.Random(f"{settings.seed}:{position}:{picture.key}")
+        views = training_views(image.convert("RGB"), settings.views, rng, picture.is_catalog)
+        pixels = torch.stack([transform(view) for view in views]).to(device)
+        with torch.inference_mode():
+            rows.append(split.front(pixels).to("cpu", torch.float16))
+        cache.labels.append(number[picture.product_id])
+        cache.is_catalog.append(picture.is_catalog)
+        on_progress("pictures", position + 1, len(pictures))
+    if rows:
+        cache.features = torch.stack(rows)
+    return cache
+
+
+def _initial_proxies(split: SplitTower, cache: _FeatureCache, device: torch.device) -> torch.Tensor:
+    """Each product's proxy starts as the mean embedding of its catalog images (whole view),
+    or of its photos where it has no catalog image: the anchor its photos are pulled to."""
+    with torch.inference_mode():
+        whole = torch.cat(
+            [
+                F.normalize(split.back(cache.features[i : i + 64, 0].to(device, torch.float32)))
+                for i in range(0, len(cache.labels), 64)
+            ]
+        ).cpu()
+    labels, is_catalog = np.array(cache.labels), np.array(cache.is_catalog)
+    rows = []
+    for product in range(len(cache.products)):
+        own = labels == product
+        anchors = own & is_catalog
+        rows.append(whole[torch.from_numpy(anchors if anchors.any() else own)].mean(dim=0))
+    return F.normalize(torch.stack(rows), dim=1).to(device)
+
+
+def _save_folder(model: torch.nn.Module, source: Path, target: Path) -> None:
+    """The trained model as an open_clip folder beside its source's configuration."""
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source / CONFIG_FILE, target / CONFIG_FILE)
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        str(target / WEIGHTS_FILE),
+    )

@@ -1,0 +1,53 @@
+"""The gate a fine-tuned version must pass before it is promoted, judged on what it never
+trained on (worker/training/export.py): it must rank the latest confirmations of the products
+it trained on better than the model in service, rank the products it never trained on at
+least as well, and refuse photos of products outside the catalog at least as often."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+CRITERIA = (
+    ("recall@1_confirmed_products", "beat", "recall@1 on the latest confirmations"),
+    ("recall@1_new", "hold", "recall@1 on products it never trained on"),
+    ("no_confident_match_open_set", "hold", "photos of products outside the catalog refused"),
+)
+
+
+@dataclass
+class GateDecision:
+    passed: bool
+    current: dict
+    candidate: dict
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        figures = [key for key, _, _ in CRITERIA] + ["recall@1", "answered_accuracy"]
+        return {
+            "passed": self.passed,
+            "reasons": self.reasons,
+            "current": {key: self.current.get(key) for key in figures},
+            "candidate": {key: self.candidate.get(key) for key in figures},
+        }
+
+
+def judge(current: dict, candidate: dict) -> GateDecision:
+    """`current` and `candidate`: `bench accuracy` run summaries on the same held-out photos."""
+    decision = GateDecision(True, current, candidate)
+    for key, rule, label in CRITERIA:
+        old, new = current.get(key), candidate.get(key)
+        if not _measured(old) or not _measured(new):
+            decision.passed = False
+            decision.reasons.append(f"{label}: not measured (no held-out photos)")
+        elif (rule == "beat" and not new > old) or (rule == "hold" and new < old):
+            decision.passed = False
+            decision.reasons.append(
+                f"{label}: {new:.3f} against {old:.3f} in service"
+                + (" (must be higher)" if rule == "beat" else " (must not be lower)")
+            )
+    return decision
+
+
+def _measured(value: object) -> bool:
+    return isinstance(value, int | float) and not math.isnan(value)
