@@ -87,6 +87,34 @@ def test_the_day_to_day_mix_reports_new_products_apart(tmp_path, tiny_model_dir)
     assert zero["recall@1_new"] is not None
 
 
+def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_towers(
+    tmp_path,
+):
+    """`--fine-tune`: the towers train on the confirmed photos and their products' catalog
+    images; never on a photo that is matched, a brand-new product or a left-out one."""
+    from tests.support.tiny_model import write_tiny_efficientnet
+
+    data = write_dataset(tmp_path / "data")
+    model = write_tiny_efficientnet(tmp_path / "tiny-efficientnet")
+    settings = make_settings(
+        tmp_path,
+        model,
+        learning={"centring": {"enabled": False}},
+        training={"epochs": 1, "views": 2, "batch_size": 4},
+    )
+    options = AccuracyOptions(
+        data=data, confirmed=(0, 1), open_set=1, new_share=0.4, fine_tune=True
+    )
+    with Progress(disable=True) as progress:
+        report = run_accuracy(settings, options, progress)
+    trained = report.to_json()["fine_tune"]
+    [tower] = trained["towers"].values()
+    # 5 products in the catalog, 2 of them new: 3 catalog images and 3 first train photos
+    assert (tower["products"], tower["pictures"]) == (3, 6)
+    assert report.model.startswith(f"tiny-efficientnet-{trained['version']}")
+    assert len(report.runs) == 2
+
+
 def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkeypatch):
     data = write_dataset(tmp_path / "data")
     monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
