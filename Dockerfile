@@ -44,6 +44,8 @@ RUN useradd --system --uid 10001 --create-home --home-dir /home/jewelmatch jewel
     && chown jewelmatch /var/lib/jewelmatch /definitions
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/models /opt/models
+# model versions made by `jewelmatch train`: a volume shared by the job and the workers
+RUN mkdir -p /opt/models/versions && chown jewelmatch /opt/models/versions
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     JEWELMATCH_MODEL__NAME=${MODEL} \

@@ -132,7 +132,7 @@ class _Checkpoint:
     def load(self) -> dict | None:
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = torch.load(self.path, map_location="cpu", weights_only=True)
         if state.get("fingerprint") != self.fingerprint:
             log.info("training.checkpoint_ignored", path=str(self.path), reason="another run")
             return None
