@@ -211,3 +211,29 @@ def test_a_trained_ensemble_is_a_new_model_for_the_embedder(
     assert version in tuned.model_id
     picture = [pictures[0].load()]
     assert not np.allclose(base.embed(picture), tuned.embed(picture))
+
+
+def test_the_keep_term_holds_embeddings_near_the_untrained_tower(
+    tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path
+) -> None:
+    def drift(keep_weight: float) -> float:
+        """1 - the mean cosine of each picture's embedding before and after training."""
+        target = tmp_path / f"keep-{keep_weight}"
+        settings = _settings(epochs=2, keep_weight=keep_weight)
+        fine_tune_tower(tiny_efficientnet, pictures, settings, target, tmp_path / f"w{keep_weight}")
+        images = [p.load() for p in pictures]
+        vectors = []
+        for folder in (tiny_efficientnet, target):
+            embedder = Embedder(
+                ModelSettings(
+                    name=f"local-dir:{folder}",
+                    cache_dir=tmp_path / "cache",
+                    runtime=ModelRuntime.torch,
+                    colour_weight=0.0,
+                    threads=2,
+                )
+            )
+            vectors.append(embedder.embed(images, ImageKind.catalog))
+        return float(1 - np.mean(np.sum(vectors[0] * vectors[1], axis=1)))
+
+    assert drift(10.0) < 0.5 * drift(0.0)

@@ -779,6 +779,12 @@ class TrainingSettings(BaseModel):
     temperature: float = Field(
         default=0.05, gt=0, description="Of the proxy loss's softmax over products."
     )
+    keep_weight: float = Field(
+        default=0.0,
+        ge=0,
+        description="Weight of a term that keeps each picture's embedding near the untrained "
+        "tower's (1 - cosine): less drift, for products it never trained on too.",
+    )
     seed: int = Field(default=0, description="A run is deterministic from it.")
     device: str | None = Field(
         default=None, description="torch device; default: a GPU when torch finds one, else CPU."

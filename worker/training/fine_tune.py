@@ -182,7 +182,8 @@ def fine_tune_tower(
     if not labels:
         raise ValueError("no picture could be read: nothing to train on")
 
-    proxies = torch.nn.Parameter(_initial_proxies(split, cache, device))
+    frozen = _embed_views(split, features, device)
+    proxies = torch.nn.Parameter(_initial_proxies(frozen, cache, device))
     optimizer = torch.optim.AdamW(
         [
             {"params": split.trainable_parameters(), "lr": settings.learning_rate},
@@ -203,7 +204,9 @@ def fine_tune_tower(
     label_tensor = torch.tensor(labels, device=device)
     train_started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
-        loss = _train_epoch(split, proxies, optimizer, features, label_tensor, settings, epoch)
+        loss = _train_epoch(
+            split, proxies, optimizer, (features, frozen), label_tensor, settings, epoch
+        )
         report.losses.append(loss)
         checkpoint.save(
             {
@@ -225,12 +228,14 @@ def _train_epoch(
     split: SplitTower,
     proxies: torch.nn.Parameter,
     optimizer: torch.optim.Optimizer,
-    features: torch.Tensor,
+    cached: tuple[torch.Tensor, torch.Tensor],
     labels: torch.Tensor,
     settings: TrainingSettings,
     epoch: int,
 ) -> float:
-    """One pass in an order (and with views) drawn from the seed and the epoch; the mean loss."""
+    """One pass in an order (and with views) drawn from the seed and the epoch; the mean loss.
+    `cached`: the front's output and the untrained tower's embedding of every view."""
+    features, frozen = cached
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
     order = torch.randperm(len(labels), generator=generator)
     chosen_view = torch.randint(settings.views, (len(labels),), generator=generator)
@@ -242,6 +247,9 @@ def _train_epoch(
         embedded = F.normalize(split.back(inputs), dim=1)
         logits = embedded @ F.normalize(proxies, dim=1).T / settings.temperature
         loss = F.cross_entropy(logits, labels[batch.to(device)])
+        if settings.keep_weight:  # stay near the untrained embedding: unknown products too
+            before = frozen[batch, chosen_view[batch]].to(device, torch.float32)
+            loss = loss + settings.keep_weight * (1 - (embedded * before).sum(dim=1)).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -293,16 +301,24 @@ def _cache_front(
     return cache
 
 
-def _initial_proxies(split: SplitTower, cache: _FeatureCache, device: torch.device) -> torch.Tensor:
+def _embed_views(split: SplitTower, features: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The untrained tower's unit embedding of every cached view (pictures × views × D)."""
+    pictures, views = features.shape[:2]
+    flat = features.flatten(0, 1)
+    with torch.inference_mode():
+        rows = [
+            F.normalize(split.back(flat[i : i + 64].to(device, torch.float32))).cpu()
+            for i in range(0, len(flat), 64)
+        ]
+    return torch.cat(rows).reshape(pictures, views, -1)
+
+
+def _initial_proxies(
+    frozen: torch.Tensor, cache: _FeatureCache, device: torch.device
+) -> torch.Tensor:
     """Each product's proxy starts as the mean embedding of its catalog images (whole view),
     or of its photos where it has no catalog image: the anchor its photos are pulled to."""
-    with torch.inference_mode():
-        whole = torch.cat(
-            [
-                F.normalize(split.back(cache.features[i : i + 64, 0].to(device, torch.float32)))
-                for i in range(0, len(cache.labels), 64)
-            ]
-        ).cpu()
+    whole = frozen[:, 0]
     labels, is_catalog = np.array(cache.labels), np.array(cache.is_catalog)
     rows = []
     for product in range(len(cache.products)):
