@@ -136,7 +136,6 @@ class Embedder:
 
     def __init__(self, settings: ModelSettings) -> None:
         started = time.perf_counter()
-        self.base_name = settings.name
         settings = settings.model_copy(
             update={"name": versioned_name(settings.name, settings.version, settings.cache_dir)}
         )
