@@ -35,6 +35,13 @@ class ReindexReport:
     removed: int = 0
 
 
+def fetch_stored(store: ImageStore, stored: StoredImage) -> bytes:
+    """The bytes of a stored reference image, from the S3 location it was stored with."""
+    if not stored.uri or not stored.uri.startswith("s3://"):
+        raise PermanentError(FailureReason.image_not_found, f"no S3 location: {stored.uri!r}")
+    return store.fetch(S3Object.model_validate(stored.uri)).data
+
+
 def reindex(
     source: VectorIndex,
     target: VectorIndex,
@@ -56,12 +63,7 @@ def reindex(
             report.images += 1
             in_source.add((stored.product_id, stored.image_id))
             try:
-                if not stored.uri or not stored.uri.startswith("s3://"):
-                    raise PermanentError(
-                        FailureReason.image_not_found, f"no S3 location: {stored.uri!r}"
-                    )
-                data = store.fetch(S3Object.model_validate(stored.uri)).data
-                loaded.append((stored, decode_image(data, limits)))
+                loaded.append((stored, decode_image(fetch_stored(store, stored), limits)))
             except PermanentError as error:
                 report.skipped += 1
                 log.warning(

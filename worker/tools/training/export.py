@@ -15,11 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
-from shared.contract import FailureReason, S3Object
+from shared.contract import S3Object
 from worker.errors import PermanentError
 from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, StoredImage, VectorIndex
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
+from worker.service.reindex import fetch_stored
 from worker.settings import ImageSettings
 from worker.tools.folders import IMAGE_SUFFIXES
 from worker.vision.images import decode_image
@@ -113,16 +114,13 @@ def _copy(
 ) -> bool:
     """Write an image's bytes where the data set expects it, if they decode."""
     try:
-        if not image.uri or not image.uri.startswith("s3://"):
-            raise PermanentError(FailureReason.image_not_found, f"no S3 location: {image.uri!r}")
-        location = S3Object.model_validate(image.uri)
-        data = store.fetch(location).data
+        data = fetch_stored(store, image)
         decode_image(data, limits)
     except PermanentError as error:
         report.skipped += 1
         log.warning("training.image_skipped", uri=image.uri, reason=str(error))
         return False
-    suffix = Path(location.key).suffix.lower()
+    suffix = Path(S3Object.model_validate(image.uri).key).suffix.lower()
     suffix = suffix if suffix in IMAGE_SUFFIXES else ".jpg"  # (decoded by content anyway)
     stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(suffix).write_bytes(data)
