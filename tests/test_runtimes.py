@@ -1,6 +1,7 @@
 """The image tower's runtimes (torch, ONNX Runtime, OpenVINO) give the same vectors and the
 same rankings, with the real default weights on real photos; the ONNX export is cached by
-weights and falls back to a temporary folder where the cache cannot be written.
+weights, in the model's own folder or the cache, and falls back to a temporary folder where
+neither can be written.
 
 The cosine bound is what `benchmarks/runtime_agreement.py` measured across the paths one
 machine can be forced through (each runtime at 1 and 2 threads, the instruction set capped
@@ -90,22 +91,36 @@ def tiny_settings(model_dir: Path, cache: Path, runtime=ModelRuntime.openvino) -
     return ModelSettings(name=f"local-dir:{model_dir}", threads=1, cache_dir=cache, runtime=runtime)
 
 
-def test_the_export_is_made_once_per_weights(tmp_path):
+def test_the_export_is_made_once_per_weights_in_the_models_own_folder(tmp_path):
     first = write_tiny_model(tmp_path / "first", seed=0)
     second = write_tiny_model(tmp_path / "second", seed=1)
     cache = tmp_path / "cache"
     Embedder(tiny_settings(first, cache))
-    [export] = (cache / "onnx").glob("*.onnx")
+    [export] = (first / "onnx").glob("*.onnx")  # a model version carries its export
     made = export.stat().st_mtime_ns
     Embedder(tiny_settings(first, cache, ModelRuntime.onnxruntime))  # same file, reused
     assert export.stat().st_mtime_ns == made
     Embedder(tiny_settings(second, cache))  # other weights: another file
-    assert len(list((cache / "onnx").glob("*.onnx"))) == 2
-    assert not list((cache / "onnx").glob("*.partial"))
+    assert len(list((second / "onnx").glob("*.onnx"))) == 1
+    assert not list(tmp_path.glob("*/onnx/*.partial"))
+    assert not (cache / "onnx").exists()
+
+
+def _read_only(model: Path) -> None:
+    """`onnx` cannot be made in the model's folder (as on a read-only mount, even for root)."""
+    (model / "onnx").write_text("a file where the export folder would be")
+
+
+def test_a_read_only_model_folder_exports_to_the_cache(tmp_path):
+    model = write_tiny_model(tmp_path / "tiny")
+    _read_only(model)
+    Embedder(tiny_settings(model, tmp_path / "cache"))
+    assert len(list((tmp_path / "cache" / "onnx").glob("*.onnx"))) == 1
 
 
 def test_an_unwritable_cache_exports_to_a_temporary_folder(tmp_path):
     model = write_tiny_model(tmp_path / "tiny")
+    _read_only(model)
     blocker = tmp_path / "a-file"
     blocker.write_text("the cache folder cannot be made under a file, even by root")
     embedder = Embedder(tiny_settings(model, blocker / "cache"))

@@ -107,6 +107,10 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     # catalog images of the trained products, and their photos but the recent ones
     assert tower["pictures"] <= trained_products + card["data"]["train_photos"]
     assert card["gate"] == judge(card["gate"]["current"], card["gate"]["candidate"]).to_json()
+    # the version carries its towers' ONNX exports: workers mount versions read-only
+    [export] = card["exports"]
+    assert (card_file.parent / export).is_file()
+    assert export.startswith(f"{card['towers'][0]}/onnx/")
     assert (result.exit_code == 0) == card["gate"]["passed"]
 
     promoted = runner.invoke(app, ["model", "promote", card["version"]])

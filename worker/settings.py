@@ -241,8 +241,8 @@ class ModelSettings(BaseModel):
     runtime: ModelRuntime = Field(
         default=ModelRuntime.openvino,
         description="What runs the image tower: `openvino` or `onnxruntime` (the tower exported "
-        "to ONNX once, cached under `cache_dir/onnx`) or `torch`. Same vectors (cosine "
-        "≥ 0.9999), so one index serves all three.",
+        "to ONNX once, cached under `cache_dir/onnx`, or in a `local-dir:` model's own folder) or "
+        "`torch`. Same vectors (cosine ≥ 0.9999), so one index serves all three.",
     )
     device: str = Field(default="cpu", description="torch device (runtime `torch`), e.g. `cuda`.")
 

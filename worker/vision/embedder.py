@@ -128,7 +128,8 @@ class _Member:
         self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
         self.transform = image_transform_v2(preprocess, is_train=False)
         # the exported runtimes hold their own copy of the weights; torch's is then dropped
-        self.tower = open_tower(settings, model, self.image_size, model_id, device)
+        folder = Path(name.removeprefix("local-dir:")) if name.startswith("local-dir:") else None
+        self.tower = open_tower(settings, model, self.image_size, model_id, device, folder)
 
 
 class Embedder:

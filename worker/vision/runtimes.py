@@ -3,7 +3,8 @@ and run by ONNX Runtime or OpenVINO.
 
 On CPU the exported tower is several times faster than eager torch for the same vectors
 (docs/benchmarks.md, "Runtimes"). The export is made once per weights and export settings and
-cached beside the prepared weights (`prepare-model`, the Docker build); torch still defines
+cached beside the prepared weights (`prepare-model`, the Docker build) or in a `local-dir:`
+model's own folder (a model version's); torch still defines
 the model, so the weights and preprocessing are the same whatever the runtime.
 """
 
@@ -126,24 +127,39 @@ def _export(model: torch.nn.Module, image_size: tuple[int, int], path: Path) -> 
 
 
 def exported_tower(
-    model: torch.nn.Module, image_size: tuple[int, int], cache_dir: Path, name: str
+    model: torch.nn.Module,
+    image_size: tuple[int, int],
+    cache_dir: Path,
+    name: str,
+    model_folder: Path | None = None,
 ) -> Path:
-    """The tower's ONNX file, exported on first use and cached under `cache_dir/onnx`. Where
-    the cache cannot be written (a read-only image without a prepared export), the export
-    goes to a temporary folder for this process, with a warning."""
+    """The tower's ONNX file, exported on first use. It is kept in `model_folder/onnx` when
+    the weights come from a writable folder (a model version carries its exports, and workers
+    that mount it read-only find them), else under `cache_dir/onnx`. Where neither can be
+    written (a read-only image without a prepared export), the export goes to a temporary
+    folder for this process, with a warning."""
     fingerprint = export_fingerprint(model, image_size)
-    path = cache_dir / "onnx" / f"{name}-{fingerprint}.onnx"
-    if path.is_file():
-        return path
+    places = [
+        folder / "onnx" / f"{name}-{fingerprint}.onnx"
+        for folder in (model_folder, cache_dir)
+        if folder
+    ]
+    for path in places:
+        if path.is_file():
+            return path
     started = time.perf_counter()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(f".{os.getpid()}.partial")
-        _export(model.cpu(), image_size, partial)
-        os.replace(partial, path)  # whole or absent, even with several processes exporting
-    except OSError as error:
-        path = Path(tempfile.mkdtemp(prefix="jewelmatch-onnx-")) / path.name
-        log.warning("model.export_not_cached", reason=str(error), path=str(path))
+    for path in places:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            partial = path.with_suffix(f".{os.getpid()}.partial")
+            _export(model.cpu(), image_size, partial)
+            os.replace(partial, path)  # whole or absent, even with several processes exporting
+            break
+        except OSError as error:
+            reason = str(error)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="jewelmatch-onnx-")) / places[-1].name
+        log.warning("model.export_not_cached", reason=reason, path=str(path))
         _export(model.cpu(), image_size, path)
     log.info("model.exported", path=str(path), seconds=round(time.perf_counter() - started, 2))
     return path
@@ -155,10 +171,11 @@ def open_tower(
     image_size: tuple[int, int],
     name: str,
     device: torch.device,
+    model_folder: Path | None = None,
 ) -> ImageTower:
     if settings.runtime is ModelRuntime.torch:
         return TorchTower(model, device)
-    path = exported_tower(model, image_size, settings.cache_dir, name)
+    path = exported_tower(model, image_size, settings.cache_dir, name, model_folder)
     if settings.runtime is ModelRuntime.onnxruntime:
         return OnnxRuntimeTower(path, settings.threads)
     return OpenVinoTower(path, settings.threads)

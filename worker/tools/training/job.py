@@ -16,7 +16,7 @@ from rich.progress import Progress
 from worker.index import VectorIndex
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
-from worker.settings import Settings
+from worker.settings import ModelRuntime, Settings
 from worker.tools.bench.accuracy import AccuracyOptions, run_accuracy
 from worker.tools.folders import read_folder_dataset
 from worker.tools.training.export import export_confirmations
@@ -92,6 +92,7 @@ def train_version(
     for tower in towers:
         (staging / tower).rename(folder / tower)
     shutil.rmtree(staging)  # the checkpoints: the run is over
+    exports = _export_towers(settings, [folder / tower for tower in towers])
     card = {
         "version": version,
         "base_model": settings.model.name,
@@ -102,12 +103,32 @@ def train_version(
         "training_settings": settings.training.model_dump(mode="json"),
         "data": {**exported.to_json(), "confirmed_per_product_at_most": most},
         "towers": towers,
+        "exports": [str(path.relative_to(folder)) for path in exports],
         "training": trained,
         "gate": decision.to_json(),
     }
     model_version = versions.write_card(version, card)
     log.info("training.gate", version=version, **decision.to_json())
     return model_version, decision
+
+
+def _export_towers(settings: Settings, folders: list[Path]) -> list[Path]:
+    """The towers' ONNX files, made now in their folders: workers mount versions read-only
+    and load them from there (the judging run has usually made them already)."""
+    from worker.vision.embedder import Embedder
+
+    runtime = settings.model.runtime
+    name = "+".join(f"local-dir:{folder}" for folder in folders)
+    Embedder(
+        settings.model.model_copy(
+            update={
+                "name": name,
+                "version": BASE,
+                "runtime": ModelRuntime.openvino if runtime is ModelRuntime.torch else runtime,
+            }
+        )
+    )
+    return sorted(path for folder in folders for path in (folder / "onnx").glob("*.onnx"))
 
 
 def _base_weights(settings: Settings) -> Settings:
