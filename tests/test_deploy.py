@@ -33,11 +33,15 @@ def load_all(path: Path) -> list[dict]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
+def k8s_documents(folder: Path) -> list[dict]:
+    return [doc for path in sorted(folder.glob("*.yaml")) for doc in load_all(path)]
+
+
 def k8s_objects(folder: Path) -> dict[str, dict]:
-    objects = {}
-    for path in folder.glob("*.yaml"):
-        for doc in load_all(path):
-            objects[doc["kind"]] = doc
+    """One object per kind: the first of its kind (NetworkPolicy: the worker's)."""
+    objects: dict[str, dict] = {}
+    for doc in k8s_documents(folder):
+        objects.setdefault(doc["kind"], doc)
     return objects
 
 
@@ -391,6 +395,20 @@ def test_kubernetes_defaults_are_safe():
     }
     assert all(v["emptyDir"].get("sizeLimit") for v in pod["volumes"] if "emptyDir" in v)
     assert CONFIG["JEWELMATCH_INDEX__URL"].startswith("https://")
+
+
+def test_the_training_jobs_pods_take_no_traffic_and_reach_only_s3_qdrant_and_dns():
+    cronjob = BASE["CronJob"]
+    labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    [policy] = [
+        doc
+        for doc in k8s_documents(K8S / "base")
+        if doc["kind"] == "NetworkPolicy" and doc["spec"]["podSelector"]["matchLabels"] == labels
+    ]
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert policy["spec"]["ingress"] == []
+    egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert egress == {53, 443, 9000, 6333}  # DNS, S3 (HTTPS or MinIO), Qdrant; no AMQP
 
 
 # --- Grafana dashboard -----------------------------------------------------------------
