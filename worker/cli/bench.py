@@ -470,3 +470,43 @@ def refit(
         )
     console.print(table)
     console.print(f"written: {write_result(out, 'refit', _command(), {'refits': rows})}")
+
+
+@bench.command("train")
+def train_job(
+    data: Annotated[Path, typer.Option(help="Folder data set (catalog_* and query_* files).")],
+    split: Annotated[str, typer.Option(help="Split whose photos are the confirmations.")] = "train",
+    photos: Annotated[
+        int, typer.Option(min=2, help="Confirmed photos per product (products with fewer: out).")
+    ] = 10,
+    open_set: Annotated[
+        int, typer.Option(min=1, help="Products left out of the gate's catalog (open set).")
+    ] = 4,
+    out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "train-job.json",
+) -> None:
+    """Seconds the whole `jewelmatch train` job takes (export, judging, fine-tuning, ONNX
+    export) on a deployment whose index holds `photos` confirmed photos per product, in
+    moto's S3 server and a fresh embedded index; nothing is left behind."""
+    from worker.observability.logs import load_settings
+    from worker.tools.bench.report import write_result
+    from worker.tools.bench.training import TrainBenchOptions, run_train_bench
+    from worker.tools.training.job import TrainOptions
+
+    settings = load_settings(quiet=True)
+    options = TrainBenchOptions(data, split, photos, TrainOptions(open_set=open_set))
+    with Progress(console=console) as progress:
+        figures = run_train_bench(settings, options, progress)
+    table = Table(title=f"jewelmatch train, {figures['products']} products × {photos} photos")
+    for label in ("confirmed", "train photos", "job s", "training s", "gate"):
+        table.add_column(label)
+    table.add_row(
+        str(figures["confirmed_photos"]),
+        str(figures["data"]["train_photos"]),
+        f"{figures['seconds']:.0f}",
+        f"{figures['training_seconds']:.0f}",
+        "passed"
+        if figures["gate"]["passed"]
+        else "failed: " + "; ".join(figures["gate"]["reasons"]),
+    )
+    console.print(table)
+    console.print(f"written: {write_result(out, 'train', _command(), figures)}")

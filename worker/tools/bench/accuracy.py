@@ -294,7 +294,7 @@ def _rank_all(
     return [QueryOutcome(q, r) for q, r in zip(queries, rankings, strict=True)]
 
 
-def _first_photos(product: FolderProduct, split: str, count: int) -> list[QueryPhoto]:
+def first_photos(product: FolderProduct, split: str, count: int) -> list[QueryPhoto]:
     photos = sorted((q for q in product.queries if q.split == split), key=lambda q: q.path.name)
     return photos[:count]
 
@@ -331,7 +331,7 @@ def _plan(dataset: FolderDataset, options: AccuracyOptions) -> _Plan:
     # confirmation split; confirmations are later taken from those. None of them is matched.
     per_product = max([options.unlabeled_scans_per_product, *options.confirmed])
     scanned = [
-        q for p in dataset.products for q in _first_photos(p, options.confirmed_split, per_product)
+        q for p in dataset.products for q in first_photos(p, options.confirmed_split, per_product)
     ]
     seen = {q.path for q in scanned}
     queries = [q for q in dataset.queries if q.split in (options.split, "") and q.path not in seen]
@@ -358,7 +358,7 @@ def _fine_tune(
     ] + [
         LabelledPicture(q.product_id, q.object_key(), _loader(q.path, settings))
         for p in trained_products
-        for q in _first_photos(p, options.confirmed_split, most)
+        for q in first_photos(p, options.confirmed_split, most)
     ]
     tasks: dict[tuple[str, str], object] = {}
 
@@ -448,7 +448,7 @@ def _runs(
                 q
                 for p in plan.in_catalog
                 if p.product_id not in plan.new_ids
-                for q in _first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
+                for q in first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
             ],
         )
         confirmed_so_far = count
