@@ -13,6 +13,7 @@ from tests.conftest import make_settings
 from worker.cli import app
 from worker.tools.bench.accuracy import AccuracyOptions, run_accuracy
 from worker.tools.synthetic import catalog_designs, photograph, render
+from worker.vision.versions import read_trained_on
 
 
 def tiny_settings(tmp_path, tiny_model_dir):
@@ -91,7 +92,8 @@ def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_t
     tmp_path,
 ):
     """`--fine-tune`: the towers train on the confirmed photos and their products' catalog
-    images; never on a photo that is matched, a brand-new product or a left-out one."""
+    images; never on a photo that is matched, a brand-new product or a left-out one, nor on
+    the latest `calibration_share` of the confirmed photos (labels for the confidence)."""
     from tests.support.tiny_model import write_tiny_efficientnet
 
     data = write_dataset(tmp_path / "data")
@@ -103,14 +105,25 @@ def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_t
         training={"epochs": 1, "views": 2, "batch_size": 4},
     )
     options = AccuracyOptions(
-        data=data, confirmed=(0, 1), open_set=1, new_share=0.4, fine_tune=True
+        data=data,
+        confirmed=(0, 2),
+        open_set=1,
+        new_share=0.4,
+        fine_tune=True,
+        calibration_share=0.5,
+        fine_tune_dir=tmp_path / "model-folder",
     )
     with Progress(disable=True) as progress:
         report = run_accuracy(settings, options, progress)
     trained = report.to_json()["fine_tune"]
     [tower] = trained["towers"].values()
     # 5 products in the catalog, 2 of them new: 3 catalog images and 3 first train photos
+    # (the second of each product's 2 confirmed photos is kept for calibration)
     assert (tower["products"], tower["pictures"]) == (3, 6)
+    # the trained towers know the photos they trained on, by the URIs of their scans
+    [folder] = (tmp_path / "model-folder").glob("tiny-efficientnet-*")
+    assert len(read_trained_on(folder)) == 3
+    assert all(uri.startswith("s3://bench/") for uri in read_trained_on(folder))
     assert report.model.startswith(f"tiny-efficientnet-{trained['version']}")
     assert len(report.runs) == 2
 

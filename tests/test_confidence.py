@@ -140,17 +140,22 @@ def _shop(seed: int = 11):
     def photo(product: int, spread: float = 0.12) -> np.ndarray:
         return unit_rows(centres[product] + rng.normal(size=DIM) * spread).astype(np.float32)
 
-    rows, ids, sources = [], [], []
+    rows, ids, sources, uris = [], [], [], []
     for product in range(PRODUCTS):
         rows.append(photo(product, 0.05))
         ids.append(f"p{product}")
         sources.append(SOURCE_CATALOG)
-        for _ in range(PHOTOS):
+        uris.append(f"s3://catalog/p{product}.jpg")
+        for n in range(PHOTOS):
             rows.append(photo(product))
             ids.append(f"p{product}")
             sources.append(SOURCE_CONFIRMED_SCAN)
+            uris.append(f"s3://scans/p{product}-{n}.jpg")
     refs = ReferenceSet(
-        np.array(rows), np.array(ids, dtype=object), np.array(sources, dtype=object)
+        np.array(rows),
+        np.array(ids, dtype=object),
+        np.array(sources, dtype=object),
+        np.array(uris, dtype=object),
     )
     return refs, photo
 
@@ -184,3 +189,32 @@ def test_a_refit_learns_the_confidence_from_its_confirmations_and_ranks_with_it(
     assert all(r.hits[0].product_id == f"p{n}" for n, r in enumerate(known) if r in answered)
     assert all(r.confidence_origin == "labels" and 0 <= r.confidence <= 1 for r in known)
     assert sum(r.status is MatchStatus.matched for r in strangers) <= 2
+
+
+def test_photos_the_towers_trained_on_are_references_but_never_labels():
+    """After `jewelmatch train`, the confirmations the towers learned look easier than any new
+    scan: the confidence learns only from the others, and from the prior while too few."""
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.ranking import MatchPolicy
+    from worker.settings import LearningSettings
+    from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout
+
+    refs, photo = _shop()
+    scans = np.array([photo(p % PRODUCTS) for p in range(200)])
+    confirmed = refs.uris[refs.sources == SOURCE_CONFIRMED_SCAN]
+    policy = MatchPolicy(min_margin=0.5, target_precision=0.95)
+
+    def fitted(trained_on) -> dict:
+        snapshot = fit_snapshot(
+            refs, scans, VectorLayout(DIM), LearningSettings(), policy, frozenset(trained_on)
+        )
+        return snapshot.report
+
+    half = [uri for uri in confirmed if uri.endswith(("-0.jpg", "-1.jpg"))]
+    report = fitted(half)
+    assert report["confidence"]["labels"] == PRODUCTS * PHOTOS - len(half)
+    assert report["confirmations_trained_on"] == len(half)
+    assert report["references"] == len(refs)  # they still rank as references
+    everything = fitted(confirmed)
+    assert everything["confidence"]["origin"] == "prior"
+    assert everything["confirmations_trained_on"] == PRODUCTS * PHOTOS

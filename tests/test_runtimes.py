@@ -127,3 +127,22 @@ def test_an_unwritable_cache_exports_to_a_temporary_folder(tmp_path):
     vectors = embedder.embed([Image.new("RGB", (64, 64), "red")])
     assert vectors.shape == (1, embedder.dim)
     assert np.linalg.norm(vectors[0]) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_the_embedder_knows_which_photos_its_towers_trained_on(tmp_path):
+    from worker.vision.versions import write_trained_on
+
+    first = write_tiny_model(tmp_path / "first", seed=0)
+    second = write_tiny_model(tmp_path / "second", seed=1)
+    write_trained_on(first, ["s3://scans/a.jpg"])
+    write_trained_on(second, ["s3://scans/b.jpg"])
+    cache = tmp_path / "cache"
+    ensemble = ModelSettings(
+        name=f"local-dir:{first}+local-dir:{second}",
+        threads=1,
+        cache_dir=cache,
+        runtime=ModelRuntime.torch,
+    )
+    assert Embedder(ensemble).trained_on == {"s3://scans/a.jpg", "s3://scans/b.jpg"}
+    untrained = write_tiny_model(tmp_path / "untrained", seed=2)
+    assert Embedder(tiny_settings(untrained, cache, ModelRuntime.torch)).trained_on == set()

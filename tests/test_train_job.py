@@ -27,7 +27,7 @@ from worker.training.gate import judge
 from worker.training.model import fine_tune_model, run_version
 from worker.vectors import ImageKind
 from worker.vision.embedder import Embedder
-from worker.vision.versions import ModelVersions
+from worker.vision.versions import ModelVersions, read_trained_on
 
 pytestmark = pytest.mark.integration
 
@@ -107,6 +107,12 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     # catalog images of the trained products, and their photos but the recent ones
     assert tower["pictures"] <= trained_products + card["data"]["train_photos"]
     assert card["gate"] == judge(card["gate"]["current"], card["gate"]["candidate"]).to_json()
+    # the tower lists the photos it trained on by their URIs in the index: never labels
+    trained_on = read_trained_on(card_file.parent / card["towers"][0])
+    assert len(trained_on) == card["data"]["photos_trained_on"] > 0
+    assert len(trained_on) <= card["data"]["train_photos"]
+    assert all(uri.startswith(f"s3://{SCANS_BUCKET}/bag-") for uri in trained_on)
+    assert not any(held.removeprefix("s3://") in uri for uri in trained_on for held in held_out)
     # the version carries its towers' ONNX exports: workers mount versions read-only
     [export] = card["exports"]
     assert (card_file.parent / export).is_file()

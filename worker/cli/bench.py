@@ -52,6 +52,25 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+FineTuneOption = Annotated[
+    bool,
+    typer.Option(
+        help="Fine-tune the image towers first (jewelmatch train's code, "
+        "JEWELMATCH_TRAINING__*) on the largest --confirmed count's photos and their "
+        "products' catalog images; --new-share products never train."
+    ),
+]
+CalibrationShareOption = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=0.9,
+        help="With --fine-tune: the latest share of each product's confirmation photos "
+        "never trains; the confidence learns from those (as after jewelmatch train).",
+    ),
+]
+
+
 @bench.command()
 def accuracy(
     data: Annotated[Path, typer.Option(help="Folder data set (catalog_* and query_* files).")],
@@ -93,14 +112,8 @@ def accuracy(
             "benchmarks/jewelry-dev-kinds.csv: recall is also reported per kind of photo."
         ),
     ] = None,
-    fine_tune: Annotated[
-        bool,
-        typer.Option(
-            help="Fine-tune the image towers first (jewelmatch train's code, "
-            "JEWELMATCH_TRAINING__*) on the largest --confirmed count's photos and their "
-            "products' catalog images; --new-share products never train."
-        ),
-    ] = False,
+    fine_tune: FineTuneOption = False,
+    calibration_share: CalibrationShareOption = 0.2,
 ) -> None:
     """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
     from worker.observability.logs import load_settings
@@ -120,6 +133,7 @@ def accuracy(
         new_share=new_share,
         kinds=kinds,
         fine_tune=fine_tune,
+        calibration_share=calibration_share,
     )
 
     with Progress(console=console, transient=True) as progress:

@@ -142,31 +142,35 @@ class ProductHit:
 
 @dataclass(frozen=True)
 class ReferenceSet:
-    """Reference vectors with their product ids and sources, for fitting and prototypes."""
+    """Reference vectors with their product ids, sources and image URIs (None where the
+    image has none), for fitting and prototypes."""
 
     vectors: np.ndarray
     product_ids: np.ndarray
     sources: np.ndarray
+    uris: np.ndarray | None = None
 
     @classmethod
-    def from_rows(cls, rows: list[tuple[str, str, list[float]]], dim: int) -> ReferenceSet:
+    def from_rows(
+        cls, rows: list[tuple[str, str, list[float], str | None]], dim: int
+    ) -> ReferenceSet:
+        """From `(product_id, source, vector, uri)` rows."""
         if not rows:
-            return cls(
-                np.zeros((0, dim), np.float32),
-                np.array([], dtype=object),
-                np.array([], dtype=object),
-            )
+            empty = np.array([], dtype=object)
+            return cls(np.zeros((0, dim), np.float32), empty, empty.copy(), empty.copy())
         return cls(
             np.asarray([r[2] for r in rows], dtype=np.float32),
             np.array([r[0] for r in rows], dtype=object),
             np.array([r[1] for r in rows], dtype=object),
+            np.array([r[3] for r in rows], dtype=object),
         )
 
     def __len__(self) -> int:
         return len(self.vectors)
 
     def subset(self, mask: np.ndarray) -> ReferenceSet:
-        return ReferenceSet(self.vectors[mask], self.product_ids[mask], self.sources[mask])
+        uris = None if self.uris is None else self.uris[mask]
+        return ReferenceSet(self.vectors[mask], self.product_ids[mask], self.sources[mask], uris)
 
 
 @dataclass

@@ -264,7 +264,11 @@ class EdgeIndex(VectorIndex):
         scroll_filter = Filter(must=[_match("product_id", product_id)]) if product_id else None
         records = self._scroll(self._refs, scroll_filter, with_vector=True)
         return ReferenceSet.from_rows(
-            [(r.payload["product_id"], r.payload["source"], r.vector) for r in records], self.dim
+            [
+                (r.payload["product_id"], r.payload["source"], r.vector, r.payload.get("uri"))
+                for r in records
+            ],
+            self.dim,
         )
 
     def scan_vectors(self, limit: int) -> np.ndarray:

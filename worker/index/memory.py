@@ -156,7 +156,9 @@ class InMemoryIndex(VectorIndex):
 
     def references(self, product_id: str | None = None) -> ReferenceSet:
         groups = [self._by_product.get(product_id, {})] if product_id else self._by_product.values()
-        rows = [(i.product_id, i.source, i.vector) for images in groups for i in images.values()]
+        rows = [
+            (i.product_id, i.source, i.vector, i.uri) for images in groups for i in images.values()
+        ]
         return ReferenceSet.from_rows(rows, self.dim)
 
     # scans -------------------------------------------------------------------------------

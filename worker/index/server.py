@@ -256,7 +256,11 @@ class QdrantServerIndex(VectorIndex):
         )
         records = self._scroll(self.references_collection, scroll_filter, with_vectors=True)
         return ReferenceSet.from_rows(
-            [(r.payload["product_id"], r.payload["source"], r.vector) for r in records], self.dim
+            [
+                (r.payload["product_id"], r.payload["source"], r.vector, r.payload.get("uri"))
+                for r in records
+            ],
+            self.dim,
         )
 
     @_transient_on_outage

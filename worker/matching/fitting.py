@@ -15,7 +15,7 @@ import numpy as np
 
 from worker.index.base import ReferenceSet
 from worker.index.memory import InMemoryIndex
-from worker.matching.labels import confirmation_outcomes
+from worker.matching.labels import confirmation_outcomes, labelled_rows
 from worker.matching.ranking import MatchPolicy, Prototypes, Snapshot, rank
 from worker.matching.stages.centring import Centring, image_references
 from worker.matching.stages.confidence import Outcomes, fit_confidence
@@ -34,8 +34,10 @@ def fit_snapshot(
     layout: VectorLayout,
     learning: LearningSettings,
     policy: MatchPolicy,
+    trained_on: frozenset[str] = frozenset(),
 ) -> Snapshot:
-    """A new snapshot of every stage from the references and remembered scans."""
+    """A new snapshot of every stage from the references and remembered scans (`trained_on`:
+    the URIs of the confirmed photos the image towers trained on, never labels)."""
     image_refs = image_references(refs, layout)
     image_scans = layout.image_part(scan_vectors)
     centring = Centring.fit(refs, scan_vectors, image_refs, image_scans, learning.centring)
@@ -68,17 +70,22 @@ def fit_snapshot(
         fitted_at=time.time(),
         report=report,
     )
-    return _with_confidence(snapshot, refs, confirmations, learning)
+    return _with_confidence(snapshot, refs, learning, trained_on)
 
 
 def _with_confidence(
-    snapshot: Snapshot, refs: ReferenceSet, confirmations: int, learning: LearningSettings
+    snapshot: Snapshot, refs: ReferenceSet, learning: LearningSettings, trained_on: frozenset[str]
 ) -> Snapshot:
     """The snapshot with its confidence stage learned from its confirmations, once enough."""
     settings = learning.confidence
     outcomes = Outcomes.none()
+    confirmations = len(labelled_rows(refs, trained_on))
+    if trained_on:
+        snapshot.report["confirmations_trained_on"] = (
+            snapshot.report["confirmations"] - confirmations
+        )
     if settings.enabled and confirmations >= settings.min_labels:
-        outcomes = confirmation_outcomes(refs, snapshot, learning)
+        outcomes = confirmation_outcomes(refs, snapshot, learning, trained_on)
     policy = snapshot.policy
     confidence = fit_confidence(outcomes, settings, policy.target_precision, policy.prior())
     labels = confidence.report.get("labels") or confirmations

@@ -2,7 +2,12 @@
 ranked as if it arrived now, by the snapshot being fitted, against the references of the
 other folds (and, where the snapshot ranks in the learned metric, a metric fitted on them:
 cross-fitting, so that no photo is ranked by what it taught). Its ranking read once more
-without its own product is the outcome of a jewel outside the catalog."""
+without its own product is the outcome of a jewel outside the catalog.
+
+A photo the image towers trained on (`jewelmatch train`) is no label: the towers drew it to its
+product, so it looks easier than any new scan, and a confidence learned from it answers too
+boldly. Those photos still serve as references; the labels come from the confirmations the
+model in use never trained on (the share `train` held out, and every confirmation since)."""
 
 from __future__ import annotations
 
@@ -23,12 +28,24 @@ from worker.vectors import SOURCE_CONFIRMED_SCAN
 _CANDIDATES = 3  # the first, the second and, once the product is taken out, a third
 
 
+def labelled_rows(refs: ReferenceSet, trained_on: frozenset[str]) -> np.ndarray:
+    """The rows of confirmed photos that can be labels: those the towers never trained on."""
+    confirmed = refs.sources == SOURCE_CONFIRMED_SCAN
+    if trained_on and refs.uris is not None:
+        confirmed &= np.array([uri not in trained_on for uri in refs.uris], dtype=bool)
+    return np.flatnonzero(confirmed)
+
+
 def confirmation_outcomes(
-    refs: ReferenceSet, snapshot: Snapshot, learning: LearningSettings
+    refs: ReferenceSet,
+    snapshot: Snapshot,
+    learning: LearningSettings,
+    trained_on: frozenset[str] = frozenset(),
 ) -> Outcomes:
-    """Labelled outcomes of (at most `confidence.max_labels`) confirmed photos."""
+    """Labelled outcomes of (at most `confidence.max_labels`) confirmed photos that the
+    towers never trained on."""
     settings = learning.confidence
-    confirmed = np.flatnonzero(refs.sources == SOURCE_CONFIRMED_SCAN)[: settings.max_labels]
+    confirmed = labelled_rows(refs, trained_on)[: settings.max_labels]
     keys = np.array([f"{refs.product_ids[i]}/{i}" for i in confirmed], dtype=object)
     fold_of = np.array([zlib.crc32(k.encode()) % settings.folds for k in keys])
     rows: list[np.ndarray] = []

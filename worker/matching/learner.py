@@ -30,8 +30,10 @@ class Learner:
         layout: VectorLayout,
         learning: LearningSettings,
         policy: MatchPolicy,
+        trained_on: frozenset[str] = frozenset(),
     ) -> None:
         self.index, self.layout, self.learning, self.policy = index, layout, learning, policy
+        self.trained_on = trained_on
         detail = DetailStage.from_settings(learning.detail)
         self.snapshot = Snapshot(
             layout=layout,
@@ -102,6 +104,7 @@ class Learner:
             self.layout,
             self.learning,
             self.policy,
+            self.trained_on,
         )
         with self._lock:
             self.snapshot = snapshot

@@ -39,11 +39,14 @@ class Matcher:
         model_id: str,
         policy: MatchPolicy | None = None,
         learning: LearningSettings | None = None,
+        trained_on: frozenset[str] = frozenset(),
     ) -> None:
+        """`trained_on`: URIs of the confirmed photos the image towers trained on (never
+        labels of the confidence stage)."""
         self.index = index
         self.model_id = model_id
         self.learner = Learner(
-            index, layout, learning or LearningSettings(), policy or MatchPolicy()
+            index, layout, learning or LearningSettings(), policy or MatchPolicy(), trained_on
         )
         self.scans = ScanMemory(index, self.catalog(), self.learner)
 

@@ -53,6 +53,7 @@ def build_components(settings: Settings, embedder: Embedder | None = None) -> Co
         embedder.model_id,
         policy_from_settings(settings.matching),
         settings.learning,
+        trained_on=embedder.trained_on,
     )
     matcher.refit()  # what the index already teaches (domain means, learned metric)
     return Components(embedder, index, matcher)

@@ -32,7 +32,7 @@ from worker.vectors import ImageKind, VectorLayout, unit_rows
 from worker.vision import colour
 from worker.vision.object_region import object_region
 from worker.vision.runtimes import open_tower
-from worker.vision.versions import versioned_name
+from worker.vision.versions import read_trained_on, versioned_name
 from worker.vision.weights import BUILTIN_MODELS, resolve_model_name
 
 log = get_logger(__name__)
@@ -130,6 +130,7 @@ class _Member:
         # the exported runtimes hold their own copy of the weights; torch's is then dropped
         folder = Path(name.removeprefix("local-dir:")) if name.startswith("local-dir:") else None
         self.tower = open_tower(settings, model, self.image_size, model_id, device, folder)
+        self.trained_on = read_trained_on(folder) if folder else frozenset()
 
 
 class Embedder:
@@ -158,6 +159,10 @@ class Embedder:
             for name in names
         ]
         self.image_size = self._members[0].image_size
+        self.trained_on: frozenset[str] = frozenset().union(
+            *(member.trained_on for member in self._members)
+        )
+        """URIs of the confirmed photos its towers trained on (`jewelmatch train`)."""
         self.runtime = settings.runtime
         self._colour_weight = settings.colour_weight
         self.view_dim = int(self._views([Image.new("RGB", (64, 64), "gray")], 1).shape[1])

@@ -19,6 +19,9 @@ from pathlib import Path
 from worker.errors import StartupError
 
 REGISTRY_FILE = "registry.json"
+TRAINED_ON_FILE = "trained_on.json"
+"""In a trained tower's folder: the URIs of the confirmed photos it trained on, which the
+confidence stage never takes as labels (worker/matching/labels.py)."""
 CARD_FILE = "card.json"
 CURRENT = "current"
 BASE = "base"
@@ -95,6 +98,16 @@ def versioned_name(name: str, version: str, cache_dir: Path) -> str:
     versions = ModelVersions(cache_dir)
     chosen = versions.current(name) if version == CURRENT else versions.get(version)
     return chosen.model_name() if chosen else name
+
+
+def read_trained_on(model_folder: Path) -> frozenset[str]:
+    """The photos a tower trained on (none for weights as configured)."""
+    path = model_folder / TRAINED_ON_FILE
+    return frozenset(json.loads(path.read_text())["uris"]) if path.is_file() else frozenset()
+
+
+def write_trained_on(model_folder: Path, uris: list[str]) -> None:
+    _write_json(model_folder / TRAINED_ON_FILE, {"uris": sorted(uris)})
 
 
 def _write_json(path: Path, value: dict) -> None:

@@ -21,6 +21,7 @@ catalog-only one.
 from __future__ import annotations
 
 import csv
+import math
 import random
 import tempfile
 import time
@@ -53,6 +54,7 @@ from worker.training.model import TrainedModel, fine_tune_model, run_version
 from worker.vectors import ImageKind
 from worker.vision.images import decode_image
 from worker.vision.local_features import LocalFeatures
+from worker.vision.versions import write_trained_on
 
 TOP_K = 5
 BENCH_BUCKET = "bench"
@@ -79,6 +81,10 @@ class AccuracyOptions:
     (`new_share`) and left-out ones never train."""
     fine_tune_dir: Path | None = None
     """Where the fine-tuned towers are kept (default: a temporary folder)."""
+    calibration_share: float = 0.2
+    """With `fine_tune`: the latest share of each product's confirmation photos never trains,
+    so that the confidence has labels the towers did not learn (as in production, where
+    `jewelmatch train` holds out the latest confirmations and new ones keep coming)."""
     new_products: frozenset[str] | None = None
     """The brand-new products, by name (instead of a `new_share` drawn by the seed)."""
 
@@ -256,9 +262,14 @@ def _remember_scans(
                 scan_id=_scan_id(photo),
                 vector=vector,
                 created_at=time.time(),
-                image_uri=f"s3://{BENCH_BUCKET}/{photo.product_id}/{photo.path.name}",
+                image_uri=_photo_uri(photo),
             )
         )
+
+
+def _photo_uri(photo: QueryPhoto) -> str:
+    """Where a bench photo lies, as the scans that the benchmark remembers say."""
+    return f"s3://{BENCH_BUCKET}/{photo.object_key()}"
 
 
 def _confirm(matcher: Matcher, photos: Sequence[QueryPhoto]) -> None:
@@ -345,21 +356,20 @@ def _plan(dataset: FolderDataset, options: AccuracyOptions) -> _Plan:
 def _fine_tune(
     settings: Settings, options: AccuracyOptions, plan: _Plan, out_dir: Path, progress: Progress
 ) -> TrainedModel:
-    """Train the towers on what the protocol confirms at its largest count (never a photo
-    that is matched, never a new or left-out product)."""
+    """Train the towers on what the protocol confirms at its largest count, less the latest
+    `calibration_share` of each product's photos (never a photo that is matched, never a new
+    or left-out product); each trained folder lists the photos it trained on."""
     most = max(options.confirmed)
     if most < 1:
         raise ValueError("--fine-tune needs confirmed photos (e.g. --confirmed 0,10)")
+    trains = most - math.floor(options.calibration_share * most)
     trained_products = [p for p in plan.in_catalog if p.product_id not in plan.new_ids]
+    photos = [q for p in trained_products for q in first_photos(p, options.confirmed_split, trains)]
     pictures = [
         LabelledPicture(p.product_id, f"{p.product_id}/{path.name}", _loader(path, settings), True)
         for p in trained_products
         for path in p.catalog
-    ] + [
-        LabelledPicture(q.product_id, q.object_key(), _loader(q.path, settings))
-        for p in trained_products
-        for q in first_photos(p, options.confirmed_split, most)
-    ]
+    ] + [LabelledPicture(q.product_id, q.object_key(), _loader(q.path, settings)) for q in photos]
     tasks: dict[tuple[str, str], object] = {}
 
     def advance(tower: str, stage: str, done: int, total: int) -> None:
@@ -368,7 +378,12 @@ def _fine_tune(
         progress.update(tasks[tower, stage], completed=done)
 
     version = run_version(settings.model, pictures, settings.training)
-    return fine_tune_model(settings.model, pictures, settings.training, out_dir, version, advance)
+    trained = fine_tune_model(
+        settings.model, pictures, settings.training, out_dir, version, advance
+    )
+    for folder in trained.folders:
+        write_trained_on(folder, [_photo_uri(q) for q in photos])
+    return trained
 
 
 def _loader(path: Path, settings: Settings) -> Callable[[], Image.Image]:

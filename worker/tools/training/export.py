@@ -37,6 +37,8 @@ class ExportReport:
     held_out_products: list[str] = field(default_factory=list)
     held_out_photos: int = 0
     skipped: int = 0
+    uris: dict[str, str] = field(default_factory=dict)
+    """Where each exported photo came from: `<product folder>/<file>` → its URI."""
 
     def to_json(self) -> dict:
         return {
@@ -123,5 +125,7 @@ def _copy(
     suffix = Path(S3Object.model_validate(image.uri).key).suffix.lower()
     suffix = suffix if suffix in IMAGE_SUFFIXES else ".jpg"  # (decoded by content anyway)
     stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(suffix).write_bytes(data)
+    path = stem.with_suffix(suffix)
+    path.write_bytes(data)
+    report.uris[f"{path.parent.name}/{path.name}"] = image.uri
     return True

@@ -17,11 +17,17 @@ from worker.index import VectorIndex
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
 from worker.settings import ModelRuntime, Settings
-from worker.tools.bench.accuracy import AccuracyOptions, run_accuracy
+from worker.tools.bench.accuracy import BENCH_BUCKET, AccuracyOptions, run_accuracy
 from worker.tools.folders import read_folder_dataset
 from worker.tools.training.export import export_confirmations
 from worker.training.gate import GateDecision, judge
-from worker.vision.versions import BASE, ModelVersion, ModelVersions
+from worker.vision.versions import (
+    BASE,
+    ModelVersion,
+    ModelVersions,
+    read_trained_on,
+    write_trained_on,
+)
 
 log = get_logger(__name__)
 
@@ -91,6 +97,8 @@ def train_version(
     towers = [Path(name.removeprefix("local-dir:")).name for name in trained["name"].split("+")]
     for tower in towers:
         (staging / tower).rename(folder / tower)
+        trained_on = _in_the_index(read_trained_on(folder / tower), exported.uris)
+        write_trained_on(folder / tower, trained_on)
     shutil.rmtree(staging)  # the checkpoints: the run is over
     exports = _export_towers(settings, [folder / tower for tower in towers])
     card = {
@@ -101,7 +109,11 @@ def train_version(
         "seconds": round(time.time() - started, 1),
         "seed": seed,
         "training_settings": settings.training.model_dump(mode="json"),
-        "data": {**exported.to_json(), "confirmed_per_product_at_most": most},
+        "data": {
+            **exported.to_json(),
+            "confirmed_per_product_at_most": most,
+            "photos_trained_on": len(trained_on),
+        },
         "towers": towers,
         "exports": [str(path.relative_to(folder)) for path in exports],
         "training": trained,
@@ -110,6 +122,13 @@ def train_version(
     model_version = versions.write_card(version, card)
     log.info("training.gate", version=version, **decision.to_json())
     return model_version, decision
+
+
+def _in_the_index(bench_uris: frozenset[str], exported: dict[str, str]) -> list[str]:
+    """The photos the towers trained on, by their URIs in the index (the benchmark that
+    trained them knew them by their place in the exported data set)."""
+    prefix = f"s3://{BENCH_BUCKET}/"
+    return sorted(exported[uri.removeprefix(prefix)] for uri in bench_uris)
 
 
 def _export_towers(settings: Settings, folders: list[Path]) -> list[Path]:
