@@ -185,3 +185,18 @@ def test_bench_refit_times_every_stage_the_confidence_included(tmp_path):
     [row] = json.loads(out.read_text())["figures"]["refits"]
     assert row["references"] == 20 * 9 and row["seconds_median"] > 0
     assert row["stages"][-1].startswith("confidence:labels")  # 160 confirmations: learned
+
+
+def test_photos_a_version_trained_on_are_recognised_in_a_data_set_exported_from_the_index():
+    """`jewelmatch train` judges the version in service on photos exported from the index:
+    the photos that version trained on (by their URIs in the index) are its scans there."""
+    from worker.tools.bench.accuracy import _as_bench_photos
+
+    exported = {
+        "ring/query_val_0001.jpg": "s3://scans/st1/a.jpg",
+        "ring/query_val_0002.jpg": "s3://scans/st1/b.jpg",
+    }
+    trained_on = frozenset({"s3://scans/st1/a.jpg", "s3://scans/st9/elsewhere.jpg"})
+    assert _as_bench_photos(trained_on, exported) == {"s3://bench/ring/query_val_0001.jpg"}
+    assert _as_bench_photos(trained_on, None) == frozenset()
+    assert _as_bench_photos(frozenset(), exported) == frozenset()

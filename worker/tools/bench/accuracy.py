@@ -81,6 +81,9 @@ class AccuracyOptions:
     (`new_share`) and left-out ones never train."""
     fine_tune_dir: Path | None = None
     """Where the fine-tuned towers are kept (default: a temporary folder)."""
+    photo_uris: dict[str, str] | None = None
+    """Where the data set's photos came from (`<product>/<file>` → URI in an index), when it
+    was exported from one: the photos a model version trained on are known by those URIs."""
     calibration_share: float = 0.2
     """With `fine_tune`: the latest share of each product's confirmation photos never trains,
     so that the confidence has labels the towers did not learn (as in production, where
@@ -267,6 +270,15 @@ def _remember_scans(
         )
 
 
+def _as_bench_photos(trained_on: frozenset[str], photo_uris: dict[str, str] | None) -> frozenset:
+    """The photos a model trained on, as the benchmark's scans of them are known."""
+    if not trained_on or not photo_uris:
+        return frozenset()
+    return frozenset(
+        f"s3://{BENCH_BUCKET}/{key}" for key, uri in photo_uris.items() if uri in trained_on
+    )
+
+
 def _photo_uri(photo: QueryPhoto) -> str:
     """Where a bench photo lies, as the scans that the benchmark remembers say."""
     return f"s3://{BENCH_BUCKET}/{photo.object_key()}"
@@ -409,6 +421,9 @@ def run_accuracy(
             )
         with opened(bench_settings) as components:
             matcher = components.matcher
+            matcher.learner.trained_on |= _as_bench_photos(
+                components.embedder.trained_on, options.photo_uris
+            )
             matcher.read_references_with(folder_reader(options.data, settings))
             ingest_products(
                 components.embedder, matcher.catalog(), plan.in_catalog, settings, progress

@@ -79,6 +79,7 @@ def train_version(
             seed=seed,
             unlabeled_scans_per_product=most,
             new_products=frozenset(exported.held_out_products),
+            photo_uris=exported.uris,  # the version in service trained on some of them
         )
         in_service = run_accuracy(settings, judged, progress)
         # a stable place: a run stopped half-way resumes from its checkpoints
