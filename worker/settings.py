@@ -444,7 +444,8 @@ class ConfidenceSettings(BaseModel):
     min_labels: int = Field(
         default=150,
         ge=10,
-        description="Confirmations needed before the learned confidence replaces the prior.",
+        description="Confirmations needed before the learned confidence replaces the prior "
+        "(photos the image towers trained on do not count: `jewelmatch train`).",
     )
     folds: int = Field(
         default=5,
