@@ -244,13 +244,15 @@ def _scan_id(photo: QueryPhoto) -> str:
     return f"bench-{photo.product_id}-{photo.path.name}"
 
 
-def _remember_scans(
+def remember_scans(
     components: Components,
     photos: Sequence[QueryPhoto],
     settings: Settings,
     progress: Progress,
-) -> None:
-    """Photos the running system has scanned (unlabeled), as the worker remembers them."""
+    bucket: str = BENCH_BUCKET,
+) -> list[ScanRecord]:
+    """Photos the running system has scanned (unlabeled), as the worker remembers them: one
+    second apart, in order, the last a second ago; their photos in `bucket`."""
     vectors = embed_paths(
         components.embedder,
         [p.path for p in photos],
@@ -259,15 +261,18 @@ def _remember_scans(
         progress,
         "scanned photos",
     )
-    for photo, vector in zip(photos, vectors, strict=True):
-        components.matcher.scans.remember(
-            ScanRecord(
-                scan_id=_scan_id(photo),
-                vector=vector,
-                created_at=time.time(),
-                image_uri=_photo_uri(photo),
-            )
+    began = time.time() - len(photos)
+    records = [
+        ScanRecord(
+            scan_id=_scan_id(photo),
+            vector=vector,
+            created_at=began + number,
+            image_uri=_photo_uri(photo, bucket),
         )
+        for number, (photo, vector) in enumerate(zip(photos, vectors, strict=True))
+    ]
+    components.matcher.scans.remember(*records)
+    return records
 
 
 def _as_bench_photos(trained_on: frozenset[str], photo_uris: dict[str, str] | None) -> frozenset:
@@ -279,9 +284,9 @@ def _as_bench_photos(trained_on: frozenset[str], photo_uris: dict[str, str] | No
     )
 
 
-def _photo_uri(photo: QueryPhoto) -> str:
+def _photo_uri(photo: QueryPhoto, bucket: str = BENCH_BUCKET) -> str:
     """Where a bench photo lies, as the scans that the benchmark remembers say."""
-    return f"s3://{BENCH_BUCKET}/{photo.object_key()}"
+    return f"s3://{bucket}/{photo.object_key()}"
 
 
 def _confirm(matcher: Matcher, photos: Sequence[QueryPhoto]) -> None:
@@ -428,7 +433,7 @@ def run_accuracy(
             ingest_products(
                 components.embedder, matcher.catalog(), plan.in_catalog, settings, progress
             )
-            _remember_scans(components, plan.scanned, settings, progress)
+            remember_scans(components, plan.scanned, settings, progress)
             query_vectors = embed_paths(
                 components.embedder,
                 [q.path for q in plan.queries],

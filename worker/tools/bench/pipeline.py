@@ -111,7 +111,7 @@ def _bench_stack(base: Settings, amqp_url: str | None, s3_endpoint: str | None):
         yield _bench_settings(base, endpoints, Path(tmp))
 
 
-def _s3_client(settings: S3Settings):
+def s3_client(settings: S3Settings):
     return boto3.client(
         "s3",
         endpoint_url=settings.endpoint_url,
@@ -125,7 +125,7 @@ def _upload_catalog(
     settings: Settings, data: Path, copies: int, progress: Progress
 ) -> list[ProductUpserted]:
     """Upload each catalog image and return `copies` product events per product."""
-    s3 = _s3_client(settings.s3)
+    s3 = s3_client(settings.s3)
     for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
         s3.create_bucket(Bucket=bucket)
     dataset = read_folder_dataset(data)
@@ -176,7 +176,7 @@ def run_latency(
         chosen: list[QueryPhoto] = list(
             itertools.islice(itertools.cycle(photos[:: max(1, len(photos) // scans)]), scans)
         )
-        s3 = _s3_client(settings.s3)
+        s3 = s3_client(settings.s3)
         for photo in {p.path: p for p in chosen}.values():
             s3.put_object(Bucket=SCANS_BUCKET, Key=photo.object_key(), Body=photo.path.read_bytes())
         with running_worker(settings) as (_, client):

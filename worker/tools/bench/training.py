@@ -15,19 +15,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 from pydantic import SecretStr
 from rich.progress import Progress
 
-from worker.index import ScanRecord
 from worker.service.app import opened
 from worker.settings import Settings
-from worker.tools.bench.accuracy import first_photos
+from worker.tools.bench.accuracy import first_photos, remember_scans
+from worker.tools.bench.pipeline import s3_client
 from worker.tools.bench.servers import start_moto_server
 from worker.tools.folders import FolderProduct, read_folder_dataset
-from worker.tools.terminal import FOLDER_BUCKET, embed_paths, ingest_products
+from worker.tools.terminal import FOLDER_BUCKET, ingest_products
 from worker.tools.training.job import TrainOptions, train_version
-from worker.vectors import ImageKind
 
 
 @dataclass(frozen=True)
@@ -60,13 +58,7 @@ def _confirmed_deployment(
     settings: Settings, products: list[FolderProduct], split: str, photos: int, progress: Progress
 ) -> int:
     """Upload, ingest, remember and confirm; returns the number of confirmed photos."""
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=settings.s3.endpoint_url,
-        region_name=settings.s3.region,
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",
-    )
+    s3 = s3_client(settings.s3)
     s3.create_bucket(Bucket=FOLDER_BUCKET)
     scans = [photo for product in products for photo in first_photos(product, split, photos)]
     task = progress.add_task("uploading photos", total=len(scans))
@@ -81,23 +73,9 @@ def _confirmed_deployment(
     with opened(settings) as components:
         matcher = components.matcher
         ingest_products(components.embedder, matcher.catalog(), products, settings, progress)
-        vectors = embed_paths(
-            components.embedder,
-            [q.path for q in scans],
-            ImageKind.scan,
-            settings,
-            progress,
-            "bag photos",
-        )
-        began = time.time() - len(scans)
-        for number, (photo, vector) in enumerate(zip(scans, vectors, strict=True)):
-            record = ScanRecord(
-                scan_id=f"{photo.product_id}/{photo.path.stem}",
-                vector=vector,
-                image_uri=f"s3://{FOLDER_BUCKET}/{photo.object_key()}",
-                created_at=began + number,
-            )
-            matcher.scans.remember(record)
+        for record, photo in zip(
+            remember_scans(components, scans, settings, progress, FOLDER_BUCKET), scans, strict=True
+        ):
             if not matcher.scans.confirm(record, photo.product_id):
                 raise RuntimeError(f"could not confirm {record.scan_id}")
     return len(scans)
