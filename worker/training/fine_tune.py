@@ -109,17 +109,29 @@ def training_views(
     return views
 
 
+def training_digest(
+    start: bytes,
+    pictures: Sequence[LabelledPicture],
+    settings: TrainingSettings,
+    exclude: frozenset[str] = frozenset(),
+) -> str:
+    """A hash of what a training run depends on: `start` (its starting point), the settings
+    but `exclude`, and the pictures."""
+    digest = hashlib.sha256(start)
+    chosen = settings.model_dump(mode="json", exclude=set(exclude))
+    digest.update(json.dumps(chosen, sort_keys=True).encode())
+    for picture in pictures:
+        digest.update(f"{picture.product_id}\x1f{picture.key}\x1f{picture.is_catalog}\n".encode())
+    return digest.hexdigest()
+
+
 def run_fingerprint(
     source: Path, pictures: Sequence[LabelledPicture], settings: TrainingSettings
 ) -> str:
     """What a checkpoint belongs to: the starting weights, the pictures and the settings but
     the number of epochs (a longer run goes on from a shorter one's checkpoint)."""
-    digest = hashlib.sha256((source / WEIGHTS_FILE).read_bytes())
-    chosen = settings.model_dump(mode="json", exclude={"epochs"})
-    digest.update(json.dumps(chosen, sort_keys=True).encode())
-    for picture in pictures:
-        digest.update(f"{picture.product_id}\x1f{picture.key}\x1f{picture.is_catalog}\n".encode())
-    return digest.hexdigest()[:16]
+    weights = (source / WEIGHTS_FILE).read_bytes()
+    return training_digest(weights, pictures, settings, frozenset({"epochs"}))[:16]
 
 
 class _Checkpoint:

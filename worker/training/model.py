@@ -3,15 +3,18 @@ own), into open_clip folders that the embedder loads as `local-dir:` members."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker.settings import ModelSettings, TrainingSettings
-from worker.training.fine_tune import LabelledPicture, TowerReport, fine_tune_tower
+from worker.training.fine_tune import (
+    LabelledPicture,
+    TowerReport,
+    fine_tune_tower,
+    training_digest,
+)
 from worker.vision.embedder import ENSEMBLE_SEPARATOR, ensemble_members, member_id
 from worker.vision.weights import resolve_model_name
 
@@ -87,8 +90,4 @@ def run_version(
 ) -> str:
     """A short id of a run's inputs (model, pictures, settings): the same inputs, the same
     version, whatever machine trains it."""
-    digest = hashlib.sha256(model.name.encode())
-    digest.update(json.dumps(training.model_dump(mode="json"), sort_keys=True).encode())
-    for picture in pictures:
-        digest.update(f"{picture.product_id}\x1f{picture.key}\x1f{picture.is_catalog}\n".encode())
-    return "ft" + digest.hexdigest()[:8]
+    return "ft" + training_digest(model.name.encode(), pictures, training)[:8]
