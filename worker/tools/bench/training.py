@@ -60,7 +60,10 @@ def _confirmed_deployment(
     """Upload, ingest, remember and confirm; returns the number of confirmed photos."""
     s3 = s3_client(settings.s3)
     s3.create_bucket(Bucket=FOLDER_BUCKET)
-    scans = [photo for product in products for photo in first_photos(product, split, photos)]
+    # confirmed in rounds, as a warehouse's scans interleave products: every product's first
+    # photo, then every product's second... (the latest confirmations are then of every product)
+    per_product = [first_photos(product, split, photos) for product in products]
+    scans = [shots[n] for n in range(photos) for shots in per_product if n < len(shots)]
     task = progress.add_task("uploading photos", total=len(scans))
     for product in products:
         for path in product.catalog:
