@@ -781,10 +781,11 @@ class TrainingSettings(BaseModel):
         default=0.05, gt=0, description="Of the proxy loss's softmax over products."
     )
     keep_weight: float = Field(
-        default=0.0,
+        default=4.0,
         ge=0,
         description="Weight of a term that keeps each picture's embedding near the untrained "
-        "tower's (1 - cosine): less drift, for products it never trained on too.",
+        "tower's (1 - cosine): less drift, for products it never trained on too (4: chosen "
+        "on grocery `train`, docs/benchmarks.md; 0 turns it off).",
     )
     seed: int = Field(default=0, description="A run is deterministic from it.")
     device: str | None = Field(
