@@ -179,12 +179,14 @@ class RabbitNode:
     def add_user(self, name: str, password: str, vhost: str = "/") -> str:
         """A broker user of its own with every permission on `vhost` (again: a new
         password); returns its AMQP URL."""
+        # `--`: a password may start with `-` (secrets.token_urlsafe's alphabet), which
+        # rabbitmqctl would otherwise take for an option
         try:
-            self.ctl("add_user", name, password)
+            self.ctl("add_user", "--", name, password)
         except RabbitCtlError as error:
             if "already exists" not in str(error):
                 raise
-            self.ctl("change_password", name, password)
+            self.ctl("change_password", "--", name, password)
         self.ctl("set_permissions", "-p", vhost, name, ".*", ".*", ".*")
         path = "/" if vhost == "/" else vhost
         return f"amqp://{name}:{password}@127.0.0.1:{self.port}/{path}"
