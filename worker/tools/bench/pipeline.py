@@ -81,19 +81,24 @@ def running_worker(settings: Settings) -> Iterator[tuple[Worker, JewelmatchClien
             handlers.close()
 
 
+def bench_s3(base: S3Settings, endpoint: str, buckets: list[str]) -> S3Settings:
+    """S3 settings for a benchmark's moto server at `endpoint`, allowing `buckets`."""
+    return base.model_copy(
+        update={
+            "backend": "s3",
+            "endpoint_url": endpoint,
+            "access_key_id": SecretStr("bench"),
+            "secret_access_key": SecretStr("bench"),
+            "allowed_buckets": buckets,
+        }
+    )
+
+
 def _bench_settings(base: Settings, endpoints: Endpoints, workdir: Path) -> Settings:
     return base.model_copy(
         update={
             "amqp": AmqpSettings(url=SecretStr(endpoints.amqp_url)),
-            "s3": base.s3.model_copy(
-                update={
-                    "backend": "s3",
-                    "endpoint_url": endpoints.s3_endpoint,
-                    "access_key_id": SecretStr("bench"),
-                    "secret_access_key": SecretStr("bench"),
-                    "allowed_buckets": [CATALOG_BUCKET, SCANS_BUCKET],
-                }
-            ),
+            "s3": bench_s3(base.s3, endpoints.s3_endpoint, [CATALOG_BUCKET, SCANS_BUCKET]),
             "index": base.index.model_copy(update={"path": workdir / "index"}),
             "ops": base.ops.model_copy(update={"http_port": 0}),
         }

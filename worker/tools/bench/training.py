@@ -15,13 +15,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import SecretStr
 from rich.progress import Progress
 
 from worker.service.app import opened
 from worker.settings import Settings
 from worker.tools.bench.accuracy import first_photos, remember_scans
-from worker.tools.bench.pipeline import s3_client
+from worker.tools.bench.pipeline import bench_s3, s3_client
 from worker.tools.bench.servers import start_moto_server
 from worker.tools.folders import FolderProduct, read_folder_dataset
 from worker.tools.terminal import FOLDER_BUCKET, ingest_products
@@ -39,15 +38,7 @@ class TrainBenchOptions:
 def _deployment(settings: Settings, endpoint: str, workdir: Path) -> Settings:
     return settings.model_copy(
         update={
-            "s3": settings.s3.model_copy(
-                update={
-                    "backend": "s3",
-                    "endpoint_url": endpoint,
-                    "access_key_id": SecretStr("bench"),
-                    "secret_access_key": SecretStr("bench"),
-                    "allowed_buckets": [FOLDER_BUCKET],
-                }
-            ),
+            "s3": bench_s3(settings.s3, endpoint, [FOLDER_BUCKET]),
             "index": settings.index.model_copy(update={"path": workdir / "index"}),
             "model": settings.model.model_copy(update={"cache_dir": workdir / "models"}),
         }
