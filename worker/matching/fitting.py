@@ -79,13 +79,14 @@ def _with_confidence(
     """The snapshot with its confidence stage learned from its confirmations, once enough."""
     settings = learning.confidence
     outcomes = Outcomes.none()
-    confirmations = len(labelled_rows(refs, trained_on))
+    labelled = labelled_rows(refs, trained_on)
+    confirmations = len(labelled)
     if trained_on:
         snapshot.report["confirmations_trained_on"] = (
             snapshot.report["confirmations"] - confirmations
         )
     if settings.enabled and confirmations >= settings.min_labels:
-        outcomes = confirmation_outcomes(refs, snapshot, learning, trained_on)
+        outcomes = confirmation_outcomes(refs, labelled, snapshot, learning)
     policy = snapshot.policy
     confidence = fit_confidence(outcomes, settings, policy.target_precision, policy.prior())
     labels = confidence.report.get("labels") or confirmations

@@ -37,15 +37,12 @@ def labelled_rows(refs: ReferenceSet, trained_on: frozenset[str]) -> np.ndarray:
 
 
 def confirmation_outcomes(
-    refs: ReferenceSet,
-    snapshot: Snapshot,
-    learning: LearningSettings,
-    trained_on: frozenset[str] = frozenset(),
+    refs: ReferenceSet, labelled: np.ndarray, snapshot: Snapshot, learning: LearningSettings
 ) -> Outcomes:
-    """Labelled outcomes of (at most `confidence.max_labels`) confirmed photos that the
-    towers never trained on."""
+    """Labelled outcomes of (at most `confidence.max_labels`) of the `labelled` rows (the
+    confirmed photos the towers never trained on: `labelled_rows`)."""
     settings = learning.confidence
-    confirmed = labelled_rows(refs, trained_on)[: settings.max_labels]
+    confirmed = labelled[: settings.max_labels]
     keys = np.array([f"{refs.product_ids[i]}/{i}" for i in confirmed], dtype=object)
     fold_of = np.array([zlib.crc32(k.encode()) % settings.folds for k in keys])
     rows: list[np.ndarray] = []

@@ -93,14 +93,8 @@ def train_version(
     decision = judge(in_service.runs[-1].summary(), candidate.runs[-1].summary())
     version = trained["version"]
     folder = versions.folder(version)
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
     towers = [Path(name.removeprefix("local-dir:")).name for name in trained["name"].split("+")]
-    for tower in towers:
-        (staging / tower).rename(folder / tower)
-        trained_on = _in_the_index(read_trained_on(folder / tower), exported.uris)
-        write_trained_on(folder / tower, trained_on)
-    shutil.rmtree(staging)  # the checkpoints: the run is over
+    trained_on = _move_towers(staging, folder, towers, exported.uris)
     exports = _export_towers(settings, [folder / tower for tower in towers])
     card = {
         "version": version,
@@ -123,6 +117,22 @@ def train_version(
     model_version = versions.write_card(version, card)
     log.info("training.gate", version=version, **decision.to_json())
     return model_version, decision
+
+
+def _move_towers(
+    staging: Path, folder: Path, towers: list[str], exported: dict[str, str]
+) -> list[str]:
+    """Move the trained towers from `staging` into the version's folder, each listing the
+    photos it trained on by their URIs in the index; the checkpoints go. Returns that list."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    # every tower trained on the same photos, known to the benchmark by their exported place
+    trained_on = _in_the_index(read_trained_on(staging / towers[0]), exported)
+    for tower in towers:
+        (staging / tower).rename(folder / tower)
+        write_trained_on(folder / tower, trained_on)
+    shutil.rmtree(staging)  # the checkpoints: the run is over
+    return trained_on
 
 
 def _in_the_index(bench_uris: frozenset[str], exported: dict[str, str]) -> list[str]:
