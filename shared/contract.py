@@ -258,7 +258,8 @@ class MatchResult(_Message):
         description="'labels': `matched` at the threshold that keeps the target precision on "
         "held-out confirmations; 'labels+margin': the labels cannot promise it yet, the "
         "prior's margin decides and the labels refuse likely unknown jewels; 'prior': too "
-        "few confirmations. Null when failed.",
+        "few confirmations: the margin decides (raised, from the first few, until it refuses "
+        "the asked share of simulated unknown jewels). Null when failed.",
     )
     image: S3Object | None = Field(default=None, description="The scan's photo, as received.")
     station_id: str | None = Field(default=None, description="The scan station, as received.")

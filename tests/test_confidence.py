@@ -95,6 +95,51 @@ def test_until_enough_labels_the_prior_decides():
     assert fallback.assess([0.8, 0.65])[0] is MatchStatus.matched
 
 
+def test_the_first_labels_raise_the_priors_margin_until_it_refuses_unknown_jewels():
+    # a lax prior (margin 0.01): the stray jewels' margins (exponential, mean 0.03) pass it
+    lax = Confidence.prior(min_margin=0.01)
+    settings = ConfidenceSettings(min_labels=500, min_refusal_labels=20)
+    few = outcomes(60, seed=12)
+    raised = fit_confidence(few, settings, 0.99, lax)
+    assert raised.origin == "prior"
+    assert raised.min_margin > lax.min_margin
+    assert raised.min_margin == pytest.approx(raised.report["margin_for_unknown_refusal"], abs=1e-4)
+    assert raised.report["prior_margin"] == lax.min_margin
+    assert raised.report["estimated_unknown_refused"] >= 0.9
+    # the conformal quantile of 60 holds on fresh strays, up to sampling (a 90 % quantile
+    # of 60 draws covers at least 0.90 of fresh ones in expectation; 0.83 is 2 sd below)
+    fresh = outcomes(20000, seed=13)
+    assert _refused(raised, fresh) >= 0.83
+    assert _refused(lax, fresh) < 0.4  # what the margin it replaces refuses
+    # the confidence is the prior's shape around the raised margin
+    assert raised.assess([0.8, 0.8 - raised.min_margin])[1] == pytest.approx(0.5)
+
+
+def test_a_prior_that_already_refuses_enough_and_too_few_labels_leave_the_margin_as_it_is():
+    settings = ConfidenceSettings(min_labels=500, min_refusal_labels=20)
+    strict = fit_confidence(outcomes(60, seed=12), settings, 0.99, Confidence.prior(0.5))
+    assert strict.min_margin == 0.5
+    assert strict.report["margin_for_unknown_refusal"] < 0.5
+    lax = Confidence.prior(min_margin=0.01)
+    too_few = fit_confidence(outcomes(15, seed=12), settings, 0.99, lax)
+    assert too_few.min_margin == 0.01 and "margin_for_unknown_refusal" not in too_few.report
+    off = ConfidenceSettings(enabled=False, min_labels=500)
+    assert fit_confidence(outcomes(60, seed=12), off, 0.99, lax).min_margin == 0.01
+
+
+def _refused(confidence: Confidence, data: Outcomes) -> float:
+    """Share of the unknown jewels' rankings (two products: score and margin) refused."""
+    strays = data.evidence[~data.known]
+    return float(
+        np.mean(
+            [
+                confidence.assess([score, score - margin])[0] is MatchStatus.no_confident_match
+                for score, margin in strays
+            ]
+        )
+    )
+
+
 def test_labels_that_cannot_promise_the_target_keep_the_margin_and_refuse_unknown_jewels():
     # every outcome a coin toss: no threshold keeps 99 %; the unknown ones can still be told
     data = outcomes(1000, seed=8)
@@ -218,3 +263,34 @@ def test_photos_the_towers_trained_on_are_references_but_never_labels():
     everything = fitted(confirmed)
     assert everything["confidence"]["origin"] == "prior"
     assert everything["confirmations_trained_on"] == PRODUCTS * PHOTOS
+    assert "margin_for_unknown_refusal" not in everything["confidence"]
+
+
+def test_a_few_labels_after_training_make_a_lax_prior_refuse_unknown_jewels():
+    """Right after `jewelmatch train` the labels are few (the share it held out): too few to
+    learn a confidence, enough to raise the prior's margin until unknown jewels are refused."""
+    from worker.index.memory import InMemoryIndex
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.ranking import MatchPolicy, Prototypes, rank
+    from worker.settings import LearningSettings
+    from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout
+
+    refs, photo = _shop()
+    layout = VectorLayout(DIM)
+    scans = np.array([photo(p % PRODUCTS) for p in range(200)])
+    trained_on = frozenset(
+        uri
+        for uri in refs.uris[refs.sources == SOURCE_CONFIRMED_SCAN]
+        if not uri.endswith("-0.jpg")
+    )
+    lax = MatchPolicy(min_margin=0.0, target_precision=0.99)
+    snapshot = fit_snapshot(refs, scans, layout, LearningSettings(), lax, trained_on)
+    report = snapshot.report["confidence"]
+    assert report["origin"] == "prior" and report["labels"] == PRODUCTS
+    assert snapshot.decision.min_margin == report["min_margin"] > 0.0
+
+    index = InMemoryIndex.of_references(refs)
+    strangers = np.array([photo(p) for p in range(PRODUCTS, PRODUCTS + 10) for _ in range(4)])
+    rankings = rank(snapshot, index, Prototypes(index, layout), strangers, 3)
+    refused = np.mean([r.status is MatchStatus.no_confident_match for r in rankings])
+    assert refused >= 0.75  # 40 strangers; 90 % asked, a few points of sampling allowed

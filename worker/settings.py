@@ -447,6 +447,13 @@ class ConfidenceSettings(BaseModel):
         description="Confirmations needed before the learned confidence replaces the prior "
         "(photos the image towers trained on do not count: `jewelmatch train`).",
     )
+    min_refusal_labels: int = Field(
+        default=20,
+        ge=9,
+        description="Confirmations (never trained on) from which, before `min_labels`, the "
+        "prior's margin is raised until it refuses `unknown_refusal` of the simulated unknown "
+        "jewels (9 at least: fewer cannot promise 90 %).",
+    )
     folds: int = Field(
         default=5,
         ge=2,

@@ -85,7 +85,7 @@ def _with_confidence(
         snapshot.report["confirmations_trained_on"] = (
             snapshot.report["confirmations"] - confirmations
         )
-    if settings.enabled and confirmations >= settings.min_labels:
+    if settings.enabled and confirmations >= min(settings.min_labels, settings.min_refusal_labels):
         outcomes = confirmation_outcomes(refs, labelled, snapshot, learning)
     policy = snapshot.policy
     confidence = fit_confidence(outcomes, settings, policy.target_precision, policy.prior())

@@ -12,7 +12,8 @@ labels; the threshold is chosen on the other two thirds, the smallest confidence
 `+1` is what a guarantee on unseen scans of the same kind costs). In the fit, unknown jewels
 weigh `unknown_share` of all scans, the prior odds that a scan shows one. Before enough labels
 exist, and while they cannot promise the target, the prior decides: a margin threshold
-(`MATCHING__MIN_MARGIN`, chosen on the grocery `train` split)."""
+(`MATCHING__MIN_MARGIN`, chosen on the grocery `train` split), raised from the first few
+labels until it refuses the asked share of unknown jewels."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def fit_confidence(
     `min_labels` known outcomes exist."""
     known = int(outcomes.known.sum())
     if not settings.enabled or known < settings.min_labels:
-        return _with_report(fallback, labels=known, skipped=f"fewer than {settings.min_labels}")
+        return _prior_refusing_unknowns(outcomes, settings, fallback)
     # a third fits the two weights; two thirds choose the threshold, where numbers count
     calibrating = np.array([zlib.crc32(str(k).encode()) % 3 != 0 for k in outcomes.keys])
     fit_part, check_part = outcomes.subset(~calibrating), outcomes.subset(calibrating)
@@ -173,6 +174,33 @@ def fit_confidence(
         ),
     }
     return Confidence(weights, threshold, fallback.min_score, origin, report, min_margin)
+
+
+def _prior_refusing_unknowns(
+    outcomes: Outcomes, settings: ConfidenceSettings, fallback: Confidence
+) -> Confidence:
+    """Before `min_labels`: the prior, its margin raised (never lowered), once
+    `min_refusal_labels` exist, until it refuses `unknown_refusal` of the simulated unknown
+    jewels (a conformal quantile of their margins; nothing is fitted, so all of them count).
+    The prior's margin was chosen on `train` with frozen towers; confirmed photos and towers
+    trained on them widen every margin, an unknown jewel's too."""
+    known = int(outcomes.known.sum())
+    prior = _with_report(fallback, labels=known, skipped=f"fewer than {settings.min_labels}")
+    if not settings.enabled or known < settings.min_refusal_labels:
+        return prior
+    unknown_margins = outcomes.evidence[~outcomes.known, 1]
+    refusing = refusal_threshold(unknown_margins, settings.unknown_refusal)
+    margin_for_refusal = {"margin_for_unknown_refusal": round(refusing, 4)}
+    if refusing <= fallback.min_margin or refusing >= 1.0:
+        return _with_report(prior, **margin_for_refusal)
+    raised = Confidence.prior(refusing, fallback.min_score)
+    return _with_report(
+        raised,
+        **{key: value for key, value in prior.report.items() if key != "min_margin"},
+        **margin_for_refusal,
+        prior_margin=fallback.min_margin,
+        estimated_unknown_refused=round(float((unknown_margins < refusing).mean()), 4),
+    )
 
 
 def _with_report(confidence: Confidence, **extra) -> Confidence:
