@@ -131,7 +131,7 @@ def test_the_confidence_figures_are_served_on_metrics_and_read_back_by_the_desk(
         }
         observe_confidence({"origin": "prior", "min_margin": 0.09})
         # the prior estimates nothing
-        assert confidence_figures(url) == {"learned": 0.0, "margin": 1.0}
+        assert confidence_figures(url) == {"learned": 0.0, "margin": 1.0, "min_margin": 0.09}
     finally:
         server.shutdown()
     assert confidence_figures(url) == {}  # a worker gone: nothing, no error

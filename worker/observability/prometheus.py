@@ -44,7 +44,8 @@ CONFIDENCE = Gauge(
     "prior); 'margin' 1 while the prior's margin is asked too; its 'threshold'; and on "
     "held-out confirmations, the 'estimated_precision' and "
     "'estimated_coverage' of `matched` and the 'estimated_unknown_refused' share of jewels "
-    "outside the catalog; 'labels' confirmations it learned from.",
+    "outside the catalog; 'labels' confirmations it learned from; 'min_margin' the margin "
+    "asked of `matched` (the prior's, raised by the first labels).",
     ["figure"],
 )
 CONFIDENCE_FIGURES = (
@@ -53,6 +54,7 @@ CONFIDENCE_FIGURES = (
     "estimated_coverage",
     "estimated_unknown_refused",
     "labels",
+    "min_margin",
 )
 
 

@@ -154,6 +154,7 @@ def fit_confidence(
         "calibration_labels": int(known_part.sum()),
         "target_precision": target_precision,
         "threshold": round(threshold, 4),
+        "min_margin": min_margin,
         "threshold_for_precision": round(precise, 4),
         "threshold_for_unknown_refusal": round(refusing, 4),
         "estimated_precision": round(
@@ -197,6 +198,7 @@ def _prior_refusing_unknowns(
     return _with_report(
         raised,
         **{key: value for key, value in prior.report.items() if key != "min_margin"},
+        min_margin=refusing,
         **margin_for_refusal,
         prior_margin=fallback.min_margin,
         estimated_unknown_refused=round(float((unknown_margins < refusing).mean()), 4),
