@@ -123,7 +123,7 @@ def fit_confidence(
     `min_labels` known outcomes exist."""
     known = int(outcomes.known.sum())
     if not settings.enabled or known < settings.min_labels:
-        return _prior_refusing_unknowns(outcomes, settings, fallback)
+        return _prior_refusing_unknowns(outcomes, settings, fallback, known)
     # a third fits the two weights; two thirds choose the threshold, where numbers count
     calibrating = np.array([zlib.crc32(str(k).encode()) % 3 != 0 for k in outcomes.keys])
     fit_part, check_part = outcomes.subset(~calibrating), outcomes.subset(calibrating)
@@ -178,28 +178,24 @@ def fit_confidence(
 
 
 def _prior_refusing_unknowns(
-    outcomes: Outcomes, settings: ConfidenceSettings, fallback: Confidence
+    outcomes: Outcomes, settings: ConfidenceSettings, fallback: Confidence, known: int
 ) -> Confidence:
     """Before `min_labels`: the prior, its margin raised (never lowered), once
     `min_refusal_labels` exist, until it refuses `unknown_refusal` of the simulated unknown
     jewels (a conformal quantile of their margins; nothing is fitted, so all of them count).
     The prior's margin was chosen on `train` with frozen towers; confirmed photos and towers
     trained on them widen every margin, an unknown jewel's too."""
-    known = int(outcomes.known.sum())
-    prior = _with_report(fallback, labels=known, skipped=f"fewer than {settings.min_labels}")
+    too_few = {"labels": known, "skipped": f"fewer than {settings.min_labels}"}
     if not settings.enabled or known < settings.min_refusal_labels:
-        return prior
+        return _with_report(fallback, **too_few)
     unknown_margins = outcomes.evidence[~outcomes.known, 1]
     refusing = refusal_threshold(unknown_margins, settings.unknown_refusal)
-    margin_for_refusal = {"margin_for_unknown_refusal": round(refusing, 4)}
+    too_few["margin_for_unknown_refusal"] = round(refusing, 4)
     if refusing <= fallback.min_margin or refusing >= 1.0:
-        return _with_report(prior, **margin_for_refusal)
-    raised = Confidence.prior(refusing, fallback.min_score)
+        return _with_report(fallback, **too_few)
     return _with_report(
-        raised,
-        **{key: value for key, value in prior.report.items() if key != "min_margin"},
-        min_margin=refusing,
-        **margin_for_refusal,
+        Confidence.prior(refusing, fallback.min_score),  # its report: origin, min_margin
+        **too_few,
         prior_margin=fallback.min_margin,
         estimated_unknown_refused=round(float((unknown_margins < refusing).mean()), 4),
     )
