@@ -109,6 +109,7 @@ def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_t
         confirmed=(0, 2),
         open_set=1,
         new_share=0.4,
+        confirm_new_products=True,
         fine_tune=True,
         calibration_share=0.5,
         fine_tune_dir=tmp_path / "model-folder",
@@ -126,6 +127,16 @@ def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_t
     assert all(uri.startswith("s3://bench/") for uri in read_trained_on(folder))
     assert report.model.startswith(f"tiny-efficientnet-{trained['version']}")
     assert len(report.runs) == 2
+    # the new products never trained, but were confirmed (as `train`'s held-out products are)
+    new = report.runs[1].new_products
+    own_hits = [
+        hit
+        for outcome in report.runs[1].known
+        if outcome.query.product_id in new
+        for hit in outcome.ranking.hits
+        if hit.product_id == outcome.query.product_id
+    ]
+    assert len(own_hits) == 2 and {hit.source for hit in own_hits} == {"confirmed_scan"}
 
 
 def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkeypatch):

@@ -294,3 +294,82 @@ def test_a_few_labels_after_training_make_a_lax_prior_refuse_unknown_jewels():
     rankings = rank(snapshot, index, Prototypes(index, layout), strangers, 3)
     refused = np.mean([r.status is MatchStatus.no_confident_match for r in rankings])
     assert refused >= 0.75  # 40 strangers; 90 % asked, a few points of sampling allowed
+
+
+def _lookalike_shop(trained: int = 40, untrained: int = 8, strangers: int = 20, seed: int = 1):
+    """`trained` products whose towers learned them (their photos tight), each with two later
+    confirmations never trained on; `untrained` products the towers never saw, each a
+    look-alike of a trained one; and as many look-alikes again outside the catalog: the
+    strangers. Returns the references, the URIs trained on and the strangers' photos."""
+    from worker.index.base import ReferenceSet
+    from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, unit_rows
+
+    rng = np.random.default_rng(seed)
+    centres = list(unit_rows(rng.normal(size=(trained, DIM))))
+    centres += [
+        unit_rows(centres[parent] + rng.normal(size=DIM) * 0.09)
+        for parent in range(untrained + strangers)
+    ]
+
+    def photo(product: int, spread: float) -> np.ndarray:
+        return unit_rows(centres[product] + rng.normal(size=DIM) * spread).astype(np.float32)
+
+    rows, ids, sources, uris = [], [], [], []
+    for product in range(trained + untrained):
+        spread = 0.03 if product < trained else 0.06
+        for n in range(-1, 3):
+            rows.append(photo(product, 0.03 if n < 0 else spread))
+            ids.append(f"p{product}")
+            sources.append(SOURCE_CATALOG if n < 0 else SOURCE_CONFIRMED_SCAN)
+            uris.append(f"s3://shop/p{product}-{n}.jpg")
+    refs = ReferenceSet(
+        np.array(rows),
+        np.array(ids, dtype=object),
+        np.array(sources, dtype=object),
+        np.array(uris, dtype=object),
+    )
+    trained_on = frozenset(
+        uri
+        for uri, pid in zip(uris, ids, strict=True)
+        if int(pid[1:]) < trained and uri.endswith("-2.jpg")
+    )
+    first_stranger = trained + untrained
+    outside = np.array(
+        [photo(p, 0.06) for p in range(first_stranger, first_stranger + strangers) for _ in (0, 1)]
+    )
+    scans = np.array([photo(p % first_stranger, 0.05) for p in range(200)])
+    return refs, trained_on, outside, scans
+
+
+def test_after_training_products_the_towers_never_saw_stand_in_for_unknown_jewels():
+    """A trained product's photo stays drawn to it, so without it the others are uniformly
+    far: its margins say little of a jewel the towers never saw, which trained towers pull
+    to a look-alike they know. Those products' labels simulate the unknown jewels."""
+    from worker.index.memory import InMemoryIndex
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.labels import labelled_rows, unknown_stand_ins
+    from worker.matching.ranking import MatchPolicy, Prototypes, rank
+    from worker.settings import LearningSettings
+    from worker.vectors import VectorLayout
+
+    refs, trained_on, strangers, scans = _lookalike_shop()
+    labelled = labelled_rows(refs, trained_on)
+    stand_ins = unknown_stand_ins(refs, labelled, trained_on, at_least=20)
+    untrained_products = {f"p{p}" for p in range(40, 48)}
+    assert len(labelled) == 40 * 2 + 8 * 3
+    assert set(refs.product_ids[labelled[stand_ins]]) == untrained_products
+    assert stand_ins.sum() == 24
+    # too few of them, or towers as configured: every label stands in
+    assert unknown_stand_ins(refs, labelled, trained_on, at_least=25).all()
+    assert unknown_stand_ins(refs, labelled, frozenset(), at_least=20).all()
+
+    layout = VectorLayout(DIM)
+    lax = MatchPolicy(min_margin=0.0, target_precision=0.99)
+    snapshot = fit_snapshot(refs, scans, layout, LearningSettings(), lax, trained_on)
+    assert snapshot.report["unknown_jewels_simulated_by"] == 24
+    assert snapshot.report["confidence"]["origin"] == "prior"
+    index = InMemoryIndex.of_references(refs)
+    rankings = rank(snapshot, index, Prototypes(index, layout), strangers, 3)
+    refused = np.mean([r.status is MatchStatus.no_confident_match for r in rankings])
+    # 40 look-alike strangers: all refused here; with every label standing in, 31
+    assert refused >= 0.85

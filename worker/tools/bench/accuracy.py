@@ -90,6 +90,9 @@ class AccuracyOptions:
     `jewelmatch train` holds out the latest confirmations and new ones keep coming)."""
     new_products: frozenset[str] | None = None
     """The brand-new products, by name (instead of a `new_share` drawn by the seed)."""
+    confirm_new_products: bool = False
+    """The brand-new products are confirmed too (never trained on): `jewelmatch train`'s
+    products held out from training, whose confirmations the index keeps as references."""
 
 
 @dataclass
@@ -482,7 +485,7 @@ def _runs(
             [
                 q
                 for p in plan.in_catalog
-                if p.product_id not in plan.new_ids
+                if options.confirm_new_products or p.product_id not in plan.new_ids
                 for q in first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
             ],
         )

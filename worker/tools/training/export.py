@@ -2,7 +2,10 @@
 `jewelmatch bench accuracy`), split so that what trains never sees what it is judged on:
 
 - a share of the confirmed products (chosen by a hash of the product id and the seed) never
-  trains: all their photos are `val`, and their catalog image is all the model has of them;
+  trains: the latest share of each one's photos is `val`, the rest `train` (confirmed in the
+  judging run, never trained on: as in production, where their confirmations stay references
+  and are the confidence's only stand-ins for jewels the towers never saw, worker/matching/
+  labels.py);
 - of the other products' confirmations, the latest share (by the time the photo was taken) is
   `val`; the rest is `train`, oldest first.
 """
@@ -36,6 +39,8 @@ class ExportReport:
     recent_photos: int = 0
     held_out_products: list[str] = field(default_factory=list)
     held_out_photos: int = 0
+    held_out_references: int = 0
+    """Of `held_out_photos`, those confirmed (`train` in the data set) but never trained on."""
     skipped: int = 0
     uris: dict[str, str] = field(default_factory=dict)
     """Where each exported photo came from: `<product folder>/<file>` → its URI."""
@@ -48,6 +53,7 @@ class ExportReport:
             "recent_photos_held_out": self.recent_photos,
             "products_held_out": len(self.held_out_products),
             "photos_of_held_out_products": self.held_out_photos,
+            "references_of_held_out_products": self.held_out_references,
             "images_skipped": self.skipped,
         }
 
@@ -99,11 +105,15 @@ def export_confirmations(
         for n, image in enumerate(catalog):
             if _copy(store, limits, image, folder / f"catalog_{n:04d}", report):
                 report.catalog_images += 1
+        judging = recent
+        if product_id in held_out:  # the latest share of its own photos, one at least
+            judging = {p.image_id for p in photos[-max(1, round(recent_share * len(photos))) :]}
         for n, photo in enumerate(photos):
-            split = "val" if product_id in held_out or photo.image_id in recent else "train"
+            split = "val" if photo.image_id in judging else "train"
             if _copy(store, limits, photo, folder / f"query_{split}_{n:04d}", report):
                 if product_id in held_out:
                     report.held_out_photos += 1
+                    report.held_out_references += split == "train"
                 elif split == "val":
                     report.recent_photos += 1
                 else:

@@ -79,6 +79,7 @@ def train_version(
             seed=seed,
             unlabeled_scans_per_product=most,
             new_products=frozenset(exported.held_out_products),
+            confirm_new_products=True,  # (never trained on: export.py)
             photo_uris=exported.uris,  # the version in service trained on some of them
         )
         in_service = run_accuracy(settings, judged, progress)
