@@ -108,8 +108,8 @@ def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_t
         data=data,
         confirmed=(0, 2),
         open_set=1,
-        new_share=0.4,
-        confirm_new_products=True,
+        new_share=0.4,  # p001 and p005 (p004 is left out)
+        never_train=frozenset({"p006"}),
         fine_tune=True,
         calibration_share=0.5,
         fine_tune_dir=tmp_path / "model-folder",
@@ -118,25 +118,26 @@ def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_t
         report = run_accuracy(settings, options, progress)
     trained = report.to_json()["fine_tune"]
     [tower] = trained["towers"].values()
-    # 5 products in the catalog, 2 of them new: 3 catalog images and 3 first train photos
-    # (the second of each product's 2 confirmed photos is kept for calibration)
-    assert (tower["products"], tower["pictures"]) == (3, 6)
+    # 5 products in the catalog, 2 of them new and 1 never trained: 2 catalog images and 2
+    # first train photos (the second of each product's 2 confirmed photos is for calibration)
+    assert report.runs[1].new_products == {"p001", "p005"}
+    assert (tower["products"], tower["pictures"]) == (2, 4)
     # the trained towers know the photos they trained on, by the URIs of their scans
     [folder] = (tmp_path / "model-folder").glob("tiny-efficientnet-*")
-    assert len(read_trained_on(folder)) == 3
+    assert len(read_trained_on(folder)) == 2
+    assert not any("/p006/" in uri for uri in read_trained_on(folder))
     assert all(uri.startswith("s3://bench/") for uri in read_trained_on(folder))
     assert report.model.startswith(f"tiny-efficientnet-{trained['version']}")
     assert len(report.runs) == 2
-    # the new products never trained, but were confirmed (as `train`'s held-out products are)
-    new = report.runs[1].new_products
-    own_hits = [
-        hit
+    # p006 never trained, but was confirmed (as `train`'s held-out products are); new ones not
+    own_sources = {
+        outcome.query.product_id: hit.source
         for outcome in report.runs[1].known
-        if outcome.query.product_id in new
         for hit in outcome.ranking.hits
         if hit.product_id == outcome.query.product_id
-    ]
-    assert len(own_hits) == 2 and {hit.source for hit in own_hits} == {"confirmed_scan"}
+    }
+    assert own_sources["p006"] == "confirmed_scan"
+    assert own_sources["p001"] == own_sources["p005"] == "catalog"
 
 
 def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkeypatch):

@@ -6,6 +6,7 @@ only a version that passed can be promoted (reindexed, made current) and rolled 
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 
@@ -99,8 +100,13 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     trained_products = len(DESIGNS) - len(held_out)
     assert card["data"]["products_held_out"] == len(held_out)
     assert card["data"]["photos_of_held_out_products"] == PHOTOS * len(held_out)
-    # of which the latest fifth judges; the rest are references, confirmed but never trained
-    assert card["data"]["references_of_held_out_products"] == (PHOTOS - 1) * len(held_out)
+    # half of them (the larger half) judged as new products: only their catalog image; of the
+    # others' photos the latest fifth judges, the rest confirmed but never trained
+    as_new = card["data"]["held_out_products_judged_as_new"]
+    assert as_new == math.ceil(len(held_out) / 2)
+    assert card["data"]["references_of_held_out_products"] == (PHOTOS - 1) * (
+        len(held_out) - as_new
+    )
     # the latest fifth of the other products' confirmations is held out; the rest trains
     recent = round(0.2 * PHOTOS * trained_products)
     assert card["data"]["recent_photos_held_out"] == recent

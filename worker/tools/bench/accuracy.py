@@ -90,9 +90,9 @@ class AccuracyOptions:
     `jewelmatch train` holds out the latest confirmations and new ones keep coming)."""
     new_products: frozenset[str] | None = None
     """The brand-new products, by name (instead of a `new_share` drawn by the seed)."""
-    confirm_new_products: bool = False
-    """The brand-new products are confirmed too (never trained on): `jewelmatch train`'s
-    products held out from training, whose confirmations the index keeps as references."""
+    never_train: frozenset[str] = frozenset()
+    """Products confirmed like the others but never trained on (`jewelmatch train`'s held-out
+    products that are not judged as new: export.py)."""
 
 
 @dataclass
@@ -377,13 +377,14 @@ def _fine_tune(
     settings: Settings, options: AccuracyOptions, plan: _Plan, out_dir: Path, progress: Progress
 ) -> TrainedModel:
     """Train the towers on what the protocol confirms at its largest count, less the latest
-    `calibration_share` of each product's photos (never a photo that is matched, never a new
-    or left-out product); each trained folder lists the photos it trained on."""
+    `calibration_share` of each product's photos (never a photo that is matched, never a new,
+    left-out or `never_train` product); each trained folder lists the photos it trained on."""
     most = max(options.confirmed)
     if most < 1:
         raise ValueError("--fine-tune needs confirmed photos (e.g. --confirmed 0,10)")
     trains = most - math.floor(options.calibration_share * most)
-    trained_products = [p for p in plan.in_catalog if p.product_id not in plan.new_ids]
+    untrained = plan.new_ids | options.never_train
+    trained_products = [p for p in plan.in_catalog if p.product_id not in untrained]
     photos = [q for p in trained_products for q in first_photos(p, options.confirmed_split, trains)]
     pictures = [
         LabelledPicture(p.product_id, f"{p.product_id}/{path.name}", _loader(path, settings), True)
@@ -485,7 +486,7 @@ def _runs(
             [
                 q
                 for p in plan.in_catalog
-                if options.confirm_new_products or p.product_id not in plan.new_ids
+                if p.product_id not in plan.new_ids
                 for q in first_photos(p, options.confirmed_split, count)[confirmed_so_far:]
             ],
         )

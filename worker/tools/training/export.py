@@ -2,10 +2,11 @@
 `jewelmatch bench accuracy`), split so that what trains never sees what it is judged on:
 
 - a share of the confirmed products (chosen by a hash of the product id and the seed) never
-  trains: the latest share of each one's photos is `val`, the rest `train` (confirmed in the
-  judging run, never trained on: as in production, where their confirmations stay references
-  and are the confidence's only stand-ins for jewels the towers never saw, worker/matching/
-  labels.py);
+  trains. Half of them are judged as brand-new products: all their photos are `val`, and their
+  catalog image is all the model has of them. The other half are judged as production keeps
+  them after the run: the latest share of each one's photos is `val`, the rest `train`
+  (confirmed in the judging run, never trained on), the confidence's stand-ins for jewels the
+  towers never saw (worker/matching/labels.py);
 - of the other products' confirmations, the latest share (by the time the photo was taken) is
   `val`; the rest is `train`, oldest first.
 """
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,9 @@ class ExportReport:
     train_photos: int = 0
     recent_photos: int = 0
     held_out_products: list[str] = field(default_factory=list)
+    new_products: list[str] = field(default_factory=list)
+    """Of `held_out_products`, those judged as brand-new (catalog image only); the others'
+    earlier photos are confirmed in the judging run, never trained on."""
     held_out_photos: int = 0
     held_out_references: int = 0
     """Of `held_out_photos`, those confirmed (`train` in the data set) but never trained on."""
@@ -52,6 +57,7 @@ class ExportReport:
             "train_photos": self.train_photos,
             "recent_photos_held_out": self.recent_photos,
             "products_held_out": len(self.held_out_products),
+            "held_out_products_judged_as_new": len(self.new_products),
             "photos_of_held_out_products": self.held_out_photos,
             "references_of_held_out_products": self.held_out_references,
             "images_skipped": self.skipped,
@@ -60,8 +66,19 @@ class ExportReport:
 
 def held_out_product(product_id: str, share: float, seed: int) -> bool:
     """Whether a product is in the product-disjoint share (stable across runs and machines)."""
-    digest = hashlib.sha256(f"{seed}\x1f{product_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64 < share
+    return _draw(product_id, seed) < share
+
+
+def judged_as_new(held_out: list[str], seed: int) -> list[str]:
+    """Half the held-out products (the larger half, so that one is new), drawn by the seed."""
+    drawn = sorted(held_out, key=lambda product_id: _draw(f"new\x1f{product_id}", seed))
+    return sorted(drawn[: math.ceil(len(drawn) / 2)])
+
+
+def _draw(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by the key and the seed."""
+    digest = hashlib.sha256(f"{seed}\x1f{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def export_confirmations(
@@ -95,6 +112,7 @@ def export_confirmations(
     recent_count = round(recent_share * len(trainable))
     recent = {s.image_id for _, _, s in trainable[len(trainable) - recent_count :]}
     report = ExportReport(held_out_products=sorted(held_out))
+    report.new_products = judged_as_new(report.held_out_products, seed)
     for product_id, stored in sorted(images.items()):
         folder = out / quote(product_id, safe="-_.")
         catalog = [s for s in stored if s.source == SOURCE_CATALOG]
@@ -106,7 +124,9 @@ def export_confirmations(
             if _copy(store, limits, image, folder / f"catalog_{n:04d}", report):
                 report.catalog_images += 1
         judging = recent
-        if product_id in held_out:  # the latest share of its own photos, one at least
+        if product_id in report.new_products:
+            judging = {p.image_id for p in photos}
+        elif product_id in held_out:  # the latest share of its own photos, one at least
             judging = {p.image_id for p in photos[-max(1, round(recent_share * len(photos))) :]}
         for n, photo in enumerate(photos):
             split = "val" if photo.image_id in judging else "train"

@@ -78,8 +78,8 @@ def train_version(
             open_set=options.open_set,
             seed=seed,
             unlabeled_scans_per_product=most,
-            new_products=frozenset(exported.held_out_products),
-            confirm_new_products=True,  # (never trained on: export.py)
+            new_products=frozenset(exported.new_products),
+            never_train=frozenset(exported.held_out_products) - set(exported.new_products),
             photo_uris=exported.uris,  # the version in service trained on some of them
         )
         in_service = run_accuracy(settings, judged, progress)
