@@ -114,7 +114,12 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     [tower] = card["training"]["towers"].values()
     # catalog images of the trained products, and their photos but the recent ones
     assert tower["pictures"] <= trained_products + card["data"]["train_photos"]
-    assert card["gate"] == judge(card["gate"]["current"], card["gate"]["candidate"]).to_json()
+    rejudged = judge(card["gate"]["current"], card["gate"]["candidate"])
+    assert (rejudged.passed, rejudged.reasons) == (card["gate"]["passed"], card["gate"]["reasons"])
+    # what each figure was measured on: the new products' photos, the outside product's
+    candidate = card["gate"]["candidate"]
+    assert candidate["new_queries"] == PHOTOS * card["data"]["held_out_products_judged_as_new"]
+    assert candidate["open_set_queries"] >= 1 and candidate["min_margin"] is not None
     # the tower lists the photos it trained on by their URIs in the index: never labels
     trained_on = read_trained_on(card_file.parent / card["towers"][0])
     assert len(trained_on) == card["data"]["photos_trained_on"] > 0

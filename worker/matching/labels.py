@@ -47,7 +47,8 @@ def unknown_stand_ins(
     refs: ReferenceSet, labelled: np.ndarray, trained_on: frozenset[str], at_least: int
 ) -> np.ndarray:
     """Which of the `labelled` rows also simulate a jewel outside the catalog: those of
-    products the towers never trained on, once at least `at_least` exist; else every one."""
+    products the towers never trained on (none of their photos in `trained_on`), once at
+    least `at_least` exist; else every one."""
     every = np.ones(len(labelled), dtype=bool)
     if not trained_on or refs.uris is None:
         return every

@@ -23,13 +23,24 @@ class GateDecision:
     reasons: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict:
-        figures = [key for key, _, _ in CRITERIA] + ["recall@1", "answered_accuracy"]
         return {
             "passed": self.passed,
             "reasons": self.reasons,
-            "current": {key: self.current.get(key) for key in figures},
-            "candidate": {key: self.candidate.get(key) for key in figures},
+            "current": _figures(self.current),
+            "candidate": _figures(self.candidate),
         }
+
+
+def _figures(summary: dict) -> dict:
+    """The criteria, what they were measured on, and the margin that decided `matched`."""
+    keys = [key for key, _, _ in CRITERIA]
+    keys += ["recall@1", "answered_accuracy", "queries", "new_queries", "open_set_queries"]
+    metric = summary.get("metric") or {}
+    return {
+        **{key: summary.get(key) for key in keys},
+        "min_margin": (metric.get("confidence") or {}).get("min_margin"),
+        "unknown_jewels_simulated_by": metric.get("unknown_jewels_simulated_by"),
+    }
 
 
 def judge(current: dict, candidate: dict) -> GateDecision:
