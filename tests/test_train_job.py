@@ -22,7 +22,7 @@ from worker.matching.catalog import EmbeddedImage
 from worker.service.app import opened
 from worker.settings import Settings
 from worker.tools.synthetic import catalog_designs, photograph, render
-from worker.tools.training.export import held_out_product
+from worker.tools.training.export import held_out_product, held_out_roles
 from worker.training.fine_tune import LabelledPicture
 from worker.training.gate import judge
 from worker.training.model import fine_tune_model, run_version
@@ -100,12 +100,14 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     trained_products = len(DESIGNS) - len(held_out)
     assert card["data"]["products_held_out"] == len(held_out)
     assert card["data"]["photos_of_held_out_products"] == PHOTOS * len(held_out)
-    # half of them (the larger half) judged as new products: only their catalog image; of the
-    # others' photos the latest fifth judges, the rest confirmed but never trained
+    # one outside the judging run's catalog (--open-set 1), the larger half of the rest judged
+    # as new products (their catalog image only); of the others' photos the latest fifth
+    # judges, the rest are confirmed but never trained
+    outside = card["data"]["held_out_products_outside_the_catalog"]
     as_new = card["data"]["held_out_products_judged_as_new"]
-    assert as_new == math.ceil(len(held_out) / 2)
+    assert outside == 1 and as_new == math.ceil((len(held_out) - 1) / 2)
     assert card["data"]["references_of_held_out_products"] == (PHOTOS - 1) * (
-        len(held_out) - as_new
+        len(held_out) - outside - as_new
     )
     # the latest fifth of the other products' confirmations is held out; the rest trains
     recent = round(0.2 * PHOTOS * trained_products)
@@ -118,8 +120,9 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     assert (rejudged.passed, rejudged.reasons) == (card["gate"]["passed"], card["gate"]["reasons"])
     # what each figure was measured on: the new products' photos, the outside product's
     candidate = card["gate"]["candidate"]
-    assert candidate["new_queries"] == PHOTOS * card["data"]["held_out_products_judged_as_new"]
-    assert candidate["open_set_queries"] >= 1 and candidate["min_margin"] is not None
+    assert candidate["new_queries"] == PHOTOS * as_new
+    assert candidate["open_set_queries"] == PHOTOS * outside  # every photo of the product
+    assert candidate["min_margin"] is not None
     # the tower lists the photos it trained on by their URIs in the index: never labels
     trained_on = read_trained_on(card_file.parent / card["towers"][0])
     assert len(trained_on) == card["data"]["photos_trained_on"] > 0
@@ -182,6 +185,15 @@ def test_a_promoted_version_serves_from_its_own_index_and_rolls_back(deployment)
     assert rolled_back.exit_code == 0, rolled_back.output
     assert current_index_model(deployment.index) == base_model
     assert versions.promoted(deployment.model.name) == []
+
+
+def test_held_out_products_take_their_roles_by_the_seed_and_leave_one_in_the_catalog() -> None:
+    products = [f"p{n:03d}" for n in range(12)]
+    outside, new = held_out_roles(products, 4, seed=0)
+    assert len(outside) == 4 and len(new) == 4 and not set(outside) & set(new)
+    assert (outside, new) == held_out_roles(list(reversed(products)), 4, seed=0)  # stable
+    assert held_out_roles(products, 4, seed=1) != (outside, new)
+    assert held_out_roles(products[:1], 4, seed=0) == ([], products[:1])  # one stays in
 
 
 def test_the_gate_asks_more_of_known_products_and_no_less_of_the_others() -> None:

@@ -494,7 +494,8 @@ def train_job(
         int, typer.Option(min=2, help="Confirmed photos per product (products with fewer: out).")
     ] = 10,
     open_set: Annotated[
-        int, typer.Option(min=1, help="Products left out of the gate's catalog (open set).")
+        int,
+        typer.Option(min=1, help="Held-out products left out of the gate's catalog (open set)."),
     ] = 4,
     out: Annotated[Path, typer.Option(help="JSON result file.")] = RESULTS / "train-job.json",
 ) -> None:

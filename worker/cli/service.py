@@ -251,7 +251,8 @@ def train(
         typer.Option(min=0.05, max=0.5, help="Confirmed products that never train (the gate)."),
     ] = 0.2,
     open_set: Annotated[
-        int, typer.Option(min=1, help="Products left out of the gate's catalog (open set).")
+        int,
+        typer.Option(min=1, help="Held-out products left out of the gate's catalog (open set)."),
     ] = 4,
 ) -> None:
     """Fine-tune the image towers on the confirmed matches of the index in service, judge the

@@ -90,6 +90,9 @@ class AccuracyOptions:
     `jewelmatch train` holds out the latest confirmations and new ones keep coming)."""
     new_products: frozenset[str] | None = None
     """The brand-new products, by name (instead of a `new_share` drawn by the seed)."""
+    left_out: frozenset[str] | None = None
+    """The products left out of the catalog, by name (instead of `open_set` drawn by the
+    seed)."""
     never_train: frozenset[str] = frozenset()
     """Products confirmed like the others but never trained on (`jewelmatch train`'s held-out
     products that are not judged as new: export.py)."""
@@ -348,7 +351,10 @@ def _plan(dataset: FolderDataset, options: AccuracyOptions) -> _Plan:
         for p in dataset.products
         if any(q.split in (options.split, "") for q in p.queries)
     ]
-    left_out = sorted(rng.sample(with_queries, min(options.open_set, len(with_queries) - 1)))
+    if options.left_out is None:
+        left_out = sorted(rng.sample(with_queries, min(options.open_set, len(with_queries) - 1)))
+    else:
+        left_out = sorted(options.left_out)
     in_catalog = [p for p in dataset.products if p.catalog and p.product_id not in left_out]
     known_ids = {p.product_id for p in in_catalog}
     new_ids = frozenset(

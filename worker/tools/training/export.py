@@ -2,11 +2,12 @@
 `jewelmatch bench accuracy`), split so that what trains never sees what it is judged on:
 
 - a share of the confirmed products (chosen by a hash of the product id and the seed) never
-  trains. Half of them are judged as brand-new products: all their photos are `val`, and their
-  catalog image is all the model has of them. The other half are judged as production keeps
-  them after the run: the latest share of each one's photos is `val`, the rest `train`
-  (confirmed in the judging run, never trained on), the confidence's stand-ins for jewels the
-  towers never saw (worker/matching/labels.py);
+  trains, and is judged in three roles (`held_out_roles`): a few are left out of the catalog,
+  jewels the shop does not sell (all their photos `val`); of the rest, half are brand-new
+  products (all their photos `val`: their catalog image is all the model has of them), and
+  half are judged as production keeps them after the run: the latest share of each one's
+  photos is `val`, the rest `train` (confirmed in the judging run, never trained on), the
+  confidence's stand-ins for jewels the towers never saw (worker/matching/labels.py);
 - of the other products' confirmations, the latest share (by the time the photo was taken) is
   `val`; the rest is `train`, oldest first.
 """
@@ -40,6 +41,8 @@ class ExportReport:
     train_photos: int = 0
     recent_photos: int = 0
     held_out_products: list[str] = field(default_factory=list)
+    outside_products: list[str] = field(default_factory=list)
+    """Of `held_out_products`, those left out of the judging run's catalog."""
     new_products: list[str] = field(default_factory=list)
     """Of `held_out_products`, those judged as brand-new (catalog image only); the others'
     earlier photos are confirmed in the judging run, never trained on."""
@@ -57,6 +60,7 @@ class ExportReport:
             "train_photos": self.train_photos,
             "recent_photos_held_out": self.recent_photos,
             "products_held_out": len(self.held_out_products),
+            "held_out_products_outside_the_catalog": len(self.outside_products),
             "held_out_products_judged_as_new": len(self.new_products),
             "photos_of_held_out_products": self.held_out_photos,
             "references_of_held_out_products": self.held_out_references,
@@ -69,10 +73,14 @@ def held_out_product(product_id: str, share: float, seed: int) -> bool:
     return _draw(product_id, seed) < share
 
 
-def judged_as_new(held_out: list[str], seed: int) -> list[str]:
-    """Half the held-out products (the larger half, so that one is new), drawn by the seed."""
-    drawn = sorted(held_out, key=lambda product_id: _draw(f"new\x1f{product_id}", seed))
-    return sorted(drawn[: math.ceil(len(drawn) / 2)])
+def held_out_roles(held_out: list[str], outside: int, seed: int) -> tuple[list, list]:
+    """The held-out products left out of the judging run's catalog (`outside` of them, one
+    always left), and those judged as brand-new (the larger half of the rest), by the seed:
+    stable across runs, so that no version ever trained on any of them."""
+    drawn = sorted(held_out, key=lambda product_id: _draw(f"role\x1f{product_id}", seed))
+    out = min(outside, max(len(drawn) - 1, 0))
+    rest = drawn[out:]
+    return sorted(drawn[:out]), sorted(rest[: math.ceil(len(rest) / 2)])
 
 
 def _draw(key: str, seed: int) -> float:
@@ -90,6 +98,7 @@ def export_confirmations(
     product_share: float,
     seed: int,
     on_progress: Callable[[int], None] = lambda done: None,
+    outside: int = 0,
 ) -> ExportReport:
     images: dict[str, list[StoredImage]] = {}
     for page in index.all_images():
@@ -112,7 +121,9 @@ def export_confirmations(
     recent_count = round(recent_share * len(trainable))
     recent = {s.image_id for _, _, s in trainable[len(trainable) - recent_count :]}
     report = ExportReport(held_out_products=sorted(held_out))
-    report.new_products = judged_as_new(report.held_out_products, seed)
+    report.outside_products, report.new_products = held_out_roles(
+        report.held_out_products, outside, seed
+    )
     for product_id, stored in sorted(images.items()):
         folder = out / quote(product_id, safe="-_.")
         catalog = [s for s in stored if s.source == SOURCE_CATALOG]
@@ -124,7 +135,7 @@ def export_confirmations(
             if _copy(store, limits, image, folder / f"catalog_{n:04d}", report):
                 report.catalog_images += 1
         judging = recent
-        if product_id in report.new_products:
+        if product_id in report.new_products or product_id in report.outside_products:
             judging = {p.image_id for p in photos}
         elif product_id in held_out:  # the latest share of its own photos, one at least
             judging = {p.image_id for p in photos[-max(1, round(recent_share * len(photos))) :]}

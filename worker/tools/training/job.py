@@ -65,6 +65,7 @@ def train_version(
             options.product_share,
             seed,
             lambda done: progress.advance(task, done),
+            outside=options.open_set,
         )
         log.info("training.exported", **exported.to_json())
         if not exported.train_photos:
@@ -75,11 +76,14 @@ def train_version(
             data=data,
             split="val",
             confirmed=(most,),
-            open_set=options.open_set,
+            open_set=len(exported.outside_products),
+            left_out=frozenset(exported.outside_products),
             seed=seed,
             unlabeled_scans_per_product=most,
             new_products=frozenset(exported.new_products),
-            never_train=frozenset(exported.held_out_products) - set(exported.new_products),
+            never_train=frozenset(exported.held_out_products)
+            - set(exported.new_products)
+            - set(exported.outside_products),
             photo_uris=exported.uris,  # the version in service trained on some of them
         )
         in_service = run_accuracy(settings, judged, progress)
