@@ -122,7 +122,7 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     candidate = card["gate"]["candidate"]
     assert candidate["new_queries"] == PHOTOS * as_new
     assert candidate["open_set_queries"] == PHOTOS * outside  # every photo of the product
-    assert candidate["min_margin"] is not None
+    assert candidate["confidence_origin"] == "prior" and candidate["min_margin"] is not None
     # the tower lists the photos it trained on by their URIs in the index: never labels
     trained_on = read_trained_on(card_file.parent / card["towers"][0])
     assert len(trained_on) == card["data"]["photos_trained_on"] > 0

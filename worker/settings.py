@@ -473,8 +473,7 @@ class ConfidenceSettings(BaseModel):
         ge=0.0,
         lt=1.0,
         description="Share of jewels outside the catalog (simulated: a confirmation ranked "
-        "without its product; with trained towers, of a product they never trained on, once "
-        "`min_refusal_labels` exist) that the `matched` threshold must refuse.",
+        "without its product) that the `matched` threshold must refuse.",
     )
     max_labels: int = Field(
         default=3000, ge=10, description="At most this many confirmations are ranked per refit."

@@ -15,7 +15,7 @@ import numpy as np
 
 from worker.index.base import ReferenceSet
 from worker.index.memory import InMemoryIndex
-from worker.matching.labels import confirmation_outcomes, labelled_rows, unknown_stand_ins
+from worker.matching.labels import confirmation_outcomes, labelled_rows
 from worker.matching.ranking import MatchPolicy, Prototypes, Snapshot, rank
 from worker.matching.stages.centring import Centring, image_references
 from worker.matching.stages.confidence import Outcomes, fit_confidence
@@ -86,10 +86,7 @@ def _with_confidence(
             snapshot.report["confirmations"] - confirmations
         )
     if settings.enabled and confirmations >= min(settings.min_labels, settings.min_refusal_labels):
-        stand_ins = unknown_stand_ins(refs, labelled, trained_on, settings.min_refusal_labels)
-        if trained_on:
-            snapshot.report["unknown_jewels_simulated_by"] = int(stand_ins.sum())
-        outcomes = confirmation_outcomes(refs, labelled, snapshot, learning, stand_ins)
+        outcomes = confirmation_outcomes(refs, labelled, snapshot, learning)
     policy = snapshot.policy
     confidence = fit_confidence(outcomes, settings, policy.target_precision, policy.prior())
     labels = confidence.report.get("labels") or confirmations

@@ -7,14 +7,7 @@ without its own product is the outcome of a jewel outside the catalog.
 A photo the image towers trained on (`jewelmatch train`) is no label: the towers drew it to its
 product, so it looks easier than any new scan, and a confidence learned from it answers too
 boldly. Those photos still serve as references; the labels come from the confirmations the
-model in use never trained on (the share `train` held out, and every confirmation since).
-
-Nor does such a product stand in for a jewel outside the catalog: its photo, even one the towers
-did not train on, stays drawn to it, and with it taken out the other products are uniformly
-far, while trained towers are sure of themselves on a product they never saw (they pull it to
-a look-alike they know). So once towers are trained and enough labels of products they never
-trained on exist (`train` holds out a share of whole products), only those simulate unknown
-jewels."""
+model in use never trained on (the share `train` held out, and every confirmation since)."""
 
 from __future__ import annotations
 
@@ -43,37 +36,13 @@ def labelled_rows(refs: ReferenceSet, trained_on: frozenset[str]) -> np.ndarray:
     return np.flatnonzero(confirmed)
 
 
-def unknown_stand_ins(
-    refs: ReferenceSet, labelled: np.ndarray, trained_on: frozenset[str], at_least: int
-) -> np.ndarray:
-    """Which of the `labelled` rows also simulate a jewel outside the catalog: those of
-    products the towers never trained on (none of their photos in `trained_on`), once at
-    least `at_least` exist; else every one."""
-    every = np.ones(len(labelled), dtype=bool)
-    if not trained_on or refs.uris is None:
-        return every
-    trained = {
-        pid for pid, uri in zip(refs.product_ids, refs.uris, strict=True) if uri in trained_on
-    }
-    untrained = np.array([refs.product_ids[i] not in trained for i in labelled], dtype=bool)
-    return untrained if untrained.sum() >= at_least else every
-
-
 def confirmation_outcomes(
-    refs: ReferenceSet,
-    labelled: np.ndarray,
-    snapshot: Snapshot,
-    learning: LearningSettings,
-    stand_ins: np.ndarray | None = None,
+    refs: ReferenceSet, labelled: np.ndarray, snapshot: Snapshot, learning: LearningSettings
 ) -> Outcomes:
     """Labelled outcomes of (at most `confidence.max_labels`) of the `labelled` rows (the
-    confirmed photos the towers never trained on: `labelled_rows`); those marked in
-    `stand_ins` (default: all) are ranked once more as jewels outside the catalog."""
+    confirmed photos the towers never trained on: `labelled_rows`)."""
     settings = learning.confidence
     confirmed = labelled[: settings.max_labels]
-    if stand_ins is None:
-        stand_ins = np.ones(len(labelled), dtype=bool)
-    stand_in_rows = set(confirmed[stand_ins[: settings.max_labels]].tolist())
     keys = np.array([f"{refs.product_ids[i]}/{i}" for i in confirmed], dtype=object)
     fold_of = np.array([zlib.crc32(k.encode()) % settings.folds for k in keys])
     rows: list[np.ndarray] = []
@@ -95,15 +64,11 @@ def confirmation_outcomes(
         for row, key, ranking in zip(held, keys[in_fold], rankings, strict=True):
             truth = refs.product_ids[row]
             hits = ranking.hits
-            rows.append(evidence([hit.score for hit in hits]))
-            right.append(bool(hits) and hits[0].product_id == truth)
-            known.append(True)
-            kept.append(key)
-            if row in stand_in_rows:
-                rows.append(evidence([hit.score for hit in hits if hit.product_id != truth]))
-                right.append(False)
-                known.append(False)
-                kept.append(key)
+            others = [hit.score for hit in hits if hit.product_id != truth]
+            rows += [evidence([hit.score for hit in hits]), evidence(others)]
+            right += [bool(hits) and hits[0].product_id == truth, False]
+            known += [True, False]
+            kept += [key, key]
     if not rows:
         return Outcomes.none()
     return Outcomes(np.array(rows), np.array(right), np.array(known), np.array(kept, dtype=object))

@@ -32,14 +32,16 @@ class GateDecision:
 
 
 def _figures(summary: dict) -> dict:
-    """The criteria, what they were measured on, and the margin that decided `matched`."""
+    """The criteria, what they were measured on, and what decided `matched`: the margin asked
+    (0 where the learned confidence decides) and the labels it read."""
     keys = [key for key, _, _ in CRITERIA]
     keys += ["recall@1", "answered_accuracy", "queries", "new_queries", "open_set_queries"]
-    metric = summary.get("metric") or {}
+    confidence = (summary.get("metric") or {}).get("confidence") or {}
     return {
         **{key: summary.get(key) for key in keys},
-        "min_margin": (metric.get("confidence") or {}).get("min_margin"),
-        "unknown_jewels_simulated_by": metric.get("unknown_jewels_simulated_by"),
+        "confidence_origin": summary.get("confidence_origin"),
+        "min_margin": confidence.get("min_margin"),
+        "labels": confidence.get("labels"),
     }
 
 

@@ -6,8 +6,8 @@
   jewels the shop does not sell (all their photos `val`); of the rest, half are brand-new
   products (all their photos `val`: their catalog image is all the model has of them), and
   half are judged as production keeps them after the run: the latest share of each one's
-  photos is `val`, the rest `train` (confirmed in the judging run, never trained on), the
-  confidence's stand-ins for jewels the towers never saw (worker/matching/labels.py);
+  photos is `val`, the rest `train` (confirmed in the judging run, never trained on: labels
+  for the confidence and references, as the index keeps them after the run);
 - of the other products' confirmations, the latest share (by the time the photo was taken) is
   `val`; the rest is `train`, oldest first.
 """
