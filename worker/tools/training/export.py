@@ -73,10 +73,10 @@ def held_out_product(product_id: str, share: float, seed: int) -> bool:
     return _draw(product_id, seed) < share
 
 
-def held_out_roles(held_out: list[str], outside: int, seed: int) -> tuple[list, list]:
+def held_out_roles(held_out: list[str], outside: int, seed: int) -> tuple[list[str], list[str]]:
     """The held-out products left out of the judging run's catalog (`outside` of them, one
     always left), and those judged as brand-new (the larger half of the rest), by the seed:
-    stable across runs, so that no version ever trained on any of them."""
+    with the same seed and share, no earlier version trained on any of them either."""
     drawn = sorted(held_out, key=lambda product_id: _draw(f"role\x1f{product_id}", seed))
     out = min(outside, max(len(drawn) - 1, 0))
     rest = drawn[out:]
