@@ -53,6 +53,12 @@ class ExportReport:
     uris: dict[str, str] = field(default_factory=dict)
     """Where each exported photo came from: `<product folder>/<file>` → its URI."""
 
+    @property
+    def kept_products(self) -> frozenset[str]:
+        """The held-out products judged as the index keeps them after the run: neither outside
+        the catalog nor brand-new (their earlier photos confirmed, never trained on)."""
+        return frozenset(self.held_out_products) - {*self.new_products, *self.outside_products}
+
     def to_json(self) -> dict:
         return {
             "products": self.products,

@@ -81,9 +81,7 @@ def train_version(
             seed=seed,
             unlabeled_scans_per_product=most,
             new_products=frozenset(exported.new_products),
-            never_train=frozenset(exported.held_out_products)
-            - set(exported.new_products)
-            - set(exported.outside_products),
+            never_train=exported.kept_products,
             photo_uris=exported.uris,  # the version in service trained on some of them
         )
         in_service = run_accuracy(settings, judged, progress)
