@@ -215,7 +215,8 @@ class ModelSettings(BaseModel):
         default=[1.0],
         min_length=1,
         description="Centred square crops (fractions of the shorter side) averaged into a "
-        "catalog image's vector.",
+        "catalog image's vector (`[1.0, 0.5]` for a catalog that shows pieces small, on models "
+        "or trays: docs/benchmarks.md, Jewelry; another value is another model id).",
     )
     catalog_object_region: bool = Field(
         default=False,
