@@ -76,8 +76,7 @@ def train_version(
             data=data,
             split="val",
             confirmed=(most,),
-            open_set=len(exported.outside_products),
-            left_out=frozenset(exported.outside_products),
+            left_out=frozenset(exported.outside_products),  # in place of an `open_set` draw
             seed=seed,
             unlabeled_scans_per_product=most,
             new_products=frozenset(exported.new_products),
