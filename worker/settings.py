@@ -215,8 +215,15 @@ class ModelSettings(BaseModel):
         default=[1.0],
         min_length=1,
         description="Centred square crops (fractions of the shorter side) averaged into a "
-        "catalog image's vector (`[1.0, 0.5]` for a catalog that shows pieces small, on models "
-        "or trays: docs/benchmarks.md, Jewelry; another value is another model id).",
+        "catalog image's vector (see also `catalog_zoom`; another value is another model id).",
+    )
+    catalog_zoom: CropFraction | None = Field(
+        default=None,
+        description="A centred crop added to the views of a catalog image that shows its piece "
+        "small or in a scene (a textured border, or a piece spanning under 0.8 of a plain "
+        "picture: worker/vision/catalog_scene.py), iconic shots staying whole (`0.5` for a "
+        "catalog of pieces on models, hands or trays: docs/benchmarks.md, Jewelry). Another "
+        "value is another model id.",
     )
     catalog_object_region: bool = Field(
         default=False,

@@ -30,6 +30,7 @@ from worker.observability.logs import get_logger
 from worker.settings import ModelSettings
 from worker.vectors import ImageKind, VectorLayout, unit_rows
 from worker.vision import colour
+from worker.vision.catalog_scene import shows_piece_small
 from worker.vision.object_region import object_region
 from worker.vision.runtimes import open_tower
 from worker.vision.versions import read_trained_on, versioned_name
@@ -52,6 +53,8 @@ def centred_crops(image: Image.Image, fractions: Sequence[float]) -> list[Image.
 VIEWS_VERSION = 1
 """Bumped whenever the code changes how pictures become vectors (decoding, crops, flips), so
 that vectors made the old way and the new way never share an index."""
+CATALOG_SCENE_VERSION = 1
+"""Bumped whenever the rule of worker/vision/catalog_scene.py changes (another model id)."""
 
 
 COLOUR_VERSION = 3
@@ -66,6 +69,8 @@ def _view_suffix(settings: ModelSettings) -> str:
         view += (COLOUR_VERSION, settings.colour_weight)
     if settings.catalog_object_region:  # (likewise)
         view += ("catalog_object_region",)
+    if settings.catalog_zoom:
+        view += ("catalog_zoom", CATALOG_SCENE_VERSION, settings.catalog_zoom)
     return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
 
 
@@ -151,6 +156,7 @@ class Embedder:
         }
         self._flip = settings.flip
         self._object_region = settings.catalog_object_region
+        self._catalog_zoom = settings.catalog_zoom
         names = ensemble_members(settings.name)
         if len(names) > 1 and settings.pretrained:
             raise ValueError("an ensemble's members must be built-in or local-dir: models")
@@ -195,8 +201,7 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if kind is ImageKind.catalog and self._object_region:
             images = [object_region(image) for image in images]
-        crops = [crop for image in images for crop in centred_crops(image, self._crops[kind])]
-        views = self._views(crops, len(self._crops[kind]))
+        views = self._grouped_views(images, [self._crop_fractions(image, kind) for image in images])
         if not self._colour_weight:
             return views
         # the object's colour, appended: a dot product of two vectors then adds the colour
@@ -206,6 +211,32 @@ class Embedder:
         colours = np.stack([colour.colour_descriptor(region) for region in regions])
         joined = np.concatenate([views, np.sqrt(self._colour_weight) * colours], axis=1)
         return unit_rows(joined).astype(np.float32)
+
+    def _crop_fractions(self, image: Image.Image, kind: ImageKind) -> tuple[float, ...]:
+        """The centred crops a picture is embedded by: its kind's, and for a catalog image
+        that shows its piece small or in a scene, the zoomed crop too."""
+        fractions = self._crops[kind]
+        zoom = self._catalog_zoom
+        if (
+            kind is ImageKind.catalog
+            and zoom
+            and zoom not in fractions
+            and shows_piece_small(image)
+        ):
+            return (*fractions, zoom)
+        return fractions
+
+    def _grouped_views(
+        self, images: Sequence[Image.Image], fractions: Sequence[tuple[float, ...]]
+    ) -> np.ndarray:
+        """`_views` of each picture's own crops, pictures with the same crops in one pass."""
+        rows: list[np.ndarray | None] = [None] * len(images)
+        for chosen in dict.fromkeys(fractions):
+            positions = [i for i, own in enumerate(fractions) if own == chosen]
+            crops = [crop for i in positions for crop in centred_crops(images[i], chosen)]
+            for position, row in zip(positions, self._views(crops, len(chosen)), strict=True):
+                rows[position] = row
+        return np.stack(rows)
 
     def _views(self, crops: Sequence[Image.Image], per_picture: int) -> np.ndarray:
         """One unit vector per `per_picture` consecutive crops: each member's unit mean of

@@ -1,0 +1,81 @@
+"""A catalog image that shows its piece small or in a scene is also embedded by its zoomed
+middle; an iconic shot (the piece alone, filling the picture) stays whole."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.support.tiny_model import write_tiny_model
+from worker.settings import ModelSettings
+from worker.tools.synthetic import catalog_designs, render
+from worker.vision.catalog_scene import shows_piece_small
+from worker.vision.embedder import Embedder, ImageKind, model_id_for
+
+
+def _iconic() -> Image.Image:
+    """A product filling a plain white picture, as grocery and many webshops shoot them."""
+    picture = Image.new("RGB", (300, 300), "white")
+    ImageDraw.Draw(picture).rectangle((20, 15, 280, 290), fill=(200, 40, 30))
+    return picture
+
+
+def _small_on_backdrop() -> Image.Image:
+    """A 120 px jewel off-centre on a large plain grey-beige backdrop."""
+    scene = Image.new("RGB", (600, 400), (190, 180, 165))
+    scene.paste(render(catalog_designs(1, seed=3)[0], 120), (330, 170))
+    return scene
+
+
+def _in_a_scene() -> Image.Image:
+    """A piece as large as the iconic one, on a textured surface (a weave) up to the border."""
+    picture = _iconic()
+    draw = ImageDraw.Draw(picture)
+    for x in range(0, 300, 6):
+        draw.line((x, 0, x, 299), fill=(150, 110, 60), width=2)
+    draw.rectangle((20, 15, 280, 290), fill=(200, 40, 30))
+    return picture
+
+
+def test_small_pieces_and_scenes_are_told_from_iconic_shots():
+    assert not shows_piece_small(_iconic())
+    assert shows_piece_small(_small_on_backdrop())
+    assert shows_piece_small(_in_a_scene())
+    assert not shows_piece_small(Image.new("RGB", (200, 200), (128, 128, 128)))  # nothing there
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return f"local-dir:{write_tiny_model(tmp_path_factory.mktemp('scene') / 'tiny')}"
+
+
+def _embedder(name: str, cache, **changes) -> Embedder:
+    settings = ModelSettings(name=name, threads=1, batch_size=8, cache_dir=cache)
+    return Embedder(settings.model_copy(update=changes))
+
+
+def test_only_small_pieces_and_scenes_are_embedded_with_the_zoomed_middle(tiny, tmp_path):
+    cache = tmp_path / "cache"
+    zooming = _embedder(tiny, cache, catalog_zoom=0.5)
+    whole = _embedder(tiny, cache)  # the default: no zoom
+    always = _embedder(tiny, cache, catalog_crops=[1.0, 0.5])
+    pictures = [_small_on_backdrop(), _iconic(), _in_a_scene()]
+    mixed = zooming.embed(pictures, ImageKind.catalog)
+    np.testing.assert_allclose(mixed[0], always.embed(pictures[:1])[0], atol=1e-5)
+    np.testing.assert_allclose(mixed[1], whole.embed(pictures[1:2])[0], atol=1e-5)
+    np.testing.assert_allclose(mixed[2], always.embed(pictures[2:])[0], atol=1e-5)
+    assert not np.allclose(mixed[0], whole.embed(pictures[:1])[0], atol=1e-3)
+    # scans keep their own crops, whatever the picture
+    np.testing.assert_allclose(
+        zooming.embed(pictures, ImageKind.scan), whole.embed(pictures, ImageKind.scan), atol=1e-6
+    )
+
+
+def test_the_zoom_rule_is_part_of_the_model_id_and_off_keeps_todays():
+    default = ModelSettings()
+    zoomed = default.model_copy(update={"catalog_zoom": 0.5})
+    assert model_id_for(zoomed) != model_id_for(default)
+    assert model_id_for(zoomed) != model_id_for(default.model_copy(update={"catalog_zoom": 0.4}))
+    # off (the default): the id of every index built before the rule existed
+    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"
