@@ -7,7 +7,8 @@ embedded whole, as zooming cuts into it (docs/benchmarks.md, "Jewelry").
 
 Two cues, both read on the picture reduced to 200 × 200 px:
 - a scene: the border is textured (the mean grey-level step between neighbouring pixels of
-  its outer 10 px exceeds 2 of 255; plain or gradient backdrops stay under 0.2);
+  its outer 10 px exceeds 2 of 255; the median catalog image of grocery and of jewelry-dev
+  reads about 0.1);
 - a small piece on a plain backdrop: the pixels that differ from the border's median colour
   (by more than 40 in RGB distance) span less than 0.8 of the picture's side.
 """
