@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from worker.vision.backdrop import backdrop_colour, border_pixels
+
 SIDE = 200
 FRAME = 10
 SCENE_TEXTURE = 2.0
@@ -38,8 +40,7 @@ def border_texture(grey: np.ndarray) -> float:
 def piece_extent(rgb: np.ndarray) -> float:
     """The share of the side spanned (1st to 99th percentile) by pixels unlike the border's
     median colour; 1.0 when nothing stands out."""
-    frame = [rgb[:FRAME], rgb[-FRAME:], rgb[:, :FRAME], rgb[:, -FRAME:]]
-    background = np.median(np.concatenate([part.reshape(-1, 3) for part in frame]), axis=0)
+    background = backdrop_colour(border_pixels(rgb, FRAME))
     differs = np.linalg.norm(rgb - background, axis=2) > BACKGROUND_DISTANCE
     if differs.sum() < MIN_PIXELS:
         return 1.0

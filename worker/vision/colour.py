@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from worker.vision.backdrop import backdrop_colour, border_pixels
+
 HUES = 12
 GREYS = 4
 DIM = HUES + GREYS
@@ -38,8 +40,8 @@ def foreground_mask(image: Image.Image) -> np.ndarray | None:
     object stands out (too few or too many pixels differ: a busy or an empty picture)."""
     small = np.asarray(image.convert("RGB").resize((_SIDE, _SIDE), Image.Resampling.BILINEAR))
     pixels = small.astype(np.float32)
-    border = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
-    backdrop = np.median(border, axis=0)
+    border = border_pixels(pixels, 1)
+    backdrop = backdrop_colour(border)
     spread = np.median(np.abs(border - backdrop), axis=0).sum()
     if spread > _BUSY_BORDER:
         return None  # no plain backdrop (a shelf, a room): no region to trust
