@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from tests.support.tiny_model import write_tiny_model
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
+from worker.vision.backdrop import backdrop_colour, border_pixels
 from worker.vision.catalog_scene import shows_piece_small
 from worker.vision.embedder import Embedder, ImageKind, model_id_for
 
@@ -79,3 +80,16 @@ def test_the_zoom_rule_is_part_of_the_model_id_and_off_keeps_todays():
     assert model_id_for(zoomed) != model_id_for(default.model_copy(update={"catalog_zoom": 0.4}))
     # off (the default): the id of every index built before the rule existed
     assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"
+
+
+def test_the_backdrop_is_read_from_the_border_frame_alone():
+    """The border reading both cues share: the frame's pixels, however large the piece."""
+    picture = np.asarray(_iconic(), dtype=np.float32)
+    for width in (1, 10):
+        border = border_pixels(picture, width)
+        assert border.shape == (2 * width * (300 + 300), 3)
+        assert backdrop_colour(border).tolist() == [255.0, 255.0, 255.0]
+    framed = picture.copy()
+    framed[:, :2] = (0, 0, 255)  # a blue strip down the left side: a quarter of a 1 px frame
+    assert backdrop_colour(border_pixels(framed, 1)).tolist() == [255.0, 255.0, 255.0]
+    assert (border_pixels(framed, 2) == (0, 0, 255)).all(axis=1).sum() == 2 * 300 + 2 * 2 * 2
