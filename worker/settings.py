@@ -799,8 +799,9 @@ class TrainingSettings(BaseModel):
         default=4.0,
         ge=0,
         description="Weight of a term that keeps each picture's embedding near the untrained "
-        "tower's (1 - cosine): less drift, for products it never trained on too (4: chosen "
-        "on grocery `train`, docs/benchmarks.md; 0 turns it off).",
+        "tower's (1 - cosine): less drift, so that photos of products outside the catalog are "
+        "refused as often as before training (4: chosen on grocery `train`, "
+        "docs/benchmarks.md; 0 turns it off).",
     )
     seed: int = Field(default=0, description="A run is deterministic from it.")
     device: str | None = Field(
