@@ -140,6 +140,37 @@ def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_t
     assert own_sources["p001"] == own_sources["p005"] == "catalog"
 
 
+def test_fine_tuning_with_nothing_confirmed_trains_on_the_catalog_images_alone(tmp_path):
+    """`--fine-tune --confirmed 0`: each catalog product (not a new or left-out one) trains on
+    its catalog image alone, as its own class; no photo trains."""
+    from tests.support.tiny_model import write_tiny_efficientnet
+
+    data = write_dataset(tmp_path / "data")
+    model = write_tiny_efficientnet(tmp_path / "tiny-efficientnet")
+    settings = make_settings(
+        tmp_path,
+        model,
+        learning={"centring": {"enabled": False}},
+        training={"epochs": 1, "views": 2, "batch_size": 4, "catalog_crop": 0.5},
+    )
+    options = AccuracyOptions(
+        data=data,
+        confirmed=(0,),
+        open_set=1,
+        new_share=0.4,
+        fine_tune=True,
+        fine_tune_dir=tmp_path / "model-folder",
+    )
+    with Progress(disable=True) as progress:
+        report = run_accuracy(settings, options, progress)
+    [tower] = report.to_json()["fine_tune"]["towers"].values()
+    # 5 products in the catalog, 2 of them new: 3 catalog images, one class each
+    assert (tower["products"], tower["pictures"]) == (3, 3)
+    [folder] = (tmp_path / "model-folder").glob("tiny-efficientnet-*")
+    assert read_trained_on(folder) == frozenset()
+    assert len(report.runs) == 1
+
+
 def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkeypatch):
     data = write_dataset(tmp_path / "data")
     monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")

@@ -17,7 +17,7 @@ import torch
 from tests.support.tiny_model import write_tiny_efficientnet, write_tiny_model
 from worker.settings import ModelRuntime, ModelSettings, TrainingSettings
 from worker.tools.synthetic import catalog_designs, photograph, render
-from worker.training.fine_tune import LabelledPicture, fine_tune_tower
+from worker.training.fine_tune import LabelledPicture, fine_tune_tower, training_views
 from worker.training.model import fine_tune_model, run_version
 from worker.training.towers import SplitTower, UnsupportedTower
 from worker.vectors import ImageKind
@@ -237,3 +237,14 @@ def test_the_keep_term_holds_embeddings_near_the_untrained_tower(
         return float(1 - np.mean(np.sum(vectors[0] * vectors[1], axis=1)))
 
     assert drift(10.0) < 0.5 * drift(0.0)
+
+
+def test_training_views_are_the_whole_picture_and_crops_no_smaller_than_asked() -> None:
+    picture = render(catalog_designs(1, seed=5)[0], 200)
+    for smallest in (0.5, 0.8):
+        views = training_views(picture, 16, random.Random(1), smallest)
+        assert views[0] is picture
+        sides = [view.size for view in views[1:]]
+        assert all(w == h and smallest * 200 <= w <= 200 for w, h in sides)
+    # a smaller bound is used: the crops of a catalog of scenes reach further in
+    assert min(v.size[0] for v in training_views(picture, 16, random.Random(1), 0.5)) < 160

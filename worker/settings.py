@@ -786,6 +786,14 @@ class TrainingSettings(BaseModel):
         description="Views of each picture cached for training: the whole picture and random "
         "square crops, mirrored at random.",
     )
+    catalog_crop: float = Field(
+        default=0.8,
+        gt=0,
+        le=1,
+        description="Smallest random crop of a catalog image among its training views "
+        "(a fraction of its shorter side; a bag photo's: 0.5). 0.5 for a catalog of pieces "
+        "in scenes trained on its catalog images alone (docs/benchmarks.md, Jewelry).",
+    )
     batch_size: int = Field(default=32, ge=2, description="Pictures per training step.")
     learning_rate: float = Field(default=1e-4, gt=0, description="Of the trained stages (AdamW).")
     proxy_learning_rate: float = Field(

@@ -57,7 +57,8 @@ FineTuneOption = Annotated[
     typer.Option(
         help="Fine-tune the image towers first (jewelmatch train's code, "
         "JEWELMATCH_TRAINING__*) on the largest --confirmed count's photos and their "
-        "products' catalog images; --new-share products never train."
+        "products' catalog images (with --confirmed 0, the catalog images alone); "
+        "--new-share products never train."
     ),
 ]
 CalibrationShareOption = Annotated[

@@ -90,16 +90,18 @@ def training_device(settings: TrainingSettings) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+PHOTO_CROP = 0.5
+"""Smallest random crop of a bag photo among its training views, as the scan's zoomed crops."""
+
+
 def training_views(
-    picture: Image.Image, count: int, rng: random.Random, is_catalog: bool
+    picture: Image.Image, count: int, rng: random.Random, smallest: float
 ) -> list[Image.Image]:
-    """The picture whole, then `count - 1` random square crops (a catalog image: at least 0.8
-    of its shorter side; a bag photo: from half of it, as the scan's zoomed crops), each
-    mirrored at random. No colour change: colour tells twins apart."""
+    """The picture whole, then `count - 1` random square crops of at least `smallest` of its
+    shorter side, each mirrored at random. No colour change: colour tells twins apart."""
     width, height = picture.size
     shorter = min(width, height)
     views = [picture]
-    smallest = 0.8 if is_catalog else 0.5
     for _ in range(count - 1):
         side = max(1, round(shorter * rng.uniform(smallest, 1.0)))
         left = rng.randint(0, width - side)
@@ -301,7 +303,8 @@ def _cache_front(
             log.warning("training.picture_skipped", key=picture.key, reason=str(error))
             continue
         rng = random.Random(f"{settings.seed}:{position}:{picture.key}")
-        views = training_views(image.convert("RGB"), settings.views, rng, picture.is_catalog)
+        smallest = settings.catalog_crop if picture.is_catalog else PHOTO_CROP
+        views = training_views(image.convert("RGB"), settings.views, rng, smallest)
         pixels = torch.stack([transform(view) for view in views]).to(device)
         with torch.inference_mode():
             rows.append(split.front(pixels).to("cpu", torch.float16))

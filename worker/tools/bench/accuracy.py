@@ -384,10 +384,9 @@ def _fine_tune(
 ) -> TrainedModel:
     """Train the towers on what the protocol confirms at its largest count, less the latest
     `calibration_share` of each product's photos (never a photo that is matched, never a new,
-    left-out or `never_train` product); each trained folder lists the photos it trained on."""
+    left-out or `never_train` product), and those products' catalog images (alone, each its
+    own class, when nothing is confirmed); each trained folder lists the photos it trained on."""
     most = max(options.confirmed)
-    if most < 1:
-        raise ValueError("--fine-tune needs confirmed photos (e.g. --confirmed 0,10)")
     trains = most - math.floor(options.calibration_share * most)
     untrained = plan.new_ids | options.never_train
     trained_products = [p for p in plan.in_catalog if p.product_id not in untrained]
