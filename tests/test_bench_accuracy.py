@@ -88,22 +88,27 @@ def test_the_day_to_day_mix_reports_new_products_apart(tmp_path, tiny_model_dir)
     assert zero["recall@1_new"] is not None
 
 
+def _fine_tuning_setup(tmp_path, **training):
+    """A data set and settings that train a tiny EfficientNet for one quick epoch."""
+    from tests.support.tiny_model import write_tiny_efficientnet
+
+    model = write_tiny_efficientnet(tmp_path / "tiny-efficientnet")
+    settings = make_settings(
+        tmp_path,
+        model,
+        learning={"centring": {"enabled": False}},
+        training={"epochs": 1, "views": 2, "batch_size": 4, **training},
+    )
+    return write_dataset(tmp_path / "data"), settings
+
+
 def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_towers(
     tmp_path,
 ):
     """`--fine-tune`: the towers train on the confirmed photos and their products' catalog
     images; never on a photo that is matched, a brand-new product or a left-out one, nor on
     the latest `calibration_share` of the confirmed photos (labels for the confidence)."""
-    from tests.support.tiny_model import write_tiny_efficientnet
-
-    data = write_dataset(tmp_path / "data")
-    model = write_tiny_efficientnet(tmp_path / "tiny-efficientnet")
-    settings = make_settings(
-        tmp_path,
-        model,
-        learning={"centring": {"enabled": False}},
-        training={"epochs": 1, "views": 2, "batch_size": 4},
-    )
+    data, settings = _fine_tuning_setup(tmp_path)
     options = AccuracyOptions(
         data=data,
         confirmed=(0, 2),
@@ -143,16 +148,7 @@ def test_fine_tuning_trains_on_confirmations_only_and_matches_with_the_trained_t
 def test_fine_tuning_with_nothing_confirmed_trains_on_the_catalog_images_alone(tmp_path):
     """`--fine-tune --confirmed 0`: each catalog product (not a new or left-out one) trains on
     its catalog image alone, as its own class; no photo trains."""
-    from tests.support.tiny_model import write_tiny_efficientnet
-
-    data = write_dataset(tmp_path / "data")
-    model = write_tiny_efficientnet(tmp_path / "tiny-efficientnet")
-    settings = make_settings(
-        tmp_path,
-        model,
-        learning={"centring": {"enabled": False}},
-        training={"epochs": 1, "views": 2, "batch_size": 4, "catalog_crop": 0.5},
-    )
+    data, settings = _fine_tuning_setup(tmp_path, catalog_crop=0.5)
     options = AccuracyOptions(
         data=data,
         confirmed=(0,),
