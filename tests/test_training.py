@@ -17,12 +17,14 @@ import torch
 from tests.support.tiny_model import write_tiny_efficientnet, write_tiny_model
 from worker.settings import ModelRuntime, ModelSettings, TrainingSettings
 from worker.tools.synthetic import catalog_designs, photograph, render
+from worker.training import scene_swap
 from worker.training.fine_tune import LabelledPicture, fine_tune_tower, training_views
 from worker.training.model import fine_tune_model, run_version
 from worker.training.towers import SplitTower, UnsupportedTower
 from worker.vectors import ImageKind
 from worker.vision.embedder import Embedder
-from worker.vision.weights import prepare_builtin
+from worker.vision.object_region import object_mask
+from worker.vision.weights import WEIGHTS_FILE, prepare_builtin
 
 PRODUCTS = 6
 PHOTOS = 4
@@ -248,3 +250,36 @@ def test_training_views_are_the_whole_picture_and_crops_no_smaller_than_asked() 
         assert all(w == h and smallest * 200 <= w <= 200 for w, h in sides)
     # a smaller bound is used: the crops of a catalog of scenes reach further in
     assert min(v.size[0] for v in training_views(picture, 16, random.Random(1), 0.5)) < 160
+
+
+def test_scene_swap_finds_each_catalog_piece_once_for_every_tower(
+    tiny_efficientnet: Path,
+    pictures: list[LabelledPicture],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    found: list[tuple[int, int]] = []
+
+    def counted(picture, *args):
+        found.append(picture.size)
+        return object_mask(picture, *args)
+
+    monkeypatch.setattr(scene_swap, "object_mask", counted)
+    second = write_tiny_efficientnet(tmp_path / "tiny-second", seed=1)
+    model = ModelSettings(
+        name=f"local-dir:{tiny_efficientnet}+local-dir:{second}",
+        cache_dir=tmp_path / "cache",
+        runtime=ModelRuntime.torch,
+        threads=2,
+    )
+
+    def trained_weights(swap: float) -> bytes:
+        training = _settings(epochs=1, views=4, scene_swap=swap)
+        version = run_version(model, pictures, training)
+        trained = fine_tune_model(model, pictures, training, tmp_path / f"swap-{swap}", version)
+        return (trained.folders[0] / WEIGHTS_FILE).read_bytes()
+
+    swapped = trained_weights(1.0)
+    assert len(found) == PRODUCTS  # one catalog image each, found once for both towers
+    assert trained_weights(0.0) != swapped  # the swapped views are what it trained on
+    assert len(found) == PRODUCTS  # and no swap, no GrabCut

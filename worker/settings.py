@@ -794,6 +794,15 @@ class TrainingSettings(BaseModel):
         "(a fraction of its shorter side; a bag photo's: 0.5). 0.5 for a catalog of pieces "
         "in scenes trained on its catalog images alone (docs/benchmarks.md, Jewelry).",
     )
+    scene_swap: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Chance that a catalog image's random crop is cut from its piece (as "
+        "GrabCut finds it) pasted on a corner of another product's catalog image, so that a "
+        "scene shared by many catalog shots stops vouching for one product "
+        "(worker/training/scene_swap.py; 0: never).",
+    )
     batch_size: int = Field(default=32, ge=2, description="Pictures per training step.")
     learning_rate: float = Field(default=1e-4, gt=0, description="Of the trained stages (AdamW).")
     proxy_learning_rate: float = Field(

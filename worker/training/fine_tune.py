@@ -34,6 +34,7 @@ from safetensors.torch import save_file
 
 from worker.observability.logs import get_logger
 from worker.settings import TrainingSettings
+from worker.training.scene_swap import PieceMasks, SceneSwap
 from worker.training.towers import SplitTower
 from worker.vision.weights import CONFIG_FILE, WEIGHTS_FILE
 
@@ -95,18 +96,28 @@ PHOTO_CROP = 0.5
 
 
 def training_views(
-    picture: Image.Image, count: int, rng: random.Random, smallest: float
+    picture: Image.Image,
+    count: int,
+    rng: random.Random,
+    smallest: float,
+    scene_swap: float = 0.0,
+    swapped: Callable[[random.Random], Image.Image | None] | None = None,
 ) -> list[Image.Image]:
     """The picture whole, then `count - 1` random square crops of at least `smallest` of its
-    shorter side, each mirrored at random. No colour change: colour tells twins apart."""
+    shorter side, each mirrored at random, and each cut with chance `scene_swap` from
+    `swapped(rng)` (the piece on another scene: scene_swap.py) instead of the picture. No
+    colour change: colour tells twins apart."""
     width, height = picture.size
     shorter = min(width, height)
     views = [picture]
     for _ in range(count - 1):
+        source = picture
+        if scene_swap and swapped is not None and rng.random() < scene_swap:
+            source = swapped(rng) or picture
         side = max(1, round(shorter * rng.uniform(smallest, 1.0)))
         left = rng.randint(0, width - side)
         top = rng.randint(0, height - side)
-        view = picture.crop((left, top, left + side, top + side))
+        view = source.crop((left, top, left + side, top + side))
         views.append(ImageOps.mirror(view) if rng.random() < 0.5 else view)
     return views
 
@@ -167,10 +178,12 @@ def fine_tune_tower(
     work_dir: Path,
     on_progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
     threads: int = 2,
+    masks: PieceMasks | None = None,
 ) -> TowerReport:
     """Fine-tune the open_clip folder `source` on `pictures`; write the result, an open_clip
     folder with the same configuration, to `target`. `on_progress(stage, done, total)`
-    reports the feature cache and the epochs (a progress bar shows them)."""
+    reports the feature cache and the epochs (a progress bar shows them); `masks` keeps the
+    pieces GrabCut found for `TRAINING__SCENE_SWAP` (the towers of one run share them)."""
     torch.set_num_threads(threads)
     device = training_device(settings)
     torch.manual_seed(settings.seed)
@@ -181,7 +194,8 @@ def fine_tune_tower(
     model.to(device)
 
     cache_started = time.perf_counter()
-    cache = _cache_front(split, transform, pictures, settings, device, on_progress)
+    masks = masks or PieceMasks()
+    cache = _cache_front(split, transform, pictures, settings, masks, device, on_progress)
     features, labels = cache.features, cache.labels
     report = TowerReport(
         len(labels),
@@ -288,6 +302,7 @@ def _cache_front(
     transform: Callable,
     pictures: Sequence[LabelledPicture],
     settings: TrainingSettings,
+    masks: PieceMasks,
     device: torch.device,
     on_progress: Callable[[str, int, int], None],
 ) -> _FeatureCache:
@@ -295,16 +310,22 @@ def _cache_front(
     number = {product_id: i for i, product_id in enumerate(products)}
     cache = _FeatureCache(torch.zeros(0), [], [], products, [])
     rows = []
+    backdrops = [(p.product_id, p.load) for p in pictures if p.is_catalog]
     for position, picture in enumerate(pictures):
         try:
-            image = picture.load()
+            image = picture.load().convert("RGB")
         except Exception as error:  # one unreadable picture must not stop a run
             cache.skipped.append(picture.key)
             log.warning("training.picture_skipped", key=picture.key, reason=str(error))
             continue
         rng = random.Random(f"{settings.seed}:{position}:{picture.key}")
-        smallest = settings.catalog_crop if picture.is_catalog else PHOTO_CROP
-        views = training_views(image.convert("RGB"), settings.views, rng, smallest)
+        if picture.is_catalog:
+            swap = SceneSwap(image, picture.key, picture.product_id, backdrops, masks)
+            views = training_views(
+                image, settings.views, rng, settings.catalog_crop, settings.scene_swap, swap
+            )
+        else:
+            views = training_views(image, settings.views, rng, PHOTO_CROP)
         pixels = torch.stack([transform(view) for view in views]).to(device)
         with torch.inference_mode():
             rows.append(split.front(pixels).to("cpu", torch.float16))

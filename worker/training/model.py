@@ -15,6 +15,7 @@ from worker.training.fine_tune import (
     fine_tune_tower,
     training_digest,
 )
+from worker.training.scene_swap import PieceMasks
 from worker.vision.embedder import ENSEMBLE_SEPARATOR, ensemble_members, member_id
 from worker.vision.weights import resolve_model_name
 
@@ -66,6 +67,7 @@ def fine_tune_model(
     `out_dir/work/<member>` its checkpoint (a run started again resumes there)."""
     started = time.perf_counter()
     trained = TrainedModel(name="", folders=[], version=version)
+    masks = PieceMasks()  # found once, for every tower
     for name in ensemble_members(model.name):
         member = member_id(name)
         target = out_dir / f"{member}-{version}"
@@ -77,6 +79,7 @@ def fine_tune_model(
             out_dir / "work" / member,
             lambda stage, done, total, member=member: on_progress(member, stage, done, total),
             threads=model.threads,
+            masks=masks,
         )
         trained.towers[member] = report
         trained.folders.append(target)

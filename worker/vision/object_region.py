@@ -18,16 +18,16 @@ MIN_PIXELS = 50
 """A region smaller than this (at WORK_SIDE) is noise: the whole picture is kept."""
 
 
-def object_region(picture: Image.Image, inner: float = 0.9, margin: float = 0.15) -> Image.Image:
-    """`picture` cut to a square around the object GrabCut finds inside its middle `inner`
-    share, `margin` wider on each side; the whole picture when nothing stands out."""
+def object_mask(picture: Image.Image, inner: float = 0.9) -> np.ndarray | None:
+    """Where GrabCut finds the object inside the picture's middle `inner` share: a boolean
+    mask at `WORK_SIDE` (its longer side), or None when nothing stands out."""
     rgb = picture.convert("RGB")
     scale = min(1.0, WORK_SIDE / max(rgb.size))
     small = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))))
     pixels = np.ascontiguousarray(np.asarray(small)[:, :, ::-1])  # BGR, as OpenCV wants
     height, width = pixels.shape[:2]
     if min(height, width) < 8:
-        return picture
+        return None
     rect = (
         int(width * (1 - inner) / 2),
         int(height * (1 - inner) / 2),
@@ -38,8 +38,17 @@ def object_region(picture: Image.Image, inner: float = 0.9, margin: float = 0.15
     cv2.setRNGSeed(0)  # GrabCut's colour models start from a random sample
     cv2.grabCut(pixels, mask, rect, np.zeros((1, 65)), np.zeros((1, 65)), 4, cv2.GC_INIT_WITH_RECT)
     found = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
-    if found.sum() < MIN_PIXELS:
+    return found if found.sum() >= MIN_PIXELS else None
+
+
+def object_region(picture: Image.Image, inner: float = 0.9, margin: float = 0.15) -> Image.Image:
+    """`picture` cut to a square around the object GrabCut finds inside its middle `inner`
+    share, `margin` wider on each side; the whole picture when nothing stands out."""
+    found = object_mask(picture, inner)
+    if found is None:
         return picture
+    height, width = found.shape
+    scale = min(1.0, WORK_SIDE / max(picture.size))
     rows, columns = np.nonzero(found)
     side = max(columns.max() - columns.min(), rows.max() - rows.min()) * (1 + margin)
     centre_x, centre_y = (columns.min() + columns.max()) / 2, (rows.min() + rows.max()) / 2
