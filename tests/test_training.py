@@ -190,16 +190,21 @@ def test_an_unreadable_picture_is_skipped_and_reported(
     assert report.pictures == len(pictures)
 
 
-def test_a_trained_ensemble_is_a_new_model_for_the_embedder(
-    tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path
-) -> None:
+def _two_towers(tiny_efficientnet: Path, tmp_path: Path) -> ModelSettings:
+    """An ensemble of two tiny towers (the second from another seed), run by torch."""
     second = write_tiny_efficientnet(tmp_path / "tiny-second", seed=1)
-    model = ModelSettings(
+    return ModelSettings(
         name=f"local-dir:{tiny_efficientnet}+local-dir:{second}",
         cache_dir=tmp_path / "cache",
         runtime=ModelRuntime.torch,
         threads=2,
     )
+
+
+def test_a_trained_ensemble_is_a_new_model_for_the_embedder(
+    tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path
+) -> None:
+    model = _two_towers(tiny_efficientnet, tmp_path)
     training = _settings(epochs=1)
     version = run_version(model, pictures, training)
     trained = fine_tune_model(model, pictures, training, tmp_path / "out", version)
@@ -265,13 +270,7 @@ def test_scene_swap_finds_each_catalog_piece_once_for_every_tower(
         return object_mask(picture, *args)
 
     monkeypatch.setattr(scene_swap, "object_mask", counted)
-    second = write_tiny_efficientnet(tmp_path / "tiny-second", seed=1)
-    model = ModelSettings(
-        name=f"local-dir:{tiny_efficientnet}+local-dir:{second}",
-        cache_dir=tmp_path / "cache",
-        runtime=ModelRuntime.torch,
-        threads=2,
-    )
+    model = _two_towers(tiny_efficientnet, tmp_path)
 
     def trained_weights(swap: float) -> bytes:
         training = _settings(epochs=1, views=4, scene_swap=swap)

@@ -28,22 +28,21 @@ EDGE_BLUR = 2.0
 
 class PieceMasks:
     """The piece's soft-edged mask (mode L, the picture's size) of each catalog image, or None
-    where GrabCut finds none; found once per run and kept for every tower (GrabCut takes a
-    good part of a second a picture)."""
+    where GrabCut finds none. GrabCut takes a good part of a second a picture, so it runs once
+    per run for every tower; what is kept is its small mask (at most 300 px a side)."""
 
     def __init__(self) -> None:
-        self._found: dict[str, Image.Image | None] = {}
+        self._found: dict[str, np.ndarray | None] = {}
 
     def of(self, key: str, picture: Image.Image) -> Image.Image | None:
         if key not in self._found:
-            found = object_mask(picture)
-            mask = None
-            if found is not None:
-                small = Image.fromarray(found.astype(np.uint8) * 255)
-                resized = small.resize(picture.size, Image.Resampling.BILINEAR)
-                mask = resized.filter(ImageFilter.GaussianBlur(EDGE_BLUR))
-            self._found[key] = mask
-        return self._found[key]
+            self._found[key] = object_mask(picture)
+        found = self._found[key]
+        if found is None:
+            return None
+        small = Image.fromarray(found.astype(np.uint8) * 255)
+        resized = small.resize(picture.size, Image.Resampling.BILINEAR)
+        return resized.filter(ImageFilter.GaussianBlur(EDGE_BLUR))
 
 
 class SceneSwap:
