@@ -801,7 +801,8 @@ class TrainingSettings(BaseModel):
         description="Chance that a catalog image's random crop is cut from its piece (as "
         "GrabCut finds it) pasted on a corner of another product's catalog image, so that a "
         "scene shared by many catalog shots stops vouching for one product "
-        "(worker/training/scene_swap.py; 0: never).",
+        "(worker/training/scene_swap.py; 0: never; 0.5 in the recipe for catalogs of pieces "
+        "in scenes, docs/benchmarks.md, Jewelry).",
     )
     batch_size: int = Field(default=32, ge=2, description="Pictures per training step.")
     learning_rate: float = Field(default=1e-4, gt=0, description="Of the trained stages (AdamW).")
