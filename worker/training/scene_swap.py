@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
+from functools import cached_property
 
 import numpy as np
 from PIL import Image, ImageFilter
@@ -65,9 +66,14 @@ class SceneSwap:
         self.backdrops = backdrops
         self.masks = masks
 
+    @cached_property
+    def mask(self) -> Image.Image | None:
+        """The piece's soft mask at full size, made once for all of this picture's views."""
+        return self.masks.of(self.key, self.picture)
+
     def __call__(self, rng: random.Random) -> Image.Image | None:
         load = self._other_product(rng)
-        if load is None or (mask := self.masks.of(self.key, self.picture)) is None:
+        if load is None or (mask := self.mask) is None:
             return None
         try:
             other = load().convert("RGB")
