@@ -238,6 +238,16 @@ class ModelSettings(BaseModel):
         "photographed small).",
     )
     flip: bool = Field(default=True, description="Also embed each crop mirrored (averaged).")
+    input_scale: float = Field(
+        default=1.0,
+        ge=0.5,
+        le=3.0,
+        description="Each tower sees a picture at this many times its native input size (Lite1 "
+        "240 px, Lite2 260 px; rounded to 8 px). Towers trained on crops down to half a picture "
+        "(the jewelry recipe) see a piece nearer the scale they learned it at: `1.6` with that "
+        "recipe (docs/benchmarks.md, Jewelry). Training keeps the native size. Another value is "
+        "another model id.",
+    )
     colour_weight: float = Field(
         default=0.5,
         ge=0.0,
