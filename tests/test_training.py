@@ -18,7 +18,14 @@ from tests.support.tiny_model import write_tiny_efficientnet, write_tiny_model
 from worker.settings import ModelRuntime, ModelSettings, TrainingSettings
 from worker.tools.synthetic import catalog_designs, photograph, render
 from worker.training import scene_swap
-from worker.training.fine_tune import LabelledPicture, fine_tune_tower, training_views
+from worker.training.fine_tune import (
+    LabelledPicture,
+    fine_tune_tower,
+    run_fingerprint,
+    scaled_size,
+    training_digest,
+    training_views,
+)
 from worker.training.model import fine_tune_model, run_version
 from worker.training.towers import SplitTower, UnsupportedTower
 from worker.vectors import ImageKind
@@ -282,3 +289,36 @@ def test_scene_swap_finds_each_catalog_piece_once_for_every_tower(
     assert len(found) == PRODUCTS  # one catalog image each, found once for both towers
     assert trained_weights(0.0) != swapped  # the swapped views are what it trained on
     assert len(found) == PRODUCTS  # and no swap, no GrabCut
+
+
+def test_a_version_trained_with_an_input_scale_is_served_at_that_size(
+    tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path
+) -> None:
+    """Training reads the native size (the same weights, and a checkpoint serves both), the
+    version's folder says the larger size, the embedder reads pictures at it, and its id is
+    another; at a scale of 1 the version id is what it was before the setting existed."""
+    model = _two_towers(tiny_efficientnet, tmp_path)
+    native, scaled = _settings(epochs=1), _settings(epochs=1, input_scale=1.5)
+    assert run_version(model, pictures, scaled) != run_version(model, pictures, native)
+    before_the_setting = training_digest(
+        model.name.encode(), pictures, native, frozenset({"input_scale"})
+    )
+    assert run_version(model, pictures, native) == "ft" + before_the_setting[:8]
+    assert run_fingerprint(tiny_efficientnet, pictures, scaled) == run_fingerprint(
+        tiny_efficientnet, pictures, native
+    )
+    folders = {"native": tmp_path / "native", "scaled": tmp_path / "scaled"}
+    for name, settings in (("native", native), ("scaled", scaled)):
+        fine_tune_tower(
+            tiny_efficientnet, pictures, settings, folders[name], tmp_path / f"work-{name}"
+        )
+    assert _digest(folders["native"]) == _digest(folders["scaled"])
+    embedders = {
+        name: Embedder(model.model_copy(update={"name": f"local-dir:{folder}"}))
+        for name, folder in folders.items()
+    }
+    assert embedders["native"].image_size == (64, 64)
+    assert embedders["scaled"].image_size == (96, 96)
+    picture = [pictures[0].load()]
+    assert not np.allclose(embedders["native"].embed(picture), embedders["scaled"].embed(picture))
+    assert scaled_size(240, 1.6) == 384 and scaled_size([260, 240], 1.6) == [416, 384]

@@ -238,16 +238,6 @@ class ModelSettings(BaseModel):
         "photographed small).",
     )
     flip: bool = Field(default=True, description="Also embed each crop mirrored (averaged).")
-    input_scale: float = Field(
-        default=1.0,
-        ge=0.5,
-        le=3.0,
-        description="Each tower sees a picture at this many times its native input size (Lite1 "
-        "240 px, Lite2 260 px; rounded to 8 px). Towers trained on crops down to half a picture "
-        "(the jewelry recipe) see a piece nearer the scale they learned it at: `1.6` with that "
-        "recipe (docs/benchmarks.md, Jewelry). Training keeps the native size. Another value is "
-        "another model id.",
-    )
     colour_weight: float = Field(
         default=0.5,
         ge=0.0,
@@ -813,6 +803,16 @@ class TrainingSettings(BaseModel):
         "scene shared by many catalog shots stops vouching for one product "
         "(worker/training/scene_swap.py; 0: never; 0.5 in the recipe for catalogs of pieces "
         "in scenes, docs/benchmarks.md, Jewelry).",
+    )
+    input_scale: float = Field(
+        default=1.0,
+        ge=0.5,
+        le=3.0,
+        description="The input size a trained version's towers read pictures at, a multiple of "
+        "their native one (Lite1 240 px, Lite2 260 px; rounded to 8 px), written into each "
+        "trained folder; training itself keeps the native size. Towers trained on crops down "
+        "to half a catalog image see a piece larger than the untrained tower did: `1.6` in the "
+        "recipe for catalogs of pieces in scenes (docs/benchmarks.md, Jewelry).",
     )
     batch_size: int = Field(default=32, ge=2, description="Pictures per training step.")
     learning_rate: float = Field(default=1e-4, gt=0, description="Of the trained stages (AdamW).")

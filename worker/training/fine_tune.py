@@ -138,13 +138,21 @@ def training_digest(
     return digest.hexdigest()
 
 
+def scaled_size(size: int | list[int], scale: float) -> int | list[int]:
+    """An input size (pixels, or height and width) times `scale`, in steps of 8 px."""
+    if isinstance(size, int):
+        return max(8, round(size * scale / 8) * 8)
+    return [scaled_size(side, scale) for side in size]
+
+
 def run_fingerprint(
     source: Path, pictures: Sequence[LabelledPicture], settings: TrainingSettings
 ) -> str:
     """What a checkpoint belongs to: the starting weights, the pictures and the settings but
-    the number of epochs (a longer run goes on from a shorter one's checkpoint)."""
+    the number of epochs (a longer run goes on from a shorter one's checkpoint) and the input
+    size the version is served at (training does not read it)."""
     weights = (source / WEIGHTS_FILE).read_bytes()
-    return training_digest(weights, pictures, settings, frozenset({"epochs"}))[:16]
+    return training_digest(weights, pictures, settings, frozenset({"epochs", "input_scale"}))[:16]
 
 
 class _Checkpoint:
@@ -248,7 +256,7 @@ def fine_tune_tower(
         log.info("training.epoch", epoch=epoch + 1, loss=round(loss, 4))
         on_progress("epochs", epoch + 1, settings.epochs)
     report.train_seconds = time.perf_counter() - train_started
-    _save_folder(model, source, target)
+    _save_folder(model, source, target, settings.input_scale)
     return report
 
 
@@ -364,10 +372,20 @@ def _initial_proxies(
     return F.normalize(torch.stack(rows), dim=1).to(device)
 
 
-def _save_folder(model: torch.nn.Module, source: Path, target: Path) -> None:
-    """The trained model as an open_clip folder beside its source's configuration."""
+def _save_folder(
+    model: torch.nn.Module, source: Path, target: Path, input_scale: float = 1.0
+) -> None:
+    """The trained model as an open_clip folder with its source's configuration, the input
+    size scaled by `input_scale` (the towers are convolutional and average-pooled: they read
+    any size, and the embedder reads the size from the folder)."""
     target.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source / CONFIG_FILE, target / CONFIG_FILE)
+    if input_scale == 1.0:
+        shutil.copyfile(source / CONFIG_FILE, target / CONFIG_FILE)
+    else:
+        config = json.loads((source / CONFIG_FILE).read_text())
+        vision = config["model_cfg"]["vision_cfg"]
+        vision["image_size"] = scaled_size(vision["image_size"], input_scale)
+        (target / CONFIG_FILE).write_text(json.dumps(config, indent=2))
     save_file(
         {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
         str(target / WEIGHTS_FILE),

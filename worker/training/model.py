@@ -92,5 +92,7 @@ def run_version(
     model: ModelSettings, pictures: Sequence[LabelledPicture], training: TrainingSettings
 ) -> str:
     """A short id of a run's inputs (model, pictures, settings): the same inputs, the same
-    version, whatever machine trains it."""
-    return "ft" + training_digest(model.name.encode(), pictures, training)[:8]
+    version, whatever machine trains it. (An input scale of 1 is left out: versions made
+    before the setting keep their ids.)"""
+    served_natively = frozenset({"input_scale"}) if training.input_scale == 1.0 else frozenset()
+    return "ft" + training_digest(model.name.encode(), pictures, training, served_natively)[:8]

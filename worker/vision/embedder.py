@@ -17,7 +17,6 @@ import hashlib
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -72,8 +71,6 @@ def _view_suffix(settings: ModelSettings) -> str:
         view += ("catalog_object_region",)
     if settings.catalog_zoom:
         view += ("catalog_zoom", CATALOG_SCENE_VERSION, settings.catalog_zoom)
-    if settings.input_scale != 1.0:
-        view += ("input_scale", settings.input_scale)
     return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
 
 
@@ -121,15 +118,6 @@ def check_model_available(settings: ModelSettings) -> None:
             )
 
 
-def scaled_size(size: int | tuple[int, int], scale: float) -> tuple[int, int]:
-    """A tower's input size (height, width) at `scale` times its native one, in steps of 8 px
-    (the towers are convolutional and average-pooled: any size is read)."""
-    native = (size, size) if isinstance(size, int) else tuple(size)
-    if scale == 1.0:
-        return native
-    return tuple(max(8, round(side * scale / 8) * 8) for side in native)
-
-
 class _Member:
     """One image tower of the embedder, with its own preprocessing (input size)."""
 
@@ -141,10 +129,9 @@ class _Member:
             device=device,
         ).eval()
         preprocess = PreprocessCfg(**model.visual.preprocess_cfg)
-        self.image_size = scaled_size(preprocess.size, settings.input_scale)
-        self.transform = image_transform_v2(
-            replace(preprocess, size=self.image_size), is_train=False
-        )
+        size = preprocess.size
+        self.image_size: tuple[int, int] = (size, size) if isinstance(size, int) else tuple(size)
+        self.transform = image_transform_v2(preprocess, is_train=False)
         # the exported runtimes hold their own copy of the weights; torch's is then dropped
         folder = Path(name.removeprefix("local-dir:")) if name.startswith("local-dir:") else None
         self.tower = open_tower(settings, model, self.image_size, model_id, device, folder)
