@@ -11,6 +11,7 @@ from qdrant_client import QdrantClient
 
 from shared.contract import ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
+from tests.support.pictures import set_picture
 from tests.support.tiny_model import write_tiny_model
 from worker.index import SOURCE_CONFIRMED_SCAN, ScanRecord
 from worker.index.edge import EdgeIndex, current_model, make_current
@@ -149,3 +150,37 @@ def test_reindex_builds_the_new_index_while_the_old_one_answers(indexes, models,
     again = reindex(source, target, store, new, ImageSettings(), 4)
     assert (again.images, again.reindexed, again.removed) == (8, 8, 1)
     assert target.product_images("p001") == [] and target.count() == 8
+
+
+def test_a_set_is_cut_into_pieces_again_by_a_model_that_cuts_sets(tmp_path, s3, s3_endpoint):
+    """The pieces are derived from their image: a reindex cuts them anew for the new model (or
+    leaves them out), never re-embeds a stored piece as if it were a picture."""
+    s3.put_object(Bucket=CATALOG_BUCKET, Key="set.jpg", Body=jpeg_bytes(set_picture()))
+    directory = write_tiny_model(tmp_path / "tiny", seed=3)
+    cutting = Embedder(ModelSettings(name=f"local-dir:{directory}", threads=1, catalog_parts=True))
+    plain = embedder_from(directory)
+    settings = IndexSettings(path=tmp_path / "index")
+    source = EdgeIndex(settings, cutting.model_id, cutting.dim)
+    event = ProductUpserted(
+        product_id="set-1",
+        sku="SET-1",
+        images=[{"image_id": "front", "bucket": CATALOG_BUCKET, "key": "set.jpg"}],
+    )
+    picture = set_picture()
+    catalog = Catalog(source)
+    vector, parts = cutting.embed([picture])[0], cutting.embed_parts([picture])[0]
+    catalog.apply(event, catalog.plan(event), [EmbeddedImage(event.images[0], vector, parts=parts)])
+    store = S3ImageStore(
+        S3Settings(endpoint_url=s3_endpoint, allowed_buckets=[CATALOG_BUCKET]), max_bytes=10**7
+    )
+    expected = ["front", "front~part-1", "front~part-2", "front~part-3"]
+    assert sorted(i.image_id for i in source.product_images("set-1")) == expected
+    for embedder, stored in ((plain, ["front"]), (cutting, expected)):
+        target = EdgeIndex(
+            IndexSettings(path=tmp_path / embedder.model_id), embedder.model_id, embedder.dim
+        )
+        report = reindex(source, target, store, embedder, ImageSettings())
+        assert (report.images, report.reindexed, report.skipped) == (1, 1, 0)
+        assert sorted(i.image_id for i in target.product_images("set-1")) == stored
+        target.close()
+    source.close()

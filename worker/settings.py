@@ -225,6 +225,14 @@ class ModelSettings(BaseModel):
         "catalog of pieces on models, hands or trays: docs/benchmarks.md, Jewelry). Another "
         "value is another model id.",
     )
+    catalog_parts: bool = Field(
+        default=False,
+        description="Also store each piece of a catalog image that shows several separate "
+        "pieces on a plain backdrop (a necklace and its earrings: worker/vision/catalog_parts.py) "
+        "as a reference of its product, so that a scan of one piece finds its set (on for a "
+        "catalog of jewelry sets: docs/benchmarks.md, Jewelry). Another value is another model "
+        "id (an index rebuilt).",
+    )
     catalog_object_region: bool = Field(
         default=False,
         description="Embed a catalog image as the piece's own region (GrabCut from the "

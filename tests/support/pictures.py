@@ -8,6 +8,8 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
+from PIL import Image, ImageDraw
+
 GROCERY = Path(__file__).resolve().parents[3] / "shared" / "data" / "grocery-store"
 """Real photos, read where they lie beside the project (never copied into it)."""
 
@@ -42,3 +44,16 @@ def design_folder(root: Path, designs: Sequence, size: int) -> Path:
         (root / CATALOG_BUCKET / f"{design.product_id}.jpg").write_bytes(data)
         (root / SCANS_BUCKET / f"bag-{design.product_id}.jpg").write_bytes(data)
     return root
+
+
+SET_SHAPES = [(60, 40, 340, 150), (80, 220, 130, 280), (270, 220, 320, 280)]
+"""A necklace across the top and two earrings below it, on a 400 × 300 white picture."""
+
+
+def set_picture() -> Image.Image:
+    picture = Image.new("RGB", (400, 300), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.ellipse(SET_SHAPES[0], outline=(190, 140, 40), width=8)
+    for earring in SET_SHAPES[1:]:
+        draw.ellipse(earring, fill=(200, 60, 60))
+    return picture

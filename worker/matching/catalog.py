@@ -10,7 +10,7 @@ last applied (a deletion included) changes nothing. Every change is reported to 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,14 +24,18 @@ from worker.index import (
     StoredImage,
     VectorIndex,
 )
+from worker.vision.catalog_parts import is_part, part_image_id, whole_image_id
 
 
 @dataclass(frozen=True)
 class SyncPlan:
-    """What an upsert event changes: images to embed and add, catalog images to remove."""
+    """What an upsert event changes: images to embed and add, catalog images to remove (with
+    their pieces)."""
 
     to_embed: list[ProductImage]
     to_remove: list[str]
+    stored_parts: dict[str, list[str]] = field(default_factory=dict)
+    """The reference ids of each stored catalog image's pieces (`catalog_parts`), by image id."""
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class EmbeddedImage:
     image: ProductImage
     vector: np.ndarray
     etag: str | None = None
+    parts: np.ndarray | None = None
+    """The vectors of its separate pieces, when it shows a set (`Embedder.embed_parts`)."""
 
 
 def confirmed_scan_image_id(scan_id: str) -> str:
@@ -102,9 +108,13 @@ class Catalog:
         to_remove = [
             image_id
             for image_id, image in stored.items()
-            if image.source == SOURCE_CATALOG and image_id not in wanted
+            if image.source == SOURCE_CATALOG and whole_image_id(image_id) not in wanted
         ]
-        return SyncPlan(to_embed, to_remove)
+        stored_parts: dict[str, list[str]] = {}
+        for image_id in stored:
+            if is_part(image_id):
+                stored_parts.setdefault(whole_image_id(image_id), []).append(image_id)
+        return SyncPlan(to_embed, to_remove, stored_parts)
 
     def apply(
         self,
@@ -113,26 +123,30 @@ class Catalog:
         embedded: Sequence[EmbeddedImage],
         unusable: Sequence[str] = (),
     ) -> None:
-        """Store the embedded new images, remove dropped ones and those now `unusable` (their
-        object is gone or broken), refresh the product's payload, record the version."""
+        """Store the embedded new images (and their pieces), remove dropped ones and those now
+        `unusable` (their object is gone or broken), refresh the product's payload, record the
+        version."""
         state = self.index.product_state(event.product_id)
-        self.index.upsert(
-            [
-                ReferenceImage(
-                    product_id=event.product_id,
-                    image_id=item.image.image_id,
-                    sku=event.sku,
-                    vector=item.vector,
-                    source=SOURCE_CATALOG,
-                    category=event.category,
-                    name=event.name,
-                    uri=item.image.uri,
-                    etag=item.etag,
-                )
-                for item in embedded
-            ]
-        )
-        removed = [*plan.to_remove, *unusable]
+        references = [
+            ReferenceImage(
+                product_id=event.product_id,
+                image_id=image_id,
+                sku=event.sku,
+                vector=vector,
+                source=SOURCE_CATALOG,
+                category=event.category,
+                name=event.name,
+                uri=item.image.uri,
+                etag=item.etag,
+            )
+            for item in embedded
+            for image_id, vector in _with_parts(item)
+        ]
+        self.index.upsert(references)
+        written = {reference.image_id for reference in references}
+        replaced = [*(item.image.image_id for item in embedded), *unusable]
+        old_parts = [p for i in replaced for p in plan.stored_parts.get(i, []) if p not in written]
+        removed = [*plan.to_remove, *unusable, *old_parts]
         self.index.delete_images(event.product_id, removed)
         self.index.set_product_info(event.product_id, event.sku, event.name, event.category)
         version = event.version if event.version is not None else state and state.version
@@ -185,6 +199,15 @@ class Catalog:
         self._on_change([event.product_id], 1)
 
 
+def _with_parts(item: EmbeddedImage) -> list[tuple[str, np.ndarray]]:
+    """An embedded catalog image's reference ids and vectors: itself, then each piece."""
+    parts = item.parts if item.parts is not None else []
+    image_id = item.image.image_id
+    return [(image_id, item.vector)] + [
+        (part_image_id(image_id, n), vector) for n, vector in enumerate(parts, start=1)
+    ]
+
+
 def catalog_summary(index: VectorIndex) -> list[dict]:
     """Every product in the index with its count of catalog images and confirmed photos, and
     where its first catalog image lies (for the review desk's catalog page)."""
@@ -205,7 +228,7 @@ def catalog_summary(index: VectorIndex) -> list[dict]:
             )
             if image.source == SOURCE_CONFIRMED_SCAN:
                 entry["confirmed_photos"] += 1
-            else:
+            elif not is_part(image.image_id):
                 entry["catalog_images"] += 1
                 entry["image"] = entry["image"] or image.uri
     return sorted(products.values(), key=lambda entry: (entry["sku"], entry["product_id"]))

@@ -41,6 +41,7 @@ from worker.matching.stages.detail import DetailStage, ScanDetails
 from worker.matching.stages.new_products import NewProductsFirst
 from worker.matching.stages.space import RerankSpace
 from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, VectorLayout, unit_rows
+from worker.vision.catalog_parts import whole_image_id
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Ranking:
                 product_id=hit.product_id,
                 sku=hit.sku,
                 score=round(float(hit.score), 6),
-                image_id=hit.image_id,
+                image_id=whole_image_id(hit.image_id),
                 source=hit.source,
                 name=hit.name,
                 image=S3Object.model_validate(hit.uri) if hit.uri else None,

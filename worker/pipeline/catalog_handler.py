@@ -30,7 +30,7 @@ from worker.matching.catalog import EmbeddedImage, SyncPlan
 from worker.matching.matcher import Matcher
 from worker.observability.logs import get_logger
 from worker.pipeline.confirmation import ConfirmedScans
-from worker.pipeline.embedding import Embeds
+from worker.pipeline.embedding import Embeds, embed_parts
 from worker.pipeline.image_loader import ImageLoader
 from worker.pipeline.outcome import (
     Action,
@@ -267,11 +267,11 @@ class CatalogHandler:
                 for stage, ms in result.timer.ms.items():
                     timer.add(stage, ms / 1000)
         good = [entry for entry in good if entry[0].error is None]
-        vectors = timed(
-            timer, "embed", self.embedder.embed, [r.picture for _, _, r in good], ImageKind.catalog
-        )
-        for (item, image, result), vector in zip(good, vectors, strict=True):
-            item.embedded.append(EmbeddedImage(image, vector, result.etag))
+        pictures = [r.picture for _, _, r in good]
+        vectors = timed(timer, "embed", self.embedder.embed, pictures, ImageKind.catalog)
+        parts = timed(timer, "embed", embed_parts, self.embedder, pictures)
+        for (item, image, result), vector, pieces in zip(good, vectors, parts, strict=True):
+            item.embedded.append(EmbeddedImage(image, vector, result.etag, pieces))
 
     def _apply(self, item: _Upsert, timer: Timer) -> Outcome:
         event = item.event

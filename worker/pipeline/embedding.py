@@ -24,3 +24,12 @@ class Embeds(Protocol):
     ) -> np.ndarray:
         """Unit vectors, one per picture, as views of their kind."""
         ...
+
+
+def embed_parts(embedder: Embeds, images: Sequence[Image.Image]) -> list[np.ndarray]:
+    """Per catalog image, the vectors of its separate pieces (`Embedder.embed_parts`); none
+    from an embedder that does not cut sets into pieces."""
+    split = getattr(embedder, "embed_parts", None)
+    if split is None:
+        return [np.zeros((0, embedder.dim), dtype=np.float32) for _ in images]
+    return split(images)

@@ -21,6 +21,7 @@ from worker.index import SOURCE_CATALOG, ReferenceImage, StoredImage, VectorInde
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
 from worker.settings import ImageSettings
+from worker.vision.catalog_parts import is_part, part_image_id
 from worker.vision.embedder import Embedder, ImageKind
 from worker.vision.images import decode_image
 
@@ -60,6 +61,8 @@ def reindex(
     for page in source.all_images(batch_size):
         loaded: list[tuple[StoredImage, Image.Image]] = []
         for stored in page:
+            if is_part(stored.image_id):
+                continue  # cut again from its image below, if this model cuts sets
             report.images += 1
             in_source.add((stored.product_id, stored.image_id))
             try:
@@ -80,27 +83,41 @@ def reindex(
             ]
             if not chosen:
                 continue
-            vectors = embedder.embed([picture for _, picture in chosen], kind)
-            target.upsert(
-                [
-                    ReferenceImage(
-                        product_id=s.product_id,
-                        image_id=s.image_id,
-                        sku=s.sku,
-                        vector=vector,
-                        source=s.source,
-                        category=s.category,
-                        name=s.name,
-                        uri=s.uri,
-                        taken_at=s.taken_at,
-                    )
-                    for (s, _), vector in zip(chosen, vectors, strict=True)
-                ]
-            )
+            references = _embedded(embedder, chosen, kind)
+            target.upsert(references)
+            in_source.update((r.product_id, r.image_id) for r in references)
             report.reindexed += len(chosen)
         on_progress(len(page))
     report.removed = _remove_missing(target, in_source)
     return report
+
+
+def _embedded(
+    embedder: Embedder, chosen: list[tuple[StoredImage, Image.Image]], kind: ImageKind
+) -> list[ReferenceImage]:
+    """The references of stored images re-embedded as `kind`: each image, and for a catalog
+    image that shows a set, each of its pieces (`MODEL__CATALOG_PARTS`)."""
+    pictures = [picture for _, picture in chosen]
+    vectors = embedder.embed(pictures, kind)
+    parts = embedder.embed_parts(pictures) if kind is ImageKind.catalog else [()] * len(chosen)
+    return [
+        ReferenceImage(
+            product_id=s.product_id,
+            image_id=image_id,
+            sku=s.sku,
+            vector=vector,
+            source=s.source,
+            category=s.category,
+            name=s.name,
+            uri=s.uri,
+            taken_at=s.taken_at,
+        )
+        for (s, _), whole, pieces in zip(chosen, vectors, parts, strict=True)
+        for image_id, vector in [
+            (s.image_id, whole),
+            *((part_image_id(s.image_id, n), v) for n, v in enumerate(pieces, start=1)),
+        ]
+    ]
 
 
 def _remove_missing(target: VectorIndex, in_source: set[tuple[str, str]]) -> int:

@@ -16,7 +16,7 @@ from rich.progress import Progress
 from shared.contract import S3Object
 from worker.matching.catalog import Catalog, EmbeddedImage
 from worker.matching.matcher import Matcher, Ranking
-from worker.pipeline.embedding import Embeds
+from worker.pipeline.embedding import Embeds, embed_parts
 from worker.service.app import opened
 from worker.settings import Settings
 from worker.tools.folders import FolderProduct, read_folder_dataset
@@ -88,17 +88,31 @@ def ingest_products(
     vectors = iter(
         embed_paths(embedder, paths, ImageKind.catalog, settings, progress, "catalog images")
     )
+    parts = iter(_parts_of_paths(embedder, paths, settings))
     for product in products:
         event = product.catalog_event(FOLDER_BUCKET)
         plan = catalog.plan(event)
         by_id = {image.image_id: image for image in event.images}
-        embedded = [(by_id[path.name], next(vectors)) for path in product.catalog]
-        catalog.apply(
-            event,
-            plan,
-            [EmbeddedImage(image, vector) for image, vector in embedded if image in plan.to_embed],
-        )
+        embedded = [
+            EmbeddedImage(by_id[path.name], next(vectors), parts=next(parts))
+            for path in product.catalog
+        ]
+        catalog.apply(event, plan, [item for item in embedded if item.image in plan.to_embed])
     return len(paths)
+
+
+def _parts_of_paths(embedder: Embeds, paths: Sequence[Path], settings: Settings) -> list:
+    """`embed_parts` of catalog files (none at all, and nothing read, unless the embedder cuts
+    sets into pieces)."""
+    if not getattr(embedder, "embeds_catalog_parts", False):
+        return [None] * len(paths)
+    step = max(1, settings.model.batch_size)
+    batches = (paths[start : start + step] for start in range(0, len(paths), step))
+    return [
+        vectors
+        for batch in batches
+        for vectors in embed_parts(embedder, [_load(p, settings) for p in batch])
+    ]
 
 
 def ingest_folder(settings: Settings, folder: Path, console: Console) -> int:

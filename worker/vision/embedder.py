@@ -14,6 +14,7 @@ picture's vector is the members' unit view vectors side by side, scaled to unit 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import time
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from worker.observability.logs import get_logger
 from worker.settings import ModelSettings
 from worker.vectors import ImageKind, VectorLayout, unit_rows
 from worker.vision import colour
+from worker.vision.catalog_parts import CATALOG_PARTS_VERSION, piece_crops
 from worker.vision.catalog_scene import shows_piece_small
 from worker.vision.object_region import object_region
 from worker.vision.runtimes import open_tower
@@ -71,6 +73,8 @@ def _view_suffix(settings: ModelSettings) -> str:
         view += ("catalog_object_region",)
     if settings.catalog_zoom:
         view += ("catalog_zoom", CATALOG_SCENE_VERSION, settings.catalog_zoom)
+    if settings.catalog_parts:
+        view += ("catalog_parts", CATALOG_PARTS_VERSION)
     return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
 
 
@@ -157,6 +161,8 @@ class Embedder:
         self._flip = settings.flip
         self._object_region = settings.catalog_object_region
         self._catalog_zoom = settings.catalog_zoom
+        self.embeds_catalog_parts = settings.catalog_parts
+        """Whether a set's catalog image is also stored as its pieces (`catalog_parts`)."""
         names = ensemble_members(settings.name)
         if len(names) > 1 and settings.pretrained:
             raise ValueError("an ensemble's members must be built-in or local-dir: models")
@@ -211,6 +217,14 @@ class Embedder:
         colours = np.stack([colour.colour_descriptor(region) for region in regions])
         joined = np.concatenate([views, np.sqrt(self._colour_weight) * colours], axis=1)
         return unit_rows(joined).astype(np.float32)
+
+    def embed_parts(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """Per catalog image, the vectors of its separate pieces, each embedded as a catalog
+        image (`catalog_parts`; no rows for a picture of one piece, or with the setting off)."""
+        crops = [piece_crops(image) if self.embeds_catalog_parts else [] for image in images]
+        vectors = self.embed([crop for pieces in crops for crop in pieces], ImageKind.catalog)
+        bounds = np.cumsum([0, *(len(pieces) for pieces in crops)])
+        return [vectors[start:end] for start, end in itertools.pairwise(bounds)]
 
     def _crop_fractions(self, image: Image.Image, kind: ImageKind) -> tuple[float, ...]:
         """The centred crops a picture is embedded by: its kind's, and for a catalog image

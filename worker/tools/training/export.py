@@ -29,6 +29,7 @@ from worker.pipeline.storage import ImageStore
 from worker.service.reindex import fetch_stored
 from worker.settings import ImageSettings
 from worker.tools.folders import IMAGE_SUFFIXES
+from worker.vision.catalog_parts import is_part
 from worker.vision.images import decode_image
 
 log = get_logger(__name__)
@@ -132,7 +133,7 @@ def export_confirmations(
     )
     for product_id, stored in sorted(images.items()):
         folder = out / quote(product_id, safe="-_.")
-        catalog = [s for s in stored if s.source == SOURCE_CATALOG]
+        catalog = [s for s in stored if s.source == SOURCE_CATALOG and not is_part(s.image_id)]
         photos = sorted(confirmed[product_id], key=lambda s: (s.taken_at or 0.0, s.image_id))
         if not catalog:
             continue

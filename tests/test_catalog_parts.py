@@ -1,0 +1,151 @@
+"""A catalog image that shows a set (several separate pieces on a plain backdrop) is also stored
+as each piece, so that a scan of one piece finds its set; the pieces follow their image through
+every change of the catalog, and the ranking names the image, not the piece."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from shared.contract import ProductUpserted
+from tests.support.pictures import SET_SHAPES, set_picture
+from tests.support.tiny_model import write_tiny_model
+from worker.index.memory import InMemoryIndex
+from worker.matching.catalog import Catalog, EmbeddedImage, catalog_summary
+from worker.matching.matcher import Matcher, MatchPolicy
+from worker.settings import ModelSettings
+from worker.vectors import VectorLayout, unit_rows
+from worker.vision.catalog_parts import piece_boxes, piece_crops
+from worker.vision.embedder import Embedder, model_id_for
+
+
+def _one_piece() -> Image.Image:
+    picture = Image.new("RGB", (400, 300), "white")
+    ImageDraw.Draw(picture).ellipse(SET_SHAPES[0], outline=(190, 140, 40), width=8)
+    return picture
+
+
+def _set_in_a_scene() -> Image.Image:
+    picture = set_picture()
+    draw = ImageDraw.Draw(picture)
+    for x in range(0, 400, 6):  # a weave up to the border
+        draw.line((x, 0, x, 299), fill=(150, 110, 60), width=2)
+    return picture
+
+
+def test_each_piece_of_a_set_on_a_plain_backdrop_is_cut_out():
+    boxes = piece_boxes(set_picture())
+    assert len(boxes) == 3
+    for left, top, right, bottom in boxes:
+        assert 0 <= left < right <= 400 and 0 <= top < bottom <= 300
+        square = right - left == pytest.approx(bottom - top, abs=3)
+        assert square or bottom - top == 300  # square, unless larger than the picture is high
+    for shape in SET_SHAPES:  # every piece lies whole in a box of its own
+        centre = ((shape[0] + shape[2]) / 2, (shape[1] + shape[3]) / 2)
+        holding = [b for b in boxes if b[0] <= shape[0] and b[2] >= shape[2] and b[1] <= shape[1]]
+        assert any(b[0] <= centre[0] <= b[2] and b[1] <= centre[1] <= b[3] for b in holding)
+    crops = piece_crops(set_picture())
+    assert sorted(crop.size for crop in crops) == sorted((r - le, b - t) for le, t, r, b in boxes)
+    # one piece, a scene, an empty picture: the whole picture serves alone
+    assert piece_boxes(_one_piece()) == []
+    assert piece_boxes(_set_in_a_scene()) == []
+    assert piece_boxes(Image.new("RGB", (300, 300), "white")) == []
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return f"local-dir:{write_tiny_model(tmp_path_factory.mktemp('parts') / 'tiny')}"
+
+
+def test_the_embedder_adds_the_pieces_only_when_asked(tiny, tmp_path):
+    settings = ModelSettings(name=tiny, threads=1, batch_size=8, cache_dir=tmp_path)
+    cutting = Embedder(settings.model_copy(update={"catalog_parts": True}))
+    plain = Embedder(settings)
+    pictures = [set_picture(), _one_piece()]
+    parts = cutting.embed_parts(pictures)
+    assert [len(p) for p in parts] == [3, 0]
+    np.testing.assert_allclose(parts[0], plain.embed(piece_crops(pictures[0])), atol=1e-5)
+    assert [len(p) for p in plain.embed_parts(pictures)] == [0, 0]
+    # the whole picture's vector is the same either way
+    np.testing.assert_allclose(cutting.embed(pictures), plain.embed(pictures), atol=1e-6)
+    default = ModelSettings()
+    assert model_id_for(default.model_copy(update={"catalog_parts": True})) != model_id_for(default)
+
+
+DIM = 16
+
+
+def _event(*image_ids: str, key: str = "v1") -> ProductUpserted:
+    images = [{"image_id": i, "bucket": "catalog", "key": f"{i}-{key}.jpg"} for i in image_ids]
+    return ProductUpserted(product_id="set-1", sku="SET-1", images=images)
+
+
+def _apply(catalog: Catalog, event: ProductUpserted, parts: dict[str, int]) -> None:
+    rng = np.random.default_rng(len(parts))
+    plan = catalog.plan(event)
+    catalog.apply(
+        event,
+        plan,
+        [
+            EmbeddedImage(
+                image,
+                unit_rows(rng.normal(size=DIM)).astype(np.float32),
+                parts=unit_rows(rng.normal(size=(parts.get(image.image_id, 0), DIM))),
+            )
+            for image in plan.to_embed
+        ],
+    )
+
+
+def _stored(index: InMemoryIndex) -> list[str]:
+    return sorted(image.image_id for image in index.product_images("set-1"))
+
+
+def test_the_pieces_follow_their_image_through_every_change():
+    index = InMemoryIndex("parts", DIM)
+    catalog = Catalog(index)
+    _apply(catalog, _event("front", "side"), {"front": 3})
+    assert _stored(index) == ["front", "front~part-1", "front~part-2", "front~part-3", "side"]
+    assert catalog_summary(index)[0]["catalog_images"] == 2  # the pieces are not images
+    # the image replaced by one that shows two pieces: the third piece goes
+    _apply(catalog, _event("front", "side", key="v2"), {"front": 2})
+    assert _stored(index) == ["front", "front~part-1", "front~part-2", "side"]
+    # by one that shows a single piece: no pieces left
+    _apply(catalog, _event("front", "side", key="v3"), {})
+    assert _stored(index) == ["front", "side"]
+    _apply(catalog, _event("front", "side", key="v4"), {"side": 2})
+    assert _stored(index) == ["front", "side", "side~part-1", "side~part-2"]
+    # the image dropped from the product: its pieces with it
+    _apply(catalog, _event("front", key="v4"), {})
+    assert _stored(index) == ["front"]
+
+
+def _best_for_an_earring(with_parts: bool):
+    """The set's picture shows its earring small (the whole vector mostly necklace); another
+    product looks somewhat like the earring. A scan of the earring alone."""
+    index = InMemoryIndex("parts", DIM)
+    matcher = Matcher(index, VectorLayout(DIM), "parts", MatchPolicy())
+    basis, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(DIM, DIM)))
+    necklace, earring, lookalike = basis[:, 0], basis[:, 1], basis[:, 2]
+    catalog = matcher.catalog()
+    event = _event("front")
+    whole = unit_rows(necklace + 0.3 * earring).astype(np.float32)
+    parts = np.stack([necklace, earring, earring]).astype(np.float32) if with_parts else None
+    catalog.apply(event, catalog.plan(event), [EmbeddedImage(event.images[0], whole, parts=parts)])
+    other = ProductUpserted(
+        product_id="ring-2",
+        sku="RING-2",
+        images=[{"image_id": "front", "bucket": "catalog", "key": "ring-2.jpg"}],
+    )
+    shape = unit_rows(0.75 * earring + 0.66 * lookalike).astype(np.float32)
+    catalog.apply(other, catalog.plan(other), [EmbeddedImage(other.images[0], shape)])
+    matcher.refit()
+    scan = unit_rows(earring + 0.1 * lookalike)[None, :].astype(np.float32)
+    return matcher.rank(scan, 2)[0].ranked_products()[0]
+
+
+def test_a_scan_of_one_piece_finds_its_set_and_is_told_the_image():
+    best = _best_for_an_earring(with_parts=True)
+    assert (best.product_id, best.image_id) == ("set-1", "front")  # the image, not "front~part-2"
+    assert _best_for_an_earring(with_parts=False).product_id == "ring-2"
