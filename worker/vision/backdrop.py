@@ -1,10 +1,11 @@
-"""The backdrop of a picture, read from its border: where the colour cue (`colour`) and the
-catalog-zoom cue (`catalog_scene`) both start to tell a piece from what it lies on.
+"""The backdrop of a picture, read from its border: where the colour cue (`colour`), the
+catalog-zoom cue (`catalog_scene`) and the pieces of a set (`catalog_parts`) start to tell a
+piece from what it lies on.
 
-The two cues then judge differently (the colour cue a 1 px frame at 96 px, an L1 distance and
-a median-deviation test of a busy border; the zoom cue a 10 px frame at 200 px, an RGB distance
-and a texture test), each chosen and measured on its own (docs/benchmarks.md, "Colour" and
-"Jewelry"), so only the reading is shared."""
+The colour cue then judges differently from the other two (a 1 px frame at 96 px, an L1
+distance and a median-deviation test of a busy border; theirs a 10 px frame at 200 px, an RGB
+distance and a texture test), each chosen and measured on its own (docs/benchmarks.md,
+"Colour" and "Jewelry"), so only the reading is shared."""
 
 from __future__ import annotations
 
