@@ -11,10 +11,11 @@ from PIL import Image, ImageDraw
 from shared.contract import ProductUpserted
 from tests.support.pictures import SET_SHAPES, set_picture
 from tests.support.tiny_model import write_tiny_model
+from worker.index import ScanRecord
 from worker.index.memory import InMemoryIndex
 from worker.matching.catalog import Catalog, EmbeddedImage, catalog_summary
 from worker.matching.matcher import Matcher, MatchPolicy
-from worker.settings import ModelSettings
+from worker.settings import LearningSettings, ModelSettings
 from worker.vectors import VectorLayout, unit_rows
 from worker.vision.catalog_parts import piece_boxes, piece_crops
 from worker.vision.embedder import Embedder, model_id_for
@@ -121,12 +122,15 @@ def test_the_pieces_follow_their_image_through_every_change():
     assert _stored(index) == ["front"]
 
 
-def _best_for_an_earring(with_parts: bool):
+def _best_for_an_earring(with_parts: bool, scans: int = 0):
     """The set's picture shows its earring small (the whole vector mostly necklace); another
-    product looks somewhat like the earring. A scan of the earring alone."""
+    product looks somewhat like the earring. A scan of the earring alone. With `scans`
+    unlabeled scans, candidates are re-scored in the scans' whitening, by prototypes."""
     index = InMemoryIndex("parts", DIM)
-    matcher = Matcher(index, VectorLayout(DIM), "parts", MatchPolicy())
-    basis, _ = np.linalg.qr(np.random.default_rng(5).normal(size=(DIM, DIM)))
+    learning = LearningSettings(whitening={"dim": 12, "min_scans": 100})
+    matcher = Matcher(index, VectorLayout(DIM), "parts", MatchPolicy(), learning)
+    rng = np.random.default_rng(5)
+    basis, _ = np.linalg.qr(rng.normal(size=(DIM, DIM)))
     necklace, earring, lookalike = basis[:, 0], basis[:, 1], basis[:, 2]
     catalog = matcher.catalog()
     event = _event("front")
@@ -140,12 +144,19 @@ def _best_for_an_earring(with_parts: bool):
     )
     shape = unit_rows(0.75 * earring + 0.66 * lookalike).astype(np.float32)
     catalog.apply(other, catalog.plan(other), [EmbeddedImage(other.images[0], shape)])
+    for n in range(scans):
+        noise = unit_rows(rng.normal(size=DIM)).astype(np.float32)
+        index.remember_scan(ScanRecord(f"scan-{n}", noise, "s3://scans/k.jpg", 0.0))
     matcher.refit()
+    assert matcher.snapshot.report["whitened"] == (scans >= 100)
     scan = unit_rows(earring + 0.1 * lookalike)[None, :].astype(np.float32)
     return matcher.rank(scan, 2)[0].ranked_products()[0]
 
 
-def test_a_scan_of_one_piece_finds_its_set_and_is_told_the_image():
-    best = _best_for_an_earring(with_parts=True)
+@pytest.mark.parametrize("scans", [0, 200], ids=["search", "whitened prototypes"])
+def test_a_scan_of_one_piece_finds_its_set_and_is_told_the_image(scans):
+    """In the search and where prototypes re-score the candidates alike: each piece competes
+    on its own (in a prototype's mean, the necklace would outweigh the earring)."""
+    best = _best_for_an_earring(with_parts=True, scans=scans)
     assert (best.product_id, best.image_id) == ("set-1", "front")  # the image, not "front~part-2"
-    assert _best_for_an_earring(with_parts=False).product_id == "ring-2"
+    assert _best_for_an_earring(with_parts=False, scans=scans).product_id == "ring-2"

@@ -18,6 +18,25 @@ SOURCE_CATALOG = "catalog"
 SOURCE_CONFIRMED_SCAN = "confirmed_scan"
 """A bag photo that a person confirmed as the product's."""
 
+PART_SEPARATOR = "~part-"
+"""Between a catalog image's id and the number of a piece cut from it (`MODEL__CATALOG_PARTS`,
+worker/vision/catalog_parts.py); `~` is no character of an `image_id` in the contract, so no
+image of the PIM can be taken for a piece."""
+
+
+def part_image_id(image_id: str, n: int) -> str:
+    """The reference id of the `n`-th piece of a catalog image."""
+    return f"{image_id}{PART_SEPARATOR}{n}"
+
+
+def whole_image_id(image_id: str) -> str:
+    """The catalog image a reference id belongs to: itself, or the image a piece was cut from."""
+    return image_id.split(PART_SEPARATOR, 1)[0]
+
+
+def is_part(image_id: str) -> bool:
+    return PART_SEPARATOR in image_id
+
 
 class ImageKind(StrEnum):
     """Which views a picture is embedded as (a clean catalog shot, or a scan of a bag)."""

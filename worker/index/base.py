@@ -16,6 +16,7 @@ import numpy as np
 
 from worker.vectors import SOURCE_CATALOG as SOURCE_CATALOG  # re-exported
 from worker.vectors import SOURCE_CONFIRMED_SCAN as SOURCE_CONFIRMED_SCAN
+from worker.vectors import is_part
 
 POINT_NAMESPACE = uuid.UUID("8f5f7c0e-4d0b-5b8e-9a43-6a1f0c1f9e11")
 
@@ -143,26 +144,28 @@ class ProductHit:
 @dataclass(frozen=True)
 class ReferenceSet:
     """Reference vectors with their product ids, sources and image URIs (None where the
-    image has none), for fitting and prototypes."""
+    image has none) and ids, for fitting and prototypes."""
 
     vectors: np.ndarray
     product_ids: np.ndarray
     sources: np.ndarray
     uris: np.ndarray | None = None
+    image_ids: np.ndarray | None = None
 
     @classmethod
     def from_rows(
-        cls, rows: list[tuple[str, str, list[float], str | None]], dim: int
+        cls, rows: list[tuple[str, str, list[float], str | None, str]], dim: int
     ) -> ReferenceSet:
-        """From `(product_id, source, vector, uri)` rows."""
+        """From `(product_id, source, vector, uri, image_id)` rows."""
         if not rows:
             empty = np.array([], dtype=object)
-            return cls(np.zeros((0, dim), np.float32), empty, empty.copy(), empty.copy())
+            return cls(np.zeros((0, dim), np.float32), empty, empty.copy(), empty.copy(), empty)
         return cls(
             np.asarray([r[2] for r in rows], dtype=np.float32),
             np.array([r[0] for r in rows], dtype=object),
             np.array([r[1] for r in rows], dtype=object),
             np.array([r[3] for r in rows], dtype=object),
+            np.array([r[4] for r in rows], dtype=object),
         )
 
     def __len__(self) -> int:
@@ -170,7 +173,16 @@ class ReferenceSet:
 
     def subset(self, mask: np.ndarray) -> ReferenceSet:
         uris = None if self.uris is None else self.uris[mask]
-        return ReferenceSet(self.vectors[mask], self.product_ids[mask], self.sources[mask], uris)
+        ids = None if self.image_ids is None else self.image_ids[mask]
+        return ReferenceSet(
+            self.vectors[mask], self.product_ids[mask], self.sources[mask], uris, ids
+        )
+
+    def pieces(self) -> np.ndarray:
+        """Which rows are pieces cut from a set's catalog image (`MODEL__CATALOG_PARTS`)."""
+        if self.image_ids is None:
+            return np.zeros(len(self), dtype=bool)
+        return np.array([is_part(str(image_id)) for image_id in self.image_ids], dtype=bool)
 
 
 @dataclass

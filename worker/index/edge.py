@@ -265,7 +265,13 @@ class EdgeIndex(VectorIndex):
         records = self._scroll(self._refs, scroll_filter, with_vector=True)
         return ReferenceSet.from_rows(
             [
-                (r.payload["product_id"], r.payload["source"], r.vector, r.payload.get("uri"))
+                (
+                    r.payload["product_id"],
+                    r.payload["source"],
+                    r.vector,
+                    r.payload.get("uri"),
+                    r.payload["image_id"],
+                )
                 for r in records
             ],
             self.dim,

@@ -20,7 +20,7 @@ from worker.index.base import (
     StoredImage,
     VectorIndex,
 )
-from worker.vectors import unit_rows
+from worker.vectors import part_image_id, unit_rows
 
 QUERY_CHUNK = 256
 """Queries scored at once (a chunk's scores against every image are held in memory)."""
@@ -55,11 +55,19 @@ class InMemoryIndex(VectorIndex):
 
     @classmethod
     def of_references(cls, refs: ReferenceSet, model_id: str = "memory") -> InMemoryIndex:
-        """An index holding exactly these reference vectors (image ids by position)."""
+        """An index holding exactly these reference vectors (image ids by position, a piece of
+        a set's image still a piece)."""
         index = cls(model_id, refs.vectors.shape[1])
+        pieces = refs.pieces()
         index.upsert(
             [
-                ReferenceImage(str(product), f"ref-{row}", str(product), vector, str(source))
+                ReferenceImage(
+                    str(product),
+                    part_image_id(f"ref-{row}", 1) if pieces[row] else f"ref-{row}",
+                    str(product),
+                    vector,
+                    str(source),
+                )
                 for row, (product, source, vector) in enumerate(
                     zip(refs.product_ids, refs.sources, refs.vectors, strict=True)
                 )
@@ -157,7 +165,9 @@ class InMemoryIndex(VectorIndex):
     def references(self, product_id: str | None = None) -> ReferenceSet:
         groups = [self._by_product.get(product_id, {})] if product_id else self._by_product.values()
         rows = [
-            (i.product_id, i.source, i.vector, i.uri) for images in groups for i in images.values()
+            (i.product_id, i.source, i.vector, i.uri, i.image_id)
+            for images in groups
+            for i in images.values()
         ]
         return ReferenceSet.from_rows(rows, self.dim)
 

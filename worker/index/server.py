@@ -257,7 +257,13 @@ class QdrantServerIndex(VectorIndex):
         records = self._scroll(self.references_collection, scroll_filter, with_vectors=True)
         return ReferenceSet.from_rows(
             [
-                (r.payload["product_id"], r.payload["source"], r.vector, r.payload.get("uri"))
+                (
+                    r.payload["product_id"],
+                    r.payload["source"],
+                    r.vector,
+                    r.payload.get("uri"),
+                    r.payload["image_id"],
+                )
                 for r in records
             ],
             self.dim,

@@ -24,7 +24,7 @@ from worker.index import (
     StoredImage,
     VectorIndex,
 )
-from worker.vision.catalog_parts import is_part, part_image_id, whole_image_id
+from worker.vectors import is_part, part_image_id, whole_image_id
 
 
 @dataclass(frozen=True)

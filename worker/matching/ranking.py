@@ -8,8 +8,9 @@ The stages, in the order they act (`Snapshot.stages`; each module in `stages/`):
    only until that mean is known); each candidate's score is corrected by its best image's
    domain mean;
 2. **re-ranking** — in the active space (the metric learned from confirmations, else the
-   scans' whitening), the candidates are re-scored by their product prototypes, less each
-   one's hub penalty, plus the **colour** term where the scan shows colour;
+   scans' whitening), the candidates are re-scored by their product prototypes (a piece cut
+   from a set's catalog image competing on its own), less each one's hub penalty, plus the
+   **colour** term where the scan shows colour;
 3. **detail** — the first few candidates are re-scored by the local detail (keypoints in one
    geometry) the scan's photo shares with each one's best reference image, and re-ordered;
 4. **new products first** — a scan whose closest catalog product has no confirmed photo yet
@@ -40,8 +41,13 @@ from worker.matching.stages.confidence import Confidence
 from worker.matching.stages.detail import DetailStage, ScanDetails
 from worker.matching.stages.new_products import NewProductsFirst
 from worker.matching.stages.space import RerankSpace
-from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, VectorLayout, unit_rows
-from worker.vision.catalog_parts import whole_image_id
+from worker.vectors import (
+    SOURCE_CATALOG,
+    SOURCE_CONFIRMED_SCAN,
+    VectorLayout,
+    unit_rows,
+    whole_image_id,
+)
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,16 @@ class Prototype:
     image: np.ndarray  # in the space
     colour: np.ndarray  # unit mean colour descriptor; zeros where no image showed colour
     hub: float = 0.0  # taken off its score in the space
+    pieces: np.ndarray | None = None
+    """The pieces cut from a set's catalog images, in the space (rows; `MODEL__CATALOG_PARTS`):
+    each competes on its own, as in the search, instead of joining the mean."""
+
+    def similarity(self, projected_scan: np.ndarray) -> float:
+        """The scan's cosine with the prototype, or with its closest piece where higher."""
+        score = float(projected_scan @ self.image)
+        if self.pieces is not None and len(self.pieces):
+            score = max(score, float((self.pieces @ projected_scan).max()))
+        return score
 
 
 class Prototypes:
@@ -149,11 +165,15 @@ class Prototypes:
             references = references.subset(references.sources == SOURCE_CATALOG)
         colours = self.layout.colour_part(references.vectors)
         shown = colours[colours.any(axis=1)]
-        image = space.prototype(image_references(references, self.layout))
+        image_refs = image_references(references, self.layout)
+        pieces = image_refs.pieces()
+        whole = image_refs.subset(~pieces) if pieces.any() and not pieces.all() else image_refs
+        image = space.prototype(whole)
         prototype = Prototype(
             image=image,
             colour=unit_rows(shown.mean(axis=0)) if len(shown) else np.zeros(colours.shape[1]),
             hub=float(space.hub_penalty(image[None, :])[0]),
+            pieces=space.projected(image_refs.subset(pieces)) if whole is not image_refs else None,
         )
         with self._lock:
             self._cached[key] = (prototype, now)
@@ -247,7 +267,7 @@ def _rescored(
     rescored = []
     for hit in hits:
         prototype = prototypes.get(hit.product_id, space, catalog_only)
-        score = space.score_scale * (float(projected @ prototype.image) - prototype.hub)
+        score = space.score_scale * (prototype.similarity(projected) - prototype.hub)
         score = snapshot.colour.combine(score, colour, prototype.colour)
         rescored.append(replace(hit, score=score))
     return sorted(rescored, key=lambda hit: (-hit.score, hit.product_id))

@@ -21,7 +21,7 @@ from worker.index import SOURCE_CATALOG, ReferenceImage, StoredImage, VectorInde
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
 from worker.settings import ImageSettings
-from worker.vision.catalog_parts import is_part, part_image_id
+from worker.vectors import is_part, part_image_id
 from worker.vision.embedder import Embedder, ImageKind
 from worker.vision.images import decode_image
 

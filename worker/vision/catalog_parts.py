@@ -40,9 +40,6 @@ MIN_SIDE = 40
 """The smallest crop (at 200 px), so that a tiny piece keeps some context."""
 MAX_PARTS = 6
 """More regions than this: a pattern or a scattered display, not a set of pieces."""
-PART_SEPARATOR = "~part-"
-"""`~` is no character of an `image_id` in the contract, so no image of the PIM can be
-taken for a piece."""
 
 
 def piece_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
@@ -78,17 +75,3 @@ def _inside(start: float, length: float, limit: float) -> tuple[float, float]:
 def piece_crops(picture: Image.Image) -> list[Image.Image]:
     """Each separate piece of a set's picture cut out (`piece_boxes`)."""
     return [picture.crop(box) for box in piece_boxes(picture)]
-
-
-def part_image_id(image_id: str, n: int) -> str:
-    """The reference id of the `n`-th piece of a catalog image."""
-    return f"{image_id}{PART_SEPARATOR}{n}"
-
-
-def whole_image_id(image_id: str) -> str:
-    """The catalog image a reference id belongs to: itself, or the image a piece was cut from."""
-    return image_id.split(PART_SEPARATOR, 1)[0]
-
-
-def is_part(image_id: str) -> bool:
-    return PART_SEPARATOR in image_id

@@ -101,4 +101,6 @@ class Centring:
 
 def image_references(refs: ReferenceSet, layout: VectorLayout) -> ReferenceSet:
     """Reference vectors reduced to their image embedding (`VectorLayout.image_part`)."""
-    return type(refs)(layout.image_part(refs.vectors), refs.product_ids, refs.sources)
+    return type(refs)(
+        layout.image_part(refs.vectors), refs.product_ids, refs.sources, refs.uris, refs.image_ids
+    )

@@ -36,10 +36,14 @@ class RerankSpace:
         """Scans' image embeddings (rows) in this space."""
         return self.project(self.image_means.centre_query(image_vectors))
 
+    def projected(self, image_refs: ReferenceSet) -> np.ndarray:
+        """References' image embeddings (rows) in this space, each of unit length."""
+        return self.project(self.image_means.centre_references(image_refs))
+
     def prototype(self, image_refs: ReferenceSet) -> np.ndarray:
         """One product's prototype from its references' image embeddings: the unit mean of
         their unit projections."""
-        return unit_rows(self.project(self.image_means.centre_references(image_refs)).mean(axis=0))
+        return unit_rows(self.projected(image_refs).mean(axis=0))
 
     def hub_penalty(self, prototypes: np.ndarray) -> np.ndarray:
         if self.hubs is None:

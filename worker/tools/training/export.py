@@ -29,7 +29,7 @@ from worker.pipeline.storage import ImageStore
 from worker.service.reindex import fetch_stored
 from worker.settings import ImageSettings
 from worker.tools.folders import IMAGE_SUFFIXES
-from worker.vision.catalog_parts import is_part
+from worker.vectors import is_part
 from worker.vision.images import decode_image
 
 log = get_logger(__name__)
