@@ -28,13 +28,15 @@ from shared.contract import (
     S3Object,
 )
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
-from tests.support.pictures import design_folder
+from tests.support.pictures import design_folder, set_picture
 from worker.errors import TransientError
 from worker.pipeline.handlers import Action, Delivery, Handlers
 from worker.pipeline.storage import Blob, LocalImageStore
 from worker.service.app import build_components
+from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs
-from worker.vision.embedder import ImageKind
+from worker.vision.catalog_parts import piece_crops
+from worker.vision.embedder import Embedder, ImageKind
 
 DESIGNS = catalog_designs(4, seed=5)
 INVENTORY = "inventory"
@@ -365,3 +367,46 @@ def test_no_published_detail_carries_a_url_or_an_object_address(handlers, images
     for detail in details:
         assert "http" not in detail and "0x" not in detail and "object at" not in detail
     assert "minio.internal.corp" in outcomes[0].error  # operators still see it
+
+
+def test_a_sets_picture_is_stored_with_its_pieces_and_a_piece_found_names_the_image(
+    tmp_path, tiny_model_dir, images
+):
+    """`MODEL__CATALOG_PARTS`: the product event stores the picture and each of its pieces
+    (the outcome counts the one image), and a scan of a piece alone (the very crop: with random
+    weights only an identical view is reliably nearest) is answered with the set, naming the
+    image it was cut from."""
+    picture = set_picture()
+    (images / CATALOG_BUCKET / "set.jpg").write_bytes(jpeg_bytes(picture))
+    (images / SCANS_BUCKET / "earring.jpg").write_bytes(jpeg_bytes(piece_crops(picture)[1]))
+    embedder = Embedder(
+        ModelSettings(
+            name=f"local-dir:{tiny_model_dir}",
+            threads=1,
+            batch_size=8,
+            scan_crops=[1.0],
+            colour_weight=0.0,
+            catalog_parts=True,
+        )
+    )
+    handlers = _handlers(tmp_path, tiny_model_dir, embedder, images)
+    try:
+        event = ProductUpserted(
+            product_id="set-1",
+            sku="SET-1",
+            images=[{"image_id": "front", "bucket": CATALOG_BUCKET, "key": "set.jpg"}],
+        )
+        outcome = only_result(
+            handlers.handle_catalog([delivery(topology.PRODUCT_CREATED, event)])[0]
+        )
+        assert (outcome.status, outcome.images_indexed) == (CatalogOutcomeStatus.applied, 1)
+        stored = sorted(i.image_id for i in handlers.matcher.index.product_images("set-1"))
+        assert stored == ["front", "front~part-1", "front~part-2", "front~part-3"]
+        handlers.handle_catalog([delivery(topology.PRODUCT_CREATED, product(d)) for d in DESIGNS])
+        handlers.matcher.refit()
+        [answer] = results(handlers.handle_scans([scan("scan-earring", "earring.jpg")])[0])
+        best = answer.matches[0]
+        assert (best.product_id, best.image_id) == ("set-1", "front")
+    finally:
+        handlers.close()
+        handlers.matcher.index.close()
