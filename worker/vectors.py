@@ -38,6 +38,16 @@ def is_part(image_id: str) -> bool:
     return PART_SEPARATOR in image_id
 
 
+def with_pieces(
+    image_id: str, vector: np.ndarray, pieces: np.ndarray | None
+) -> list[tuple[str, np.ndarray]]:
+    """A catalog image's reference ids and vectors: itself, then each piece cut from it."""
+    pieces = [] if pieces is None else pieces
+    return [(image_id, vector)] + [
+        (part_image_id(image_id, n), piece) for n, piece in enumerate(pieces, start=1)
+    ]
+
+
 class ImageKind(StrEnum):
     """Which views a picture is embedded as (a clean catalog shot, or a scan of a bag)."""
 

@@ -24,7 +24,7 @@ from worker.index import (
     StoredImage,
     VectorIndex,
 )
-from worker.vectors import is_part, part_image_id, whole_image_id
+from worker.vectors import is_part, whole_image_id, with_pieces
 
 
 @dataclass(frozen=True)
@@ -140,7 +140,7 @@ class Catalog:
                 etag=item.etag,
             )
             for item in embedded
-            for image_id, vector in _with_parts(item)
+            for image_id, vector in with_pieces(item.image.image_id, item.vector, item.parts)
         ]
         self.index.upsert(references)
         written = {reference.image_id for reference in references}
@@ -197,15 +197,6 @@ class Catalog:
         self.index.delete_product(event.product_id)
         self.index.set_product_state(ProductState(event.product_id, version, deleted=True))
         self._on_change([event.product_id], 1)
-
-
-def _with_parts(item: EmbeddedImage) -> list[tuple[str, np.ndarray]]:
-    """An embedded catalog image's reference ids and vectors: itself, then each piece."""
-    parts = item.parts if item.parts is not None else []
-    image_id = item.image.image_id
-    return [(image_id, item.vector)] + [
-        (part_image_id(image_id, n), vector) for n, vector in enumerate(parts, start=1)
-    ]
 
 
 def catalog_summary(index: VectorIndex) -> list[dict]:

@@ -30,7 +30,7 @@ from worker.matching.catalog import EmbeddedImage, SyncPlan
 from worker.matching.matcher import Matcher
 from worker.observability.logs import get_logger
 from worker.pipeline.confirmation import ConfirmedScans
-from worker.pipeline.embedding import Embeds, embed_parts
+from worker.pipeline.embedding import Embeds
 from worker.pipeline.image_loader import ImageLoader
 from worker.pipeline.outcome import (
     Action,
@@ -269,7 +269,7 @@ class CatalogHandler:
         good = [entry for entry in good if entry[0].error is None]
         pictures = [r.picture for _, _, r in good]
         vectors = timed(timer, "embed", self.embedder.embed, pictures, ImageKind.catalog)
-        parts = timed(timer, "embed", embed_parts, self.embedder, pictures)
+        parts = timed(timer, "embed", self.embedder.embed_parts, pictures)
         for (item, image, result), vector, pieces in zip(good, vectors, parts, strict=True):
             item.embedded.append(EmbeddedImage(image, vector, result.etag, pieces))
 

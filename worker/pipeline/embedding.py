@@ -25,11 +25,7 @@ class Embeds(Protocol):
         """Unit vectors, one per picture, as views of their kind."""
         ...
 
-
-def embed_parts(embedder: Embeds, images: Sequence[Image.Image]) -> list[np.ndarray]:
-    """Per catalog image, the vectors of its separate pieces (`Embedder.embed_parts`); none
-    from an embedder that does not cut sets into pieces."""
-    split = getattr(embedder, "embed_parts", None)
-    if split is None:
-        return [np.zeros((0, embedder.dim), dtype=np.float32) for _ in images]
-    return split(images)
+    def embed_parts(self, images: Sequence[Image.Image]) -> list[np.ndarray]:
+        """Per catalog image, the vectors of its separate pieces (none unless it shows a set
+        and the model cuts sets: `MODEL__CATALOG_PARTS`)."""
+        ...

@@ -21,7 +21,7 @@ from worker.index import SOURCE_CATALOG, ReferenceImage, StoredImage, VectorInde
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
 from worker.settings import ImageSettings
-from worker.vectors import is_part, part_image_id
+from worker.vectors import is_part, with_pieces
 from worker.vision.embedder import Embedder, ImageKind
 from worker.vision.images import decode_image
 
@@ -99,7 +99,7 @@ def _embedded(
     image that shows a set, each of its pieces (`MODEL__CATALOG_PARTS`)."""
     pictures = [picture for _, picture in chosen]
     vectors = embedder.embed(pictures, kind)
-    parts = embedder.embed_parts(pictures) if kind is ImageKind.catalog else [()] * len(chosen)
+    parts = embedder.embed_parts(pictures) if kind is ImageKind.catalog else [None] * len(chosen)
     return [
         ReferenceImage(
             product_id=s.product_id,
@@ -113,10 +113,7 @@ def _embedded(
             taken_at=s.taken_at,
         )
         for (s, _), whole, pieces in zip(chosen, vectors, parts, strict=True)
-        for image_id, vector in [
-            (s.image_id, whole),
-            *((part_image_id(s.image_id, n), v) for n, v in enumerate(pieces, start=1)),
-        ]
+        for image_id, vector in with_pieces(s.image_id, whole, pieces)
     ]
 
 

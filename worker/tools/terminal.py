@@ -16,7 +16,7 @@ from rich.progress import Progress
 from shared.contract import S3Object
 from worker.matching.catalog import Catalog, EmbeddedImage
 from worker.matching.matcher import Matcher, Ranking
-from worker.pipeline.embedding import Embeds, embed_parts
+from worker.pipeline.embedding import Embeds
 from worker.service.app import opened
 from worker.settings import Settings
 from worker.tools.folders import FolderProduct, read_folder_dataset
@@ -111,7 +111,7 @@ def _parts_of_paths(embedder: Embeds, paths: Sequence[Path], settings: Settings)
     return [
         vectors
         for batch in batches
-        for vectors in embed_parts(embedder, [_load(p, settings) for p in batch])
+        for vectors in embedder.embed_parts([_load(p, settings) for p in batch])
     ]
 
 
