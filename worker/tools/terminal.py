@@ -38,14 +38,17 @@ def embed_paths(
     settings: Settings,
     progress: Progress,
     label: str,
+    on_batch: Callable[[list[Image.Image]], None] = lambda batch: None,
 ) -> np.ndarray:
-    """Decode and embed files in batches, with a progress bar."""
+    """Decode and embed files in batches, with a progress bar; `on_batch` is handed each
+    decoded batch too."""
     task = progress.add_task(label, total=len(paths))
     chunks = []
     step = max(1, settings.model.batch_size)
     for start in range(0, len(paths), step):
         batch = [_load(p, settings) for p in paths[start : start + step]]
         chunks.append(embedder.embed(batch, kind))
+        on_batch(batch)
         progress.advance(task, len(batch))
     if not chunks:
         return np.zeros((0, embedder.dim), dtype=np.float32)
@@ -85,10 +88,19 @@ def ingest_products(
 ) -> int:
     """Ingest each product's `catalog_*` images as a `product.created` event would."""
     paths = [path for product in products for path in product.catalog]
+    pieces: list[np.ndarray] = []  # each picture's, decoded once with its embedding
     vectors = iter(
-        embed_paths(embedder, paths, ImageKind.catalog, settings, progress, "catalog images")
+        embed_paths(
+            embedder,
+            paths,
+            ImageKind.catalog,
+            settings,
+            progress,
+            "catalog images",
+            on_batch=lambda batch: pieces.extend(embedder.embed_parts(batch)),
+        )
     )
-    parts = iter(_parts_of_paths(embedder, paths, settings))
+    parts = iter(pieces)
     for product in products:
         event = product.catalog_event(FOLDER_BUCKET)
         plan = catalog.plan(event)
@@ -99,20 +111,6 @@ def ingest_products(
         ]
         catalog.apply(event, plan, [item for item in embedded if item.image in plan.to_embed])
     return len(paths)
-
-
-def _parts_of_paths(embedder: Embeds, paths: Sequence[Path], settings: Settings) -> list:
-    """`embed_parts` of catalog files (none at all, and nothing read, unless the embedder cuts
-    sets into pieces)."""
-    if not getattr(embedder, "embeds_catalog_parts", False):
-        return [None] * len(paths)
-    step = max(1, settings.model.batch_size)
-    batches = (paths[start : start + step] for start in range(0, len(paths), step))
-    return [
-        vectors
-        for batch in batches
-        for vectors in embedder.embed_parts([_load(p, settings) for p in batch])
-    ]
 
 
 def ingest_folder(settings: Settings, folder: Path, console: Console) -> int:
