@@ -167,13 +167,13 @@ class Prototypes:
         shown = colours[colours.any(axis=1)]
         image_refs = image_references(references, self.layout)
         pieces = image_refs.pieces()
-        whole = image_refs.subset(~pieces) if pieces.any() and not pieces.all() else image_refs
-        image = space.prototype(whole)
+        cut = bool(pieces.any() and not pieces.all())  # a set's pieces beside its images
+        image = space.prototype(image_refs.subset(~pieces) if cut else image_refs)
         prototype = Prototype(
             image=image,
             colour=unit_rows(shown.mean(axis=0)) if len(shown) else np.zeros(colours.shape[1]),
             hub=float(space.hub_penalty(image[None, :])[0]),
-            pieces=space.projected(image_refs.subset(pieces)) if whole is not image_refs else None,
+            pieces=space.projected(image_refs.subset(pieces)) if cut else None,
         )
         with self._lock:
             self._cached[key] = (prototype, now)
