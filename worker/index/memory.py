@@ -20,7 +20,7 @@ from worker.index.base import (
     StoredImage,
     VectorIndex,
 )
-from worker.vectors import part_image_id, unit_rows
+from worker.vectors import unit_rows
 
 QUERY_CHUNK = 256
 """Queries scored at once (a chunk's scores against every image are held in memory)."""
@@ -55,21 +55,19 @@ class InMemoryIndex(VectorIndex):
 
     @classmethod
     def of_references(cls, refs: ReferenceSet, model_id: str = "memory") -> InMemoryIndex:
-        """An index holding exactly these reference vectors (image ids by position, a piece of
-        a set's image still a piece)."""
+        """An index holding exactly these reference vectors, under their own image ids (so a
+        piece of a set's image stays a piece), or ids by position where the set has none."""
         index = cls(model_id, refs.vectors.shape[1])
-        pieces = refs.pieces()
+        ids = (
+            refs.image_ids
+            if refs.image_ids is not None
+            else [f"ref-{row}" for row in range(len(refs))]
+        )
         index.upsert(
             [
-                ReferenceImage(
-                    str(product),
-                    part_image_id(f"ref-{row}", 1) if pieces[row] else f"ref-{row}",
-                    str(product),
-                    vector,
-                    str(source),
-                )
-                for row, (product, source, vector) in enumerate(
-                    zip(refs.product_ids, refs.sources, refs.vectors, strict=True)
+                ReferenceImage(str(product), str(image_id), str(product), vector, str(source))
+                for product, image_id, source, vector in zip(
+                    refs.product_ids, ids, refs.sources, refs.vectors, strict=True
                 )
             ]
         )
