@@ -221,6 +221,38 @@ def test_a_confirmation_needs_an_answered_scan_and_an_authorized_sender(handlers
     assert handlers.matcher.index.count() == before + 1
 
 
+def test_a_first_confirmation_checks_the_answer_for_ops_and_a_correction_does_not_again(
+    handlers,
+):
+    from prometheus_client import REGISTRY
+    from structlog.testing import capture_logs
+
+    def checked(first: str) -> float:
+        labels = {"status": "matched", "first": first}
+        return REGISTRY.get_sample_value("jewelmatch_checked_answers_total", labels) or 0.0
+
+    ingest(handlers)
+    before = checked("right"), checked("wrong")
+    for scan_id, design in (("c-1", DESIGNS[0]), ("c-2", DESIGNS[1])):
+        [answered] = handlers.handle_scans([scan(scan_id, f"bag-{design.product_id}.jpg")])
+        assert only_result(answered).status is MatchStatus.matched
+        assert only_result(answered).matches[0].product_id == design.product_id
+    with capture_logs() as logs:
+        handlers.handle_catalog([confirm("c-1", DESIGNS[0].product_id)])  # as answered
+        handlers.handle_catalog([confirm("c-2", DESIGNS[3].product_id)])  # another product
+    assert (checked("right"), checked("wrong")) == (before[0] + 1, before[1] + 1)
+    audits = [entry for entry in logs if entry["event"] == "confirmation"]
+    fields = ("answered_status", "answered_first_product_id", "answer_right")
+    assert [tuple(entry[field] for field in fields) for entry in audits] == [
+        ("matched", DESIGNS[0].product_id, True),
+        ("matched", DESIGNS[1].product_id, False),
+    ]
+    # a correction, or the same confirmation again, checks no answer a second time
+    handlers.handle_catalog([confirm("c-2", DESIGNS[1].product_id)])
+    handlers.handle_catalog([confirm("c-1", DESIGNS[0].product_id)])
+    assert (checked("right"), checked("wrong")) == (before[0] + 1, before[1] + 1)
+
+
 def test_another_replica_accepts_a_confirmation_only_with_the_answers_receipt(
     tmp_path, tiny_model_dir, tiny_embedder, images
 ):

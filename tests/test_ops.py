@@ -119,19 +119,48 @@ def test_the_confidence_figures_are_served_on_metrics_and_read_back_by_the_desk(
         "estimated_unknown_refused": 0.92,
         "labels": 730,
     }
+
+    def estimates(url: str) -> dict[str, float]:  # less the answers this process checked
+        figures = confidence_figures(url)
+        return {k: v for k, v in figures.items() if not k.startswith(("checked", "observed"))}
+
     port = free_port()
     server = serve_ops(Health(), ops_settings(port))
     url = f"http://127.0.0.1:{port}"
     try:
         observe_confidence(learned)
-        assert confidence_figures(url) == {
+        assert estimates(url) == {
             "learned": 1.0,
             "margin": 0.0,
             **{k: v for k, v in learned.items() if k != "origin"},
         }
         observe_confidence({"origin": "prior", "min_margin": 0.09})
         # the prior estimates nothing
-        assert confidence_figures(url) == {"learned": 0.0, "margin": 1.0, "min_margin": 0.09}
+        assert estimates(url) == {"learned": 0.0, "margin": 1.0, "min_margin": 0.09}
+    finally:
+        server.shutdown()
+    assert confidence_figures(url) == {}  # a worker gone: nothing, no error
+
+
+def test_the_desk_reads_how_often_checked_matched_answers_were_right():
+    from prometheus_client import CollectorRegistry, Counter, start_http_server
+
+    from worker.review.desk import confidence_figures
+
+    registry = CollectorRegistry()  # a worker's own counter, apart from this process's
+    checked = Counter("jewelmatch_checked_answers", "", ["status", "first"], registry=registry)
+    port = free_port()
+    server, _ = start_http_server(port, "127.0.0.1", registry)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert "observed_precision" not in confidence_figures(url)  # nothing checked yet
+        checked.labels("no_confident_match", "right").inc(5)
+        assert confidence_figures(url) == {"checked": 5.0, "checked_matched": 0.0}
+        checked.labels("matched", "right").inc(97)
+        checked.labels("matched", "wrong").inc(3)
+        figures = confidence_figures(url)
+        assert (figures["checked"], figures["checked_matched"]) == (105.0, 100.0)
+        assert figures["observed_precision"] == pytest.approx(0.97)
     finally:
         server.shutdown()
     assert confidence_figures(url) == {}  # a worker gone: nothing, no error

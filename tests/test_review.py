@@ -14,7 +14,7 @@ from moto.server import ThreadedMotoServer
 from playwright.sync_api import Page, expect, sync_playwright
 
 from shared import topology
-from shared.contract import BagPhotographed, ProductUpserted
+from shared.contract import BagPhotographed, MatchStatus, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, DeskServer
 from tests.support.processes import WorkerProcess, worker_environment
@@ -259,7 +259,16 @@ def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(sta
     expect(answered.locator(".badge.matched, .badge.no_confident_match")).to_be_visible(
         timeout=30_000
     )
-    assert stack.desk.desk.history.scan("bag-0100").result.matches
+    answer = stack.desk.desk.history.scan("bag-0100").result
+    assert answer.matches
+
+    # a person confirms the answer's first product: the worker counts its answer checked
+    ops.goto(f"{stack.desk.url}/scans/bag-0100")
+    ops.locator(f'li[data-product-id="{answer.matches[0].product_id}"] button.confirm').click()
+    expect(ops.locator("#outcome")).to_contain_text("applied", timeout=30_000)
+    ops.goto(f"{stack.desk.url}/ops")
+    seen = "100.0 % of 1" if answer.status is MatchStatus.matched else "–"
+    expect(ops.locator("#workers td.observed")).to_have_text(seen)
 
     stack.peer.publish(topology.BAG_PHOTOGRAPHED, b"{not json")  # dead-lettered at once
     ops.goto(f"{stack.desk.url}/ops")

@@ -18,6 +18,13 @@ SCAN_RESULTS = Counter(
     "Scan answers published, by status and failure reason (empty unless failed).",
     ["status", "reason"],
 )
+CHECKED_ANSWERS = Counter(
+    "jewelmatch_checked_answers_total",
+    "Answers a person has since confirmed or corrected (a scan's first confirmation only), by "
+    "the answer's status and whether its first product was the one confirmed ('right' or "
+    "'wrong').",
+    ["status", "first"],
+)
 SCAN_SECONDS = Histogram(
     "jewelmatch_scan_seconds",
     "A fresh scan's handling time in the worker, fetch to confirmed answer.",

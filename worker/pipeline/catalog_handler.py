@@ -29,7 +29,7 @@ from worker.errors import PermanentError
 from worker.matching.catalog import EmbeddedImage, SyncPlan
 from worker.matching.matcher import Matcher
 from worker.observability.logs import get_logger
-from worker.pipeline.confirmation import ConfirmedScans
+from worker.pipeline.confirmation import AnswerCheck, ConfirmedScans
 from worker.pipeline.embedding import Embeds
 from worker.pipeline.image_loader import ImageLoader
 from worker.pipeline.outcome import (
@@ -302,8 +302,9 @@ class CatalogHandler:
     # match.confirmed ----------------------------------------------------------------
 
     def _confirm(self, delivery: Delivery, event: MatchConfirmed) -> Outcome:
+        check = None
         try:
-            outcome, previous = self._confirm_or_refuse(delivery, event)
+            outcome, previous, check = self._confirm_or_refuse(delivery, event)
         except Exception as error:
             outcome, previous = self.failure(delivery, event.product_id, error), None
         final = outcome.results[0][1] if outcome.results else None
@@ -316,6 +317,7 @@ class CatalogHandler:
             confirmed_by=event.confirmed_by,
             status=final.status.value if final else "retrying",
             reason=final.problems[0].reason.value if final and final.problems else None,
+            **(check.audit() if check else {}),
         )
         return outcome
 
@@ -332,19 +334,23 @@ class CatalogHandler:
 
     def _confirm_or_refuse(
         self, delivery: Delivery, event: MatchConfirmed
-    ) -> tuple[Outcome, str | None]:
+    ) -> tuple[Outcome, str | None, AnswerCheck | None]:
+        """The outcome, the product the scan was confirmed as before (a correction), and the
+        check of the scan's answer (its first confirmation only: counted once)."""
         allowed = self.confirm_users
         if allowed and delivery.user_id not in allowed:
             detail = "confirmations are accepted only from the configured confirming users"
-            return self._refuse(delivery, event, FailureReason.not_authorized, detail), None
+            return self._refuse(delivery, event, FailureReason.not_authorized, detail), None, None
         try:
             scan = self.confirmed_scans.find(event)
         except PermanentError as error:
-            return self._refuse(delivery, event, error.reason, error.detail), None
+            return self._refuse(delivery, event, error.reason, error.detail), None, None
         previous = scan.extra.get("confirmed_product_id")
         if not self.matcher.scans.confirm(scan, event.product_id):  # a correction moves it
             detail = f"product {event.product_id!r} is not in the catalog"
-            return self._refuse(delivery, event, FailureReason.unknown_product, detail), previous
+            refused = self._refuse(delivery, event, FailureReason.unknown_product, detail)
+            return refused, previous, None
+        check = AnswerCheck.counted(scan, event.product_id) if previous is None else None
         applied = self.outcome(
             delivery,
             event.product_id,
@@ -352,4 +358,4 @@ class CatalogHandler:
             scan_id=event.scan_id,
             images_indexed=1,
         )
-        return applied, previous
+        return applied, previous, check

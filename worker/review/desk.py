@@ -107,17 +107,26 @@ class Desk:
 
 
 def confidence_figures(url: str) -> dict[str, float]:
-    """A worker's confidence figures, read from its /metrics (`jewelmatch_confidence`); empty
-    when it does not answer."""
+    """A worker's confidence figures, read from its /metrics: the decision's estimates
+    (`jewelmatch_confidence`) and, once people have checked answers of this worker
+    (`jewelmatch_checked_answers_total`), how many (`checked`, `checked_matched`) and how often
+    its `matched` answers were right (`observed_precision`); empty when it does not answer."""
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=3) as answer:
             text = answer.read().decode()
     except OSError:
         return {}
-    return {
-        sample.labels["figure"]: sample.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "jewelmatch_confidence"
-        for sample in family.samples
-        if not math.isnan(sample.value)
-    }
+    figures: dict[str, float] = {}
+    checked: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if family.name == "jewelmatch_confidence" and not math.isnan(sample.value):
+                figures[sample.labels["figure"]] = sample.value
+            elif sample.name == "jewelmatch_checked_answers_total":
+                checked[sample.labels["status"], sample.labels["first"]] = sample.value
+    if checked:
+        matched = checked.get(("matched", "right"), 0.0) + checked.get(("matched", "wrong"), 0.0)
+        figures.update(checked=sum(checked.values()), checked_matched=matched)
+        if matched:
+            figures["observed_precision"] = checked.get(("matched", "right"), 0.0) / matched
+    return figures
