@@ -20,9 +20,9 @@ SCAN_RESULTS = Counter(
 )
 CHECKED_ANSWERS = Counter(
     "jewelmatch_checked_answers_total",
-    "Answers a person has since confirmed or corrected (a scan's first confirmation only), by "
-    "the answer's status and whether its first product was the one confirmed ('right' or "
-    "'wrong').",
+    "Answers people checked by confirming their scan (its first confirmation only: a "
+    "correction is not counted again), by the answer's status and whether its first product "
+    "was the one confirmed ('right' or 'wrong').",
     ["status", "first"],
 )
 SCAN_SECONDS = Histogram(
