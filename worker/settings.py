@@ -239,6 +239,16 @@ class ModelSettings(BaseModel):
         "middle, worker/vision/object_region.py), less the scene of a lifestyle shot. Another "
         "value is another model id (an index rebuilt).",
     )
+    scene_subtraction: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="Take this share of each picture's own scene (the picture with its middle "
+        "painted over: worker/vision/scene_subtraction.py) out of its vector, catalog images "
+        "and scans alike: a hand or a tray then vouches less for other pieces shot on one "
+        "(`0.5` for jewelry photographed worn or on surfaces: docs/benchmarks.md, Jewelry). "
+        "Costs one more view per picture; another value is another model id.",
+    )
     scan_crops: list[CropFraction] = Field(
         default=[1.0, 0.75, 0.5],
         min_length=1,

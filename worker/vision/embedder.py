@@ -35,6 +35,7 @@ from worker.vision.catalog_parts import CATALOG_PARTS_VERSION, piece_crops
 from worker.vision.catalog_scene import shows_piece_small
 from worker.vision.object_region import object_region
 from worker.vision.runtimes import open_tower
+from worker.vision.scene_subtraction import SCENE_VERSION, scene_only, without_scene
 from worker.vision.versions import read_trained_on, versioned_name
 from worker.vision.weights import BUILTIN_MODELS, resolve_model_name
 
@@ -75,6 +76,8 @@ def _view_suffix(settings: ModelSettings) -> str:
         view += ("catalog_zoom", CATALOG_SCENE_VERSION, settings.catalog_zoom)
     if settings.catalog_parts:
         view += ("catalog_parts", CATALOG_PARTS_VERSION)
+    if settings.scene_subtraction:
+        view += ("scene_subtraction", SCENE_VERSION, settings.scene_subtraction)
     return "-v" + hashlib.sha256(repr(view).encode()).hexdigest()[:6]
 
 
@@ -161,6 +164,7 @@ class Embedder:
         self._flip = settings.flip
         self._object_region = settings.catalog_object_region
         self._catalog_zoom = settings.catalog_zoom
+        self._scene_subtraction = settings.scene_subtraction
         self.embeds_catalog_parts = settings.catalog_parts
         """Whether a set's catalog image is also stored as its pieces (`catalog_parts`)."""
         names = ensemble_members(settings.name)
@@ -208,6 +212,9 @@ class Embedder:
         if kind is ImageKind.catalog and self._object_region:
             images = [object_region(image) for image in images]
         views = self._grouped_views(images, [self._crop_fractions(image, kind) for image in images])
+        if self._scene_subtraction:
+            scenes = self._grouped_views([scene_only(i) for i in images], [(1.0,)] * len(images))
+            views = without_scene(views, scenes, self._scene_subtraction)
         if not self._colour_weight:
             return views
         # the object's colour, appended: a dot product of two vectors then adds the colour

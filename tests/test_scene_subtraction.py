@@ -1,0 +1,76 @@
+"""A picture's own scene (the picture with its middle painted over) is taken out of its
+vector: with the full weight, the vector of a ring on a hand no longer leans toward the hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.support.tiny_model import write_tiny_model
+from worker.settings import ModelSettings
+from worker.tools.synthetic import catalog_designs, render
+from worker.vision.embedder import Embedder, ImageKind, model_id_for
+from worker.vision.scene_subtraction import MIDDLE, scene_only
+
+
+def _on_a_weave(seed: int) -> Image.Image:
+    """A piece in the middle of a textured surface that runs up to the border."""
+    picture = Image.new("RGB", (320, 240), (170, 130, 80))
+    draw = ImageDraw.Draw(picture)
+    for x in range(0, 320, 8):
+        draw.line((x, 0, x, 239), fill=(120, 90, 50), width=3)
+    picture.paste(render(catalog_designs(1, seed=seed)[0], 120), (100, 60))
+    return picture
+
+
+def test_the_scene_keeps_the_border_and_paints_the_middle_in_the_median_colour():
+    picture = _on_a_weave(3)
+    scene = np.asarray(scene_only(picture))
+    original = np.asarray(picture)
+    np.testing.assert_array_equal(scene[:20], original[:20])  # the border is the scene
+    np.testing.assert_array_equal(scene[:, :20], original[:, :20])
+    height, width = scene.shape[:2]
+    middle = scene[
+        round(height * (1 - MIDDLE) / 2) + 1 : round(height * (1 + MIDDLE) / 2) - 1,
+        round(width * (1 - MIDDLE) / 2) + 1 : round(width * (1 + MIDDLE) / 2) - 1,
+    ]
+    assert len(np.unique(middle.reshape(-1, 3), axis=0)) == 1  # one colour: the piece is gone
+    assert not np.array_equal(np.asarray(picture)[120, 160], middle[0, 0])
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> str:
+    return f"local-dir:{write_tiny_model(tmp_path_factory.mktemp('scene') / 'tiny')}"
+
+
+def _embedder(name: str, cache, **changes) -> Embedder:
+    settings = ModelSettings(name=name, threads=1, batch_size=8, cache_dir=cache, colour_weight=0)
+    return Embedder(settings.model_copy(update=changes))
+
+
+@pytest.mark.parametrize("kind", [ImageKind.catalog, ImageKind.scan])
+def test_each_vector_loses_its_scenes_share(tiny, tmp_path, kind):
+    cache = tmp_path / "cache"
+    plain = _embedder(tiny, cache)
+    pictures = [_on_a_weave(seed) for seed in (3, 4)]
+    vectors = plain.embed(pictures, kind)
+    scenes = plain.embed([scene_only(p) for p in pictures], ImageKind.catalog)  # one whole view
+    leaning = np.sum(vectors * scenes, axis=1)
+    assert np.all(leaning > 0.5)  # the weave is a good part of each vector
+    for weight in (1.0, 0.5):
+        taken = _embedder(tiny, cache, scene_subtraction=weight).embed(pictures, kind)
+        expected = vectors - weight * leaning[:, None] * scenes
+        expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+        np.testing.assert_allclose(taken, expected, atol=1e-5)
+        np.testing.assert_allclose(np.linalg.norm(taken, axis=1), 1.0, atol=1e-5)
+    orthogonal = _embedder(tiny, cache, scene_subtraction=1.0).embed(pictures, kind)
+    np.testing.assert_allclose(np.sum(orthogonal * scenes, axis=1), 0.0, atol=1e-4)
+
+
+def test_the_weight_is_part_of_the_model_id_and_off_keeps_todays():
+    default = ModelSettings()
+    taken = default.model_copy(update={"scene_subtraction": 0.5})
+    assert model_id_for(taken) != model_id_for(default)
+    assert model_id_for(taken) != model_id_for(default.model_copy(update={"scene_subtraction": 1}))
+    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"
