@@ -12,7 +12,7 @@ from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
 from worker.vision.backdrop import backdrop_colour, border_pixels
 from worker.vision.catalog_scene import shows_piece_small
-from worker.vision.embedder import Embedder, ImageKind, model_id_for
+from worker.vision.embedder import Embedder, ImageKind
 
 
 def _iconic() -> Image.Image:
@@ -71,15 +71,6 @@ def test_only_small_pieces_and_scenes_are_embedded_with_the_zoomed_middle(tiny, 
     np.testing.assert_allclose(
         zooming.embed(pictures, ImageKind.scan), whole.embed(pictures, ImageKind.scan), atol=1e-6
     )
-
-
-def test_the_zoom_rule_is_part_of_the_model_id_and_off_keeps_todays():
-    default = ModelSettings()
-    zoomed = default.model_copy(update={"catalog_zoom": 0.5})
-    assert model_id_for(zoomed) != model_id_for(default)
-    assert model_id_for(zoomed) != model_id_for(default.model_copy(update={"catalog_zoom": 0.4}))
-    # off (the default): the id of every index built before the rule existed
-    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"
 
 
 def test_the_backdrop_is_read_from_the_border_frame_alone():

@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
-from worker.vision.embedder import model_id_for
 from worker.vision.object_region import object_region
 
 
@@ -40,14 +38,3 @@ def test_a_picture_where_nothing_stands_out_is_kept_whole():
     assert object_region(blank).size == blank.size
     tiny = Image.new("RGB", (5, 5), (10, 10, 10))
     assert object_region(tiny).size == tiny.size
-
-
-def test_the_object_region_is_another_model_id_and_off_keeps_todays():
-    """Catalog vectors made from the region never share an index with whole-picture ones;
-    with the option off, ids stay what they were."""
-    default = ModelSettings()
-    assert model_id_for(default.model_copy(update={"catalog_object_region": True})) != (
-        model_id_for(default)
-    )
-    # the default's id, which names every index built before the option existed
-    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"

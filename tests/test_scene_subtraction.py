@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.support.tiny_model import write_tiny_model
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
-from worker.vision.embedder import Embedder, ImageKind, model_id_for
+from worker.vision.embedder import Embedder, ImageKind
 from worker.vision.scene_subtraction import MIDDLE, scene_only
 
 
@@ -39,19 +38,14 @@ def test_the_scene_keeps_the_border_and_paints_the_middle_in_the_median_colour()
     assert not np.array_equal(np.asarray(picture)[120, 160], middle[0, 0])
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    return f"local-dir:{write_tiny_model(tmp_path_factory.mktemp('scene') / 'tiny')}"
-
-
 def _embedder(name: str, cache, **changes) -> Embedder:
     settings = ModelSettings(name=name, threads=1, batch_size=8, cache_dir=cache, colour_weight=0)
     return Embedder(settings.model_copy(update=changes))
 
 
 @pytest.mark.parametrize("kind", [ImageKind.catalog, ImageKind.scan])
-def test_each_vector_loses_its_scenes_share(tiny, tmp_path, kind):
-    cache = tmp_path / "cache"
+def test_each_vector_loses_its_scenes_share(tiny_model_dir, tmp_path, kind):
+    tiny, cache = f"local-dir:{tiny_model_dir}", tmp_path / "cache"
     plain = _embedder(tiny, cache)
     pictures = [_on_a_weave(seed) for seed in (3, 4)]
     vectors = plain.embed(pictures, kind)
@@ -66,11 +60,3 @@ def test_each_vector_loses_its_scenes_share(tiny, tmp_path, kind):
         np.testing.assert_allclose(np.linalg.norm(taken, axis=1), 1.0, atol=1e-5)
     orthogonal = _embedder(tiny, cache, scene_subtraction=1.0).embed(pictures, kind)
     np.testing.assert_allclose(np.sum(orthogonal * scenes, axis=1), 0.0, atol=1e-4)
-
-
-def test_the_weight_is_part_of_the_model_id_and_off_keeps_todays():
-    default = ModelSettings()
-    taken = default.model_copy(update={"scene_subtraction": 0.5})
-    assert model_id_for(taken) != model_id_for(default)
-    assert model_id_for(taken) != model_id_for(default.model_copy(update={"scene_subtraction": 1}))
-    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"

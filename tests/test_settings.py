@@ -3,7 +3,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from worker.settings import IndexBackend, Settings, container_cpu_limit
+from worker.settings import IndexBackend, ModelSettings, Settings, container_cpu_limit
+from worker.vision.embedder import model_id_for
 
 
 def test_environment_variables_with_prefix_and_nested_delimiter(monkeypatch):
@@ -41,3 +42,22 @@ def test_defaults_need_no_configuration():
     assert settings.index.backend is IndexBackend.edge
     assert settings.s3.allowed_buckets == []  # nothing is fetched until buckets are configured
     assert settings.model.threads == container_cpu_limit() >= 1
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "other_value"),
+    [
+        ("catalog_zoom", 0.5, 0.4),
+        ("catalog_object_region", True, None),
+        ("scene_subtraction", 0.5, 1.0),
+    ],
+)
+def test_a_view_setting_is_part_of_the_model_id_and_off_keeps_todays(setting, value, other_value):
+    """Vectors made another way never share an index; with the setting off, ids stay what they
+    were (the default's id names every index built before the setting existed)."""
+    default = ModelSettings()
+    changed = model_id_for(default.model_copy(update={setting: value}))
+    assert changed != model_id_for(default)
+    if other_value is not None:
+        assert changed != model_id_for(default.model_copy(update={setting: other_value}))
+    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageStat
 
+from worker.vectors import unit_rows
+
 SCENE_VERSION = 1
 """Bumped whenever the rule below changes (another model id)."""
 
@@ -32,7 +34,4 @@ def without_scene(views: np.ndarray, scenes: np.ndarray, weight: float) -> np.nd
     """Unit rows of `views` less `weight` times their projection on their `scenes` (unit
     rows, one per view)."""
     along = np.sum(views * scenes, axis=1, keepdims=True)
-    rest = views - weight * along * scenes
-    return (rest / np.maximum(np.linalg.norm(rest, axis=1, keepdims=True), 1e-12)).astype(
-        np.float32
-    )
+    return unit_rows(views - weight * along * scenes).astype(np.float32)
