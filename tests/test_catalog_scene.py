@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from tests.support.tiny_model import write_tiny_model
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
 from worker.vision.backdrop import backdrop_colour, border_pixels
@@ -47,8 +46,8 @@ def test_small_pieces_and_scenes_are_told_from_iconic_shots():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> str:
-    return f"local-dir:{write_tiny_model(tmp_path_factory.mktemp('scene') / 'tiny')}"
+def tiny(tiny_model_dir) -> str:
+    return f"local-dir:{tiny_model_dir}"
 
 
 def _embedder(name: str, cache, **changes) -> Embedder:

@@ -181,7 +181,7 @@ class Embedder:
         """URIs of the confirmed photos its towers trained on (`jewelmatch train`)."""
         self.runtime = settings.runtime
         self._colour_weight = settings.colour_weight
-        self.view_dim = int(self._views([Image.new("RGB", (64, 64), "gray")], 1).shape[1])
+        self.view_dim = int(self._views_of([Image.new("RGB", (64, 64), "gray")], [(1.0,)]).shape[1])
         # the leading dimensions are the image embedding; the rest (if any) the colour
         self.dim = self.view_dim + (colour.DIM if self._colour_weight else 0)
         self.load_seconds = time.perf_counter() - started
@@ -211,10 +211,14 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if kind is ImageKind.catalog and self._object_region:
             images = [object_region(image) for image in images]
-        views = self._grouped_views(images, [self._crop_fractions(image, kind) for image in images])
+        fractions = [self._crop_fractions(image, kind) for image in images]
         if self._scene_subtraction:
-            scenes = self._grouped_views([scene_only(i) for i in images], [(1.0,)] * len(images))
-            views = without_scene(views, scenes, self._scene_subtraction)
+            # the scenes' views go through the towers in the same batches as the pictures'
+            scenes = [scene_only(image) for image in images]
+            both = self._views_of([*images, *scenes], [*fractions, *[(1.0,)] * len(scenes)])
+            views = without_scene(both[: len(images)], both[len(images) :], self._scene_subtraction)
+        else:
+            views = self._views_of(images, fractions)
         if not self._colour_weight:
             return views
         # the object's colour, appended: a dot product of two vectors then adds the colour
@@ -247,21 +251,15 @@ class Embedder:
             return (*fractions, zoom)
         return fractions
 
-    def _grouped_views(
+    def _views_of(
         self, images: Sequence[Image.Image], fractions: Sequence[tuple[float, ...]]
     ) -> np.ndarray:
-        """`_views` of each picture's own crops, pictures with the same crops in one pass."""
-        rows: list[np.ndarray | None] = [None] * len(images)
-        for chosen in dict.fromkeys(fractions):
-            positions = [i for i, own in enumerate(fractions) if own == chosen]
-            crops = [crop for i in positions for crop in centred_crops(images[i], chosen)]
-            for position, row in zip(positions, self._views(crops, len(chosen)), strict=True):
-                rows[position] = row
-        return np.stack(rows)
-
-    def _views(self, crops: Sequence[Image.Image], per_picture: int) -> np.ndarray:
-        """One unit vector per `per_picture` consecutive crops: each member's unit mean of
-        their embeddings, the members side by side."""
+        """One unit vector per picture, from its own centred crops (`fractions`): each member's
+        unit mean of their embeddings, the members side by side. Every picture's crops go
+        through the towers together, in batches of `batch_size` (with their mirror images)."""
+        crops = [crop for image, own in zip(images, fractions, strict=True)
+                 for crop in centred_crops(image, own)]  # fmt: skip
+        starts = np.cumsum([0, *(len(own) for own in fractions[:-1])])
         per_pass = max(1, self.batch_size // 2) if self._flip else self.batch_size  # + mirrors
         parts = []
         for member in self._members:
@@ -271,8 +269,7 @@ class Embedder:
                     for start in range(0, len(crops), per_pass)
                 ]
             )
-            pictures = features.reshape(len(crops) // per_picture, per_picture, -1)
-            parts.append(unit_rows(pictures.mean(axis=1)))
+            parts.append(unit_rows(np.add.reduceat(features, starts, axis=0)))
         return parts[0] if len(parts) == 1 else unit_rows(np.concatenate(parts, axis=1))
 
     def _forward(self, member: _Member, images: Sequence[Image.Image]) -> np.ndarray:
