@@ -257,8 +257,11 @@ class Embedder:
         """One unit vector per picture, from its own centred crops (`fractions`): each member's
         unit mean of their embeddings, the members side by side. Every picture's crops go
         through the towers together, in batches of `batch_size` (with their mirror images)."""
-        crops = [crop for image, own in zip(images, fractions, strict=True)
-                 for crop in centred_crops(image, own)]  # fmt: skip
+        crops = [
+            crop
+            for image, own in zip(images, fractions, strict=True)
+            for crop in centred_crops(image, own)
+        ]
         starts = np.cumsum([0, *(len(own) for own in fractions[:-1])])
         per_pass = max(1, self.batch_size // 2) if self._flip else self.batch_size  # + mirrors
         parts = []
