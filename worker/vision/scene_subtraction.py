@@ -21,9 +21,8 @@ MIDDLE = 0.6
 
 def scene_only(picture: Image.Image) -> Image.Image:
     """`picture` with its middle `MIDDLE` of each side painted in its median colour."""
-    rgb = picture.convert("RGB")
-    median = tuple(int(value) for value in ImageStat.Stat(rgb).median)
-    scene = rgb.copy()
+    scene = picture.convert("RGB")  # always a new image: `picture` is left as it is
+    median = tuple(int(value) for value in ImageStat.Stat(scene).median)
     width, height = scene.size
     left, top = width * (1 - MIDDLE) / 2, height * (1 - MIDDLE) / 2
     ImageDraw.Draw(scene).rectangle((left, top, width - left, height - top), fill=median)
