@@ -6,12 +6,14 @@ import json
 import random
 import shutil
 
+import pytest
 from rich.progress import Progress
 from typer.testing import CliRunner
 
 from tests.conftest import make_settings
 from worker.cli import app
-from worker.tools.bench.accuracy import AccuracyOptions, run_accuracy
+from worker.tools.bench.accuracy import AccuracyOptions, _plan, run_accuracy
+from worker.tools.folders import read_folder_dataset, with_splits
 from worker.tools.synthetic import catalog_designs, photograph, render
 from worker.vision.versions import read_trained_on
 
@@ -63,6 +65,35 @@ def test_confirmed_photos_and_open_set_are_measured(tmp_path, tiny_model_dir):
         refused = sum(m < point["threshold"] for m in unknown_margins) / len(unknown_margins)
         assert point["open_set_refused"] == refused
     assert one["margin_curve"][0]["open_set_refused"] == 0.0  # threshold 0: nothing refused
+
+
+def test_photos_moved_to_a_split_of_their_own_are_judged_and_never_confirmed(
+    tmp_path, tiny_model_dir
+):
+    """`--splits` (benchmarks/far_photos.py): each product's second train photo moves to
+    `far`; judged with `split="far"`, those are the photos matched, and the confirmations
+    come from the photos left in `train`."""
+    data = write_dataset(tmp_path / "data")
+    splits = tmp_path / "splits.csv"
+    products = sorted(p.name for p in data.iterdir())
+    moved = [f"{p}/query_train_1.jpg" for p in products]
+    splits.write_text("# a comment\nphoto,split\n" + "".join(f"{m},far\n" for m in moved))
+    settings = tiny_settings(tmp_path, tiny_model_dir)
+    options = AccuracyOptions(data=data, split="far", confirmed=(0, 1), open_set=1, splits=splits)
+    with Progress(disable=True) as progress:
+        report = run_accuracy(settings, options, progress)
+    zero, one = report.to_json()["runs"]
+    assert (zero["queries"], zero["open_set_queries"]) == (5, 1)
+    judged = [o.query for o in [*report.runs[1].known, *report.runs[1].unknown]]
+    assert {(q.path.name, q.split) for q in judged} == {("query_train_1.jpg", "far")}
+    # scanned and confirmed: the photo left in `train`, never a judged one
+    plan = _plan(with_splits(read_folder_dataset(data), {k: "far" for k in moved}), options)
+    assert {q.path.name for q in plan.scanned} == {"query_train_0.jpg"}
+    assert one["confirmed_per_product"] == 1
+    # a photo that is not in the data set is a clear error, not a silent no-op
+    splits.write_text("photo,split\nno-such-product/query_train_1.jpg,far\n")
+    with Progress(disable=True) as progress, pytest.raises(ValueError, match="not in"):
+        run_accuracy(settings, options, progress)
 
 
 def test_the_day_to_day_mix_reports_new_products_apart(tmp_path, tiny_model_dir):

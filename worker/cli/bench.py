@@ -113,6 +113,13 @@ def accuracy(
             "benchmarks/jewelry-dev-kinds.csv: recall is also reported per kind of photo."
         ),
     ] = None,
+    splits: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV `photo,split`: the listed photos move to that split, e.g. "
+            "benchmarks/grocery-far-photos.csv with --split far (a harder split to choose on)."
+        ),
+    ] = None,
     fine_tune: FineTuneOption = False,
     calibration_share: CalibrationShareOption = 0.2,
 ) -> None:
@@ -133,6 +140,7 @@ def accuracy(
         category_hint=category_hint,
         new_share=new_share,
         kinds=kinds,
+        splits=splits,
         fine_tune=fine_tune,
         calibration_share=calibration_share,
     )

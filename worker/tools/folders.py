@@ -6,7 +6,8 @@ photos to match (the layout of `../shared/data/grocery-store`). An optional `man
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shared.contract import BagPhotographed, ProductUpserted
@@ -103,3 +104,24 @@ def read_folder_dataset(root: Path) -> FolderDataset:
     if not products:
         raise ValueError(f"{root} holds no product folders with catalog_* or query_* images")
     return FolderDataset(root, products)
+
+
+def with_splits(dataset: FolderDataset, splits: Mapping[str, str]) -> FolderDataset:
+    """`dataset` with the photos named in `splits` (`<product>/<file>` → split) moved to those
+    splits (a harder split to judge on: benchmarks/far_photos.py)."""
+    unknown = set(splits) - {query.object_key() for query in dataset.queries}
+    if unknown:
+        raise ValueError(
+            f"{len(unknown)} photos to move are not in {dataset.root}, e.g. {min(unknown)}"
+        )
+    products = [
+        replace(
+            product,
+            queries=[
+                replace(query, split=splits.get(query.object_key(), query.split))
+                for query in product.queries
+            ],
+        )
+        for product in dataset.products
+    ]
+    return FolderDataset(dataset.root, products)

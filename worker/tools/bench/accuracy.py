@@ -47,7 +47,13 @@ from worker.tools.bench.recall import (
     recall_at_k,
     share,
 )
-from worker.tools.folders import FolderDataset, FolderProduct, QueryPhoto, read_folder_dataset
+from worker.tools.folders import (
+    FolderDataset,
+    FolderProduct,
+    QueryPhoto,
+    read_folder_dataset,
+    with_splits,
+)
 from worker.tools.terminal import detail_of_paths, embed_paths, folder_reader, ingest_products
 from worker.training.fine_tune import LabelledPicture
 from worker.training.model import TrainedModel, fine_tune_model, run_version
@@ -75,6 +81,8 @@ class AccuracyOptions:
     new_share: float = 0.0
     kinds: Path | None = None
     """CSV `photo,kind` (`photo`: `<product>/<file>`): recall is also reported per kind."""
+    splits: Path | None = None
+    """CSV `photo,split`: the listed photos move to that split (benchmarks/far_photos.py)."""
     fine_tune: bool = False
     """Fine-tune the image towers first (`jewelmatch train`'s code) on the confirmation photos
     of the largest count and the catalog images of their products; brand-new products
@@ -240,10 +248,15 @@ class AccuracyReport:
         }
 
 
-def read_kinds(path: Path) -> dict[str, str]:
-    """`photo,kind` rows (comment lines start with #) as {photo: kind}."""
+def read_photo_table(path: Path, column: str) -> dict[str, str]:
+    """`photo,<column>` rows (comment lines start with #) as {photo: value}."""
     lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
-    return {row["photo"]: row["kind"] for row in csv.DictReader(lines)}
+    return {row["photo"]: row[column] for row in csv.DictReader(lines)}
+
+
+def read_kinds(path: Path) -> dict[str, str]:
+    """`photo,kind` rows as {photo: kind}."""
+    return read_photo_table(path, "kind")
 
 
 def _scan_id(photo: QueryPhoto) -> str:
@@ -420,6 +433,8 @@ def run_accuracy(
     settings: Settings, options: AccuracyOptions, progress: Progress
 ) -> AccuracyReport:
     dataset: FolderDataset = read_folder_dataset(options.data)
+    if options.splits:
+        dataset = with_splits(dataset, read_photo_table(options.splits, "split"))
     plan = _plan(dataset, options)
     with tempfile.TemporaryDirectory(prefix="jewelmatch-bench-") as tmp:
         bench_settings = settings.model_copy(
