@@ -61,6 +61,13 @@ FineTuneOption = Annotated[
         "--new-share products never train."
     ),
 ]
+SplitsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="CSV `photo,split`: the listed photos move to that split, e.g. "
+        "benchmarks/grocery-far-photos.csv with --split far (a harder split to choose on)."
+    ),
+]
 CalibrationShareOption = Annotated[
     float,
     typer.Option(
@@ -113,13 +120,7 @@ def accuracy(
             "benchmarks/jewelry-dev-kinds.csv: recall is also reported per kind of photo."
         ),
     ] = None,
-    splits: Annotated[
-        Path | None,
-        typer.Option(
-            help="CSV `photo,split`: the listed photos move to that split, e.g. "
-            "benchmarks/grocery-far-photos.csv with --split far (a harder split to choose on)."
-        ),
-    ] = None,
+    splits: SplitsOption = None,
     fine_tune: FineTuneOption = False,
     calibration_share: CalibrationShareOption = 0.2,
 ) -> None:
