@@ -294,3 +294,39 @@ def test_a_few_labels_after_training_make_a_lax_prior_refuse_unknown_jewels():
     rankings = rank(snapshot, index, Prototypes(index, layout), strangers, 3)
     refused = np.mean([r.status is MatchStatus.no_confident_match for r in rankings])
     assert refused >= 0.75  # 40 strangers; 90 % asked, a few points of sampling allowed
+
+
+def test_each_label_is_ranked_with_and_without_its_products_other_confirmed_photos():
+    """Photos confirmed in one go are near-copies: ranked beside them a label is easy, so each
+    is ranked a second time with every confirmed photo of its product held out (folds of
+    products), as hard as that product's first scan on another day."""
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.labels import confirmation_outcomes, labelled_rows
+    from worker.matching.ranking import MatchPolicy
+    from worker.settings import LearningSettings
+    from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout, unit_rows
+
+    refs, photo = _shop(seed=5)
+    rng = np.random.default_rng(5)
+    confirmed = refs.sources == SOURCE_CONFIRMED_SCAN
+    vectors = refs.vectors.copy()
+    for product in range(PRODUCTS):  # one look per product: its photos a little shaken
+        rows = np.flatnonzero(confirmed & (refs.product_ids == f"p{product}"))
+        look = photo(product, 0.2)
+        vectors[rows] = unit_rows(look + rng.normal(size=(len(rows), DIM)) * 0.01)
+    refs = type(refs)(vectors, refs.product_ids, refs.sources, refs.uris)
+    learning = LearningSettings()
+    scans = np.array([photo(p % PRODUCTS) for p in range(200)])
+    policy = MatchPolicy(min_margin=0.5, target_precision=0.95)
+    snapshot = fit_snapshot(refs, scans, VectorLayout(DIM), learning, policy)
+
+    labelled = labelled_rows(refs, frozenset())
+    outcomes = confirmation_outcomes(refs, labelled, snapshot, learning)
+    # per confirmation: beside its copies and without them, each also read without its product
+    assert len(outcomes) == 4 * len(labelled)
+    for key in outcomes.keys[:: 4 * PHOTOS][:10]:
+        mine = outcomes.subset((outcomes.keys == key) & outcomes.known)
+        beside_copies, alone = mine.evidence[:, 0]
+        assert beside_copies - alone > 0.2  # its copy's score against its catalog image's
+    right = outcomes.right[outcomes.known]
+    assert right[: len(labelled)].mean() == 1.0  # beside their copies, every label is right

@@ -1,7 +1,8 @@
 """Every confirmation as a labelled outcome, for the confidence stage: each confirmed photo
 ranked as if it arrived now, by the snapshot being fitted, against the references of the
 other folds (and, where the snapshot ranks in the learned metric, a metric fitted on them:
-cross-fitting, so that no photo is ranked by what it taught). Its ranking read once more
+cross-fitting, so that no photo is ranked by what it taught), once with its product's other
+confirmed photos and once without them (`confirmation_outcomes`). Its ranking read once more
 without its own product is the outcome of a jewel outside the catalog.
 
 A photo the image towers trained on (`jewelmatch train`) is no label: the towers drew it to its
@@ -40,16 +41,45 @@ def confirmation_outcomes(
     refs: ReferenceSet, labelled: np.ndarray, snapshot: Snapshot, learning: LearningSettings
 ) -> Outcomes:
     """Labelled outcomes of (at most `confidence.max_labels`) of the `labelled` rows (the
-    confirmed photos the towers never trained on: `labelled_rows`)."""
+    confirmed photos the towers never trained on: `labelled_rows`), each ranked twice: in folds
+    of confirmations (its product keeps its other confirmed photos) and in folds of products
+    (every confirmed photo of its product held out with it). Photos confirmed together are
+    often near-copies of one another (a delivery of one jewel scanned in one go), so the first
+    ranking is easier than a scan taken another day, and a threshold learned from it alone
+    answers too boldly; the second is as hard as the product's first scan. Both outcomes of a
+    confirmation share its key."""
     settings = learning.confidence
     confirmed = labelled[: settings.max_labels]
     keys = np.array([f"{refs.product_ids[i]}/{i}" for i in confirmed], dtype=object)
-    fold_of = np.array([zlib.crc32(k.encode()) % settings.folds for k in keys])
+    by_confirmation = np.array([zlib.crc32(k.encode()) % settings.folds for k in keys])
+    by_product = np.array(
+        [zlib.crc32(str(refs.product_ids[i]).encode()) % settings.folds for i in confirmed]
+    )
+    parts = [
+        _fold_outcomes(refs, confirmed, keys, fold_of, snapshot, learning)
+        for fold_of in (by_confirmation, by_product)
+    ]
+    if not any(len(part) for part in parts):
+        return Outcomes.none()
+    return Outcomes(
+        *(np.concatenate([getattr(part, name) for part in parts]) for name in Outcomes.FIELDS)
+    )
+
+
+def _fold_outcomes(
+    refs: ReferenceSet,
+    confirmed: np.ndarray,
+    keys: np.ndarray,
+    fold_of: np.ndarray,
+    snapshot: Snapshot,
+    learning: LearningSettings,
+) -> Outcomes:
+    """The outcomes of the `confirmed` rows, each fold ranked without its rows (`fold_of`)."""
     rows: list[np.ndarray] = []
     right: list[bool] = []
     known: list[bool] = []
     kept: list[str] = []
-    for fold in range(settings.folds):
+    for fold in range(learning.confidence.folds):
         in_fold = fold_of == fold
         held = confirmed[in_fold]
         if not len(held):

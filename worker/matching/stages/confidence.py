@@ -1,12 +1,13 @@
 """Confidence: the probability that a scan's first product is the right one, learned from this
 deployment's own confirmations, and the `matched` threshold that keeps a target precision.
 
-Labels come from the refit (`fitting.py`): every confirmed photo is ranked as if it arrived
+Labels come from the refit (`labels.py`): every confirmed photo is ranked as if it arrived
 now, against the references of the other folds (cross-fitting: no photo is ranked by a metric
-fitted on it), a labelled outcome (right or wrong at rank 1); and its ranking is read once more
-with its product taken out, an outcome that can only be wrong (a jewel the catalog does not
-hold). A logistic model of the ranking's evidence (`evidence`) is fitted on a third of those
-labels; the threshold is chosen on the other two thirds, the smallest confidence at which
+fitted on it), with and without its product's other confirmed photos, labelled outcomes (right
+or wrong at rank 1); and each ranking is read once more with its product taken out, an outcome
+that can only be wrong (a jewel the catalog does not hold). A logistic model of the ranking's
+evidence (`evidence`) is fitted on the outcomes of a third of the confirmations; the threshold
+is chosen on the other two thirds, the smallest confidence at which
 `(wrong answers + 1) / (answers + 1)` stays within `1 - target_precision` and at least
 `unknown_refusal` of the jewels outside the catalog are refused (a conformal-style split: the
 `+1` is what a guarantee on unseen scans of the same kind costs). In the fit, unknown jewels
@@ -96,6 +97,8 @@ class Outcomes:
     known: np.ndarray
     keys: np.ndarray  # a stable key per outcome (the confirmation it comes from)
 
+    FIELDS = ("evidence", "right", "known", "keys")
+
     @classmethod
     def none(cls) -> Outcomes:
         empty = np.zeros(0, dtype=bool)
@@ -103,6 +106,10 @@ class Outcomes:
 
     def __len__(self) -> int:
         return len(self.right)
+
+    def labels(self) -> int:
+        """The confirmations these outcomes come from (each gives several: `labels.py`)."""
+        return len(set(self.keys[self.known]))
 
     def subset(self, mask: np.ndarray) -> Outcomes:
         return Outcomes(self.evidence[mask], self.right[mask], self.known[mask], self.keys[mask])
@@ -121,7 +128,7 @@ def fit_confidence(
 ) -> Confidence:
     """A learned confidence from labelled outcomes, or `fallback` (the prior) while fewer than
     `min_labels` known outcomes exist."""
-    known = int(outcomes.known.sum())
+    known = outcomes.labels()
     if not settings.enabled or known < settings.min_labels:
         return _prior_refusing_unknowns(outcomes, settings, fallback, known)
     # a third fits the two weights; two thirds choose the threshold, where numbers count
@@ -151,7 +158,7 @@ def fit_confidence(
     report = {
         "origin": origin,
         "labels": known,
-        "calibration_labels": int(known_part.sum()),
+        "calibration_labels": check_part.labels(),
         "target_precision": target_precision,
         "threshold": round(threshold, 4),
         "min_margin": min_margin,
