@@ -484,8 +484,8 @@ class ConfidenceSettings(BaseModel):
         default=5,
         ge=2,
         le=20,
-        description="Cross-fitting folds: each confirmation is ranked "
-        "by a metric fitted without its fold.",
+        description="Cross-fitting folds: each confirmation is ranked by a metric fitted "
+        "without its fold, in folds of confirmations and again in folds of products.",
     )
     unknown_share: float = Field(
         default=0.05,

@@ -126,8 +126,8 @@ class Outcomes:
 def fit_confidence(
     outcomes: Outcomes, settings: ConfidenceSettings, target_precision: float, fallback: Confidence
 ) -> Confidence:
-    """A learned confidence from labelled outcomes, or `fallback` (the prior) while fewer than
-    `min_labels` known outcomes exist."""
+    """A learned confidence from labelled outcomes, or `fallback` (the prior) while they come
+    from fewer than `min_labels` confirmations."""
     known = outcomes.labels()
     if not settings.enabled or known < settings.min_labels:
         return _prior_refusing_unknowns(outcomes, settings, fallback, known)
