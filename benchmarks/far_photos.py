@@ -6,9 +6,9 @@ in one go): ranked against those 10 they are found first about nine times in ten
 `val` photos, taken another day, are found six times in ten. Choices judged on them barely
 move. Each product's `train` photos are split in two by their frozen EfficientNet-Lite0
 vectors (centred per product, 2-means on the cosine, the best of 10 starts, seed 0); the
-smaller group becomes
-`far`: never scanned, confirmed or trained on, and judged with `--split far`. The rest stays
-`train`, where the protocol takes its scans and confirmations. Lite0 is not a tower of the
+smaller group becomes `far`: never scanned, confirmed or trained on, and judged with
+`--split far`. The rest stays `train`, where the protocol takes its scans and
+confirmations. Lite0 is not a tower of the
 default ensemble, so the split is not drawn by the towers it judges.
 
     .venv/bin/python benchmarks/far_photos.py ../shared/data/grocery-store \
