@@ -55,14 +55,11 @@ def confirmation_outcomes(
     by_product = np.array(
         [zlib.crc32(str(refs.product_ids[i]).encode()) % settings.folds for i in confirmed]
     )
-    parts = [
-        _fold_outcomes(refs, confirmed, keys, fold_of, snapshot, learning)
-        for fold_of in (by_confirmation, by_product)
-    ]
-    if not any(len(part) for part in parts):
-        return Outcomes.none()
-    return Outcomes(
-        *(np.concatenate([getattr(part, name) for part in parts]) for name in Outcomes.FIELDS)
+    return Outcomes.joined(
+        [
+            _fold_outcomes(refs, confirmed, keys, fold_of, snapshot, learning)
+            for fold_of in (by_confirmation, by_product)
+        ]
     )
 
 

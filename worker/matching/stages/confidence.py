@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -97,12 +97,17 @@ class Outcomes:
     known: np.ndarray
     keys: np.ndarray  # a stable key per outcome (the confirmation it comes from)
 
-    FIELDS = ("evidence", "right", "known", "keys")
-
     @classmethod
     def none(cls) -> Outcomes:
         empty = np.zeros(0, dtype=bool)
         return cls(np.zeros((0, len(EVIDENCE))), empty, empty, np.zeros(0, dtype=object))
+
+    @classmethod
+    def joined(cls, parts: Sequence[Outcomes]) -> Outcomes:
+        """All of `parts`' outcomes, in order."""
+        return cls(
+            *(np.concatenate([getattr(part, f.name) for part in parts]) for f in fields(cls))
+        )
 
     def __len__(self) -> int:
         return len(self.right)
