@@ -254,11 +254,6 @@ def read_photo_table(path: Path, column: str) -> dict[str, str]:
     return {row["photo"]: row[column] for row in csv.DictReader(lines)}
 
 
-def read_kinds(path: Path) -> dict[str, str]:
-    """`photo,kind` rows as {photo: kind}."""
-    return read_photo_table(path, "kind")
-
-
 def _scan_id(photo: QueryPhoto) -> str:
     return f"bench-{photo.product_id}-{photo.path.name}"
 
@@ -498,7 +493,7 @@ def _runs(
 ) -> None:
     """One run per confirmation count: confirm the next photos, refit, rank every query."""
     known_ids = {p.product_id for p in plan.in_catalog}
-    kinds = read_kinds(options.kinds) if options.kinds else {}
+    kinds = read_photo_table(options.kinds, "kind") if options.kinds else {}
     confirmed_so_far = 0
     for count in sorted(set(options.confirmed)):
         _confirm(
