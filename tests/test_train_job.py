@@ -118,10 +118,11 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     assert tower["pictures"] <= trained_products + card["data"]["train_photos"]
     rejudged = judge(card["gate"]["current"], card["gate"]["candidate"])
     assert (rejudged.passed, rejudged.reasons) == (card["gate"]["passed"], card["gate"]["reasons"])
-    # what each figure was measured on: the new products' photos, the outside product's
+    # what each figure was measured on: every photo of the products outside the catalog and
+    # of the brand-new ones, each product judged in both roles (a second run swaps them)
     candidate = card["gate"]["candidate"]
-    assert candidate["new_queries"] == PHOTOS * as_new
-    assert candidate["open_set_queries"] == PHOTOS * outside  # every photo of the product
+    assert candidate["new_queries"] == PHOTOS * (as_new + outside)
+    assert candidate["open_set_queries"] == PHOTOS * (outside + as_new)
     assert candidate["confidence_origin"] == "prior" and candidate["min_margin"] is not None
     # the tower lists the photos it trained on by their URIs in the index: never labels
     trained_on = read_trained_on(card_file.parent / card["towers"][0])
@@ -211,3 +212,23 @@ def test_the_gate_asks_more_of_known_products_and_no_less_of_the_others() -> Non
     assert "outside the catalog" in refusing_less.reasons[0]
     unmeasured = judge(current, {**better, "recall@1_new": float("nan")})
     assert not unmeasured.passed and "not measured" in unmeasured.reasons[0]
+
+
+def test_the_gate_says_how_many_photos_each_refusal_rests_on() -> None:
+    current = {
+        "recall@1_confirmed_products": 0.8,
+        "confirmed_queries": 146,
+        "recall@1_new": 0.625,
+        "new_queries": 80,
+        "no_confident_match_open_set": 0.9,
+        "open_set_queries": 80,
+    }
+    assert judge(current, {**current, "recall@1_confirmed_products": 0.9}).passed
+    decision = judge(current, {**current, "recall@1_new": 0.6})
+    assert not decision.passed
+    assert decision.reasons == [
+        "recall@1 on the latest confirmations: 0.800 against 0.800 in service, of 146 photos "
+        "(must be higher)",
+        "recall@1 on products it never trained on: 0.600 against 0.625 in service, of 80 photos "
+        "(must not be lower)",
+    ]

@@ -9,10 +9,22 @@ import math
 from dataclasses import dataclass, field
 
 CRITERIA = (
-    ("recall@1_confirmed_products", "beat", "recall@1 on the latest confirmations"),
-    ("recall@1_new", "hold", "recall@1 on products it never trained on"),
-    ("no_confident_match_open_set", "hold", "photos of products outside the catalog refused"),
+    (
+        "recall@1_confirmed_products",
+        "beat",
+        "recall@1 on the latest confirmations",
+        "confirmed_queries",
+    ),
+    ("recall@1_new", "hold", "recall@1 on products it never trained on", "new_queries"),
+    (
+        "no_confident_match_open_set",
+        "hold",
+        "photos of products outside the catalog refused",
+        "open_set_queries",
+    ),
 )
+"""Per criterion: the summary's figure, the rule, what it says, and how many photos it was
+measured on (a reason names them: one photo of 40 is 0.025)."""
 
 
 @dataclass
@@ -34,8 +46,8 @@ class GateDecision:
 def _figures(summary: dict) -> dict:
     """The criteria, what they were measured on, and what decided `matched`: the margin asked
     (0 where the learned confidence decides) and the labels it read."""
-    keys = [key for key, _, _ in CRITERIA]
-    keys += ["recall@1", "answered_accuracy", "queries", "new_queries", "open_set_queries"]
+    keys = [key for key, _, _, _ in CRITERIA]
+    keys += ["recall@1", "answered_accuracy", "queries", *(count for *_, count in CRITERIA)]
     confidence = (summary.get("metric") or {}).get("confidence") or {}
     return {
         **{key: summary.get(key) for key in keys},
@@ -48,7 +60,7 @@ def _figures(summary: dict) -> dict:
 def judge(current: dict, candidate: dict) -> GateDecision:
     """`current` and `candidate`: `bench accuracy` run summaries on the same held-out photos."""
     decision = GateDecision(True, current, candidate)
-    for key, rule, label in CRITERIA:
+    for key, rule, label, count in CRITERIA:
         old, new = current.get(key), candidate.get(key)
         if not _measured(old) or not _measured(new):
             decision.passed = False
@@ -56,8 +68,8 @@ def judge(current: dict, candidate: dict) -> GateDecision:
         elif (rule == "beat" and not new > old) or (rule == "hold" and new < old):
             decision.passed = False
             decision.reasons.append(
-                f"{label}: {new:.3f} against {old:.3f} in service"
-                + (" (must be higher)" if rule == "beat" else " (must not be lower)")
+                f"{label}: {new:.3f} against {old:.3f} in service, of {candidate.get(count)} "
+                "photos" + (" (must be higher)" if rule == "beat" else " (must not be lower)")
             )
     return decision
 

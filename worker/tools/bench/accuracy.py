@@ -149,6 +149,7 @@ class AccuracyRun:
                 "new_products": len(self.new_products),
                 "new_queries": len(new),
                 "recall@1_new": recall_at_k(new, 1),
+                "confirmed_queries": len(old),
                 "recall@1_confirmed_products": recall_at_k(old, 1),
             }
         by_kind = {}

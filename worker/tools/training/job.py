@@ -1,14 +1,18 @@
 """`jewelmatch train`: export the confirmed matches (export.py), fine-tune the configured
 model's towers on the training share and judge the result against the model in service on the
 held-out shares with `bench accuracy`'s protocol (gate.py); the run is kept as a model version
-with its card, whether it passed or not, and only a version that passed can be promoted."""
+with its card, whether it passed or not, and only a version that passed can be promoted.
+
+Each held-out product that is not confirmed in the judging is judged in both roles, brand-new
+(its catalog image only) and outside the catalog, in two judging runs with the roles swapped:
+the gate's two "hold" criteria then each rest on all of those products, not half of them."""
 
 from __future__ import annotations
 
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from rich.progress import Progress
@@ -17,7 +21,13 @@ from worker.index import VectorIndex
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
 from worker.settings import ModelRuntime, Settings
-from worker.tools.bench.accuracy import BENCH_BUCKET, AccuracyOptions, run_accuracy
+from worker.tools.bench.accuracy import (
+    BENCH_BUCKET,
+    AccuracyOptions,
+    AccuracyReport,
+    AccuracyRun,
+    run_accuracy,
+)
 from worker.tools.folders import read_folder_dataset
 from worker.tools.training.export import export_confirmations
 from worker.training.gate import GateDecision, judge
@@ -83,16 +93,9 @@ def train_version(
             never_train=exported.kept_products,
             photo_uris=exported.uris,  # the version in service trained on some of them
         )
-        in_service = run_accuracy(settings, judged, progress)
         # a stable place: a run stopped half-way resumes from its checkpoints
         staging = versions.root / ".training"
-        candidate = run_accuracy(
-            _base_weights(settings),
-            AccuracyOptions(**{**judged.__dict__, "fine_tune": True, "fine_tune_dir": staging}),
-            progress,
-        )
-    trained = candidate.fine_tune or {}
-    decision = judge(in_service.runs[-1].summary(), candidate.runs[-1].summary())
+        in_service, trained, decision = _judge(settings, judged, staging, progress)
     version = trained["version"]
     folder = versions.folder(version)
     towers = [Path(name.removeprefix("local-dir:")).name for name in trained["name"].split("+")]
@@ -101,7 +104,7 @@ def train_version(
     card = {
         "version": version,
         "base_model": settings.model.name,
-        "in_service": in_service.model,
+        "in_service": in_service,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": round(time.time() - started, 1),
         "seed": seed,
@@ -119,6 +122,44 @@ def train_version(
     model_version = versions.write_card(version, card)
     log.info("training.gate", version=version, **decision.to_json())
     return model_version, decision
+
+
+def _judge(
+    settings: Settings, judged: AccuracyOptions, staging: Path, progress: Progress
+) -> tuple[str, dict, GateDecision]:
+    """Judge the model in service, fine-tune the candidate (its towers under `staging`) and
+    judge it, then both again with the outside and brand-new products' roles swapped. Returns
+    the model id in service, the training's report and the gate's decision."""
+    in_service = run_accuracy(settings, judged, progress)
+    candidate = run_accuracy(
+        _base_weights(settings),
+        replace(judged, fine_tune=True, fine_tune_dir=staging),
+        progress,
+    )
+    trained = candidate.fine_tune or {}
+    swapped = replace(judged, left_out=judged.new_products, new_products=judged.left_out)
+    decision = judge(
+        _in_both_roles(in_service, run_accuracy(settings, swapped, progress)),
+        _in_both_roles(
+            candidate, run_accuracy(_trained(settings, trained["name"]), swapped, progress)
+        ),
+    )
+    return in_service.model, trained, decision
+
+
+def _in_both_roles(judged: AccuracyReport, swapped: AccuracyReport) -> dict:
+    """The judging run's figures, its brand-new and outside products judged over both runs
+    (the swapped run judges each in the other role; the confirmed products' photos it ranks
+    again are not counted twice)."""
+    first, other = judged.runs[-1], swapped.runs[-1]
+    new_there = [o for o in other.known if o.query.product_id in other.new_products]
+    both: AccuracyRun = replace(
+        first,
+        known=first.known + new_there,
+        unknown=first.unknown + other.unknown,
+        new_products=first.new_products | other.new_products,
+    )
+    return both.summary()
 
 
 def _move_towers(
@@ -161,6 +202,13 @@ def _export_towers(settings: Settings, folders: list[Path]) -> list[Path]:
         )
     )
     return sorted(path for folder in folders for path in (folder / "onnx").glob("*.onnx"))
+
+
+def _trained(settings: Settings, name: str) -> Settings:
+    """The candidate as trained (its towers' folders: `name`), for the swapped judging run."""
+    return settings.model_copy(
+        update={"model": settings.model.model_copy(update={"name": name, "version": BASE})}
+    )
 
 
 def _base_weights(settings: Settings) -> Settings:
