@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from dataclasses import replace
 
 import pytest
 from rich.progress import Progress
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from tests.conftest import make_settings
 from worker.cli import app
 from worker.tools.bench.accuracy import AccuracyOptions, _plan, run_accuracy
+from worker.tools.bench.loaded_models import LoadedModels
 from worker.tools.folders import read_folder_dataset, with_splits
 from worker.tools.synthetic import catalog_designs, photograph, render
 from worker.vision.versions import read_trained_on
@@ -65,6 +67,33 @@ def test_confirmed_photos_and_open_set_are_measured(tmp_path, tiny_model_dir):
         refused = sum(m < point["threshold"] for m in unknown_margins) / len(unknown_margins)
         assert point["open_set_refused"] == refused
     assert one["margin_curve"][0]["open_set_refused"] == 0.0  # threshold 0: nothing refused
+
+
+def test_a_run_repeated_with_the_same_loaded_model_embeds_only_what_it_has_not_seen(
+    tmp_path, tiny_model_dir
+) -> None:
+    """`jewelmatch train` judges each version twice, the roles of two products swapped: the
+    second run reuses the first one's vectors and gives the figures a fresh run gives."""
+    data = write_dataset(tmp_path / "data")
+    settings = tiny_settings(tmp_path, tiny_model_dir)
+    ids = sorted(p.product_id for p in read_folder_dataset(data).products)
+    judged = AccuracyOptions(
+        data=data, confirmed=(1,), left_out=frozenset(ids[:1]), new_products=frozenset(ids[1:2])
+    )
+    swapped = replace(judged, left_out=judged.new_products, new_products=judged.left_out)
+    models = LoadedModels()
+    with Progress(disable=True) as progress:
+        run_accuracy(settings, judged, progress, models)
+        embedder = models.embedder(settings.model)
+        embedded = len(embedder._vectors)
+        again = run_accuracy(settings, swapped, progress, models).runs[-1].summary()
+        fresh = run_accuracy(settings, swapped, progress).runs[-1].summary()
+    assert models.embedder(settings.model) is embedder
+    # only the catalog image of the product that was outside the catalog is new to it
+    assert len(embedder._vectors) == embedded + 1
+    for key in ("recall@1", "recall@1_new", "new_queries", "open_set_queries", "answered_accuracy"):
+        assert again[key] == fresh[key]
+    assert (again["new_queries"], again["open_set_queries"]) == (1, 1)  # one val photo each
 
 
 def test_photos_moved_to_a_split_of_their_own_are_judged_and_never_confirmed(

@@ -39,6 +39,7 @@ from worker.matching.matcher import Matcher, Ranking
 from worker.matching.stages.confidence import expected_calibration_error
 from worker.service.app import Components, opened
 from worker.settings import Settings
+from worker.tools.bench.loaded_models import LoadedModels
 from worker.tools.bench.recall import (
     confusion_pairs,
     coverage_accuracy_curve,
@@ -426,8 +427,13 @@ def _loader(path: Path, settings: Settings) -> Callable[[], Image.Image]:
 
 
 def run_accuracy(
-    settings: Settings, options: AccuracyOptions, progress: Progress
+    settings: Settings,
+    options: AccuracyOptions,
+    progress: Progress,
+    models: LoadedModels | None = None,
 ) -> AccuracyReport:
+    """With `models`, the model is taken from (or loaded into) them, and the pictures it
+    embedded in an earlier run are not embedded again."""
     dataset: FolderDataset = read_folder_dataset(options.data)
     if options.splits:
         dataset = with_splits(dataset, read_photo_table(options.splits, "split"))
@@ -444,7 +450,8 @@ def run_accuracy(
             bench_settings = bench_settings.model_copy(
                 update={"model": settings.model.model_copy(update={"name": trained.name})}
             )
-        with opened(bench_settings) as components:
+        embedder = models.embedder(bench_settings.model) if models else None
+        with opened(bench_settings, embedder) as components:
             matcher = components.matcher
             matcher.learner.trained_on |= _as_bench_photos(
                 components.embedder.trained_on, options.photo_uris

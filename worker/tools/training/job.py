@@ -28,6 +28,7 @@ from worker.tools.bench.accuracy import (
     AccuracyRun,
     run_accuracy,
 )
+from worker.tools.bench.loaded_models import LoadedModels
 from worker.tools.folders import read_folder_dataset
 from worker.tools.training.export import export_confirmations
 from worker.training.gate import GateDecision, judge
@@ -130,19 +131,20 @@ def _judge(
     """Judge the model in service, fine-tune the candidate (its towers under `staging`) and
     judge it, then both again with the outside and brand-new products' roles swapped. Returns
     the model id in service, the training's report and the gate's decision."""
-    in_service = run_accuracy(settings, judged, progress)
+    models = LoadedModels()  # each version's second run embeds nothing again
+    in_service = run_accuracy(settings, judged, progress, models)
     candidate = run_accuracy(
         _base_weights(settings),
         replace(judged, fine_tune=True, fine_tune_dir=staging),
         progress,
+        models,
     )
     trained = candidate.fine_tune or {}
     swapped = replace(judged, left_out=judged.new_products, new_products=judged.left_out)
+    candidate_settings = _trained(settings, trained["name"])
     decision = judge(
-        _in_both_roles(in_service, run_accuracy(settings, swapped, progress)),
-        _in_both_roles(
-            candidate, run_accuracy(_trained(settings, trained["name"]), swapped, progress)
-        ),
+        _in_both_roles(in_service, run_accuracy(settings, swapped, progress, models)),
+        _in_both_roles(candidate, run_accuracy(candidate_settings, swapped, progress, models)),
     )
     return in_service.model, trained, decision
 
