@@ -1,7 +1,7 @@
 """The gate a fine-tuned version must pass before it is promoted, judged on what it never
-trained on (worker/training/export.py): it must rank the latest confirmations of the products
-it trained on better than the model in service, rank the products it never trained on at
-least as well, and refuse photos of products outside the catalog at least as often."""
+trained on (worker/tools/training/export.py): it must rank the latest confirmations of the
+products it trained on better than the model in service, rank the products it never trained
+on at least as well, and refuse photos of products outside the catalog at least as often."""
 
 from __future__ import annotations
 

@@ -27,8 +27,9 @@ class RememberingEmbedder:
         self, images: Sequence[Image.Image], kind: ImageKind = ImageKind.catalog
     ) -> np.ndarray:
         keys = [_key(image, kind) for image in images]
-        missing = {key: image for key, image in zip(keys, images, strict=True)}
-        missing = {key: image for key, image in missing.items() if key not in self._vectors}
+        missing = {
+            key: image for key, image in zip(keys, images, strict=True) if key not in self._vectors
+        }  # (a picture given twice is embedded once)
         if missing:
             vectors = self.embedder.embed(list(missing.values()), kind)
             self._vectors.update(zip(missing, vectors, strict=True))

@@ -131,7 +131,7 @@ def _judge(
     """Judge the model in service, fine-tune the candidate (its towers under `staging`) and
     judge it, then both again with the outside and brand-new products' roles swapped. Returns
     the model id in service, the training's report and the gate's decision."""
-    models = LoadedModels()  # each version's second run embeds nothing again
+    models = LoadedModels()  # a version's second run embeds only what its first did not
     in_service = run_accuracy(settings, judged, progress, models)
     candidate = run_accuracy(
         _base_weights(settings),
