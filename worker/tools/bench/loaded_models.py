@@ -26,6 +26,8 @@ class RememberingEmbedder:
     def embed(
         self, images: Sequence[Image.Image], kind: ImageKind = ImageKind.catalog
     ) -> np.ndarray:
+        if not images:
+            return self.embedder.embed([], kind)
         keys = [_key(image, kind) for image in images]
         missing = {
             key: image for key, image in zip(keys, images, strict=True) if key not in self._vectors
@@ -33,8 +35,6 @@ class RememberingEmbedder:
         if missing:
             vectors = self.embedder.embed(list(missing.values()), kind)
             self._vectors.update(zip(missing, vectors, strict=True))
-        if not keys:
-            return self.embedder.embed([], kind)
         return np.stack([self._vectors[key] for key in keys])
 
     def __getattr__(self, name: str) -> object:

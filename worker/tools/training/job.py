@@ -207,10 +207,11 @@ def _export_towers(settings: Settings, folders: list[Path]) -> list[Path]:
 
 
 def _trained(settings: Settings, name: str) -> Settings:
-    """The candidate as trained (its towers' folders: `name`), for the swapped judging run."""
-    return settings.model_copy(
-        update={"model": settings.model.model_copy(update={"name": name, "version": BASE})}
-    )
+    """The candidate as trained (its towers' folders: `name`), for the swapped judging run:
+    `_base_weights` named as `run_accuracy` names the model it fine-tuned, so that the two
+    runs share one loaded model."""
+    base = _base_weights(settings)
+    return base.model_copy(update={"model": base.model.model_copy(update={"name": name})})
 
 
 def _base_weights(settings: Settings) -> Settings:
