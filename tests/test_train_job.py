@@ -124,6 +124,11 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
     assert candidate["new_queries"] == PHOTOS * (as_new + outside)
     assert candidate["open_set_queries"] == PHOTOS * (outside + as_new)
     assert candidate["confidence_origin"] == "prior" and candidate["min_margin"] is not None
+    # each version decided as on its first day in service: the latest confirmations are labels
+    # too, each photo decided by a confidence learned from the others (judged_labels.py)
+    judged = candidate["judged_as_labels"]
+    assert judged["judged_labels"] == candidate["confirmed_queries"] > 0
+    assert judged["labels_for_the_others"] == candidate["labels"] + judged["judged_labels"]
     # the tower lists the photos it trained on by their URIs in the index: never labels
     trained_on = read_trained_on(card_file.parent / card["towers"][0])
     assert len(trained_on) == card["data"]["photos_trained_on"] > 0

@@ -111,6 +111,9 @@ class Ranking:
     confidence: float = 0.0
     """Probability that the first product is right (`stages/confidence.py`)."""
     confidence_origin: str = "prior"
+    evidence: tuple[float, ...] = ()
+    """The scores the decision read (the first product's, then the best other's): enough to
+    decide again with another confidence (`bench accuracy`'s judged photos as labels)."""
 
     def ranked_products(self) -> list[RankedProduct]:
         return [
@@ -247,7 +250,9 @@ def _ranked(
             hits = reranked
         hits = hits[: top_k + 1]
         status, confidence = decision.assess(decided)
-        rankings.append(Ranking(status, hits[:top_k], confidence, decision.origin))
+        rankings.append(
+            Ranking(status, hits[:top_k], confidence, decision.origin, tuple(map(float, decided)))
+        )
     return rankings
 
 

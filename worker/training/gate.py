@@ -45,15 +45,21 @@ class GateDecision:
 
 def _figures(summary: dict) -> dict:
     """The criteria, what they were measured on, and what decided `matched`: the margin asked
-    (0 where the learned confidence decides) and the labels it read."""
+    (0 where the learned confidence decides) and the labels it read at judging time, and
+    with the judged photos as labels (`judged_as_labels`: as on its first day in service)."""
     keys = [key for key, _, _, _ in CRITERIA]
     keys += ["recall@1", "answered_accuracy", "queries", *(count for *_, count in CRITERIA)]
-    confidence = (summary.get("metric") or {}).get("confidence") or {}
+    metric = summary.get("metric") or {}
+    confidence = metric.get("confidence") or {}
+    judged = (
+        {"judged_as_labels": metric["judged_as_labels"]} if "judged_as_labels" in metric else {}
+    )
     return {
         **{key: summary.get(key) for key in keys},
         "confidence_origin": summary.get("confidence_origin"),
         "min_margin": confidence.get("min_margin"),
         "labels": confidence.get("labels"),
+        **judged,
     }
 
 

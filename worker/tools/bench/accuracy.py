@@ -26,7 +26,7 @@ import random
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from worker.matching.matcher import Matcher, Ranking
 from worker.matching.stages.confidence import expected_calibration_error
 from worker.service.app import Components, opened
 from worker.settings import Settings
+from worker.tools.bench.judged_labels import decided_with_judged_labels
 from worker.tools.bench.loaded_models import LoadedModels
 from worker.tools.bench.recall import (
     confusion_pairs,
@@ -105,6 +106,10 @@ class AccuracyOptions:
     never_train: frozenset[str] = frozenset()
     """Products confirmed like the others but never trained on (`jewelmatch train`'s held-out
     products that are not judged as new: export.py)."""
+    judged_as_labels: bool = False
+    """Decide the matched photos of confirmed products with a confidence that also learned
+    from the other matched photos, in folds, as a version would on its first day in service,
+    when they are confirmations (`jewelmatch train`'s gate: judged_labels.py)."""
 
 
 @dataclass
@@ -517,17 +522,39 @@ def _runs(
         snapshot = matcher.refit()  # what the worker does in the background
         started = time.perf_counter()
         outcomes = _rank_all(matcher, query_vectors, plan.queries, categories, query_details)
+        metric = dict(snapshot.report)
+        if options.judged_as_labels:
+            confirmed = known_ids - plan.new_ids
+            outcomes, metric["judged_as_labels"] = _judged_as_labels(
+                matcher, outcomes, query_vectors, confirmed
+            )
         report.runs.append(
             AccuracyRun(
                 count,
                 [o for o in outcomes if o.query.product_id in known_ids],
                 [o for o in outcomes if o.query.product_id not in known_ids],
                 time.perf_counter() - started,
-                dict(snapshot.report),
+                metric,
                 plan.new_ids,
                 kinds,
             )
         )
+
+
+def _judged_as_labels(
+    matcher: Matcher,
+    outcomes: list[QueryOutcome],
+    vectors: np.ndarray,
+    confirmed_products: frozenset[str] | set[str],
+) -> tuple[list[QueryOutcome], dict]:
+    rankings, report = decided_with_judged_labels(
+        matcher.learner,
+        [(o.query.product_id, o.query.object_key()) for o in outcomes],
+        vectors,
+        [o.ranking for o in outcomes],
+        np.array([o.query.product_id in confirmed_products for o in outcomes], dtype=bool),
+    )
+    return [replace(o, ranking=r) for o, r in zip(outcomes, rankings, strict=True)], report
 
 
 def write_contact_sheet(

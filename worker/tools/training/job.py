@@ -93,6 +93,7 @@ def train_version(
             new_products=frozenset(exported.new_products),
             never_train=exported.kept_products,
             photo_uris=exported.uris,  # the version in service trained on some of them
+            judged_as_labels=True,  # each version decided as on its first day in service
         )
         # a stable place: a run stopped half-way resumes from its checkpoints
         staging = versions.root / ".training"

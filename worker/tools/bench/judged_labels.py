@@ -1,0 +1,101 @@
+"""The judged photos as labels: each version decided as it would be on the day it is promoted.
+
+`jewelmatch train` judges two versions on the latest confirmations, which neither trained on.
+Once a version is in service, those photos are confirmations like any other and its confidence
+learns from them (`worker/matching/labels.py`). A candidate whose towers trained on most
+confirmations has few labels at judging time (the share held out for it), but those and the
+judged photos on its first day in service. So each judged photo is decided again by a
+confidence that also learned from the other judged photos, in folds (cross-fitting: no photo is
+decided by a confidence that learned from it); the photos that are not labels in production
+(brand-new products' and outside products') are decided by one that learned from all of them.
+Both versions are judged this way; the ranking is untouched, only the decision."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+
+from worker.index.base import ReferenceSet
+from worker.matching.labels import confirmation_outcomes, labelled_rows
+from worker.matching.learner import Learner
+from worker.matching.ranking import Ranking
+from worker.matching.stages.confidence import Confidence, Outcomes, fit_confidence
+from worker.vectors import SOURCE_CONFIRMED_SCAN
+
+
+def decided_with_judged_labels(
+    learner: Learner,
+    photos: Sequence[tuple[str, str]],
+    vectors: np.ndarray,
+    rankings: Sequence[Ranking],
+    labels: np.ndarray,
+) -> tuple[list[Ranking], dict]:
+    """`rankings` of `photos` (`(product id, key)`, one per row of `vectors`) decided again,
+    the photos marked in `labels` (confirmations, in production) teaching the confidence that
+    decides the others; with a report of the confidences."""
+    settings = learner.learning.confidence
+    refs = learner.index.references()
+    judged = np.flatnonzero(labels)
+    as_refs = ReferenceSet(
+        vectors[judged].astype(np.float32),
+        np.array([photos[i][0] for i in judged], dtype=object),
+        np.full(len(judged), SOURCE_CONFIRMED_SCAN, dtype=object),
+        np.array([f"judged:{photos[i][1]}" for i in judged], dtype=object),
+        np.array([f"judged-{photos[i][1]}" for i in judged], dtype=object),
+    )
+    both = _joined(refs, as_refs)
+    rows = np.r_[len(refs) + np.arange(len(judged)), labelled_rows(refs, learner.trained_on)]
+    outcomes = confirmation_outcomes(both, rows, learner.snapshot, learner.learning)
+    fold_of_key = {
+        f"{photos[i][0]}/{len(refs) + n}": zlib.crc32(photos[i][1].encode()) % settings.folds
+        for n, i in enumerate(judged)
+    }
+    fold = np.array([fold_of_key.get(str(key), -1) for key in outcomes.keys])
+    without = [_fit(learner, outcomes.subset(fold != f)) for f in range(settings.folds)]
+    with_all = _fit(learner, outcomes)
+    decided = [
+        _decided(ranking, without[zlib.crc32(key.encode()) % settings.folds] if label else with_all)
+        for (_, key), ranking, label in zip(photos, rankings, labels, strict=True)
+    ]
+    report = {
+        "judged_labels": len(judged),
+        "folds": settings.folds,
+        "labels_per_fold": [c.report.get("labels") for c in without],
+        "origins": sorted({c.origin for c in without}),
+        "min_margins": sorted({round(c.min_margin, 4) for c in without}),
+        "labels_for_the_others": with_all.report.get("labels"),
+        "origin_for_the_others": with_all.origin,
+    }
+    return decided, report
+
+
+def _decided(ranking: Ranking, confidence: Confidence) -> Ranking:
+    status, probability = confidence.assess(ranking.evidence)
+    return replace(
+        ranking, status=status, confidence=probability, confidence_origin=confidence.origin
+    )
+
+
+def _fit(learner: Learner, outcomes: Outcomes) -> Confidence:
+    policy = learner.snapshot.policy
+    return fit_confidence(
+        outcomes, learner.learning.confidence, policy.target_precision, policy.prior()
+    )
+
+
+def _joined(first: ReferenceSet, second: ReferenceSet) -> ReferenceSet:
+    def column(name: str) -> np.ndarray:
+        a, b = getattr(first, name), getattr(second, name)
+        a = np.full(len(first), None, dtype=object) if a is None else a
+        return np.concatenate([a, b])
+
+    return ReferenceSet(
+        np.concatenate([first.vectors, second.vectors]),
+        column("product_ids"),
+        column("sources"),
+        column("uris"),
+        column("image_ids"),
+    )
