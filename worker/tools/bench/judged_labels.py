@@ -6,9 +6,10 @@ learns from them (`worker/matching/labels.py`). A candidate whose towers trained
 confirmations has few labels at judging time (the share held out for it), but those and the
 judged photos on its first day in service. So each judged photo is decided again by a
 confidence that also learned from the other judged photos, in folds (cross-fitting: no photo is
-decided by a confidence that learned from it); the photos that are not labels in production
-(brand-new products' and outside products') are decided by one that learned from all of them.
-Both versions are judged this way; the ranking is untouched, only the decision."""
+decided by a confidence that learned from it); the photos of products judged brand-new or
+outside the catalog (scans no one has confirmed yet, or ever will) are decided by one that
+learned from all of them. Both versions are judged this way; the ranking is untouched, only
+the decision."""
 
 from __future__ import annotations
 
