@@ -248,3 +248,25 @@ def test_source_filter_keeps_a_products_catalog_image_behind_its_confirmed_photo
     assert [h.image_id for h in everything][:1] == ["scan:s1"]
     assert {h.source for h in catalog} == {"catalog"}
     assert [h.product_id for h in catalog] == ["p2", "p1"]  # p1 by its catalog image
+
+
+def test_reference_sets_join_row_by_row_a_part_without_uris_giving_none():
+    from worker.index.base import ReferenceSet
+
+    with_uris = ReferenceSet(
+        np.ones((2, 3), np.float32),
+        np.array(["a", "b"], dtype=object),
+        np.array(["catalog", "catalog"], dtype=object),
+        np.array(["s3://x/a", "s3://x/b"], dtype=object),
+        np.array(["ia", "ib"], dtype=object),
+    )
+    bare = ReferenceSet(
+        np.zeros((1, 3), np.float32),
+        np.array(["c"], dtype=object),
+        np.array(["confirmed_scan"], dtype=object),
+    )
+    joined = ReferenceSet.joined([with_uris, bare])
+    assert joined.vectors.shape == (3, 3) and joined.vectors[2].sum() == 0
+    assert list(joined.product_ids) == ["a", "b", "c"]
+    assert list(joined.uris) == ["s3://x/a", "s3://x/b", None]
+    assert list(joined.image_ids) == ["ia", "ib", None]

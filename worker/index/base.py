@@ -171,6 +171,28 @@ class ReferenceSet:
     def __len__(self) -> int:
         return len(self.vectors)
 
+    @classmethod
+    def joined(cls, parts: Sequence[ReferenceSet]) -> ReferenceSet:
+        """All of `parts`' rows, in order (a part without URIs or ids gives None for them)."""
+
+        def column(name: str) -> np.ndarray:
+            return np.concatenate(
+                [
+                    np.full(len(part), None, dtype=object)
+                    if getattr(part, name) is None
+                    else getattr(part, name)
+                    for part in parts
+                ]
+            )
+
+        return cls(
+            np.concatenate([part.vectors for part in parts]),
+            column("product_ids"),
+            column("sources"),
+            column("uris"),
+            column("image_ids"),
+        )
+
     def subset(self, mask: np.ndarray) -> ReferenceSet:
         uris = None if self.uris is None else self.uris[mask]
         ids = None if self.image_ids is None else self.image_ids[mask]

@@ -47,19 +47,18 @@ def decided_with_judged_labels(
         np.array([f"judged:{photos[i][1]}" for i in judged], dtype=object),
         np.array([f"judged-{photos[i][1]}" for i in judged], dtype=object),
     )
-    both = _joined(refs, as_refs)
+    both = ReferenceSet.joined([refs, as_refs])
     rows = np.r_[len(refs) + np.arange(len(judged)), labelled_rows(refs, learner.trained_on)]
     outcomes = confirmation_outcomes(both, rows, learner.snapshot, learner.learning)
-    fold_of_key = {
-        f"{photos[i][0]}/{len(refs) + n}": zlib.crc32(photos[i][1].encode()) % settings.folds
-        for n, i in enumerate(judged)
-    }
+    photo_fold = [zlib.crc32(key.encode()) % settings.folds for _, key in photos]
+    # an outcome's key is `<product>/<row>` (labels.py): the judged photos' rows follow refs'
+    fold_of_key = {f"{photos[i][0]}/{len(refs) + n}": photo_fold[i] for n, i in enumerate(judged)}
     fold = np.array([fold_of_key.get(str(key), -1) for key in outcomes.keys])
     without = [_fit(learner, outcomes.subset(fold != f)) for f in range(settings.folds)]
     with_all = _fit(learner, outcomes)
     decided = [
-        _decided(ranking, without[zlib.crc32(key.encode()) % settings.folds] if label else with_all)
-        for (_, key), ranking, label in zip(photos, rankings, labels, strict=True)
+        _decided(ranking, without[f] if label else with_all)
+        for ranking, label, f in zip(rankings, labels, photo_fold, strict=True)
     ]
     report = {
         "judged_labels": len(judged),
@@ -84,19 +83,4 @@ def _fit(learner: Learner, outcomes: Outcomes) -> Confidence:
     policy = learner.snapshot.policy
     return fit_confidence(
         outcomes, learner.learning.confidence, policy.target_precision, policy.prior()
-    )
-
-
-def _joined(first: ReferenceSet, second: ReferenceSet) -> ReferenceSet:
-    def column(name: str) -> np.ndarray:
-        a, b = getattr(first, name), getattr(second, name)
-        a = np.full(len(first), None, dtype=object) if a is None else a
-        return np.concatenate([a, b])
-
-    return ReferenceSet(
-        np.concatenate([first.vectors, second.vectors]),
-        column("product_ids"),
-        column("sources"),
-        column("uris"),
-        column("image_ids"),
     )
