@@ -6,6 +6,7 @@ loads."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from worker.tools.synthetic import catalog_designs, photograph, render
 from worker.training import scene_swap
 from worker.training.fine_tune import (
     LabelledPicture,
+    deterministic_kernels,
     fine_tune_tower,
     run_fingerprint,
     scaled_size,
@@ -35,6 +37,8 @@ from worker.vision.weights import WEIGHTS_FILE, prepare_builtin
 
 PRODUCTS = 6
 PHOTOS = 4
+EVERY_STAGE = 7
+"""An EfficientNet's stages (blocks)."""
 
 
 @pytest.fixture(scope="module")
@@ -146,10 +150,13 @@ def test_training_ranks_unseen_photos_of_its_products_better(tmp_path: Path) -> 
 def test_a_run_is_deterministic_and_resumes_where_it_stopped(
     tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path
 ) -> None:
+    """Every stage trained: on a GPU, the last two alone are deterministic without torch's
+    deterministic kernels, more are not (benchmarks/training_devices.py)."""
+    settings = _settings(trained_stages=EVERY_STAGE)
     whole = tmp_path / "whole"
-    fine_tune_tower(tiny_efficientnet, pictures, _settings(), whole, tmp_path / "work-whole")
+    fine_tune_tower(tiny_efficientnet, pictures, settings, whole, tmp_path / "work-whole")
     again = tmp_path / "again"
-    fine_tune_tower(tiny_efficientnet, pictures, _settings(), again, tmp_path / "work-again")
+    fine_tune_tower(tiny_efficientnet, pictures, settings, again, tmp_path / "work-again")
     assert _digest(whole) == _digest(again)
 
     class Interrupted(Exception):
@@ -163,13 +170,13 @@ def test_a_run_is_deterministic_and_resumes_where_it_stopped(
     resumed = tmp_path / "resumed"
     with pytest.raises(Interrupted):
         fine_tune_tower(
-            tiny_efficientnet, pictures, _settings(), resumed, work, stop_after_first_epoch
+            tiny_efficientnet, pictures, settings, resumed, work, stop_after_first_epoch
         )
     epochs_run = []
     report = fine_tune_tower(
         tiny_efficientnet,
         pictures,
-        _settings(),
+        settings,
         resumed,
         work,
         lambda stage, done, total: epochs_run.append(done) if stage == "epochs" else None,
@@ -179,8 +186,22 @@ def test_a_run_is_deterministic_and_resumes_where_it_stopped(
     assert _digest(resumed) == _digest(whole)
 
     other_seed = tmp_path / "other-seed"
-    fine_tune_tower(tiny_efficientnet, pictures, _settings(seed=1), other_seed, tmp_path / "w1")
+    seed_1 = settings.model_copy(update={"seed": 1})
+    fine_tune_tower(tiny_efficientnet, pictures, seed_1, other_seed, tmp_path / "w1")
     assert _digest(other_seed) != _digest(whole)
+
+
+def test_a_gpu_run_takes_deterministic_kernels_and_gives_them_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels(torch.device("cpu")):
+        assert not torch.are_deterministic_algorithms_enabled()
+    with deterministic_kernels(torch.device("cuda")):  # no GPU needed to set the flags
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert not torch.are_deterministic_algorithms_enabled()
 
 
 def test_an_unreadable_picture_is_skipped_and_reported(

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +91,26 @@ def training_device(settings: TrainingSettings) -> torch.device:
     if settings.device:
         return torch.device(settings.device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextmanager
+def deterministic_kernels(device: torch.device) -> Iterator[None]:
+    """On a GPU, torch's deterministic kernels while a run lasts (then the settings before):
+    without them, a GPU run that trains more than the last two stages writes other weights
+    each time (an H200, `benchmarks/training_devices.py`). The CPU's kernels are deterministic
+    already. cuBLAS reads its workspace setting when torch first asks it for a handle: that
+    is before any GPU work in `jewelmatch train`."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    enabled = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 PHOTO_CROP = 0.5
@@ -194,6 +216,23 @@ def fine_tune_tower(
     pieces GrabCut found for `TRAINING__SCENE_SWAP` (the towers of one run share them)."""
     torch.set_num_threads(threads)
     device = training_device(settings)
+    with deterministic_kernels(device):
+        return _fine_tune(
+            source, pictures, settings, (target, work_dir), device, on_progress, masks
+        )
+
+
+def _fine_tune(
+    source: Path,
+    pictures: Sequence[LabelledPicture],
+    settings: TrainingSettings,
+    folders: tuple[Path, Path],
+    device: torch.device,
+    on_progress: Callable[[str, int, int], None],
+    masks: PieceMasks | None,
+) -> TowerReport:
+    """fine_tune_tower's run on `device`; `folders`: the target and the work folder."""
+    target, work_dir = folders
     torch.manual_seed(settings.seed)
     model = open_clip.create_model(f"local-dir:{source}", device="cpu")
     split = SplitTower(model, settings.trained_stages)
