@@ -795,7 +795,8 @@ class TrainingSettings(BaseModel):
         ge=1,
         le=7,
         description="Last stages of each EfficientNet tower that are trained; the rest is "
-        "frozen and its output cached (more stages: slower, and only worth it on a GPU).",
+        "frozen and its output cached (more stages: twice the training time on a CPU for 4; on a "
+        "GPU seconds, but 4 did not beat 2 on grocery photos: docs/benchmarks.md).",
     )
     views: int = Field(
         default=4,
