@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from worker.cli import app
+from worker.cli import app, main
 from worker.tools.synthetic import write_catalog
 
 runner = CliRunner()
@@ -42,6 +43,18 @@ def test_python_dash_m_worker_is_the_same_command():
     )
     for command in ("worker", "demo", "ingest", "scan", "schema"):
         assert command in result.stdout
+
+
+def test_the_command_sets_the_gpu_workspace_that_deterministic_training_needs(monkeypatch):
+    """cuBLAS reads it once per process, so it is set before any command runs."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")  # a person's own choice stays
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
 
 
 def test_ingest_then_scan_from_a_terminal(tmp_path, tiny_model_dir, monkeypatch):

@@ -8,6 +8,7 @@ traceback (`main`)."""
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -16,6 +17,7 @@ from pydantic import ValidationError
 from worker.cli import service, tools
 from worker.cli.bench import bench
 from worker.errors import StartupError
+from worker.training import CUBLAS_DETERMINISTIC
 
 app = typer.Typer(
     help="jewelmatch: identify unlabelled jewels from a photo.",
@@ -40,6 +42,8 @@ def settings_problems(error: ValidationError) -> str:
 
 def main(args: list[str] | None = None) -> None:
     """The `jewelmatch` entry point: the Typer app, with startup errors as one line."""
+    for name, value in CUBLAS_DETERMINISTIC.items():  # before any GPU work: `train` needs it
+        os.environ.setdefault(name, value)
     try:
         app(args=args, prog_name="jewelmatch")
     except StartupError as error:

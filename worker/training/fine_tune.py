@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 
 from worker.observability.logs import get_logger
 from worker.settings import TrainingSettings
+from worker.training import CUBLAS_DETERMINISTIC
 from worker.training.scene_swap import PieceMasks, SceneSwap
 from worker.training.towers import SplitTower
 from worker.vision.weights import CONFIG_FILE, WEIGHTS_FILE
@@ -98,12 +99,12 @@ def deterministic_kernels(device: torch.device) -> Iterator[None]:
     """On a GPU, torch's deterministic kernels while a run lasts (then the settings before):
     without them, a GPU run that trains more than the last two stages writes other weights
     each time (an H200, `benchmarks/training_devices.py`). The CPU's kernels are deterministic
-    already. cuBLAS reads its workspace setting when torch first asks it for a handle: that
-    is before any GPU work in `jewelmatch train`."""
+    already."""
     if device.type != "cuda":
         yield
         return
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    for name, value in CUBLAS_DETERMINISTIC.items():
+        os.environ.setdefault(name, value)
     enabled = torch.are_deterministic_algorithms_enabled()
     warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
