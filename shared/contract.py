@@ -250,8 +250,10 @@ class MatchResult(_Message):
         le=1.0,
         description="Probability that the first match is the right product, learned from this "
         "deployment's confirmations (`confidence_origin` 'labels' or 'labels+margin'); with "
-        "'prior', only a monotone score of the margin, 0.5 at the prior's threshold. Null when "
-        "failed.",
+        "'prior', only a monotone score of the margin, 0.5 at the prior's threshold. A "
+        "`no_confident_match` can carry a high one: its first product, which has confirmed "
+        "photos, was ahead only by them, a product without any being as close on catalog "
+        "images (a new look-alike). Null when failed.",
     )
     confidence_origin: str | None = Field(
         default=None,

@@ -3,6 +3,7 @@ service, when those photos are its confirmations: each by a confidence that also
 the other judged photos, never from itself."""
 
 import zlib
+from dataclasses import replace
 
 import numpy as np
 
@@ -78,3 +79,22 @@ def test_judged_photos_are_decided_by_a_confidence_that_learned_from_the_others_
     assert len(answered) > len(answered_before)
     assert np.mean(answered) >= 0.9  # right
     assert sum(r.status is MATCHED for r in decided[len(judged) :]) <= 2
+
+
+def test_a_doubted_answer_stays_refused_whatever_the_confidence_says():
+    """A ranking refused because a new look-alike is as close on catalog images keeps that
+    refusal when the gate decides it again (its evidence alone would answer it)."""
+    learner, index, photo = _trained_learner()
+    judged = [(f"p{p}", f"p{p}/val-{n}.jpg") for p in range(PRODUCTS) for n in range(3)]
+    vectors = np.array([photo(int(pid[1:])) for pid, _ in judged])
+    before = rank(learner.snapshot, index, Prototypes(index, learner.layout), vectors, 3)
+    labels = np.ones(len(judged), dtype=bool)
+    decided, _ = decided_with_judged_labels(learner, judged, vectors, before, labels)
+    answered = [n for n, r in enumerate(decided) if r.status is MATCHED]
+    assert answered
+    doubted = [
+        replace(r, status=MatchStatus.no_confident_match, doubted=n in answered)
+        for n, r in enumerate(before)
+    ]
+    decided_again, _ = decided_with_judged_labels(learner, judged, vectors, doubted, labels)
+    assert not any(r.status is MATCHED for n, r in enumerate(decided_again) if n in answered)

@@ -519,6 +519,18 @@ class NewProductsSettings(BaseModel):
         description="...unless a confirmed photo is at least this similar to the scan (cosine "
         "of the embeddings): a photo of the very item, whose product then stays first.",
     )
+    doubt: bool = Field(
+        default=True,
+        description="A scan answered by a product with confirmed photos is not `matched` where, "
+        "against catalog images only, a product without confirmed photos among the first "
+        "`doubt_among` is within `doubt_within` of the answer's own score (or above it): only "
+        "its photos put the answer ahead, and a new look-alike has none to show (chosen on "
+        "grocery `train` with 30 % new products: docs/benchmarks.md).",
+    )
+    doubt_within: float = Field(default=0.05, ge=0, description="See `doubt`.")
+    doubt_among: int = Field(
+        default=2, ge=1, le=10, description="Candidates of the catalog-only ranking looked at."
+    )
 
 
 RENAMED_LEARNING_SETTINGS = {

@@ -54,15 +54,18 @@ def fit_snapshot(
     }
     whitening = _whitening(centring, image_refs, scans, len(image_scans), learning, report)
     lda = _lda(centring, image_refs, confirmations, learning, report)
+    new_products = learning.new_products_first
     snapshot = Snapshot(
         layout=layout,
         centring=centring,
         space=lda or whitening,
         whitening=whitening,
         new_products=NewProductsFirst(
-            learning.new_products_first.enabled,
-            learning.new_products_first.photo_match_stands,
+            new_products.enabled,
+            new_products.photo_match_stands,
             frozenset(refs.product_ids[refs.sources == SOURCE_CONFIRMED_SCAN]),
+            new_products.doubt_within if new_products.doubt else None,
+            new_products.doubt_among,
         ),
         policy=policy,
         rerank_candidates=learning.rerank_candidates,

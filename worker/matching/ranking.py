@@ -114,6 +114,9 @@ class Ranking:
     evidence: tuple[float, ...] = ()
     """The scores the decision read (the first product's, then the best other's): enough to
     decide again with another confidence (`bench accuracy`'s judged photos as labels)."""
+    doubted: bool = False
+    """Not `matched` whatever the confidence: a new look-alike is as close on catalog images
+    (`stages/new_products.py`)."""
 
     def ranked_products(self) -> list[RankedProduct]:
         return [
@@ -290,15 +293,21 @@ def _new_products_first(
     details: ScanDetails | None,
 ) -> list[Ranking]:
     """Stage 4: where the closest catalog product has no confirmed photo yet, the scan's
-    ranking against catalog images, in the whitened space, replaces its ranking."""
+    ranking against catalog images, in the whitened space, replaces its ranking; where a
+    product without one is about as close there as the answer, the answer is refused."""
     day_one = _ranked(snapshot, snapshot.whitening, index, prototypes, vectors, queries, top_k,
                       category, SOURCE_CATALOG, details)  # fmt: skip
     # a confirmed photo this similar shows the very item (a corrected scan photographed again)
     closest_photos = index.search(vectors, 1, category, SOURCE_CONFIRMED_SCAN)
-    routed = []
+    stage, routed = snapshot.new_products, []
     for ranking, catalog_ranking, photos in zip(rankings, day_one, closest_photos, strict=True):
         closest = catalog_ranking.hits[0].product_id if catalog_ranking.hits else None
-        photo_score = photos[0].score if photos else None
-        routes = snapshot.new_products.routes(closest, photo_score)
-        routed.append(catalog_ranking if routes else ranking)
+        same_item = stage.shows_same_item(photos[0].score if photos else None)
+        if stage.routes(closest, same_item):
+            routed.append(catalog_ranking)
+            continue
+        catalog_scores = [(hit.product_id, hit.score) for hit in catalog_ranking.hits]
+        if ranking.hits and stage.doubts(ranking.hits[0].product_id, catalog_scores, same_item):
+            ranking = replace(ranking, status=MatchStatus.no_confident_match, doubted=True)
+        routed.append(ranking)
     return routed

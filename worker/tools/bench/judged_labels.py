@@ -19,6 +19,7 @@ from dataclasses import replace
 
 import numpy as np
 
+from shared.contract import MatchStatus
 from worker.index.base import ReferenceSet
 from worker.matching.labels import confirmation_outcomes, labelled_rows
 from worker.matching.learner import Learner
@@ -74,6 +75,8 @@ def decided_with_judged_labels(
 
 def _decided(ranking: Ranking, confidence: Confidence) -> Ranking:
     status, probability = confidence.assess(ranking.evidence)
+    if ranking.doubted:  # a new look-alike: refused whatever the confidence
+        status = MatchStatus.no_confident_match
     return replace(
         ranking, status=status, confidence=probability, confidence_origin=confidence.origin
     )
