@@ -9,6 +9,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import structlog
 from PIL import Image
 
 from tests.support.tiny_model import write_tiny_model
@@ -27,6 +28,15 @@ def _hermetic_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         monkeypatch.setenv(name, "testing")
+
+
+@pytest.fixture(autouse=True)
+def _structlog_as_before() -> Iterator[None]:
+    """A command run in a test configures logging for the process (a quiet one filters out
+    info): the next test starts from the configuration before it."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="session")
