@@ -218,22 +218,20 @@ def fine_tune_tower(
     torch.set_num_threads(threads)
     device = training_device(settings)
     with deterministic_kernels(device):
-        return _fine_tune(
-            source, pictures, settings, (target, work_dir), device, on_progress, masks
-        )
+        return _fine_tune(source, pictures, settings, target, work_dir, device, on_progress, masks)
 
 
 def _fine_tune(
     source: Path,
     pictures: Sequence[LabelledPicture],
     settings: TrainingSettings,
-    folders: tuple[Path, Path],
+    target: Path,
+    work_dir: Path,
     device: torch.device,
     on_progress: Callable[[str, int, int], None],
     masks: PieceMasks | None,
 ) -> TowerReport:
-    """fine_tune_tower's run on `device`; `folders`: the target and the work folder."""
-    target, work_dir = folders
+    """fine_tune_tower's run on `device`."""
     torch.manual_seed(settings.seed)
     model = open_clip.create_model(f"local-dir:{source}", device="cpu")
     split = SplitTower(model, settings.trained_stages)
