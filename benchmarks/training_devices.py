@@ -77,8 +77,8 @@ def _vectors(folder: Path, device: str, pictures: list, cache: Path):
 def _recall(folder: Path, catalog: list, unseen: list, cache: Path) -> float:
     import numpy as np
 
-    references = _vectors(folder, "cpu", catalog, cache)
-    queries = _vectors(folder, "cpu", unseen, cache)
+    vectors = _vectors(folder, "cpu", catalog + unseen, cache)  # one model load
+    references, queries = vectors[: len(catalog)], vectors[len(catalog) :]
     nearest = np.argmax(queries @ references.T, axis=1)
     right = [catalog[i].product_id == p.product_id for i, p in zip(nearest, unseen, strict=True)]
     return round(float(np.mean(right)), 3)
