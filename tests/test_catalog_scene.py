@@ -38,8 +38,28 @@ def _in_a_scene() -> Image.Image:
     return picture
 
 
+def _printed_to_the_edge() -> Image.Image:
+    """A carton filling the picture, its striped print running off the right and bottom edges
+    (two sides textured, two plain: a packshot, not a scene)."""
+    picture = Image.new("RGB", (300, 300), "white")
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle((40, 30, 299, 299), fill=(230, 230, 210))
+    for x in range(40, 300, 5):
+        draw.line((x, 30, x, 299), fill=(30, 60, 160), width=2)
+    return picture
+
+
+def _nearly_filling() -> Image.Image:
+    """A product spanning 0.78 of a plain picture, as grocery's smallest packshots do."""
+    picture = Image.new("RGB", (300, 300), "white")
+    ImageDraw.Draw(picture).ellipse((25, 30, 275, 270), fill=(170, 120, 60))
+    return picture
+
+
 def test_small_pieces_and_scenes_are_told_from_iconic_shots():
     assert not shows_piece_small(_iconic())
+    assert not shows_piece_small(_printed_to_the_edge())
+    assert not shows_piece_small(_nearly_filling())
     assert shows_piece_small(_small_on_backdrop())
     assert shows_piece_small(_in_a_scene())
     assert not shows_piece_small(Image.new("RGB", (200, 200), (128, 128, 128)))  # nothing there

@@ -56,7 +56,7 @@ def centred_crops(image: Image.Image, fractions: Sequence[float]) -> list[Image.
 VIEWS_VERSION = 1
 """Bumped whenever the code changes how pictures become vectors (decoding, crops, flips), so
 that vectors made the old way and the new way never share an index."""
-CATALOG_SCENE_VERSION = 1
+CATALOG_SCENE_VERSION = 2
 """Bumped whenever the rule of worker/vision/catalog_scene.py changes (another model id)."""
 
 
