@@ -62,7 +62,7 @@ def tiny(tmp_path_factory) -> str:
 def test_the_embedder_adds_the_pieces_only_when_asked(tiny, tmp_path):
     settings = ModelSettings(name=tiny, threads=1, batch_size=8, cache_dir=tmp_path)
     cutting = Embedder(settings.model_copy(update={"catalog_parts": True}))
-    plain = Embedder(settings)
+    plain = Embedder(settings.model_copy(update={"catalog_parts": False}))
     pictures = [set_picture(), _one_piece()]
     parts = cutting.embed_parts(pictures)
     assert [len(p) for p in parts] == [3, 0]
@@ -70,8 +70,10 @@ def test_the_embedder_adds_the_pieces_only_when_asked(tiny, tmp_path):
     assert [len(p) for p in plain.embed_parts(pictures)] == [0, 0]
     # the whole picture's vector is the same either way
     np.testing.assert_allclose(cutting.embed(pictures), plain.embed(pictures), atol=1e-6)
-    default = ModelSettings()
-    assert model_id_for(default.model_copy(update={"catalog_parts": True})) != model_id_for(default)
+    default = ModelSettings()  # the pieces are cut by default
+    assert default.catalog_parts
+    without = default.model_copy(update={"catalog_parts": False})
+    assert model_id_for(without) != model_id_for(default)
 
 
 DIM = 16

@@ -78,7 +78,7 @@ def _embedder(name: str, cache, **changes) -> Embedder:
 def test_only_small_pieces_and_scenes_are_embedded_with_the_zoomed_middle(tiny, tmp_path):
     cache = tmp_path / "cache"
     zooming = _embedder(tiny, cache, catalog_zoom=0.5)
-    whole = _embedder(tiny, cache)  # the default: no zoom
+    whole = _embedder(tiny, cache, catalog_zoom=0)  # no zoom
     always = _embedder(tiny, cache, catalog_crops=[1.0, 0.5])
     pictures = [_small_on_backdrop(), _iconic(), _in_a_scene()]
     mixed = zooming.embed(pictures, ImageKind.catalog)

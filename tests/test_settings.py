@@ -44,20 +44,35 @@ def test_defaults_need_no_configuration():
     assert settings.model.threads == container_cpu_limit() >= 1
 
 
+BEFORE_2026_12_04 = {"catalog_zoom": 0, "catalog_parts": False}
+"""The view settings that were off by default until the catalog zoom and the pieces of sets
+were turned on (2026-12-04)."""
+
+
 @pytest.mark.parametrize(
     ("setting", "value", "other_value"),
     [
         ("catalog_zoom", 0.5, 0.4),
+        ("catalog_parts", True, None),
         ("catalog_object_region", True, None),
         ("scene_subtraction", 0.5, 1.0),
     ],
 )
 def test_a_view_setting_is_part_of_the_model_id_and_off_keeps_todays(setting, value, other_value):
-    """Vectors made another way never share an index; with the setting off, ids stay what they
-    were (the default's id names every index built before the setting existed)."""
-    default = ModelSettings()
-    changed = model_id_for(default.model_copy(update={setting: value}))
-    assert changed != model_id_for(default)
+    """Vectors made another way never share an index; with the settings off, ids stay what
+    they were (the id names every index built before the setting existed)."""
+    earlier = ModelSettings(**BEFORE_2026_12_04)
+    changed = model_id_for(earlier.model_copy(update={setting: value}))
+    assert changed != model_id_for(earlier)
     if other_value is not None:
-        assert changed != model_id_for(default.model_copy(update={setting: other_value}))
-    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v8b4403"
+        assert changed != model_id_for(earlier.model_copy(update={setting: other_value}))
+    assert model_id_for(earlier) == "efficientnet-lite1_efficientnet-lite2-v8b4403"
+
+
+def test_the_default_zooms_scenes_and_cuts_sets():
+    """The default views since 2026-12-04: another model id than the defaults before."""
+    default = ModelSettings()
+    assert default.catalog_zoom == 0.5
+    assert default.catalog_parts is True
+    assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v1ac62f"
+    assert model_id_for(default.model_copy(update={"catalog_zoom": 0})) != model_id_for(default)

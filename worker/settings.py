@@ -217,21 +217,19 @@ class ModelSettings(BaseModel):
         description="Centred square crops (fractions of the shorter side) averaged into a "
         "catalog image's vector (see also `catalog_zoom`; another value is another model id).",
     )
-    catalog_zoom: CropFraction | None = Field(
-        default=None,
+    catalog_zoom: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        default=0.5,
         description="A centred crop added to the views of a catalog image that shows its piece "
-        "small or in a scene (a textured border, or a piece spanning under 0.8 of a plain "
-        "picture: worker/vision/catalog_scene.py), iconic shots staying whole (`0.5` for a "
-        "catalog of pieces on models, hands or trays: docs/benchmarks.md, Jewelry). Another "
-        "value is another model id.",
+        "small or in a scene (a border textured all round, or a piece spanning under 0.75 of a "
+        "plain picture: worker/vision/catalog_scene.py), iconic shots staying whole; `0` turns "
+        "it off (docs/benchmarks.md, Jewelry). Another value is another model id.",
     )
     catalog_parts: bool = Field(
-        default=False,
+        default=True,
         description="Also store each piece of a catalog image that shows several separate "
         "pieces on a plain backdrop (a necklace and its earrings: worker/vision/catalog_parts.py) "
-        "as a reference of its product, so that a scan of one piece finds its set (on for a "
-        "catalog of jewelry sets: docs/benchmarks.md, Jewelry). Another value is another model "
-        "id (an index rebuilt).",
+        "as a reference of its product, so that a scan of one piece finds its set "
+        "(docs/benchmarks.md, Jewelry). Another value is another model id (an index rebuilt).",
     )
     catalog_object_region: bool = Field(
         default=False,
