@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
 from worker.vision.backdrop import backdrop_colour, border_pixels
-from worker.vision.catalog_scene import shows_piece_small
+from worker.vision.catalog_scene import shows_piece_small, zoom_box
 from worker.vision.embedder import Embedder, ImageKind
 
 
@@ -21,10 +21,14 @@ def _iconic() -> Image.Image:
     return picture
 
 
+JEWEL_AT = (330, 170, 450, 290)
+"""Where `_small_on_backdrop` puts its jewel's 120 px picture."""
+
+
 def _small_on_backdrop() -> Image.Image:
     """A 120 px jewel off-centre on a large plain grey-beige backdrop."""
     scene = Image.new("RGB", (600, 400), (190, 180, 165))
-    scene.paste(render(catalog_designs(1, seed=3)[0], 120), (330, 170))
+    scene.paste(render(catalog_designs(1, seed=3)[0], 120), JEWEL_AT[:2])
     return scene
 
 
@@ -65,6 +69,24 @@ def test_small_pieces_and_scenes_are_told_from_iconic_shots():
     assert not shows_piece_small(Image.new("RGB", (200, 200), (128, 128, 128)))  # nothing there
 
 
+def test_the_zoom_is_centred_on_a_small_piece_and_a_scene_s_middle():
+    """An off-centre piece is zoomed to a square around it, whole; a scene to its middle
+    half; an iconic shot not at all."""
+    left, top, right, bottom = zoom_box(_small_on_backdrop(), 0.5)
+    assert right - left == bottom - top == 200  # half the shorter side: the piece is smaller
+    jewel_left, jewel_top, jewel_right, jewel_bottom = JEWEL_AT
+    assert left <= jewel_left and top <= jewel_top  # the whole jewel is in the square
+    assert right >= jewel_right and bottom >= jewel_bottom
+    assert zoom_box(_in_a_scene(), 0.5) == (75, 75, 225, 225)
+    assert zoom_box(_iconic(), 0.5) is None
+    # a piece larger than the zoom is kept whole, with its margin
+    large = Image.new("RGB", (400, 400), "white")
+    ImageDraw.Draw(large).ellipse((20, 80, 260, 320), fill=(180, 140, 40))  # 0.6, off-centre
+    left, top, right, bottom = zoom_box(large, 0.5)
+    assert left <= 20 and top <= 80 and right >= 260 and bottom >= 320
+    assert right - left < 400
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_model_dir) -> str:
     return f"local-dir:{tiny_model_dir}"
@@ -75,16 +97,27 @@ def _embedder(name: str, cache, **changes) -> Embedder:
     return Embedder(settings.model_copy(update=changes))
 
 
+def _view(rows: np.ndarray, view_dim: int) -> np.ndarray:
+    """The image part of vectors, at unit length."""
+    part = rows[..., :view_dim]
+    return part / np.linalg.norm(part, axis=-1, keepdims=True)
+
+
 def test_only_small_pieces_and_scenes_are_embedded_with_the_zoomed_middle(tiny, tmp_path):
     cache = tmp_path / "cache"
     zooming = _embedder(tiny, cache, catalog_zoom=0.5)
     whole = _embedder(tiny, cache, catalog_zoom=0)  # no zoom
-    always = _embedder(tiny, cache, catalog_crops=[1.0, 0.5])
+    always = _embedder(tiny, cache, catalog_zoom=0, catalog_crops=[1.0, 0.5])
     pictures = [_small_on_backdrop(), _iconic(), _in_a_scene()]
     mixed = zooming.embed(pictures, ImageKind.catalog)
-    np.testing.assert_allclose(mixed[0], always.embed(pictures[:1])[0], atol=1e-5)
     np.testing.assert_allclose(mixed[1], whole.embed(pictures[1:2])[0], atol=1e-5)
     np.testing.assert_allclose(mixed[2], always.embed(pictures[2:])[0], atol=1e-5)
+    # the small piece: the whole picture's view and its piece's square, averaged
+    small = pictures[0]
+    own = _view(whole.embed([small, small.crop(zoom_box(small, 0.5))]), whole.view_dim)
+    np.testing.assert_allclose(
+        _view(mixed[0], whole.view_dim), _view(own.sum(axis=0), whole.view_dim), atol=1e-5
+    )
     assert not np.allclose(mixed[0], whole.embed(pictures[:1])[0], atol=1e-3)
     # scans keep their own crops, whatever the picture
     np.testing.assert_allclose(

@@ -24,6 +24,7 @@ from worker.vision.catalog_scene import (
     SCENE_TEXTURE,
     SIDE,
     border_texture,
+    span_inside,
 )
 
 CATALOG_PARTS_VERSION = 1
@@ -60,16 +61,10 @@ def piece_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
     boxes = []
     for left, top, w, h, _ in regions:
         side = max(max(w * sx, h * sy) * (1 + 2 * MARGIN), MIN_SIDE / SIDE * min(width, height))
-        x0, x1 = _inside((left + w / 2) * sx - side / 2, side, width)
-        y0, y1 = _inside((top + h / 2) * sy - side / 2, side, height)
+        x0, x1 = span_inside((left + w / 2) * sx - side / 2, side, width)
+        y0, y1 = span_inside((top + h / 2) * sy - side / 2, side, height)
         boxes.append((round(x0), round(y0), round(x1), round(y1)))
     return boxes
-
-
-def _inside(start: float, length: float, limit: float) -> tuple[float, float]:
-    """A span of `length` from `start`, moved to lie within 0..`limit` (cut where longer)."""
-    start = min(max(start, 0.0), max(limit - length, 0.0))
-    return start, min(start + length, limit)
 
 
 def piece_crops(picture: Image.Image) -> list[Image.Image]:

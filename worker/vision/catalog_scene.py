@@ -31,6 +31,8 @@ PLAIN_SIDE = 0.25
 """A side of the border frame whose mean step is under this is plain backdrop."""
 BACKGROUND_DISTANCE = 40.0
 SMALL_EXTENT = 0.75
+MARGIN = 0.15
+"""Around a small piece's zoomed square, on every side, as a share of its longer side."""
 MIN_PIXELS = 20
 """Fewer differing pixels than this: nothing stands out, the picture is taken as iconic."""
 
@@ -59,22 +61,65 @@ def in_a_scene(grey: np.ndarray) -> bool:
     return border_texture(grey) > SCENE_TEXTURE and plain_sides(grey) <= 1
 
 
-def piece_extent(rgb: np.ndarray) -> float:
-    """The share of the side spanned (1st to 99th percentile) by pixels unlike the border's
-    median colour; 1.0 when nothing stands out."""
+def _piece_box(rgb: np.ndarray) -> tuple[float, float, float, float] | None:
+    """Where the pixels unlike the border's median colour lie (1st to 99th percentile of
+    their columns and rows: left, top, right, bottom, at `SIDE` px); None when nothing stands
+    out."""
     background = backdrop_colour(border_pixels(rgb, FRAME))
     differs = np.linalg.norm(rgb - background, axis=2) > BACKGROUND_DISTANCE
     if differs.sum() < MIN_PIXELS:
-        return 1.0
+        return None
     rows, columns = np.nonzero(differs)
-    spans = [np.percentile(axis, 99) - np.percentile(axis, 1) for axis in (rows, columns)]
-    return float(max(spans) / SIDE)
+    left, right = np.percentile(columns, [1, 99])
+    top, bottom = np.percentile(rows, [1, 99])
+    return float(left), float(top), float(right), float(bottom)
+
+
+def piece_extent(rgb: np.ndarray) -> float:
+    """The share of the side spanned by pixels unlike the border's median colour (`_piece_box`);
+    1.0 when nothing stands out."""
+    box = _piece_box(rgb)
+    if box is None:
+        return 1.0
+    left, top, right, bottom = box
+    return max(right - left, bottom - top) / SIDE
 
 
 def shows_piece_small(picture: Image.Image) -> bool:
     """True for a scene (a border textured all round) or a piece spanning under 0.75 of a
     plain picture."""
+    return zoom_box(picture, 0.5) is not None
+
+
+def zoom_box(picture: Image.Image, zoom: float) -> tuple[int, int, int, int] | None:
+    """The square a catalog image is zoomed to (left, upper, right, lower, in its pixels), or
+    None for an iconic shot: a scene's centred square of `zoom` times the shorter side; a
+    small piece's square around the piece, with a margin of `MARGIN` of its longer side, and
+    at least `zoom` times the shorter side (so that an off-centre or larger piece is not
+    cut)."""
+    width, height = picture.size
+    shorter = min(width, height)
     rgb = np.asarray(picture.convert("RGB").resize((SIDE, SIDE)), dtype=np.float32)
     if in_a_scene(rgb.mean(axis=2)):
-        return True
-    return piece_extent(rgb) < SMALL_EXTENT
+        return _square(width / 2, height / 2, zoom * shorter, width, height)
+    box = _piece_box(rgb)
+    if box is None or piece_extent(rgb) >= SMALL_EXTENT:
+        return None
+    left, top, right, bottom = box
+    sx, sy = width / SIDE, height / SIDE
+    longer = max((right - left) * sx, (bottom - top) * sy)
+    side = min(max(longer * (1 + 2 * MARGIN), zoom * shorter), shorter)
+    return _square((left + right) / 2 * sx, (top + bottom) / 2 * sy, side, width, height)
+
+
+def _square(cx: float, cy: float, side: float, width: int, height: int) -> tuple[int, ...]:
+    """A square of `side` centred on (cx, cy), moved to lie within the picture."""
+    x0, x1 = span_inside(cx - side / 2, side, width)
+    y0, y1 = span_inside(cy - side / 2, side, height)
+    return round(x0), round(y0), round(x1), round(y1)
+
+
+def span_inside(start: float, length: float, limit: float) -> tuple[float, float]:
+    """A span of `length` from `start`, moved to lie within 0..`limit` (cut where longer)."""
+    start = min(max(start, 0.0), max(limit - length, 0.0))
+    return start, min(start + length, limit)

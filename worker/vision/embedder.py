@@ -32,7 +32,7 @@ from worker.settings import ModelSettings
 from worker.vectors import ImageKind, VectorLayout, unit_rows
 from worker.vision import colour
 from worker.vision.catalog_parts import CATALOG_PARTS_VERSION, piece_crops
-from worker.vision.catalog_scene import shows_piece_small
+from worker.vision.catalog_scene import zoom_box
 from worker.vision.object_region import object_region
 from worker.vision.runtimes import open_tower
 from worker.vision.scene_subtraction import SCENE_VERSION, scene_only, without_scene
@@ -181,7 +181,8 @@ class Embedder:
         """URIs of the confirmed photos its towers trained on (`jewelmatch train`)."""
         self.runtime = settings.runtime
         self._colour_weight = settings.colour_weight
-        self.view_dim = int(self._views_of([Image.new("RGB", (64, 64), "gray")], [(1.0,)]).shape[1])
+        grey = Image.new("RGB", (64, 64), "gray")
+        self.view_dim = int(self._views_of([[grey]]).shape[1])
         # the leading dimensions are the image embedding; the rest (if any) the colour
         self.dim = self.view_dim + (colour.DIM if self._colour_weight else 0)
         self.load_seconds = time.perf_counter() - started
@@ -211,14 +212,14 @@ class Embedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         if kind is ImageKind.catalog and self._object_region:
             images = [object_region(image) for image in images]
-        fractions = [self._crop_fractions(image, kind) for image in images]
+        crops = [self._crops_of(image, kind) for image in images]
         if self._scene_subtraction:
             # the scenes' views go through the towers in the same batches as the pictures'
-            scenes = [scene_only(image) for image in images]
-            both = self._views_of([*images, *scenes], [*fractions, *[(1.0,)] * len(scenes)])
+            scenes = [[scene_only(image)] for image in images]
+            both = self._views_of([*crops, *scenes])
             views = without_scene(both[: len(images)], both[len(images) :], self._scene_subtraction)
         else:
-            views = self._views_of(images, fractions)
+            views = self._views_of(crops)
         if not self._colour_weight:
             return views
         # the object's colour, appended: a dot product of two vectors then adds the colour
@@ -237,32 +238,22 @@ class Embedder:
         bounds = np.cumsum([0, *(len(pieces) for pieces in crops)])
         return [vectors[start:end] for start, end in itertools.pairwise(bounds)]
 
-    def _crop_fractions(self, image: Image.Image, kind: ImageKind) -> tuple[float, ...]:
-        """The centred crops a picture is embedded by: its kind's, and for a catalog image
-        that shows its piece small or in a scene, the zoomed crop too."""
-        fractions = self._crops[kind]
-        zoom = self._catalog_zoom
-        if (
-            kind is ImageKind.catalog
-            and zoom
-            and zoom not in fractions
-            and shows_piece_small(image)
-        ):
-            return (*fractions, zoom)
-        return fractions
+    def _crops_of(self, image: Image.Image, kind: ImageKind) -> list[Image.Image]:
+        """The crops a picture is embedded by: its kind's centred squares, and for a catalog
+        image that shows its piece small or in a scene, its zoomed square too (`zoom_box`)."""
+        crops = centred_crops(image, self._crops[kind])
+        if kind is ImageKind.catalog and self._catalog_zoom:
+            box = zoom_box(image, self._catalog_zoom)
+            if box is not None:
+                crops.append(image.crop(box))
+        return crops
 
-    def _views_of(
-        self, images: Sequence[Image.Image], fractions: Sequence[tuple[float, ...]]
-    ) -> np.ndarray:
-        """One unit vector per picture, from its own centred crops (`fractions`): each member's
-        unit mean of their embeddings, the members side by side. Every picture's crops go
-        through the towers together, in batches of `batch_size` (with their mirror images)."""
-        crops = [
-            crop
-            for image, own in zip(images, fractions, strict=True)
-            for crop in centred_crops(image, own)
-        ]
-        starts = np.cumsum([0, *(len(own) for own in fractions[:-1])])
+    def _views_of(self, crops_per_picture: Sequence[Sequence[Image.Image]]) -> np.ndarray:
+        """One unit vector per picture, from its own crops: each member's unit mean of their
+        embeddings, the members side by side. Every picture's crops go through the towers
+        together, in batches of `batch_size` (with their mirror images)."""
+        crops = [crop for own in crops_per_picture for crop in own]
+        starts = np.cumsum([0, *(len(own) for own in crops_per_picture[:-1])])
         per_pass = max(1, self.batch_size // 2) if self._flip else self.batch_size  # + mirrors
         parts = []
         for member in self._members:
