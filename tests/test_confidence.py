@@ -330,3 +330,45 @@ def test_each_label_is_ranked_with_and_without_its_products_other_confirmed_phot
         assert beside_copies - alone > 0.2  # its copy's score against its catalog image's
     right = outcomes.right[outcomes.known]
     assert right[: len(labelled)].mean() == 1.0  # beside their copies, every label is right
+
+
+def test_the_labels_and_their_folds_do_not_depend_on_where_the_index_keeps_them():
+    """A confirmation's folds follow its product and image id, not its row: the same
+    references in another order (another model id's point order) give the same outcomes."""
+    from worker.index.base import ReferenceSet
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.labels import confirmation_outcomes, labelled_rows
+    from worker.matching.ranking import MatchPolicy
+    from worker.settings import LearningSettings
+    from worker.vectors import VectorLayout
+
+    refs, photo = _shop(seed=3)
+    refs = ReferenceSet(
+        refs.vectors, refs.product_ids, refs.sources, refs.uris, image_ids=refs.uris.copy()
+    )
+    shuffled = np.random.default_rng(0).permutation(len(refs))
+    moved = ReferenceSet(*(getattr(refs, name)[shuffled] for name in _COLUMNS))
+    learning = LearningSettings()
+    learning.confidence.max_labels = 150  # fewer than the confirmations: a draw
+    scans = np.array([photo(p % PRODUCTS) for p in range(200)])
+    policy = MatchPolicy(min_margin=0.5, target_precision=0.95)
+
+    def outcomes_of(references: ReferenceSet) -> dict:
+        snapshot = fit_snapshot(references, scans, VectorLayout(DIM), learning, policy)
+        outcomes = confirmation_outcomes(
+            references, labelled_rows(references, frozenset()), snapshot, learning
+        )
+        return {
+            (key, n): (bool(right), tuple(np.round(evidence, 4)))
+            for n, (key, right, evidence) in enumerate(
+                zip(outcomes.keys, outcomes.right, outcomes.evidence, strict=True)
+            )
+        }
+
+    first, second = outcomes_of(refs), outcomes_of(moved)
+    assert len({key for key, _ in first}) == 150
+    assert sorted(first.values()) == sorted(second.values())
+    assert {key for key, _ in first} == {key for key, _ in second}
+
+
+_COLUMNS = ("vectors", "product_ids", "sources", "uris", "image_ids")

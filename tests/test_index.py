@@ -185,6 +185,32 @@ def test_models_never_mix(tmp_path: Path):
     b.close()
 
 
+@pytest.mark.parametrize("backend", ["edge", "qdrant-local"])
+def test_what_learning_reads_does_not_depend_on_the_model_id(tmp_path: Path, backend: str):
+    """Point ids carry the model id, and the index keeps points in their order; references
+    and scans are read back in one order whatever the model is called (by product and image;
+    by the time of the scan), so a renamed model, or a new version, learns from the same
+    draws."""
+    reads = []
+    for model_id in ("model-a", "model-b", "another-name-v1"):
+        if backend == "edge":
+            opened = open_index(IndexSettings(backend="edge", path=tmp_path), model_id, DIM)
+        else:
+            opened = open_index(IndexSettings(backend="qdrant", url=":memory:"), model_id, DIM)
+        opened.upsert(
+            [ref(f"p{n % 5}", f"img-{n}", basis(n % DIM, noise=0.1, seed=n)) for n in range(40)]
+        )
+        for n in range(30):
+            opened.remember_scan(ScanRecord(f"scan-{n}", basis(n % DIM), "s3://s/x.jpg", 100.0 + n))
+        refs = opened.references()
+        reads.append((refs.product_ids.tolist(), refs.image_ids.tolist(), opened.scan_vectors(100)))
+        opened.close()
+    for product_ids, image_ids, scans in reads[1:]:
+        assert (product_ids, image_ids) == (reads[0][0], reads[0][1])
+        np.testing.assert_array_equal(scans, reads[0][2])
+    np.testing.assert_array_equal(reads[0][2][:3], np.stack([basis(0), basis(1), basis(2)]))
+
+
 def test_embedded_index_persists_and_is_owned_by_one_opener(tmp_path: Path):
     settings = IndexSettings(backend="edge", path=tmp_path)
     index = EdgeIndex(settings, "m", DIM)

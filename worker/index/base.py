@@ -156,7 +156,12 @@ class ReferenceSet:
     def from_rows(
         cls, rows: list[tuple[str, str, list[float], str | None, str]], dim: int
     ) -> ReferenceSet:
-        """From `(product_id, source, vector, uri, image_id)` rows."""
+        """From `(product_id, source, vector, uri, image_id)` rows, in a canonical order (by
+        product and image id) whatever order the index keeps them in: its point ids carry the
+        model id, so that what learns from the rows (which labels, in which fold) would
+        otherwise change with the model's name, and two model versions be judged on different
+        draws."""
+        rows = sorted(rows, key=lambda row: (row[0], row[4], row[1], row[3] or ""))
         if not rows:
             empty = np.array([], dtype=object)
             return cls(np.zeros((0, dim), np.float32), empty, empty.copy(), empty.copy(), empty)
@@ -205,6 +210,14 @@ class ReferenceSet:
         if self.image_ids is None:
             return np.zeros(len(self), dtype=bool)
         return np.array([is_part(str(image_id)) for image_id in self.image_ids], dtype=bool)
+
+
+def scan_vectors_in_order(records: Sequence, dim: int) -> np.ndarray:
+    """Scan points' vectors in the order the scans were taken (then by scan id), not in the
+    index's order of point ids (which carry the model id): the scan statistics are fitted on
+    the same rows, in the same order, whatever the model is called."""
+    ordered = sorted(records, key=lambda r: (r.payload["created_at"], r.payload["scan_id"]))
+    return np.asarray([r.vector for r in ordered], dtype=np.float32).reshape(-1, dim)
 
 
 @dataclass

@@ -53,6 +53,7 @@ from worker.index.base import (
     point_id,
     product_point_id,
     scan_point_id,
+    scan_vectors_in_order,
 )
 from worker.settings import IndexSettings
 
@@ -279,7 +280,7 @@ class EdgeIndex(VectorIndex):
 
     def scan_vectors(self, limit: int) -> np.ndarray:
         records = self._scroll(self._scans, None, with_vector=True, limit=limit)
-        return np.asarray([r.vector for r in records], dtype=np.float32).reshape(-1, self.dim)
+        return scan_vectors_in_order(records, self.dim)
 
     def current_model_id(self) -> str | None:
         return current_model(self.directory.parent)

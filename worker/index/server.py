@@ -33,6 +33,7 @@ from worker.index.base import (
     point_id,
     product_point_id,
     scan_point_id,
+    scan_vectors_in_order,
 )
 from worker.settings import IndexSettings
 
@@ -272,7 +273,7 @@ class QdrantServerIndex(VectorIndex):
     @_transient_on_outage
     def scan_vectors(self, limit: int) -> np.ndarray:
         records = self._scroll(self.scans, None, with_vectors=True, limit=limit)
-        return np.asarray([r.vector for r in records], dtype=np.float32).reshape(-1, self.dim)
+        return scan_vectors_in_order(records, self.dim)
 
     def _scroll(
         self, collection: str, scroll_filter, with_vectors: bool = False, limit: int | None = None
