@@ -39,6 +39,14 @@ def _structlog_as_before() -> Iterator[None]:
     structlog.configure(**saved)
 
 
+WHOLE_CATALOG_VIEWS = {"catalog_zoom": 0.0, "catalog_parts": False}
+"""The catalog views of the tiny random model in tests of the worker: each catalog image
+embedded whole. With random weights only an identical view of the same picture is reliably
+nearest, and the zoomed square and the pieces of sets are other views (tested on their own
+in test_catalog_scene.py and test_catalog_parts.py, and with real weights on real photos by
+the benchmarks)."""
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_model(tmp_path_factory.mktemp("models") / "tiny-openclip")
@@ -57,6 +65,7 @@ def tiny_embedder(tiny_model_dir: Path):
             scan_crops=[1.0],
             colour_weight=0.0,  # the image embedding alone: tests build its vectors by hand
             cache_dir=tiny_model_cache(tiny_model_dir),
+            **WHOLE_CATALOG_VIEWS,
         )
     )
 
@@ -145,6 +154,7 @@ def make_settings(tmp_path: Path, tiny_model_dir: Path | None = None, **sections
             "batch_size": 8,
             "scan_crops": [1.0],
             "cache_dir": str(tiny_model_cache(tiny_model_dir)),
+            **WHOLE_CATALOG_VIEWS,
         }
     for section, overrides in sections.items():
         values[section] = {**values.get(section, {}), **overrides}

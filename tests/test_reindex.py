@@ -10,7 +10,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from shared.contract import ProductUpserted
-from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
+from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, WHOLE_CATALOG_VIEWS, jpeg_bytes
 from tests.support.pictures import set_picture
 from tests.support.tiny_model import write_tiny_model
 from worker.index import SOURCE_CONFIRMED_SCAN, ScanRecord
@@ -29,7 +29,11 @@ DESIGNS = catalog_designs(8, seed=31)
 
 
 def embedder_from(directory) -> Embedder:
-    return Embedder(ModelSettings(name=f"local-dir:{directory}", threads=1, scan_crops=[1.0]))
+    return Embedder(
+        ModelSettings(
+            name=f"local-dir:{directory}", threads=1, scan_crops=[1.0], **WHOLE_CATALOG_VIEWS
+        )
+    )
 
 
 @pytest.fixture(scope="module")

@@ -49,7 +49,8 @@ def test_each_vector_loses_its_scenes_share(tiny_model_dir, tmp_path, kind):
     plain = _embedder(tiny, cache)
     pictures = [_on_a_weave(seed) for seed in (3, 4)]
     vectors = plain.embed(pictures, kind)
-    scenes = plain.embed([scene_only(p) for p in pictures], ImageKind.catalog)  # one whole view
+    whole = _embedder(tiny, cache, catalog_zoom=0)  # a scene is one whole view
+    scenes = whole.embed([scene_only(p) for p in pictures], ImageKind.catalog)
     leaning = np.sum(vectors * scenes, axis=1)
     assert np.all(leaning > 0.5)  # the weave is a good part of each vector
     for weight in (1.0, 0.5):

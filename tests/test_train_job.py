@@ -49,6 +49,9 @@ def deployment(tmp_path, s3, s3_endpoint, monkeypatch) -> Settings:
         "JEWELMATCH_MODEL__RUNTIME": "torch",
         "JEWELMATCH_MODEL__THREADS": "1",
         "JEWELMATCH_MODEL__SCAN_CROPS": "[1.0]",
+        # catalog images whole, as the picture itself (conftest's WHOLE_CATALOG_VIEWS)
+        "JEWELMATCH_MODEL__CATALOG_ZOOM": "0",
+        "JEWELMATCH_MODEL__CATALOG_PARTS": "false",
         "JEWELMATCH_LEARNING__DETAIL__ENABLED": "false",
         "JEWELMATCH_TRAINING__EPOCHS": "2",
         "JEWELMATCH_TRAINING__VIEWS": "2",

@@ -215,7 +215,7 @@ class Embedder:
         crops = [self._crops_of(image, kind) for image in images]
         if self._scene_subtraction:
             # the scenes' views go through the towers in the same batches as the pictures'
-            scenes = [[scene_only(image)] for image in images]
+            scenes = [centred_crops(scene_only(image), (1.0,)) for image in images]
             both = self._views_of([*crops, *scenes])
             views = without_scene(both[: len(images)], both[len(images) :], self._scene_subtraction)
         else:
