@@ -163,6 +163,8 @@ def test_scan_memory_remember_recall_forget(index):
     )
     index.remember_scan(record)
     index.remember_scan(ScanRecord("scan-2", basis(5), "s3://scans/2.jpg", 2000.0))
+    np.testing.assert_allclose(index.scan_vectors(1), basis(5)[None], atol=1e-6)  # the latest
+    np.testing.assert_allclose(index.scan_vectors(9), np.stack([basis(4), basis(5)]), atol=1e-6)
     recalled = index.recall_scan("scan-1")
     assert recalled is not None
     assert recalled.image_uri == "s3://scans/1.jpg" and recalled.result_json == '{"x": 1}'
@@ -204,6 +206,9 @@ def test_what_learning_reads_does_not_depend_on_the_model_id(tmp_path: Path, bac
             opened.remember_scan(ScanRecord(f"scan-{n}", basis(n % DIM), "s3://s/x.jpg", 100.0 + n))
         refs = opened.references()
         reads.append((refs.product_ids.tolist(), refs.image_ids.tolist(), opened.scan_vectors(100)))
+        # fewer than it holds: the latest, oldest first
+        latest = np.stack([basis(n % DIM) for n in range(25, 30)])
+        np.testing.assert_array_equal(opened.scan_vectors(5), latest)
         opened.close()
     for product_ids, image_ids, scans in reads[1:]:
         assert (product_ids, image_ids) == (reads[0][0], reads[0][1])

@@ -219,10 +219,12 @@ class ModelSettings(BaseModel):
     )
     catalog_zoom: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
         default=0.5,
-        description="A centred crop added to the views of a catalog image that shows its piece "
+        description="A zoomed view added to the views of a catalog image that shows its piece "
         "small or in a scene (a border textured all round, or a piece spanning under 0.75 of a "
-        "plain picture: worker/vision/catalog_scene.py), iconic shots staying whole; `0` turns "
-        "it off (docs/benchmarks.md, Jewelry). Another value is another model id.",
+        "plain picture: worker/vision/catalog_scene.py): a scene's centred square of this "
+        "share of the shorter side, a small piece's square around it (at least that size); "
+        "iconic shots stay whole; `0` turns it off (docs/benchmarks.md, Jewelry). Another "
+        "value is another model id.",
     )
     catalog_parts: bool = Field(
         default=True,

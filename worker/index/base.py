@@ -212,12 +212,19 @@ class ReferenceSet:
         return np.array([is_part(str(image_id)) for image_id in self.image_ids], dtype=bool)
 
 
-def scan_vectors_in_order(records: Sequence, dim: int) -> np.ndarray:
-    """Scan points' vectors in the order the scans were taken (then by scan id), not in the
-    index's order of point ids (which carry the model id): the scan statistics are fitted on
-    the same rows, in the same order, whatever the model is called."""
+def latest_scans(records: Sequence, limit: int) -> list:
+    """Of scan points read without their vectors, the ids of the latest `limit`, oldest
+    first (by the time they were taken, then scan id): not the first the index returns in
+    the order of its point ids, which carry the model id, so that the scan statistics are
+    fitted on the same scans, in the same order, whatever the model is called."""
     ordered = sorted(records, key=lambda r: (r.payload["created_at"], r.payload["scan_id"]))
-    return np.asarray([r.vector for r in ordered], dtype=np.float32).reshape(-1, dim)
+    return [r.id for r in ordered[max(0, len(ordered) - limit) :]]
+
+
+def vectors_in_order(ids: Sequence, records: Sequence, dim: int) -> np.ndarray:
+    """The vectors of retrieved points, in the order of `ids`."""
+    by_id = {str(r.id): r.vector for r in records}
+    return np.asarray([by_id[str(i)] for i in ids], dtype=np.float32).reshape(-1, dim)
 
 
 @dataclass

@@ -50,10 +50,11 @@ from worker.index.base import (
     VectorIndex,
     collect_pages,
     group_by_product,
+    latest_scans,
     point_id,
     product_point_id,
     scan_point_id,
-    scan_vectors_in_order,
+    vectors_in_order,
 )
 from worker.settings import IndexSettings
 
@@ -279,8 +280,9 @@ class EdgeIndex(VectorIndex):
         )
 
     def scan_vectors(self, limit: int) -> np.ndarray:
-        records = self._scroll(self._scans, None, with_vector=True, limit=limit)
-        return scan_vectors_in_order(records, self.dim)
+        ids = latest_scans(self._scroll(self._scans, None), limit)
+        records = self._scans.retrieve(ids, with_payload=False, with_vector=True) if ids else []
+        return vectors_in_order(ids, records, self.dim)
 
     def current_model_id(self) -> str | None:
         return current_model(self.directory.parent)

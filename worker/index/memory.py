@@ -172,7 +172,9 @@ class InMemoryIndex(VectorIndex):
     # scans -------------------------------------------------------------------------------
 
     def scan_vectors(self, limit: int) -> np.ndarray:
-        vectors = [record.vector for record in list(self._scans.values())[:limit]]
+        """The latest `limit` scans' vectors, oldest first (as the other back ends)."""
+        ordered = sorted(self._scans.values(), key=lambda r: (r.created_at, r.scan_id))
+        vectors = [record.vector for record in ordered[max(0, len(ordered) - limit) :]]
         return np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim)
 
     def remember_scan(self, record: ScanRecord) -> None:

@@ -30,10 +30,11 @@ from worker.index.base import (
     StoredImage,
     VectorIndex,
     collect_pages,
+    latest_scans,
     point_id,
     product_point_id,
     scan_point_id,
-    scan_vectors_in_order,
+    vectors_in_order,
 )
 from worker.settings import IndexSettings
 
@@ -272,8 +273,13 @@ class QdrantServerIndex(VectorIndex):
 
     @_transient_on_outage
     def scan_vectors(self, limit: int) -> np.ndarray:
-        records = self._scroll(self.scans, None, with_vectors=True, limit=limit)
-        return scan_vectors_in_order(records, self.dim)
+        ids = latest_scans(self._scroll(self.scans, None), limit)
+        records = (
+            self._client.retrieve(self.scans, ids, with_payload=False, with_vectors=True)
+            if ids
+            else []
+        )
+        return vectors_in_order(ids, records, self.dim)
 
     def _scroll(
         self, collection: str, scroll_filter, with_vectors: bool = False, limit: int | None = None

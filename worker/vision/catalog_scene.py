@@ -103,9 +103,11 @@ def zoom_box(picture: Image.Image, zoom: float) -> tuple[int, int, int, int] | N
     if in_a_scene(rgb.mean(axis=2)):
         return _square(width / 2, height / 2, zoom * shorter, width, height)
     box = _piece_box(rgb)
-    if box is None or piece_extent(rgb) >= SMALL_EXTENT:
+    if box is None:
         return None
     left, top, right, bottom = box
+    if max(right - left, bottom - top) / SIDE >= SMALL_EXTENT:
+        return None
     sx, sy = width / SIDE, height / SIDE
     longer = max((right - left) * sx, (bottom - top) * sy)
     side = min(max(longer * (1 + 2 * MARGIN), zoom * shorter), shorter)
