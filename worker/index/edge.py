@@ -281,7 +281,7 @@ class EdgeIndex(VectorIndex):
 
     def scan_vectors(self, limit: int) -> np.ndarray:
         ids = latest_scans(self._scroll(self._scans, None), limit)
-        records = self._scans.retrieve(ids, with_payload=False, with_vector=True) if ids else []
+        records = self._scans.retrieve(ids, with_payload=False, with_vector=True)
         return vectors_in_order(ids, records, self.dim)
 
     def current_model_id(self) -> str | None:

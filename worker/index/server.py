@@ -274,11 +274,7 @@ class QdrantServerIndex(VectorIndex):
     @_transient_on_outage
     def scan_vectors(self, limit: int) -> np.ndarray:
         ids = latest_scans(self._scroll(self.scans, None), limit)
-        records = (
-            self._client.retrieve(self.scans, ids, with_payload=False, with_vectors=True)
-            if ids
-            else []
-        )
+        records = self._client.retrieve(self.scans, ids, with_payload=False, with_vectors=True)
         return vectors_in_order(ids, records, self.dim)
 
     def _scroll(
