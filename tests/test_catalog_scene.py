@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
 from worker.vision.backdrop import backdrop_colour, border_pixels
-from worker.vision.catalog_scene import shows_piece_small, zoom_box
+from worker.vision.catalog_scene import zoom_box
 from worker.vision.embedder import Embedder, ImageKind
 
 
@@ -58,6 +58,11 @@ def _nearly_filling() -> Image.Image:
     picture = Image.new("RGB", (300, 300), "white")
     ImageDraw.Draw(picture).ellipse((25, 30, 275, 270), fill=(170, 120, 60))
     return picture
+
+
+def shows_piece_small(picture: Image.Image) -> bool:
+    """Whether the catalog image gets a zoomed view at all."""
+    return zoom_box(picture, 0.5) is not None
 
 
 def test_small_pieces_and_scenes_are_told_from_iconic_shots():

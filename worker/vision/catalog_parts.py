@@ -24,7 +24,7 @@ from worker.vision.catalog_scene import (
     SCENE_TEXTURE,
     SIDE,
     border_texture,
-    span_inside,
+    square_around,
 )
 
 CATALOG_PARTS_VERSION = 1
@@ -61,9 +61,7 @@ def piece_boxes(picture: Image.Image) -> list[tuple[int, int, int, int]]:
     boxes = []
     for left, top, w, h, _ in regions:
         side = max(max(w * sx, h * sy) * (1 + 2 * MARGIN), MIN_SIDE / SIDE * min(width, height))
-        x0, x1 = span_inside((left + w / 2) * sx - side / 2, side, width)
-        y0, y1 = span_inside((top + h / 2) * sy - side / 2, side, height)
-        boxes.append((round(x0), round(y0), round(x1), round(y1)))
+        boxes.append(square_around((left + w / 2) * sx, (top + h / 2) * sy, side, width, height))
     return boxes
 
 

@@ -1,7 +1,8 @@
 """Whether a catalog image shows its piece small or in a scene, told in a few milliseconds
 without weights. With `MODEL__CATALOG_ZOOM` set, such an image (a ring on a hand, a pendant
-on a wicker tray, earrings small on a studio backdrop) is also embedded by its zoomed middle,
-so that the piece counts more than the scene that other pieces' shots share; an iconic shot
+on a wicker tray, earrings small on a studio backdrop) is also embedded by a zoomed square
+(a scene's middle, a small piece's surroundings), so that the piece counts more than the
+scene that other pieces' shots share; an iconic shot
 (the product alone, filling the picture, as grocery catalogs and many webshops have them) is
 embedded whole, as zooming cuts into it (docs/benchmarks.md, "Jewelry").
 
@@ -75,20 +76,10 @@ def _piece_box(rgb: np.ndarray) -> tuple[float, float, float, float] | None:
     return float(left), float(top), float(right), float(bottom)
 
 
-def piece_extent(rgb: np.ndarray) -> float:
-    """The share of the side spanned by pixels unlike the border's median colour (`_piece_box`);
-    1.0 when nothing stands out."""
-    box = _piece_box(rgb)
-    if box is None:
-        return 1.0
+def _span(box: tuple[float, float, float, float]) -> float:
+    """A piece box's longer side, as a share of the picture's side (at `SIDE` px)."""
     left, top, right, bottom = box
     return max(right - left, bottom - top) / SIDE
-
-
-def shows_piece_small(picture: Image.Image) -> bool:
-    """True for a scene (a border textured all round) or a piece spanning under 0.75 of a
-    plain picture."""
-    return zoom_box(picture, 0.5) is not None
 
 
 def zoom_box(picture: Image.Image, zoom: float) -> tuple[int, int, int, int] | None:
@@ -101,27 +92,27 @@ def zoom_box(picture: Image.Image, zoom: float) -> tuple[int, int, int, int] | N
     shorter = min(width, height)
     rgb = np.asarray(picture.convert("RGB").resize((SIDE, SIDE)), dtype=np.float32)
     if in_a_scene(rgb.mean(axis=2)):
-        return _square(width / 2, height / 2, zoom * shorter, width, height)
+        return square_around(width / 2, height / 2, zoom * shorter, width, height)
     box = _piece_box(rgb)
-    if box is None:
+    if box is None or _span(box) >= SMALL_EXTENT:
         return None
     left, top, right, bottom = box
-    if max(right - left, bottom - top) / SIDE >= SMALL_EXTENT:
-        return None
     sx, sy = width / SIDE, height / SIDE
     longer = max((right - left) * sx, (bottom - top) * sy)
     side = min(max(longer * (1 + 2 * MARGIN), zoom * shorter), shorter)
-    return _square((left + right) / 2 * sx, (top + bottom) / 2 * sy, side, width, height)
+    return square_around((left + right) / 2 * sx, (top + bottom) / 2 * sy, side, width, height)
 
 
-def _square(cx: float, cy: float, side: float, width: int, height: int) -> tuple[int, ...]:
+def square_around(
+    cx: float, cy: float, side: float, width: int, height: int
+) -> tuple[int, int, int, int]:
     """A square of `side` centred on (cx, cy), moved to lie within the picture."""
-    x0, x1 = span_inside(cx - side / 2, side, width)
-    y0, y1 = span_inside(cy - side / 2, side, height)
+    x0, x1 = _span_inside(cx - side / 2, side, width)
+    y0, y1 = _span_inside(cy - side / 2, side, height)
     return round(x0), round(y0), round(x1), round(y1)
 
 
-def span_inside(start: float, length: float, limit: float) -> tuple[float, float]:
+def _span_inside(start: float, length: float, limit: float) -> tuple[float, float]:
     """A span of `length` from `start`, moved to lie within 0..`limit` (cut where longer)."""
     start = min(max(start, 0.0), max(limit - length, 0.0))
     return start, min(start + length, limit)
