@@ -4,7 +4,10 @@ full problem's projection, at a fraction of the cost."""
 import numpy as np
 import pytest
 
+from worker.index.base import ReferenceSet
 from worker.matching.stages import lda
+from worker.settings import LdaSettings
+from worker.vectors import SOURCE_CONFIRMED_SCAN
 
 
 def test_solving_in_the_references_span_gives_the_full_problems_metric(monkeypatch):
@@ -24,3 +27,34 @@ def test_solving_in_the_references_span_gives_the_full_problems_metric(monkeypat
 
 def test_one_product_teaches_no_metric():
     assert lda.fit_lda(np.ones((3, 8)), np.array(["a", "a", "a"]), 4, 0.3) is None
+
+
+def _confirmations(products: int, photos: int) -> ReferenceSet:
+    rows = [
+        (f"p{p:03d}", SOURCE_CONFIRMED_SCAN, [0.0, 1.0], f"s3://scans/{p}-{i}", f"scan-{p}-{i}")
+        for p in range(products)
+        for i in range(photos)
+    ] + [(f"p{p:03d}", "catalog", [1.0, 0.0], None, f"img-{p}") for p in range(products)]
+    return ReferenceSet.from_rows(rows, 2)
+
+
+def _held_keys(refs: ReferenceSet, settings: LdaSettings) -> set[str]:
+    return {refs.key(row) for row in np.flatnonzero(lda.held_out(refs, settings))}
+
+
+def test_a_confirmation_stays_held_out_as_others_arrive():
+    settings = LdaSettings()
+    before = _confirmations(40, 5)
+    after = _confirmations(40, 8)  # three more photos of every product
+    held_before, held_after = _held_keys(before, settings), _held_keys(after, settings)
+    assert held_before and held_before <= held_after
+    assert all(key.split("/")[1].startswith("scan-") for key in held_after)
+    share = len(held_after) / (40 * 8)
+    assert 0.1 < share < 0.3
+
+
+def test_the_cap_on_held_out_confirmations_does_not_take_the_first_products_by_name():
+    capped = _held_keys(_confirmations(200, 5), LdaSettings(max_validation_queries=20))
+    assert len(capped) == 20
+    products = sorted({key.split("/")[0] for key in capped})
+    assert products[-1] > "p100"  # the row order would have taken p000… only

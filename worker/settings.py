@@ -454,7 +454,7 @@ class LdaSettings(BaseModel):
         gt=0.0,
         lt=1.0,
         description="Share of the confirmed scans held out to judge the metric (by a hash of "
-        "product and position: the same ones at every refit).",
+        "product and image id: the same ones at every refit).",
     )
     max_validation_queries: int = Field(
         default=2000, ge=1, description="At most this many held-out confirmations are ranked."

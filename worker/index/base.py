@@ -205,6 +205,12 @@ class ReferenceSet:
             self.vectors[mask], self.product_ids[mask], self.sources[mask], uris, ids
         )
 
+    def key(self, row: int) -> str:
+        """A row's key: its product and image id (its row where the set has no ids), so that
+        what is drawn or folded by it does not depend on where the index keeps the row."""
+        image = self.image_ids[row] if self.image_ids is not None else row
+        return f"{self.product_ids[row]}/{image}"
+
     def pieces(self) -> np.ndarray:
         """Which rows are pieces cut from a set's catalog image (`MODEL__CATALOG_PARTS`)."""
         if self.image_ids is None:

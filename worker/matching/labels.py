@@ -37,13 +37,6 @@ def labelled_rows(refs: ReferenceSet, trained_on: frozenset[str]) -> np.ndarray:
     return np.flatnonzero(confirmed)
 
 
-def label_key(refs: ReferenceSet, row: int) -> str:
-    """A confirmation's key: its product and image id (its row where the set has no ids), so
-    that its folds do not depend on where the index keeps it."""
-    image = refs.image_ids[row] if refs.image_ids is not None else row
-    return f"{refs.product_ids[row]}/{image}"
-
-
 def confirmation_outcomes(
     refs: ReferenceSet, labelled: np.ndarray, snapshot: Snapshot, learning: LearningSettings
 ) -> Outcomes:
@@ -56,7 +49,7 @@ def confirmation_outcomes(
     answers too boldly; the second is as hard as the product's first scan. Both outcomes of a
     confirmation share its key."""
     settings = learning.confidence
-    keys = np.array([label_key(refs, row) for row in labelled], dtype=object)
+    keys = np.array([refs.key(row) for row in labelled], dtype=object)
     hashes = np.array([zlib.crc32(key.encode()) for key in keys], dtype=np.int64)
     # at most `max_labels`, drawn by their keys' hashes: the same draw whatever the order
     # of the rows, and not the first products by name

@@ -82,10 +82,14 @@ def lda_space(
 
 
 def held_out(refs: ReferenceSet, settings: LdaSettings) -> np.ndarray:
-    """A deterministic share (at most `max_validation_queries`) of the confirmed scans."""
-    keys = np.array(
-        [zlib.crc32(f"{p}/{i}".encode()) % 1000 for i, p in enumerate(refs.product_ids)]
-    )
-    held = (refs.sources == SOURCE_CONFIRMED_SCAN) & (keys < settings.validation_share * 1000)
-    held[np.flatnonzero(held)[settings.max_validation_queries :]] = False
+    """A deterministic share (at most `max_validation_queries`) of the confirmed scans, drawn
+    by a hash of each one's product and image id: a confirmation stays held out (or not) as
+    others arrive, whatever order the index keeps them in."""
+    hashes = np.array([zlib.crc32(refs.key(row).encode()) for row in range(len(refs))])
+    confirmed = refs.sources == SOURCE_CONFIRMED_SCAN
+    candidates = np.flatnonzero(confirmed & (hashes % 1000 < settings.validation_share * 1000))
+    # the cap takes the smallest hashes, not the first products by name
+    kept = candidates[np.argsort(hashes[candidates], kind="stable")]
+    held = np.zeros(len(refs), dtype=bool)
+    held[kept[: settings.max_validation_queries]] = True
     return held

@@ -21,7 +21,7 @@ import numpy as np
 
 from shared.contract import MatchStatus
 from worker.index.base import ReferenceSet
-from worker.matching.labels import confirmation_outcomes, label_key, labelled_rows
+from worker.matching.labels import confirmation_outcomes, labelled_rows
 from worker.matching.learner import Learner
 from worker.matching.ranking import Ranking
 from worker.matching.stages.confidence import Confidence, Outcomes, fit_confidence
@@ -53,7 +53,7 @@ def decided_with_judged_labels(
     outcomes = confirmation_outcomes(both, rows, learner.snapshot, learner.learning)
     photo_fold = [zlib.crc32(key.encode()) % settings.folds for _, key in photos]
     # the judged photos' rows follow refs' in `both`
-    fold_of_key = {label_key(both, len(refs) + n): photo_fold[i] for n, i in enumerate(judged)}
+    fold_of_key = {both.key(len(refs) + n): photo_fold[i] for n, i in enumerate(judged)}
     fold = np.array([fold_of_key.get(str(key), -1) for key in outcomes.keys])
     without = [_fit(learner, outcomes.subset(fold != f)) for f in range(settings.folds)]
     with_all = _fit(learner, outcomes)
