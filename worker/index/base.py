@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -210,6 +211,10 @@ class ReferenceSet:
         what is drawn or folded by it does not depend on where the index keeps the row."""
         image = self.image_ids[row] if self.image_ids is not None else row
         return f"{self.product_ids[row]}/{image}"
+
+    def key_hashes(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
+        """The CRC-32 of each row's `key`: what confirmations are drawn and folded by."""
+        return np.array([zlib.crc32(self.key(row).encode()) for row in rows], dtype=np.int64)
 
     def pieces(self) -> np.ndarray:
         """Which rows are pieces cut from a set's catalog image (`MODEL__CATALOG_PARTS`)."""

@@ -50,7 +50,7 @@ def confirmation_outcomes(
     confirmation share its key."""
     settings = learning.confidence
     keys = np.array([refs.key(row) for row in labelled], dtype=object)
-    hashes = np.array([zlib.crc32(key.encode()) for key in keys], dtype=np.int64)
+    hashes = refs.key_hashes(labelled)
     # at most `max_labels`, drawn by their keys' hashes: the same draw whatever the order
     # of the rows, and not the first products by name
     chosen = np.argsort(hashes, kind="stable")[: settings.max_labels]

@@ -7,7 +7,6 @@ when it ranks held-out confirmations better than the centred space, through the 
 
 from __future__ import annotations
 
-import zlib
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -85,11 +84,11 @@ def held_out(refs: ReferenceSet, settings: LdaSettings) -> np.ndarray:
     """A deterministic share (at most `max_validation_queries`) of the confirmed scans, drawn
     by a hash of each one's product and image id: a confirmation stays held out (or not) as
     others arrive, whatever order the index keeps them in."""
-    hashes = np.array([zlib.crc32(refs.key(row).encode()) for row in range(len(refs))])
-    confirmed = refs.sources == SOURCE_CONFIRMED_SCAN
-    candidates = np.flatnonzero(confirmed & (hashes % 1000 < settings.validation_share * 1000))
+    confirmed = np.flatnonzero(refs.sources == SOURCE_CONFIRMED_SCAN)
+    hashes = refs.key_hashes(confirmed)
+    share = hashes % 1000 < settings.validation_share * 1000
     # the cap takes the smallest hashes, not the first products by name
-    kept = candidates[np.argsort(hashes[candidates], kind="stable")]
+    kept = confirmed[share][np.argsort(hashes[share], kind="stable")]
     held = np.zeros(len(refs), dtype=bool)
     held[kept[: settings.max_validation_queries]] = True
     return held
