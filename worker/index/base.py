@@ -174,6 +174,24 @@ class ReferenceSet:
             np.array([r[4] for r in rows], dtype=object),
         )
 
+    @classmethod
+    def from_points(cls, points: Iterable, dim: int) -> ReferenceSet:
+        """From stored points (anything with the `payload` of `ReferenceImage.payload` and a
+        `vector`: the Qdrant back ends' records)."""
+        return cls.from_rows(
+            [
+                (
+                    p.payload["product_id"],
+                    p.payload["source"],
+                    p.vector,
+                    p.payload.get("uri"),
+                    p.payload["image_id"],
+                )
+                for p in points
+            ],
+            dim,
+        )
+
     def __len__(self) -> int:
         return len(self.vectors)
 

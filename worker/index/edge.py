@@ -265,19 +265,7 @@ class EdgeIndex(VectorIndex):
     def references(self, product_id: str | None = None) -> ReferenceSet:
         scroll_filter = Filter(must=[_match("product_id", product_id)]) if product_id else None
         records = self._scroll(self._refs, scroll_filter, with_vector=True)
-        return ReferenceSet.from_rows(
-            [
-                (
-                    r.payload["product_id"],
-                    r.payload["source"],
-                    r.vector,
-                    r.payload.get("uri"),
-                    r.payload["image_id"],
-                )
-                for r in records
-            ],
-            self.dim,
-        )
+        return ReferenceSet.from_points(records, self.dim)
 
     def scan_vectors(self, limit: int) -> np.ndarray:
         ids = latest_scans(self._scroll(self._scans, None), limit)

@@ -257,19 +257,7 @@ class QdrantServerIndex(VectorIndex):
             models.Filter(must=[_match("product_id", product_id)]) if product_id else None
         )
         records = self._scroll(self.references_collection, scroll_filter, with_vectors=True)
-        return ReferenceSet.from_rows(
-            [
-                (
-                    r.payload["product_id"],
-                    r.payload["source"],
-                    r.vector,
-                    r.payload.get("uri"),
-                    r.payload["image_id"],
-                )
-                for r in records
-            ],
-            self.dim,
-        )
+        return ReferenceSet.from_points(records, self.dim)
 
     @_transient_on_outage
     def scan_vectors(self, limit: int) -> np.ndarray:
