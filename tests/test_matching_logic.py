@@ -6,6 +6,7 @@ import pytest
 from shared.contract import MatchStatus
 from worker.index import ImageHit, ProductHit, group_by_product, point_id
 from worker.matching.matcher import MatchPolicy, Ranking
+from worker.matching.stages.confidence import PRIOR_CALIBRATION
 
 
 def test_point_ids_are_deterministic_uuids_of_product_image_and_model():
@@ -57,9 +58,16 @@ def test_the_prior_needs_score_and_margin():
     assert prior.assess([0.80, 0.78])[0] is MatchStatus.no_confident_match
     assert prior.assess([0.80])[0] is MatchStatus.matched
     assert prior.assess([])[0] is MatchStatus.no_confident_match
-    # its confidence grows with the margin and is one half at the threshold
-    assert prior.assess([0.80, 0.75])[1] == pytest.approx(0.5)
-    assert prior.assess([0.80, 0.70])[1] > prior.assess([0.80, 0.74])[1] > 0.5
+    # its confidence is the calibration's probability at that margin, whatever the margin
+    # asked: it grows with the margin, and a stricter prior does not make it surer
+    slope, intercept = PRIOR_CALIBRATION
+    expected = 1 / (1 + np.exp(-(slope * 0.05 + intercept)))
+    assert prior.assess([0.80, 0.75])[1] == pytest.approx(expected)
+    assert prior.assess([0.80, 0.70])[1] > prior.assess([0.80, 0.74])[1]
+    stricter = MatchPolicy(min_score=0.5, min_margin=0.2).prior()
+    status, confidence = stricter.assess([0.80, 0.70])
+    assert status is MatchStatus.no_confident_match
+    assert confidence == prior.assess([0.80, 0.70])[1]
 
 
 def test_ranking_numbers_products_from_one():

@@ -33,9 +33,12 @@ second. (Whether the best image is a confirmed photo, the catalog image's own le
 photo-to-photo spread and the lead over the next four were tried, on `train`: none separated
 right answers or unknown jewels better; docs/benchmarks.md, "Confidence".)"""
 
-PRIOR_SLOPE = 40.0
-"""The prior's confidence is `sigmoid(PRIOR_SLOPE * (margin - min_margin))` + 0.5 at the
-threshold: a shape, not a calibration; `origin: prior` says so."""
+PRIOR_CALIBRATION = (17.175, -0.064)
+"""Before labels, the confidence is `sigmoid(slope × margin + intercept)`: how often the first
+product was right at that margin, fitted on grocery `train` photos matched from the catalog
+image alone by the default ensemble (`benchmarks/prior_calibration.py`; docs/benchmarks.md,
+"Knowing when it does not know"). Other towers or other photos move it, as they move the
+prior's margin; the decision is that margin's alone, and labels replace both."""
 
 
 def evidence(scores: Sequence[float]) -> np.ndarray:
@@ -62,11 +65,12 @@ class Confidence:
 
     @classmethod
     def prior(cls, min_margin: float, min_score: float = 0.0) -> Confidence:
-        """Before labels: matched when the margin reaches `min_margin` (where the confidence,
-        only a score of the margin, is 0.5)."""
-        weights = np.array([0.0, PRIOR_SLOPE, -PRIOR_SLOPE * min_margin])
+        """Before labels: matched when the margin reaches `min_margin` (and the score
+        `min_score`); the confidence is the calibration's (`PRIOR_CALIBRATION`), whatever
+        the margin asked."""
+        slope, intercept = PRIOR_CALIBRATION
         report = {"origin": "prior", "min_margin": min_margin}
-        return cls(weights, 0.5, min_score, "prior", report, min_margin)
+        return cls(np.array([0.0, slope, intercept]), 0.0, min_score, "prior", report, min_margin)
 
     def of(self, features: np.ndarray) -> np.ndarray:
         """Probability of being right, per row of evidence."""
