@@ -64,6 +64,9 @@ def test_the_prior_needs_score_and_margin():
     expected = 1 / (1 + np.exp(-(slope * 0.05 + intercept)))
     assert prior.assess([0.80, 0.75])[1] == pytest.approx(expected)
     assert prior.assess([0.80, 0.70])[1] > prior.assess([0.80, 0.74])[1]
+    # a tie is about a coin flip, a clear lead near certain (grocery `train`'s calibration)
+    assert 0.4 < prior.assess([0.80, 0.80])[1] < 0.6
+    assert prior.assess([0.80, 0.50])[1] > 0.95
     stricter = MatchPolicy(min_score=0.5, min_margin=0.2).prior()
     status, confidence = stricter.assess([0.80, 0.70])
     assert status is MatchStatus.no_confident_match
