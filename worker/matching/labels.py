@@ -49,12 +49,12 @@ def confirmation_outcomes(
     answers too boldly; the second is as hard as the product's first scan. Both outcomes of a
     confirmation share its key."""
     settings = learning.confidence
-    keys = np.array([refs.key(row) for row in labelled], dtype=object)
     hashes = refs.key_hashes(labelled)
     # at most `max_labels`, drawn by their keys' hashes: the same draw whatever the order
     # of the rows, and not the first products by name
     chosen = np.argsort(hashes, kind="stable")[: settings.max_labels]
-    confirmed, keys = labelled[chosen], keys[chosen]
+    confirmed = labelled[chosen]
+    keys = np.array([refs.key(row) for row in confirmed], dtype=object)
     by_confirmation = hashes[chosen] % settings.folds
     by_product = np.array(
         [zlib.crc32(str(refs.product_ids[i]).encode()) % settings.folds for i in confirmed]
