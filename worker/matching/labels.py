@@ -61,8 +61,8 @@ def confirmation_outcomes(
     )
     return Outcomes.joined(
         [
-            _fold_outcomes(refs, confirmed, keys, fold_of, snapshot, learning)
-            for fold_of in (by_confirmation, by_product)
+            _fold_outcomes(refs, confirmed, keys, fold_of, alone, snapshot, learning)
+            for fold_of, alone in ((by_confirmation, False), (by_product, True))
         ]
     )
 
@@ -72,14 +72,17 @@ def _fold_outcomes(
     confirmed: np.ndarray,
     keys: np.ndarray,
     fold_of: np.ndarray,
+    alone: bool,
     snapshot: Snapshot,
     learning: LearningSettings,
 ) -> Outcomes:
-    """The outcomes of the `confirmed` rows, each fold ranked without its rows (`fold_of`)."""
+    """The outcomes of the `confirmed` rows, each fold ranked without its rows (`fold_of`;
+    `alone`: folds of products)."""
     rows: list[np.ndarray] = []
     right: list[bool] = []
     known: list[bool] = []
     kept: list[str] = []
+    products: list[str] = []
     for fold in range(learning.confidence.folds):
         in_fold = fold_of == fold
         held = confirmed[in_fold]
@@ -100,9 +103,17 @@ def _fold_outcomes(
             right += [bool(hits) and hits[0].product_id == truth, False]
             known += [True, False]
             kept += [key, key]
+            products += [truth, truth]
     if not rows:
         return Outcomes.none()
-    return Outcomes(np.array(rows), np.array(right), np.array(known), np.array(kept, dtype=object))
+    return Outcomes(
+        np.array(rows),
+        np.array(right),
+        np.array(known),
+        np.array(kept, dtype=object),
+        np.array(products, dtype=object),
+        np.full(len(rows), alone),
+    )
 
 
 def _fold_snapshot(

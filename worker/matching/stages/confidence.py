@@ -100,11 +100,13 @@ class Outcomes:
     right: np.ndarray
     known: np.ndarray
     keys: np.ndarray  # a stable key per outcome (the confirmation it comes from)
+    products: np.ndarray  # the product its confirmation shows
+    alone: np.ndarray  # ranked without its product's other confirmed photos (its first day)
 
     @classmethod
     def none(cls) -> Outcomes:
-        empty = np.zeros(0, dtype=bool)
-        return cls(np.zeros((0, len(EVIDENCE))), empty, empty, np.zeros(0, dtype=object))
+        empty, nothing = np.zeros(0, dtype=bool), np.zeros(0, dtype=object)
+        return cls(np.zeros((0, len(EVIDENCE))), empty, empty, nothing, nothing, empty)
 
     @classmethod
     def joined(cls, parts: Sequence[Outcomes]) -> Outcomes:
@@ -121,15 +123,26 @@ class Outcomes:
         return len(set(self.keys[self.known]))
 
     def subset(self, mask: np.ndarray) -> Outcomes:
-        return Outcomes(self.evidence[mask], self.right[mask], self.known[mask], self.keys[mask])
+        return Outcomes(*(getattr(self, f.name)[mask] for f in fields(self)))
 
-    def weights(self, unknown_share: float) -> np.ndarray:
-        """Known outcomes weigh 1; unknown ones together `unknown_share` of the total."""
-        known, unknown = int(self.known.sum()), int((~self.known).sum())
+    def first_share(self) -> float:
+        """The share of confirmations that were their product's first: how often a scan
+        shows a product with no confirmed photo yet, as far as the labels tell."""
+        labels = self.labels()
+        return len(set(self.products[self.known])) / labels if labels else 1.0
+
+    def weights(self, unknown_share: float, first_share: float = 0.5) -> np.ndarray:
+        """Known outcomes weigh 1 on average, those ranked `alone` together `first_share` of
+        them (a half: each confirmation gives one of each); unknown ones together
+        `unknown_share` of the total."""
+        weights = np.ones(len(self))
+        if (self.known & self.alone).any() and (self.known & ~self.alone).any():
+            weights = np.where(self.alone, 2 * first_share, 2 * (1 - first_share))
+        known, unknown = weights[self.known].sum(), int((~self.known).sum())
         if not unknown or not known:
-            return np.ones(len(self))
+            return weights
         per_unknown = unknown_share / (1 - unknown_share) * known / unknown
-        return np.where(self.known, 1.0, per_unknown)
+        return np.where(self.known, weights, per_unknown)
 
 
 def fit_confidence(
@@ -146,6 +159,8 @@ def fit_confidence(
     weights = fit_logistic(
         fit_part.evidence, fit_part.right.astype(float), fit_part.weights(settings.unknown_share)
     )
+    first_share = outcomes.first_share()
+    weights = _served(weights, fit_part, settings.unknown_share, first_share)
     learned = Confidence(weights, 1.0, fallback.min_score, "labels")
     check_confidence = learned.of(check_part.evidence)
     known_part = check_part.known
@@ -186,11 +201,35 @@ def fit_confidence(
             ),
             4,
         ),
+        "first_share": round(first_share, 4),
         "calibration_error": round(
-            expected_calibration_error(answers, check_part.right[known_part]), 4
+            expected_calibration_error(
+                answers,
+                check_part.right[known_part],
+                check_part.weights(settings.unknown_share, first_share)[known_part],
+            ),
+            4,
         ),
     }
     return Confidence(weights, threshold, fallback.min_score, origin, report, min_margin)
+
+
+def _served(
+    weights: np.ndarray, outcomes: Outcomes, unknown_share: float, first_share: float
+) -> np.ndarray:
+    """The weights of the served probability. The model is fitted, and the threshold chosen,
+    on both rankings of each confirmation weighing alike, which keeps the promise on scans as
+    hard as a product's first day, but says too little of scans of products with confirmed
+    photos. Its logit is rescaled (Platt) to be calibrated where the rankings `alone` weigh
+    `first_share`, as often as the labels show a product's first confirmation. The map is
+    increasing: it moves the probability, not the order of scans, so the same are answered."""
+    logit = outcomes.evidence @ weights[:-1] + weights[-1]
+    scale, shift = fit_logistic(
+        logit[:, None], outcomes.right.astype(float), outcomes.weights(unknown_share, first_share)
+    )
+    if scale <= 0:
+        return weights
+    return np.r_[scale * weights[:-1], scale * weights[-1] + shift]
 
 
 def _prior_refusing_unknowns(
@@ -277,15 +316,20 @@ def refusal_threshold(unknown_confidence: np.ndarray, refusal: float) -> float:
     return float(np.nextafter(ordered[rank - 1], np.inf))
 
 
-def expected_calibration_error(confidence: np.ndarray, right: np.ndarray, bins: int = 10) -> float:
+def expected_calibration_error(
+    confidence: np.ndarray, right: np.ndarray, weights: np.ndarray | None = None, bins: int = 10
+) -> float:
     """Mean gap between confidence and the share right, over equal-width confidence bins,
-    weighted by how many fall in each."""
+    weighted by how many (or how much `weights`) fall in each."""
     if not len(confidence):
         return float("nan")
+    weights = np.ones(len(confidence)) if weights is None else weights
     which = np.minimum((confidence * bins).astype(int), bins - 1)
     gap = 0.0
     for b in range(bins):
         inside = which == b
         if inside.any():
-            gap += inside.sum() * abs(confidence[inside].mean() - right[inside].mean())
-    return float(gap / len(confidence))
+            w = weights[inside]
+            said = np.average(confidence[inside], weights=w)
+            gap += w.sum() * abs(said - np.average(right[inside], weights=w))
+    return float(gap / weights.sum())
