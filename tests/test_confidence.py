@@ -159,6 +159,14 @@ def test_labels_that_cannot_promise_the_target_keep_the_margin_and_refuse_unknow
     assert hybrid.assess([0.9, 0.7])[0] is MatchStatus.matched
 
 
+def test_outcomes_that_weigh_nothing_leave_the_calibration_error_alone():
+    confidence, right = np.array([0.95, 0.95, 0.15]), np.array([1, 1, 1])
+    # the third outcome weighs nothing: its bin is left out, not divided by zero
+    assert expected_calibration_error(confidence, right, np.array([1.0, 1.0, 0.0])) == (
+        pytest.approx(0.05)
+    )
+
+
 def test_expected_calibration_error_is_zero_for_a_perfect_forecast_and_the_gap_otherwise():
     assert expected_calibration_error(np.array([1.0, 1.0, 0.0]), np.array([1, 1, 0])) == 0.0
     assert expected_calibration_error(np.full(4, 0.95), np.array([1, 0, 1, 0])) == pytest.approx(

@@ -14,7 +14,11 @@ is chosen on the other two thirds, the smallest confidence at which
 weigh `unknown_share` of all scans, the prior odds that a scan shows one. Before enough labels
 exist, and while they cannot promise the target, the prior decides: a margin threshold
 (`MATCHING__MIN_MARGIN`, chosen on the grocery `train` split), raised from the first few
-labels until it refuses the asked share of unknown jewels."""
+labels until it refuses the asked share of unknown jewels.
+
+The confidence served is that model's probability rescaled (`_served`) for scans that are
+their product's first as often as the confirmations were: the same scans answered, a
+probability nearer how often they are right."""
 
 from __future__ import annotations
 
@@ -328,8 +332,8 @@ def expected_calibration_error(
     gap = 0.0
     for b in range(bins):
         inside = which == b
-        if inside.any():
-            w = weights[inside]
+        w = weights[inside]
+        if w.sum() > 0:  # a bin of outcomes that weigh nothing says nothing
             said = np.average(confidence[inside], weights=w)
             gap += w.sum() * abs(said - np.average(right[inside], weights=w))
     return float(gap / weights.sum())
