@@ -35,7 +35,7 @@ def outcomes(n: int, seed: int, unknown: bool = True) -> Outcomes:
         right = np.r_[right, np.zeros(n, dtype=bool)]
         known = np.r_[known, np.zeros(n, dtype=bool)]
     keys = np.array([f"k{seed}-{i}" for i in range(len(right))], dtype=object)
-    return Outcomes(evidence, right, known, keys, keys.copy(), np.zeros(len(right), dtype=bool))
+    return Outcomes(evidence, right, known, keys, np.ones(len(right)), np.zeros(len(right), bool))
 
 
 def test_the_logistic_fit_recovers_the_model_that_made_the_labels():
@@ -338,7 +338,7 @@ def test_each_label_is_ranked_with_and_without_its_products_other_confirmed_phot
         beside_copies, alone = mine.evidence[:, 0]
         assert beside_copies - alone > 0.2  # its copy's score against its catalog image's
         assert list(mine.alone) == [False, True]
-        assert set(mine.products) == {key.split("/")[0]}  # a key is product/image
+        assert set(mine.product_confirmations) == {PHOTOS}
     right = outcomes.right[outcomes.known]
     assert right[: len(labelled)].mean() == 1.0  # beside their copies, every label is right
     # a scan is its product's first as often as a confirmation was
@@ -387,6 +387,29 @@ def test_the_labels_and_their_folds_do_not_depend_on_where_the_index_keeps_them(
 _COLUMNS = ("vectors", "product_ids", "sources", "uris", "image_ids")
 
 
+def test_a_draw_of_the_labels_tells_the_same_share_of_first_confirmations():
+    """Past `max_labels` the labels are a draw; the share of confirmations that were their
+    product's first is still that of all of them, not of the draw."""
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.labels import confirmation_outcomes, labelled_rows
+    from worker.matching.ranking import MatchPolicy
+    from worker.settings import LearningSettings
+    from worker.vectors import VectorLayout
+
+    refs, photo = _shop(seed=3)
+    learning = LearningSettings()
+    learning.confidence.max_labels = 150  # of 240 confirmations, 4 per product
+    scans = np.array([photo(p % PRODUCTS) for p in range(200)])
+    policy = MatchPolicy(min_margin=0.5, target_precision=0.95)
+    snapshot = fit_snapshot(refs, scans, VectorLayout(DIM), learning, policy)
+    outcomes = confirmation_outcomes(refs, labelled_rows(refs, frozenset()), snapshot, learning)
+    assert outcomes.labels() == 150
+    assert outcomes.first_share() == pytest.approx(1 / PHOTOS)
+    # the products among the drawn labels alone would count most products first once more
+    drawn_products = {str(key).split("/")[0] for key in outcomes.keys}  # a key: product/image
+    assert len(drawn_products) / 150 > 1 / PHOTOS + 0.05
+
+
 EASY = np.array([2.0, 30.0, -3.0])  # a product with confirmed photos: its own vouch for it
 FIRST_DAY = np.array([2.0, 30.0, -5.0])  # the same evidence, less often right
 
@@ -396,7 +419,7 @@ def two_rankings(n: int, seed: int, per_product: int) -> Outcomes:
     other confirmed photos and `alone`, as `labels.py` ranks them, with a stray each time."""
     rng = np.random.default_rng(seed)
     keys = np.array([f"k{i}" for i in range(n)] * 2, dtype=object)
-    products = np.array([f"p{i // per_product}" for i in range(n)] * 2, dtype=object)
+    counts = np.full(2 * n, float(per_product))
     parts = []
     for alone, true_weights in ((False, EASY), (True, FIRST_DAY)):
         evidence = np.column_stack([rng.uniform(0.2, 0.9, n), rng.exponential(0.08, n)])
@@ -409,7 +432,7 @@ def two_rankings(n: int, seed: int, per_product: int) -> Outcomes:
                 np.r_[right, np.zeros(n, dtype=bool)],
                 known,
                 keys,
-                products,
+                counts,
                 np.full(2 * n, alone),
             )
         )

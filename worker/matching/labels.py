@@ -13,6 +13,7 @@ model in use never trained on (the share `train` held out, and every confirmatio
 from __future__ import annotations
 
 import zlib
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -55,13 +56,15 @@ def confirmation_outcomes(
     chosen = np.argsort(hashes, kind="stable")[: settings.max_labels]
     confirmed = labelled[chosen]
     keys = np.array([refs.key(row) for row in confirmed], dtype=object)
+    per_product = Counter(refs.product_ids[labelled])  # all of them, not only those drawn
+    counts = np.array([per_product[refs.product_ids[row]] for row in confirmed], dtype=float)
     by_confirmation = hashes[chosen] % settings.folds
     by_product = np.array(
         [zlib.crc32(str(refs.product_ids[i]).encode()) % settings.folds for i in confirmed]
     )
     return Outcomes.joined(
         [
-            _fold_outcomes(refs, confirmed, keys, fold_of, alone, snapshot, learning)
+            _fold_outcomes(refs, confirmed, keys, counts, fold_of, alone, snapshot, learning)
             for fold_of, alone in ((by_confirmation, False), (by_product, True))
         ]
     )
@@ -71,18 +74,19 @@ def _fold_outcomes(
     refs: ReferenceSet,
     confirmed: np.ndarray,
     keys: np.ndarray,
+    counts: np.ndarray,
     fold_of: np.ndarray,
     alone: bool,
     snapshot: Snapshot,
     learning: LearningSettings,
 ) -> Outcomes:
-    """The outcomes of the `confirmed` rows, each fold ranked without its rows (`fold_of`;
-    `alone`: folds of products)."""
+    """The outcomes of the `confirmed` rows (their products' `counts` of confirmations), each
+    fold ranked without its rows (`fold_of`; `alone`: folds of products)."""
     rows: list[np.ndarray] = []
     right: list[bool] = []
     known: list[bool] = []
     kept: list[str] = []
-    products: list[str] = []
+    product_confirmations: list[float] = []
     for fold in range(learning.confidence.folds):
         in_fold = fold_of == fold
         held = confirmed[in_fold]
@@ -95,7 +99,9 @@ def _fold_outcomes(
         index = InMemoryIndex.of_references(training)
         prototypes = Prototypes(index, snapshot.layout, ttl=float("inf"))
         rankings = rank(fold_snapshot, index, prototypes, refs.vectors[held], _CANDIDATES)
-        for row, key, ranking in zip(held, keys[in_fold], rankings, strict=True):
+        for row, key, count, ranking in zip(
+            held, keys[in_fold], counts[in_fold], rankings, strict=True
+        ):
             truth = refs.product_ids[row]
             hits = ranking.hits
             others = [hit.score for hit in hits if hit.product_id != truth]
@@ -103,7 +109,7 @@ def _fold_outcomes(
             right += [bool(hits) and hits[0].product_id == truth, False]
             known += [True, False]
             kept += [key, key]
-            products += [truth, truth]
+            product_confirmations += [count, count]
     if not rows:
         return Outcomes.none()
     return Outcomes(
@@ -111,7 +117,7 @@ def _fold_outcomes(
         np.array(right),
         np.array(known),
         np.array(kept, dtype=object),
-        np.array(products, dtype=object),
+        np.array(product_confirmations),
         np.full(len(rows), alone),
     )
 

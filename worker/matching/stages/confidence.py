@@ -104,13 +104,13 @@ class Outcomes:
     right: np.ndarray
     known: np.ndarray
     keys: np.ndarray  # a stable key per outcome (the confirmation it comes from)
-    products: np.ndarray  # the product its confirmation shows
+    product_confirmations: np.ndarray  # how many confirmations its product has, drawn or not
     alone: np.ndarray  # ranked without its product's other confirmed photos (its first day)
 
     @classmethod
     def none(cls) -> Outcomes:
         empty, nothing = np.zeros(0, dtype=bool), np.zeros(0, dtype=object)
-        return cls(np.zeros((0, len(EVIDENCE))), empty, empty, nothing, nothing, empty)
+        return cls(np.zeros((0, len(EVIDENCE))), empty, empty, nothing, np.zeros(0), empty)
 
     @classmethod
     def joined(cls, parts: Sequence[Outcomes]) -> Outcomes:
@@ -130,10 +130,12 @@ class Outcomes:
         return Outcomes(*(getattr(self, f.name)[mask] for f in fields(self)))
 
     def first_share(self) -> float:
-        """The share of confirmations that were their product's first: how often a scan
-        shows a product with no confirmed photo yet, as far as the labels tell."""
-        labels = self.labels()
-        return len(set(self.products[self.known])) / labels if labels else 1.0
+        """The share of confirmations that were their product's first (products over
+        confirmations): how often a scan shows a product with no confirmed photo yet, as far
+        as the labels tell. The mean of one over each label's product's confirmations, so
+        that labels drawn from many more (`max_labels`) estimate the same share."""
+        counts = self.product_confirmations[self.known]
+        return float(np.mean(1.0 / counts)) if len(counts) else 1.0
 
     def weights(self, unknown_share: float, first_share: float = 0.5) -> np.ndarray:
         """Known outcomes weigh 1 on average, those ranked `alone` together `first_share` of
