@@ -249,7 +249,8 @@ class MatchResult(_Message):
         ge=0.0,
         le=1.0,
         description="Probability that the first match is the right product, learned from this "
-        "deployment's confirmations (`confidence_origin` 'labels' or 'labels+margin'); with "
+        "deployment's confirmations (`confidence_origin` 'labels' or 'labels+margin'; for "
+        "scans that are their product's first as often as its confirmations were); with "
         "'prior', how often the first product was right at that margin before any "
         "confirmation, calibrated once on grocery photos with the default model: a guide "
         "where the towers or the photos differ. A "
