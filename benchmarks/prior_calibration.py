@@ -19,6 +19,7 @@ import numpy as np
 from rich.progress import Progress
 
 from worker.matching.stages.confidence import (
+    Confidence,
     evidence,
     expected_calibration_error,
     fit_logistic,
@@ -31,10 +32,11 @@ def main(data: Path, split: str) -> None:
     with Progress(transient=True) as progress:
         report = run_accuracy(load_settings(quiet=True), AccuracyOptions(data, split), progress)
     known = report.runs[0].known
-    margins = np.array([evidence(o.ranking.evidence)[1] for o in known])
+    rows = np.array([evidence(o.ranking.evidence) for o in known])
     right = np.array([o.rank == 1 for o in known], dtype=float)
-    slope, intercept = fit_logistic(margins[:, None], right, np.ones(len(right)))
-    fitted = 1.0 / (1.0 + np.exp(-(slope * margins + intercept)))
+    slope, intercept = fit_logistic(rows[:, 1:], right, np.ones(len(right)))
+    # what the stage would serve with this calibration (`Confidence.prior`'s weights)
+    fitted = Confidence(np.array([0.0, slope, intercept]), 0.0).of(rows)
     served = np.array([o.ranking.confidence for o in known])
     print(f"{data} ({split}): {len(known)} photos of catalog products, recall@1 {right.mean():.3f}")
     print(f"fitted: slope {slope:.3f}, intercept {intercept:.3f}")
