@@ -410,6 +410,43 @@ def test_a_draw_of_the_labels_tells_the_same_share_of_first_confirmations():
     assert len(drawn_products) / 150 > 1 / PHOTOS + 0.05
 
 
+def test_another_draw_seed_draws_and_splits_other_labels_and_keeps_the_promise():
+    """`LEARNING__DRAW_SEED` changes which confirmations are drawn (and how they are folded
+    and split), not how many, nor the promise the threshold keeps; seed 0 is the draw every
+    earlier figure was measured with."""
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.labels import confirmation_outcomes, labelled_rows
+    from worker.matching.ranking import MatchPolicy
+    from worker.settings import LearningSettings
+    from worker.vectors import VectorLayout
+
+    refs, photo = _shop(seed=3)
+    scans = np.array([photo(p % PRODUCTS) for p in range(200)])
+    policy = MatchPolicy(min_margin=0.5, target_precision=0.95)
+
+    def drawn_keys(seed: int) -> set[str]:
+        learning = LearningSettings(draw_seed=seed)
+        learning.confidence.max_labels = 150  # of 240 confirmations: a draw
+        snapshot = fit_snapshot(refs, scans, VectorLayout(DIM), learning, policy)
+        outcomes = confirmation_outcomes(refs, labelled_rows(refs, frozenset()), snapshot, learning)
+        assert outcomes.labels() == 150
+        return {str(key) for key in outcomes.keys}
+
+    first, again, other = drawn_keys(0), drawn_keys(0), drawn_keys(1)
+    assert first == again and first != other
+
+    labels, fresh = outcomes(3000, seed=3), outcomes(20000, seed=4)
+    plain = fit_confidence(labels, ConfidenceSettings(), 0.95, prior())
+    assert (
+        plain.threshold == fit_confidence(labels, ConfidenceSettings(), 0.95, prior(), 0).threshold
+    )
+    for seed in (1, 2):
+        learned = fit_confidence(labels, ConfidenceSettings(), 0.95, prior(), seed)
+        assert learned.report["calibration_labels"] != plain.report["calibration_labels"]
+        answered = learned.of(fresh.evidence) >= learned.threshold
+        assert fresh.right[answered & fresh.known].mean() >= 0.95 - 0.01
+
+
 EASY = np.array([2.0, 30.0, -3.0])  # a product with confirmed photos: its own vouch for it
 FIRST_DAY = np.array([2.0, 30.0, -5.0])  # the same evidence, less often right
 

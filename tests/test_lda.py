@@ -58,3 +58,14 @@ def test_the_cap_on_held_out_confirmations_does_not_take_the_first_products_by_n
     assert len(capped) == 20
     products = sorted({key.split("/")[0] for key in capped})
     assert products[-1] > "p100"  # the row order would have taken p000… only
+
+
+def test_another_draw_seed_holds_out_other_confirmations_in_the_same_share():
+    refs, settings = _confirmations(40, 8), LdaSettings()
+    held = {seed: lda.held_out(refs, settings, seed) for seed in (0, 1, 2)}
+    # seed 0 is the plain hash: the draw every earlier figure was measured with
+    assert np.array_equal(held[0], lda.held_out(refs, settings))
+    assert np.array_equal(held[1], lda.held_out(refs, settings, 1))  # deterministic
+    for seed in (1, 2):
+        assert not np.array_equal(held[seed], held[0])
+        assert 0.1 < held[seed].sum() / (40 * 8) < 0.3

@@ -621,6 +621,14 @@ class LearningSettings(BaseModel):
         default=20, ge=1, description="Products found by the search that a space re-ranks."
     )
     refit: RefitSettings = RefitSettings()
+    draw_seed: int = Field(
+        default=0,
+        ge=0,
+        description="Salts the hash of each confirmation's product and image id by which the "
+        "learned stages hold confirmations out, fold and draw them (the metric's check, the "
+        "confidence's labels, folds and split). One seed is as fair as another; a benchmark "
+        "sets others to see how far the draw alone moves a figure.",
+    )
     prototype_ttl_seconds: float = Field(
         default=60.0,
         gt=0,

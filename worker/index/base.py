@@ -230,15 +230,23 @@ class ReferenceSet:
         image = self.image_ids[row] if self.image_ids is not None else row
         return f"{self.product_ids[row]}/{image}"
 
-    def key_hashes(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
-        """The CRC-32 of each row's `key`: what confirmations are drawn and folded by."""
-        return np.array([zlib.crc32(self.key(row).encode()) for row in rows], dtype=np.int64)
+    def key_hashes(self, rows: Sequence[int] | np.ndarray, seed: int = 0) -> np.ndarray:
+        """Each row's `draw_hash`: what confirmations are drawn and folded by."""
+        return np.array([draw_hash(self.key(row), seed) for row in rows], dtype=np.int64)
 
     def pieces(self) -> np.ndarray:
         """Which rows are pieces cut from a set's catalog image (`MODEL__CATALOG_PARTS`)."""
         if self.image_ids is None:
             return np.zeros(len(self), dtype=bool)
         return np.array([is_part(str(image_id)) for image_id in self.image_ids], dtype=bool)
+
+
+def draw_hash(key: str, seed: int = 0) -> int:
+    """The CRC-32 of `key`, salted with `seed` (`LEARNING__DRAW_SEED`) unless it is 0: which
+    confirmations the learned stages hold out, fold and draw. Any seed is as fair as another;
+    others show how far the draw alone moves a figure (docs/benchmarks.md, "Knowing when it
+    does not know")."""
+    return zlib.crc32((key if seed == 0 else f"{seed}:{key}").encode())
 
 
 def latest_scans(records: Sequence, limit: int) -> list:

@@ -91,7 +91,9 @@ def _with_confidence(
     if settings.enabled and confirmations >= min(settings.min_labels, settings.min_refusal_labels):
         outcomes = confirmation_outcomes(refs, labelled, snapshot, learning)
     policy = snapshot.policy
-    confidence = fit_confidence(outcomes, settings, policy.target_precision, policy.prior())
+    confidence = fit_confidence(
+        outcomes, settings, policy.target_precision, policy.prior(), learning.draw_seed
+    )
     labels = confidence.report.get("labels") or confirmations
     snapshot.report["confidence"] = {**confidence.report, "labels": labels}
     return replace(snapshot, confidence=confidence)
@@ -140,7 +142,7 @@ def _lda(
         report["lda_skipped"] = f"fewer than {settings.min_confirmations} confirmations"
         return None
     image_means = centring.image_means
-    held = held_out(image_refs, settings)
+    held = held_out(image_refs, settings, learning.draw_seed)
     fit_part, check_part = image_refs.subset(~held), image_refs.subset(held)
     candidate = lda_space(fit_part, image_means, settings)
     if candidate is None or not len(check_part):

@@ -12,13 +12,12 @@ model in use never trained on (the share `train` held out, and every confirmatio
 
 from __future__ import annotations
 
-import zlib
 from collections import Counter
 from dataclasses import replace
 
 import numpy as np
 
-from worker.index.base import ReferenceSet
+from worker.index.base import ReferenceSet, draw_hash
 from worker.index.memory import InMemoryIndex
 from worker.matching.ranking import Prototypes, Snapshot, rank
 from worker.matching.stages.centring import image_references
@@ -50,7 +49,7 @@ def confirmation_outcomes(
     answers too boldly; the second is as hard as the product's first scan. Both outcomes of a
     confirmation share its key."""
     settings = learning.confidence
-    hashes = refs.key_hashes(labelled)
+    hashes = refs.key_hashes(labelled, learning.draw_seed)
     # at most `max_labels`, drawn by their keys' hashes: the same draw whatever the order
     # of the rows, and not the first products by name
     chosen = np.argsort(hashes, kind="stable")[: settings.max_labels]
@@ -60,7 +59,10 @@ def confirmation_outcomes(
     counts = np.array([per_product[refs.product_ids[row]] for row in confirmed], dtype=float)
     by_confirmation = hashes[chosen] % settings.folds
     by_product = np.array(
-        [zlib.crc32(str(refs.product_ids[i]).encode()) % settings.folds for i in confirmed]
+        [
+            draw_hash(str(refs.product_ids[i]), learning.draw_seed) % settings.folds
+            for i in confirmed
+        ]
     )
     return Outcomes.joined(
         [

@@ -22,13 +22,13 @@ probability nearer how often they are right."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
 from shared.contract import MatchStatus
+from worker.index.base import draw_hash
 from worker.settings import ConfidenceSettings
 
 EVIDENCE = ("score", "margin")
@@ -152,15 +152,20 @@ class Outcomes:
 
 
 def fit_confidence(
-    outcomes: Outcomes, settings: ConfidenceSettings, target_precision: float, fallback: Confidence
+    outcomes: Outcomes,
+    settings: ConfidenceSettings,
+    target_precision: float,
+    fallback: Confidence,
+    draw_seed: int = 0,
 ) -> Confidence:
     """A learned confidence from labelled outcomes, or `fallback` (the prior) while they come
-    from fewer than `min_labels` confirmations."""
+    from fewer than `min_labels` confirmations. `draw_seed` salts the split of the labels
+    (`LEARNING__DRAW_SEED`)."""
     known = outcomes.labels()
     if not settings.enabled or known < settings.min_labels:
         return _prior_refusing_unknowns(outcomes, settings, fallback, known)
     # a third fits the two weights; two thirds choose the threshold, where numbers count
-    calibrating = np.array([zlib.crc32(str(k).encode()) % 3 != 0 for k in outcomes.keys])
+    calibrating = np.array([draw_hash(str(k), draw_seed) % 3 != 0 for k in outcomes.keys])
     fit_part, check_part = outcomes.subset(~calibrating), outcomes.subset(calibrating)
     weights = fit_logistic(
         fit_part.evidence, fit_part.right.astype(float), fit_part.weights(settings.unknown_share)

@@ -80,12 +80,12 @@ def lda_space(
     return RerankSpace("lda", projection, image_means) if projection is not None else None
 
 
-def held_out(refs: ReferenceSet, settings: LdaSettings) -> np.ndarray:
+def held_out(refs: ReferenceSet, settings: LdaSettings, draw_seed: int = 0) -> np.ndarray:
     """A deterministic share (at most `max_validation_queries`) of the confirmed scans, drawn
     by a hash of each one's product and image id: a confirmation stays held out (or not) as
     others arrive, whatever order the index keeps them in."""
     confirmed = np.flatnonzero(refs.sources == SOURCE_CONFIRMED_SCAN)
-    hashes = refs.key_hashes(confirmed)
+    hashes = refs.key_hashes(confirmed, draw_seed)
     share = hashes % 1000 < settings.validation_share * 1000
     # the cap takes the smallest hashes, not the first products by name
     kept = confirmed[share][np.argsort(hashes[share], kind="stable")]

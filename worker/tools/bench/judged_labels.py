@@ -13,14 +13,13 @@ the decision."""
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
 
 from shared.contract import MatchStatus
-from worker.index.base import ReferenceSet
+from worker.index.base import ReferenceSet, draw_hash
 from worker.matching.labels import confirmation_outcomes, labelled_rows
 from worker.matching.learner import Learner
 from worker.matching.ranking import Ranking
@@ -51,7 +50,8 @@ def decided_with_judged_labels(
     both = ReferenceSet.joined([refs, as_refs])
     rows = np.r_[len(refs) + np.arange(len(judged)), labelled_rows(refs, learner.trained_on)]
     outcomes = confirmation_outcomes(both, rows, learner.snapshot, learner.learning)
-    photo_fold = [zlib.crc32(key.encode()) % settings.folds for _, key in photos]
+    seed = learner.learning.draw_seed
+    photo_fold = [draw_hash(key, seed) % settings.folds for _, key in photos]
     # the judged photos' rows follow refs' in `both`
     fold_of_key = {both.key(len(refs) + n): photo_fold[i] for n, i in enumerate(judged)}
     fold = np.array([fold_of_key.get(str(key), -1) for key in outcomes.keys])
@@ -84,6 +84,7 @@ def _decided(ranking: Ranking, confidence: Confidence) -> Ranking:
 
 def _fit(learner: Learner, outcomes: Outcomes) -> Confidence:
     policy = learner.snapshot.policy
+    learning = learner.learning
     return fit_confidence(
-        outcomes, learner.learning.confidence, policy.target_precision, policy.prior()
+        outcomes, learning.confidence, policy.target_precision, policy.prior(), learning.draw_seed
     )
