@@ -1,6 +1,7 @@
 """The documentation stays true to the code: the whole settings table is the generated one,
 the test command is CI's, the README stays short and links every page."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,8 +36,31 @@ def test_readme_is_short_and_links_every_page():
 
 
 def test_relative_links_in_the_docs_lead_somewhere():
-    import re
-
     for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), (page.name, target)
+
+
+def _prose(page: Path) -> str:
+    """A page without its code blocks (whose `# comments` are no headings)."""
+    return re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
+
+
+def _anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a page's headings: lower case, punctuation dropped, spaces
+    as hyphens, a repeated one numbered."""
+    seen: dict[str, int] = {}
+    anchors = set()
+    for title in re.findall(r"^#{1,6} (.+)$", _prose(page), flags=re.MULTILINE):
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_links_to_a_section_name_one_that_exists():
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target, anchor in re.findall(r"\]\(([^)#:]*)#([^)]+)\)", _prose(page)):
+            linked = (page.parent / target) if target else page
+            assert anchor in _anchors(linked), (page.name, target, anchor)
