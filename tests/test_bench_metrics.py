@@ -57,3 +57,24 @@ def test_coverage_accuracy_curve():
     assert curve[0] == {"threshold": 0.0, "answered": 1.0, "accuracy": 0.5}
     assert curve[1] == {"threshold": 0.5, "answered": 0.5, "accuracy": 0.5}
     assert curve[2]["answered"] == 0.0 and math.isnan(curve[2]["accuracy"])
+
+
+def test_a_result_file_names_the_settings_it_was_measured_with_but_no_secret(tmp_path, monkeypatch):
+    import json
+
+    from worker.tools.bench.report import write_result
+
+    monkeypatch.setenv("JEWELMATCH_LEARNING__DRAW_SEED", "3")
+    monkeypatch.setenv("JEWELMATCH_AMQP__URL", "amqp://user:hunter2@broker//")
+    monkeypatch.setenv("JEWELMATCH_S3__SECRET_ACCESS_KEY", "hunter2")
+    monkeypatch.setenv("JEWELMATCH_REVIEW__USERS", '[{"password_hash": "hunter2"}]')
+    monkeypatch.setenv("JEWELMATCH_INDEX__API_KEY", "hunter2")
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", "efficientnet-lite0")
+    monkeypatch.setenv("OTHER_TOOL_SETTING", "x")
+    path = write_result(tmp_path / "r.json", "accuracy", "jewelmatch bench accuracy", {})
+    written = path.read_text()
+    assert json.loads(written)["settings"] == {
+        "JEWELMATCH_LEARNING__DRAW_SEED": "3",
+        "JEWELMATCH_MODEL__NAME": "efficientnet-lite0",
+    }
+    assert "hunter2" not in written and "OTHER_TOOL_SETTING" not in written

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -53,12 +54,29 @@ def git_revision() -> str | None:
         return None
 
 
+MEASURED_SETTINGS = re.compile(
+    r"JEWELMATCH_(MODEL|LEARNING|MATCHING|TRAINING|IMAGES|INDEX)__(?!.*(KEY|URL|SECRET|TOKEN))"
+)
+"""The settings that can move a figure; never the brokers', the store's or the desk's
+(addresses, credentials, users)."""
+
+
+def settings_from_environment() -> dict[str, str]:
+    """The `MEASURED_SETTINGS` set in the environment: a figure measured with
+    `JEWELMATCH_LEARNING__DRAW_SEED=1` says so in its result file."""
+    return {
+        name: value for name, value in sorted(os.environ.items()) if MEASURED_SETTINGS.match(name)
+    }
+
+
 def write_result(path: Path, benchmark: str, command: str, figures: dict) -> Path:
-    """Write one benchmark's figures with the machine and the command that produced them."""
+    """Write one benchmark's figures with the machine, the command and the settings set in
+    the environment that produced them."""
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "benchmark": benchmark,
         "command": command,
+        "settings": settings_from_environment(),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "revision": git_revision(),
         "machine": machine(),
