@@ -64,3 +64,10 @@ def test_links_to_a_section_name_one_that_exists():
         for target, anchor in re.findall(r"\]\(([^)#:]*)#([^)]+)\)", _prose(page)):
             linked = (page.parent / target) if target else page
             assert anchor in _anchors(linked), (page.name, target, anchor)
+
+
+def test_the_benchmarks_contents_list_every_section():
+    page = ROOT / "docs" / "benchmarks.md"
+    contents = _prose(page).split("**Contents.**")[1].split("\n## ")[0]
+    listed = set(re.findall(r"\]\(#([^)]+)\)", contents))
+    assert listed == _anchors(page) - {"benchmarks-matching-quality-speed-and-scale", "at-a-glance"}
