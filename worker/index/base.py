@@ -244,8 +244,8 @@ class ReferenceSet:
 def draw_hash(key: str, seed: int = 0) -> int:
     """The CRC-32 of `key`, salted with `seed` (`LEARNING__DRAW_SEED`) unless it is 0: which
     confirmations the learned stages hold out, fold and draw. Any seed is as fair as another;
-    others show how far the draw alone moves a figure (docs/benchmarks.md, "Knowing when it
-    does not know")."""
+    others show how far the draw alone moves a figure (docs/benchmarks.md, "How far the draw
+    alone moves the decision")."""
     return zlib.crc32((key if seed == 0 else f"{seed}:{key}").encode())
 
 
