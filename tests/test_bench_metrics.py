@@ -71,10 +71,17 @@ def test_a_result_file_names_the_settings_it_was_measured_with_but_no_secret(tmp
     monkeypatch.setenv("JEWELMATCH_INDEX__API_KEY", "hunter2")
     monkeypatch.setenv("JEWELMATCH_MODEL__NAME", "efficientnet-lite0")
     monkeypatch.setenv("OTHER_TOOL_SETTING", "x")
+    # the .env file the settings read too, under the environment
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        "JEWELMATCH_MATCHING__TARGET_PRECISION=0.97\nJEWELMATCH_LEARNING__DRAW_SEED=9\n"
+        "JEWELMATCH_S3__SECRET_ACCESS_KEY=hunter2\n"
+    )
     path = write_result(tmp_path / "r.json", "accuracy", "jewelmatch bench accuracy", {})
     written = path.read_text()
     assert json.loads(written)["settings"] == {
         "JEWELMATCH_LEARNING__DRAW_SEED": "3",
+        "JEWELMATCH_MATCHING__TARGET_PRECISION": "0.97",
         "JEWELMATCH_MODEL__NAME": "efficientnet-lite0",
     }
     assert "hunter2" not in written and "OTHER_TOOL_SETTING" not in written

@@ -1,10 +1,12 @@
 """The metric learned from confirmations (LDA): solved in the span of the references, it is the
 full problem's projection, at a fraction of the cost."""
 
+import zlib
+
 import numpy as np
 import pytest
 
-from worker.index.base import ReferenceSet
+from worker.index.base import ReferenceSet, draw_hash
 from worker.matching.stages import lda
 from worker.settings import LdaSettings
 from worker.vectors import SOURCE_CONFIRMED_SCAN
@@ -64,6 +66,9 @@ def test_another_draw_seed_holds_out_other_confirmations_in_the_same_share():
     refs, settings = _confirmations(40, 8), LdaSettings()
     held = {seed: lda.held_out(refs, settings, seed) for seed in (0, 1, 2)}
     # seed 0 is the plain hash: the draw every earlier figure was measured with
+    key = refs.key(0)
+    assert draw_hash(key) == draw_hash(key, 0) == zlib.crc32(key.encode())
+    assert draw_hash(key, 1) != draw_hash(key)
     assert np.array_equal(held[0], lda.held_out(refs, settings))
     assert np.array_equal(held[1], lda.held_out(refs, settings, 1))  # deterministic
     for seed in (1, 2):

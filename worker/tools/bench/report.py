@@ -10,7 +10,9 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
-from worker.settings import container_cpu_limit
+from dotenv import dotenv_values
+
+from worker.settings import Settings, container_cpu_limit
 
 
 def cpu_model() -> str:
@@ -62,10 +64,16 @@ MEASURED_SETTINGS = re.compile(
 
 
 def settings_from_environment() -> dict[str, str]:
-    """The `MEASURED_SETTINGS` set in the environment: a figure measured with
-    `JEWELMATCH_LEARNING__DRAW_SEED=1` says so in its result file."""
+    """The `MEASURED_SETTINGS` set where the settings are read from (the environment, and
+    the `.env` file it overrides): a figure measured with `JEWELMATCH_LEARNING__DRAW_SEED=1`
+    says so in its result file."""
+    env_file = Settings.model_config.get("env_file")
+    from_file = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+    found = {**from_file, **os.environ}
     return {
-        name: value for name, value in sorted(os.environ.items()) if MEASURED_SETTINGS.match(name)
+        name: str(value)
+        for name, value in sorted(found.items())
+        if value is not None and MEASURED_SETTINGS.match(name)
     }
 
 
