@@ -1,6 +1,8 @@
 """The documentation stays true to the code: the whole settings table is the generated one,
-the test command is CI's, the README stays short and links every page."""
+the test command is CI's, the README stays short and links every page, and the benchmarks'
+summary quotes the result files it names."""
 
+import json
 import re
 import subprocess
 import sys
@@ -71,3 +73,42 @@ def test_the_benchmarks_contents_list_every_section():
     contents = _prose(page).split("**Contents.**")[1].split("\n## ")[0]
     listed = set(re.findall(r"\]\(#([^)]+)\)", contents))
     assert listed == _anchors(page) - {"benchmarks-matching-quality-speed-and-scale", "at-a-glance"}
+
+
+def _numbers(result) -> list[float]:
+    """Every number in a result file, however deep."""
+    if isinstance(result, dict):
+        return [n for value in result.values() for n in _numbers(value)]
+    if isinstance(result, list):
+        return [n for value in result for n in _numbers(value)]
+    if isinstance(result, int | float) and not isinstance(result, bool):
+        return [float(result)]
+    return []
+
+
+def _in_result(figure: str, numbers: list[float]) -> bool:
+    """A figure as the page writes it (0.875, 24.8 for a share in per cent, 496 s) is one of
+    the file's numbers rounded, as a share, a percentage or its complement (photos answered
+    are those not refused)."""
+    value = float(figure)
+    tolerance = 0.5 * 10 ** -(len(figure.split(".")[1]) if "." in figure else 0) + 1e-9
+    candidates = [form for n in numbers for form in (n, 100 * n, 100 * (1 - n))]
+    return any(abs(candidate - value) <= tolerance for candidate in candidates)
+
+
+def test_the_benchmarks_at_a_glance_figures_are_those_of_the_files_they_name():
+    """Each row's first figures (before a `;`, asides in brackets aside) are in the first
+    result file the row names, so a file measured again cannot leave the summary behind."""
+    glance = _prose(ROOT / "docs" / "benchmarks.md").split("## At a glance")[1]
+    rows = re.findall(
+        r"^\| (?!what )(?!---)(.+) \| (.+) \| (.+) \|$", glance.split("\n## ")[0], re.M
+    )
+    assert len(rows) >= 8
+    for _what, figures, source in rows:
+        name = re.search(r"`([\w.-]+\.json)`", source).group(1)
+        numbers = _numbers(json.loads((ROOT / "benchmarks" / "results" / name).read_text()))
+        first = re.sub(r"\((?![^)]*studio)[^)]*\)", "", figures.split(";")[0])
+        checked = re.findall(r"(?<![\w.])\d+(?:\.\d+)?(?![\w.])", first)
+        assert checked, figures
+        for figure in checked:
+            assert _in_result(figure, numbers), (name, figure)
