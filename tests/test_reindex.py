@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from shared.contract import ProductUpserted
+from shared.contract import ProductDeleted, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, WHOLE_CATALOG_VIEWS, jpeg_bytes
 from tests.support.pictures import set_picture
 from tests.support.tiny_model import write_tiny_model
@@ -154,6 +154,41 @@ def test_reindex_builds_the_new_index_while_the_old_one_answers(indexes, models,
     again = reindex(source, target, store, new, ImageSettings(), 4)
     assert (again.images, again.reindexed, again.removed) == (8, 8, 1)
     assert target.product_images("p001") == [] and target.count() == 8
+
+
+def test_reindex_carries_versions_tombstones_and_etags(indexes, models, s3, s3_endpoint):
+    """A late, older product event must stay stale once the new index is in service: the
+    versions applied and the deleted products' tombstones move with the images."""
+    _, _, (source, target) = indexes
+    old, new = models
+    images = pictures()
+    catalog = Catalog(source)
+    for design in DESIGNS[:2]:
+        key = f"{design.product_id}.jpg"
+        s3.put_object(Bucket=CATALOG_BUCKET, Key=key, Body=jpeg_bytes(images[design.product_id]))
+        event = ProductUpserted(
+            product_id=design.product_id,
+            sku=design.sku,
+            version=3,
+            images=[{"image_id": "front", "bucket": CATALOG_BUCKET, "key": key}],
+        )
+        vector = old.embed([images[design.product_id]], ImageKind.catalog)[0]
+        embedded = EmbeddedImage(event.images[0], vector, etag=f"etag-{design.product_id}")
+        catalog.apply(event, catalog.plan(event), [embedded])
+    kept, deleted = DESIGNS[0].product_id, DESIGNS[1].product_id
+    catalog.delete(ProductDeleted(product_id=deleted, version=4))
+    store = S3ImageStore(
+        S3Settings(endpoint_url=s3_endpoint, allowed_buckets=[CATALOG_BUCKET]), max_bytes=10**7
+    )
+
+    report = reindex(source, target, store, new, ImageSettings(), 3)
+
+    assert (report.reindexed, report.product_states) == (1, 2)
+    moved = Catalog(target)
+    assert moved.is_stale(kept, 2) and not moved.is_stale(kept, 3)
+    assert moved.is_stale(deleted, 3) and moved.is_stale(deleted, 4)  # not brought back
+    assert target.product_state(deleted).deleted
+    assert [image.etag for image in target.product_images(kept)] == [f"etag-{kept}"]
 
 
 def test_a_set_is_cut_into_pieces_again_by_a_model_that_cuts_sets(tmp_path, s3, s3_endpoint):

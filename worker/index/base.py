@@ -406,6 +406,16 @@ class VectorIndex(ABC):
     def set_product_state(self, state: ProductState) -> None:
         """Record the last product event applied (a version, or a deletion's tombstone)."""
 
+    def set_product_states(self, states: Sequence[ProductState]) -> None:
+        """Record several products' last applied events at once (a reindex's copy)."""
+        for state in states:
+            self.set_product_state(state)
+
+    @abstractmethod
+    def all_product_states(self) -> list[ProductState]:
+        """Every product's last applied event, deleted products' tombstones included (a
+        reindex carries them, so that a late, older event stays stale on the new index)."""
+
     def optimize(self) -> bool:
         """Build search structures for a large index; returns whether anything was done."""
         return False

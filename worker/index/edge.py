@@ -332,11 +332,19 @@ class EdgeIndex(VectorIndex):
         return ProductState.from_payload(records[0].payload) if records else None
 
     def set_product_state(self, state: ProductState) -> None:
-        self._products.update(
-            UpdateOperation.upsert_points(
-                [Point(product_point_id(state.product_id, self.model_id), [1.0], state.payload())]
-            )
-        )
+        self.set_product_states([state])
+
+    def set_product_states(self, states: Sequence[ProductState]) -> None:
+        if not states:
+            return
+        points = [
+            Point(product_point_id(state.product_id, self.model_id), [1.0], state.payload())
+            for state in states
+        ]
+        self._products.update(UpdateOperation.upsert_points(points))
+
+    def all_product_states(self) -> list[ProductState]:
+        return [ProductState.from_payload(r.payload) for r in self._scroll(self._products, None)]
 
     # ------------------------------------------------------------------------------------
 

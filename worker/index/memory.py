@@ -195,6 +195,9 @@ class InMemoryIndex(VectorIndex):
     def set_product_state(self, state: ProductState) -> None:
         self._states[state.product_id] = state
 
+    def all_product_states(self) -> list[ProductState]:
+        return list(self._states.values())
+
     def _stored(self, image: ReferenceImage) -> StoredImage:
         """What the other back ends read back from a point's payload."""
         return StoredImage.from_payload(image.payload(self.model_id))

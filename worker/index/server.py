@@ -325,8 +325,13 @@ class QdrantServerIndex(VectorIndex):
         )
         return ProductState.from_payload(records[0].payload or {}) if records else None
 
-    @_transient_on_outage
     def set_product_state(self, state: ProductState) -> None:
+        self.set_product_states([state])
+
+    @_transient_on_outage
+    def set_product_states(self, states: Sequence[ProductState]) -> None:
+        if not states:
+            return
         self._client.upsert(
             self.products,
             points=[
@@ -335,9 +340,15 @@ class QdrantServerIndex(VectorIndex):
                     vector=[1.0],
                     payload=state.payload(),
                 )
+                for state in states
             ],
             wait=True,
         )
+
+    @_transient_on_outage
+    def all_product_states(self) -> list[ProductState]:
+        records = self._scroll(self.products, None)
+        return [ProductState.from_payload(record.payload or {}) for record in records]
 
     @_transient_on_outage
     def make_current(self) -> None:

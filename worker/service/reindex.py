@@ -5,7 +5,8 @@ model on the embedded engine, a collection per model on a Qdrant server) built f
 images in S3 while the old one keeps answering; then one atomic switch makes the new one
 current: the alias `<prefix>-references` on a server, the `current` link of the embedded
 engine's data directory. Confirmed scans are re-embedded too (as scans), so what the system
-learned survives the change of model.
+learned survives the change of model, and so does each product's last applied event (its
+version, or a deletion's tombstone), so that an older event delivered late stays stale.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ReindexReport:
     reindexed: int = 0
     skipped: int = 0
     removed: int = 0
+    product_states: int = 0
+    """Products whose last applied event (version, deletion) was carried over."""
 
 
 def fetch_stored(store: ImageStore, stored: StoredImage) -> bytes:
@@ -89,6 +92,9 @@ def reindex(
             report.reindexed += len(chosen)
         on_progress(len(page))
     report.removed = _remove_missing(target, in_source)
+    states = source.all_product_states()
+    target.set_product_states(states)
+    report.product_states = len(states)
     return report
 
 
@@ -110,6 +116,7 @@ def _embedded(
             category=s.category,
             name=s.name,
             uri=s.uri,
+            etag=s.etag,
             taken_at=s.taken_at,
         )
         for (s, _), whole, pieces in zip(chosen, vectors, parts, strict=True)
