@@ -149,11 +149,25 @@ def test_reindex_builds_the_new_index_while_the_old_one_answers(indexes, models,
         assert aliases == {references_alias(settings.collection_prefix)}
     assert source.count() == 9
 
-    # a catch-up pass brings the new index level with events that reached only the old one
+    # a catch-up pass brings the new index level with events that reached only the old one,
+    # embedding only what they changed
     source.delete_product("p001")
+    s3.put_object(Bucket=CATALOG_BUCKET, Key="p003-new.jpg", Body=jpeg_bytes(images["p004"]))
+    replaced = ProductUpserted(
+        product_id="p003",
+        sku="p003",
+        images=[{"image_id": "front", "bucket": CATALOG_BUCKET, "key": "p003-new.jpg"}],
+    )
+    vector = old.embed([images["p004"]], ImageKind.catalog)[0]
+    catalog.apply(replaced, catalog.plan(replaced), [EmbeddedImage(replaced.images[0], vector)])
     again = reindex(source, target, store, new, ImageSettings(), 4)
-    assert (again.images, again.reindexed, again.removed) == (8, 8, 1)
+    assert (again.images, again.reindexed, again.unchanged, again.removed) == (8, 1, 7, 1)
     assert target.product_images("p001") == [] and target.count() == 8
+    as_stored = new.embed([images["p004"]], ImageKind.catalog)
+    assert {hit.product_id for hit in target.search(as_stored, 2)[0]} == {"p003", "p004"}
+    assert [image.uri for image in target.product_images("p003")] == [
+        f"s3://{CATALOG_BUCKET}/p003-new.jpg"
+    ]
 
 
 def test_reindex_carries_versions_tombstones_and_etags(indexes, models, s3, s3_endpoint):
@@ -220,6 +234,9 @@ def test_a_set_is_cut_into_pieces_again_by_a_model_that_cuts_sets(tmp_path, s3, 
         )
         report = reindex(source, target, store, embedder, ImageSettings())
         assert (report.images, report.reindexed, report.skipped) == (1, 1, 0)
+        assert sorted(i.image_id for i in target.product_images("set-1")) == stored
+        again = reindex(source, target, store, embedder, ImageSettings())
+        assert (again.reindexed, again.unchanged, again.removed) == (0, 1, 0)
         assert sorted(i.image_id for i in target.product_images("set-1")) == stored
         target.close()
     source.close()

@@ -169,7 +169,8 @@ def _reindex(settings, from_model: str, switch: bool) -> None:
         target.close()
     console.print(
         f"re-embedded {report.reindexed} of {report.images} images for "
-        f"{embedder.model_id} ({report.skipped} skipped, {report.removed} removed; "
+        f"{embedder.model_id} ({report.unchanged} already there, {report.skipped} skipped, "
+        f"{report.removed} removed; "
         f"{report.product_states} products' last events carried)"
         + ("; now current" if switch else "")
     )
