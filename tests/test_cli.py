@@ -87,6 +87,7 @@ def _first_score(output: str) -> float:
 @pytest.mark.integration
 def test_demo_on_the_generated_catalog_with_the_real_default_model(tmp_path, monkeypatch):
     monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "models"))
+    _leave_answers_of_another_run_on_the_in_memory_broker(count=8)
     result = runner.invoke(app, ["demo", "--products", "8", "--scans-per-product", "1"])
     assert result.exit_code == 0, result.output
     last = result.output.strip().splitlines()[-1]
@@ -95,3 +96,25 @@ def test_demo_on_the_generated_catalog_with_the_real_default_model(tmp_path, mon
     correct, total = map(int, match.groups())
     assert total == 8
     assert correct >= 4  # measured 19/32 on the default 16 × 2 catalog; chance is 1/8
+
+
+def _leave_answers_of_another_run_on_the_in_memory_broker(count: int) -> None:
+    """The in-memory broker is the process's: what an earlier run left there (here every
+    product ingested, every scan answered wrongly) must not be taken for this run's."""
+    from kombu import Connection
+
+    from shared import topology
+    from shared.contract import CatalogOutcome, MatchResult, MatchStatus
+
+    with Connection("memory://") as connection:
+        for n in range(count):
+            connection.SimpleQueue(topology.CATALOG_OUTCOMES_QUEUE).put(
+                CatalogOutcome(
+                    event="product.created", product_id=f"p{n:03d}", status="applied", model="m"
+                ).model_dump_json()
+            )
+            connection.SimpleQueue(topology.RESULTS_QUEUE).put(
+                MatchResult(
+                    scan_id=f"scan-{n:05d}", status=MatchStatus.no_confident_match, model="m"
+                ).model_dump_json()
+            )

@@ -85,6 +85,14 @@ def _select_queries(
     return chosen[:max_scans] if max_scans else chosen
 
 
+def _purge(connection, topo) -> None:
+    """Empty the demo's queues first: the in-memory broker is the process's, and messages
+    another run left there (its outcomes, its answers) would be counted as this one's."""
+    with connection.channel() as channel:
+        for queue in (topo.scans, topo.catalog, topo.results, topo.catalog_outcomes):
+            channel.queue_purge(queue.name)
+
+
 def _wait(
     client: JewelmatchClient,
     queue: str,
@@ -138,6 +146,7 @@ def run_demo(
             worker_thread = threading.Thread(target=worker.run, name="worker", daemon=True)
             with JewelmatchClient(settings.amqp) as client, Progress(console=console) as progress:
                 client.declare(worker.topology)
+                client.run(lambda connection: _purge(connection, worker.topology))
                 worker_thread.start()
                 catalog = [p for p in dataset.products if p.catalog]
                 for product in catalog:
