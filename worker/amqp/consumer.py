@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from amqp.exceptions import PreconditionFailed
 from kombu import Connection, Consumer
+from kombu.message import Message
 
 from shared import topology
 from worker.amqp.broker import (
@@ -25,12 +26,13 @@ from worker.amqp.broker import (
     broker_address,
     connect,
 )
+from worker.amqp.catalog_gate import CatalogGate
 from worker.amqp.inbox import Inbox
 from worker.amqp.settlement import Settlement, raw_body, trusted_delivery
 from worker.errors import StartupError
 from worker.observability.logs import get_logger
 from worker.observability.probes import Health
-from worker.observability.prometheus import BATCH_SIZE
+from worker.observability.prometheus import BATCH_SIZE, CATALOG_PAUSED
 from worker.pipeline.handlers import Handlers
 from worker.pipeline.outcome import Action, Outcome
 from worker.settings import Settings
@@ -99,6 +101,7 @@ class Worker:
         health: Health | None = None,
         connection_factory: Callable[[], Connection] | None = None,
         on_idle: Callable[[], None] = lambda: None,
+        catalog_gate: CatalogGate | None = None,
     ) -> None:
         self.settings = settings
         self.handlers = handlers
@@ -111,6 +114,8 @@ class Worker:
         self._on_idle = on_idle
         self._stop_requested_at = 0.0
         self._consumers: list[Consumer] = []
+        self.catalog_gate = catalog_gate or CatalogGate(lambda: None)
+        self._catalog_consumer: Consumer | None = None
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -206,20 +211,24 @@ class Worker:
         scan_channel, catalog_channel = connection.channel(), connection.channel()
         scan_channel.basic_qos(0, amqp.scan_prefetch, False)
         catalog_channel.basic_qos(0, amqp.catalog_prefetch, False)
+        self._catalog_consumer = Consumer(
+            catalog_channel, [self.topology.catalog], on_message=self.inbox.catalog.append
+        )
         self._consumers = [
             Consumer(scan_channel, [self.topology.scans], on_message=self.inbox.scans.append),
-            Consumer(
-                catalog_channel, [self.topology.catalog], on_message=self.inbox.catalog.append
-            ),
+            self._catalog_consumer,
         ]
-        for consumer in self._consumers:
-            consumer.consume()
+        self._consumers[0].consume()
+        if self.catalog_gate.paused_because is None:
+            self._catalog_consumer.consume()
         self.health.broker_connected = True
         log.info("worker.consuming", queues=[self.topology.scans.name, self.topology.catalog.name])
         idle_since = time.monotonic()
         try:
             while not self._stopping:
                 self.health.beat()
+                if self.catalog_gate.recheck_due():
+                    self._resume_catalog_work_if_allowed()
                 self._drain(connection, timeout=0.05 if self.inbox.pending() else 1.0)
                 if self.inbox.pending():
                     self._handle_next_batch(connection)
@@ -262,6 +271,8 @@ class Worker:
             queue, handler = topology.SCANS_QUEUE, self.handlers.handle_scans
         else:
             queue, handler = self.topology.catalog.name, self.handlers.handle_catalog
+            if self._pause_catalog_work_if_blocked(batch.messages):
+                return
         user = self.settlement.worker_user
         deliveries = [trusted_delivery(m, user) for m in batch.messages]
         BATCH_SIZE.labels(queue).observe(len(batch.messages))
@@ -279,8 +290,38 @@ class Worker:
                         "after the stop; left unacked for redelivery"
                     )
         outcomes = self._outcomes(call, len(deliveries))
+        if batch.kind == "catalog" and self._pause_catalog_work_if_blocked(batch.messages):
+            return  # handled while a switch held writes or replaced the model: done again
         for message, delivery, outcome in zip(batch.messages, deliveries, outcomes, strict=True):
             self.settlement.settle(queue, message, delivery, outcome)
+
+    def _pause_catalog_work_if_blocked(self, batch: Sequence[Message]) -> bool:
+        """Give the batch and the catalog work waiting back to the broker (parked for a few
+        seconds) and stop taking more, when this worker may not write the catalog now
+        (`catalog_gate`)."""
+        reason = self.catalog_gate.check()
+        if reason is None:
+            return False
+        queue, user = self.topology.catalog.name, self.settlement.worker_user
+        for message in [*batch, *self.inbox.take_catalog()]:
+            if not message.acknowledged:
+                self.settlement.park(queue, message, trusted_delivery(message, user), reason)
+        if self.catalog_gate.paused_because is None:
+            log.warning("worker.catalog_work_paused", reason=reason, given_back=len(batch))
+            if self._catalog_consumer is not None:
+                self._catalog_consumer.cancel()
+        self.catalog_gate.paused_because = reason
+        CATALOG_PAUSED.set(1)
+        return True
+
+    def _resume_catalog_work_if_allowed(self) -> None:
+        if self.catalog_gate.check() is not None:
+            return
+        log.info("worker.catalog_work_resumed", was=self.catalog_gate.paused_because)
+        self.catalog_gate.paused_because = None
+        CATALOG_PAUSED.set(0)
+        if self._catalog_consumer is not None:
+            self._catalog_consumer.consume()
 
     @staticmethod
     def _outcomes(call: _Background, count: int) -> Sequence[Outcome]:

@@ -34,6 +34,12 @@ class Inbox:
         count = min(self._limits[kind], len(buffer))
         return Batch(kind, [buffer.popleft() for _ in range(count)])
 
+    def take_catalog(self) -> list[Message]:
+        """Every catalog delivery waiting, taken out (to be given back to the broker)."""
+        taken = list(self.catalog)
+        self.catalog.clear()
+        return taken
+
     def forget(self) -> None:
         """The connection died: its unacked deliveries come back from the broker anyway."""
         self.scans.clear()

@@ -119,6 +119,17 @@ class Settlement:
             **outcome.log,
         )
 
+    def park(self, queue: str, message: Message, delivery: Delivery, reason: str) -> None:
+        """Send a delivery this worker may not handle now to the shortest delay queue, its
+        attempt not counted, and ack it: it comes back to its queue in a few seconds for a
+        worker that may. Requeued instead, it would spend one of the broker's deliveries each
+        time a worker gave it back, and the delivery limit would dead-letter it."""
+        parked = Outcome(Action.retry, error=f"not handled now: {reason}")
+        delay_queue = self.topology.retry_queue(queue, 1)
+        self._republish(message, delivery, parked, queue, "", delay_queue.name, delivery.attempt)
+        message.ack()
+        log.info("message.parked", queue=queue, routing_key=delivery.routing_key, reason=reason)
+
     def _republish(
         self,
         message: Message,

@@ -137,12 +137,10 @@ def reindex(
 
 
 def _reindex(settings, from_model: str, switch: bool) -> None:
-    from rich.progress import Progress
-
+    """Re-embed the index of `from_model` with the configured model; with `switch`, then
+    catch up with what changed meanwhile while every worker holds catalog work, and switch
+    (`worker.amqp.catalog_gate`: nothing written to the old index is left behind)."""
     from worker.index import open_index
-    from worker.index.edge import make_current
-    from worker.service.reindex import reindex as run_reindex
-    from worker.settings import IndexBackend
     from worker.vision.embedder import Embedder
 
     embedder = Embedder(settings.model)
@@ -150,29 +148,66 @@ def _reindex(settings, from_model: str, switch: bool) -> None:
         raise typer.BadParameter("the configured model is the one in service: nothing to do")
     with _opened_index(settings, from_model) as source:
         target = open_index(settings.index, embedder.model_id, embedder.dim)
-        with Progress(console=console) as progress:
-            task = progress.add_task(f"re-embedding for {target.model_id}", total=source.count())
-            report = run_reindex(
-                source,
-                target,
-                _image_store(settings),
-                embedder,
-                settings.images,
-                settings.model.batch_size,
-                on_progress=lambda done: progress.advance(task, done),
+        try:
+            report = _reindex_pass(settings, source, target, embedder, "re-embedding")
+            console.print(_reindexed(report, embedder.model_id))
+            if switch:
+                _catch_up_and_switch(settings, source, target, embedder)
+        finally:
+            target.close()
+
+
+def _reindex_pass(settings, source, target, embedder, title: str):
+    from rich.progress import Progress
+
+    from worker.service.reindex import reindex as run_reindex
+
+    with Progress(console=console) as progress:
+        task = progress.add_task(f"{title} for {target.model_id}", total=source.count())
+        return run_reindex(
+            source,
+            target,
+            _image_store(settings),
+            embedder,
+            settings.images,
+            settings.model.batch_size,
+            on_progress=lambda done: progress.advance(task, done),
+        )
+
+
+def _catch_up_and_switch(settings, source, target, embedder) -> None:
+    """Hold every worker's catalog work, embed what changed since the first pass, switch,
+    and lift the hold. A batch a worker handled meanwhile is given back, not settled, and
+    done again on the index in service."""
+    import time
+
+    from worker.index.edge import make_current
+    from worker.index.server import WRITE_HOLD_SECONDS
+    from worker.settings import IndexBackend
+
+    target.hold_writes()
+    held_since = time.monotonic()
+    try:
+        report = _reindex_pass(settings, source, target, embedder, "catching up")
+        if time.monotonic() - held_since >= WRITE_HOLD_SECONDS:
+            raise typer.BadParameter(
+                f"the catch-up outlasted the {WRITE_HOLD_SECONDS} s that workers hold catalog "
+                "work for: not switched; run the command again (it only embeds what changed)"
             )
-        if switch:
-            if settings.index.backend is IndexBackend.qdrant:
-                target.make_current()
-            else:
-                make_current(settings.index.path, embedder.model_id)
-        target.close()
-    console.print(
-        f"re-embedded {report.reindexed} of {report.images} images for "
-        f"{embedder.model_id} ({report.unchanged} already there, {report.skipped} skipped, "
-        f"{report.removed} removed; "
-        f"{report.product_states} products' last events carried)"
-        + ("; now current" if switch else "")
+        if settings.index.backend is IndexBackend.qdrant:
+            target.make_current()
+        else:
+            make_current(settings.index.path, embedder.model_id)
+    finally:
+        target.release_writes()
+    console.print(_reindexed(report, embedder.model_id) + "; now current")
+
+
+def _reindexed(report, model_id: str) -> str:
+    return (
+        f"re-embedded {report.reindexed} of {report.images} images for {model_id} "
+        f"({report.unchanged} already there, {report.skipped} skipped, {report.removed} "
+        f"removed; {report.product_states} products' last events carried)"
     )
 
 

@@ -424,6 +424,20 @@ class VectorIndex(ABC):
     def current_model_id(self) -> str | None:
         """The model whose index is in service (the `current` link or alias), if any."""
 
+    def hold_writes(self) -> None:
+        """Ask every worker to hold catalog work while a switch catches up (`catalog_gate`).
+        Nothing to do where one process owns the index (the embedded engine: the worker is
+        stopped while `reindex` runs) or in memory."""
+        return None
+
+    def release_writes(self) -> None:
+        """Lift `hold_writes`."""
+        return None
+
+    def writes_held(self) -> bool:
+        """Whether a switch holds catalog work now."""
+        return False
+
     def needs_optimizing(self) -> bool:
         """Whether `optimize()` is due (a server back end builds its own: never)."""
         return False

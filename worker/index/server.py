@@ -11,6 +11,7 @@ without a server; it is a stand-in for tests, far too slow for a real catalog.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
 from typing import TypeVar
@@ -90,7 +91,59 @@ def references_alias(prefix: str) -> str:
     return f"{prefix}-references"
 
 
-class QdrantServerIndex(VectorIndex):
+def writes_held_alias(prefix: str) -> str:
+    """The start of the alias a switch sets while it catches up (`hold_writes`): the time it
+    was set, in seconds since the epoch, follows it."""
+    return f"{prefix}-writes-held-"
+
+
+WRITE_HOLD_SECONDS = 600
+"""A hold older than this is one that a switch which died left behind: workers ignore it (and
+a switch whose catch-up outlasts it gives up rather than switch)."""
+
+
+class _WriteHolds:
+    """The hold a switch sets on every worker's catalog work while it catches up
+    (`VectorIndex.hold_writes`): an alias named with the time it was set, seen by every
+    index of the server that shares the collection prefix."""
+
+    _client: QdrantClient
+    _settings: IndexSettings
+    references_collection: str
+
+    @_transient_on_outage
+    def hold_writes(self) -> None:
+        alias = f"{writes_held_alias(self._settings.collection_prefix)}{int(time.time())}"
+        create = models.CreateAlias(collection_name=self.references_collection, alias_name=alias)
+        self._client.update_collection_aliases(
+            change_aliases_operations=[models.CreateAliasOperation(create_alias=create)]
+        )
+
+    @_transient_on_outage
+    def release_writes(self) -> None:
+        operations = [
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
+            for name, _ in self._holds()
+        ]
+        if operations:
+            self._client.update_collection_aliases(change_aliases_operations=operations)
+
+    @_transient_on_outage
+    def writes_held(self) -> bool:
+        now = time.time()
+        return any(now - since < WRITE_HOLD_SECONDS for _, since in self._holds())
+
+    def _holds(self) -> list[tuple[str, int]]:
+        """The holds set now: each alias and when it was set."""
+        start = writes_held_alias(self._settings.collection_prefix)
+        return [
+            (alias.alias_name, int(alias.alias_name.removeprefix(start)))
+            for alias in self._client.get_aliases().aliases
+            if alias.alias_name.startswith(start) and alias.alias_name.removeprefix(start).isdigit()
+        ]
+
+
+class QdrantServerIndex(_WriteHolds, VectorIndex):
     def __init__(
         self,
         settings: IndexSettings,

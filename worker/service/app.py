@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from worker.amqp.broker import broker_user
+from worker.amqp.catalog_gate import CatalogGate, catalog_work_blocked
 from worker.amqp.consumer import Worker
 from worker.errors import StartupError
 from worker.index import VectorIndex, open_index
@@ -72,7 +73,10 @@ def wire_worker(
     components.maintenance = Maintenance(
         components.matcher.learner, components.index, handlers.forget_old_scans
     )
-    return Worker(settings, handlers, health, on_idle=components.maintenance.on_idle)
+    gate = CatalogGate(lambda: catalog_work_blocked(components.index))
+    return Worker(
+        settings, handlers, health, on_idle=components.maintenance.on_idle, catalog_gate=gate
+    )
 
 
 class ModelNotCurrent(StartupError):
