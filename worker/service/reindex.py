@@ -74,7 +74,7 @@ def reindex(
             report.images += 1
             key = (stored.product_id, stored.image_id)
             in_source.add(key)
-            if held.get(key) == stored:
+            if held.get(key) == hash(stored):
                 report.unchanged += 1
                 in_source.update(pieces.get(key, ()))
                 continue
@@ -109,9 +109,10 @@ def reindex(
 
 
 def _held(target: VectorIndex) -> tuple[dict, dict]:
-    """The whole images `target` holds, by (product, image id), and the keys of each one's
-    pieces."""
-    held: dict[tuple[str, str], StoredImage] = {}
+    """A hash of each whole image `target` holds (what it stores of it, vector aside), by
+    (product, image id), and the keys of each one's pieces: a few dozen bytes an image,
+    where the images themselves would take far more for a large catalog."""
+    held: dict[tuple[str, str], int] = {}
     pieces: dict[tuple[str, str], list[tuple[str, str]]] = {}
     for page in target.all_images():
         for stored in page:
@@ -120,7 +121,7 @@ def _held(target: VectorIndex) -> tuple[dict, dict]:
                 whole = (stored.product_id, whole_image_id(stored.image_id))
                 pieces.setdefault(whole, []).append(key)
             else:
-                held[key] = stored
+                held[key] = hash(stored)
     return held, pieces
 
 
