@@ -7,10 +7,10 @@ embedded index with one model, then re-embedded for another, pass after pass, in
         [--from-model efficientnet-lite1+efficientnet-lite2] [--to-model efficientnet-lite0]
         [--deleted 5] [--out FILE]
 
-Prints one JSON object: the images, and per pass its seconds and what it re-embedded, kept
-and removed: the first pass (an empty new index), the catch-up with nothing changed, and the
-catch-up after `--deleted` products were deleted from the old index. Figures:
-docs/operations.md, "Changing the model safely".
+Prints one JSON object (with `--out`, also written as a result file): per pass its seconds
+and what it re-embedded, kept and removed: the first pass (an empty new index), the catch-up
+with nothing changed, and the catch-up after `--deleted` products were deleted from the old
+index. Figures: docs/operations.md, "Changing the model safely".
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from worker.pipeline.storage import open_image_store
 from worker.service.app import opened
 from worker.service.reindex import reindex
 from worker.settings import Settings
-from worker.tools.bench.report import machine
+from worker.tools.bench.report import write_result
 from worker.tools.folders import read_folder_dataset
 from worker.tools.terminal import FOLDER_BUCKET, ingest_products
 from worker.vision.embedder import Embedder
@@ -72,18 +72,15 @@ def main() -> None:
                 seconds = round(time.perf_counter() - started, 2)
                 passes.append({"pass": name, "seconds": seconds, **vars(report)})
             target.close()
-    result = {
-        "benchmark": "reindex_passes",
+    figures = {
         "data": str(args.data),
         "from_model": args.from_model,
         "to_model": args.to_model,
         "passes": passes,
-        "machine": machine(),
     }
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(figures, indent=2))
     if args.out:
-        args.out.write_text(text + "\n")
+        write_result(args.out, "reindex_passes", " ".join(sys.argv), figures)
 
 
 if __name__ == "__main__":
