@@ -301,3 +301,15 @@ def test_reference_sets_join_row_by_row_a_part_without_uris_giving_none():
     assert list(joined.product_ids) == ["a", "b", "c"]
     assert list(joined.uris) == ["s3://x/a", "s3://x/b", None]
     assert list(joined.image_ids) == ["ia", "ib", None]
+
+
+def test_every_product_state_is_read_back_tombstones_included(index):
+    """What a reindex carries to the new index; more states than one request takes."""
+    from worker.index import ProductState
+
+    states = [ProductState(f"p{n}", n, deleted=n % 7 == 0) for n in range(2500)]
+    index.set_product_states(states)
+    index.set_product_state(ProductState("p1", 9))
+    read = {state.product_id: state for state in index.all_product_states()}
+    assert len(read) == 2500 and read["p1"] == ProductState("p1", 9)
+    assert read["p2499"] == states[2499] and read["p7"].deleted

@@ -383,20 +383,16 @@ class QdrantServerIndex(_WriteHolds, VectorIndex):
 
     @_transient_on_outage
     def set_product_states(self, states: Sequence[ProductState]) -> None:
-        if not states:
-            return
-        self._client.upsert(
-            self.products,
-            points=[
+        for start in range(0, len(states), 1024):  # a reindex's copy: requests of bounded size
+            points = [
                 models.PointStruct(
                     id=product_point_id(state.product_id, self.model_id),
                     vector=[1.0],
                     payload=state.payload(),
                 )
-                for state in states
-            ],
-            wait=True,
-        )
+                for state in states[start : start + 1024]
+            ]
+            self._client.upsert(self.products, points=points, wait=True)
 
     @_transient_on_outage
     def all_product_states(self) -> list[ProductState]:
