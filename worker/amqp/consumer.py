@@ -116,6 +116,7 @@ class Worker:
         self._consumers: list[Consumer] = []
         self.catalog_gate = catalog_gate or CatalogGate(lambda: None)
         self._catalog_consumer: Consumer | None = None
+        CATALOG_PAUSED.set(0)
 
     # lifecycle ------------------------------------------------------------------------
 
