@@ -75,7 +75,7 @@ def test_catalog_work_waits_in_the_broker_while_blocked_and_is_done_once_allowed
         if block == "model replaced":
             other.make_current()  # a promotion switched to another model
         else:
-            other.hold_writes()  # a switch is catching up
+            hold = other.hold_writes()  # a switch is catching up
 
         gone = DESIGNS[0].product_id
         worker.publish(topology.PRODUCT_DELETED, {"product_id": gone})
@@ -90,7 +90,7 @@ def test_catalog_work_waits_in_the_broker_while_blocked_and_is_done_once_allowed
         if block == "model replaced":
             worker.index.make_current()  # rolled back
         else:
-            other.release_writes()
+            other.release_writes(hold)
         [outcome] = worker.outcomes(1, timeout=30)
         assert outcome.status is CatalogOutcomeStatus.applied and outcome.product_id == gone
         assert deleted(worker, gone) and paused() == 0
@@ -154,9 +154,9 @@ def test_a_hold_is_seen_by_every_index_of_the_server_and_a_stale_one_is_ignored(
     old = QdrantServerIndex(settings, "old-model", 4, client=client)
     new = QdrantServerIndex(settings, "new-model", 4, client=client)
     assert not old.writes_held()
-    new.hold_writes()
+    hold = new.hold_writes()
     assert old.writes_held() and new.writes_held()
-    new.release_writes()
+    new.release_writes(hold)
     assert not old.writes_held()
 
     set_at = int(time.time()) - WRITE_HOLD_SECONDS
@@ -166,8 +166,28 @@ def test_a_hold_is_seen_by_every_index_of_the_server_and_a_stale_one_is_ignored(
         change_aliases_operations=[models.CreateAliasOperation(create_alias=create)]
     )
     assert not old.writes_held()  # left by a switch that died: ignored
-    new.release_writes()
+    new.release_writes(new.hold_writes())  # and cleared by the next switch's release
     assert [a.alias_name for a in client.get_aliases().aliases] == ["jewelmatch-references"]
+
+
+def test_a_switch_lifts_its_own_hold_and_not_another_switchs():
+    """Two switches at once (say `promote` run twice by mistake), each in one second: the
+    first to finish must not let workers write while the other still catches up."""
+    from qdrant_client import QdrantClient
+
+    from worker.settings import IndexSettings
+
+    settings = IndexSettings(backend="qdrant", url=":memory:")
+    client = QdrantClient(location=":memory:")
+    old = QdrantServerIndex(settings, "old-model", 4, client=client)
+    first = QdrantServerIndex(settings, "first-model", 4, client=client)
+    second = QdrantServerIndex(settings, "second-model", 4, client=client)
+    first_hold, second_hold = first.hold_writes(), second.hold_writes()
+    assert first_hold != second_hold
+    first.release_writes(first_hold)
+    assert old.writes_held()  # the second switch still catches up
+    second.release_writes(second_hold)
+    assert not old.writes_held()
 
 
 @pytest.mark.parametrize("fails", [False, True])

@@ -185,7 +185,7 @@ def _catch_up_and_switch(settings, source, target, embedder) -> None:
     from worker.index.server import WRITE_HOLD_SECONDS
     from worker.settings import IndexBackend
 
-    target.hold_writes()
+    hold = target.hold_writes()
     held_since = time.monotonic()
     try:
         report = _reindex_pass(settings, source, target, embedder, "catching up")
@@ -199,7 +199,7 @@ def _catch_up_and_switch(settings, source, target, embedder) -> None:
         else:
             make_current(settings.index.path, embedder.model_id)
     finally:
-        target.release_writes()
+        target.release_writes(hold)
     console.print(_reindexed(report, embedder.model_id) + "; now current")
 
 

@@ -424,14 +424,16 @@ class VectorIndex(ABC):
     def current_model_id(self) -> str | None:
         """The model whose index is in service (the `current` link or alias), if any."""
 
-    def hold_writes(self) -> None:
-        """Ask every worker to hold catalog work while a switch catches up (`catalog_gate`).
-        Nothing to do where one process owns the index (the embedded engine: the worker is
-        stopped while `reindex` runs) or in memory."""
+    def hold_writes(self) -> str | None:
+        """Ask every worker to hold catalog work while a switch catches up (`catalog_gate`);
+        returns the hold, for `release_writes`. Nothing to do where one process owns the
+        index (the embedded engine: the worker is stopped while `reindex` runs) or in
+        memory."""
         return None
 
-    def release_writes(self) -> None:
-        """Lift `hold_writes`."""
+    def release_writes(self, hold: str | None) -> None:
+        """Lift the hold `hold_writes` returned (and any left behind by a switch that died;
+        another switch's live hold stays)."""
         return None
 
     def writes_held(self) -> bool:

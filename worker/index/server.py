@@ -11,6 +11,7 @@ without a server; it is a stand-in for tests, far too slow for a real catalog.
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
 from functools import wraps
@@ -93,7 +94,7 @@ def references_alias(prefix: str) -> str:
 
 def writes_held_alias(prefix: str) -> str:
     """The start of the alias a switch sets while it catches up (`hold_writes`): the time it
-    was set, in seconds since the epoch, follows it."""
+    was set, in seconds since the epoch, and a random part follow it."""
     return f"{prefix}-writes-held-"
 
 
@@ -112,18 +113,24 @@ class _WriteHolds:
     references_collection: str
 
     @_transient_on_outage
-    def hold_writes(self) -> None:
-        alias = f"{writes_held_alias(self._settings.collection_prefix)}{int(time.time())}"
+    def hold_writes(self) -> str:
+        alias = (
+            f"{writes_held_alias(self._settings.collection_prefix)}{int(time.time())}"
+            f"-{secrets.token_hex(4)}"  # two switches in one second: two holds
+        )
         create = models.CreateAlias(collection_name=self.references_collection, alias_name=alias)
         self._client.update_collection_aliases(
             change_aliases_operations=[models.CreateAliasOperation(create_alias=create)]
         )
+        return alias
 
     @_transient_on_outage
-    def release_writes(self) -> None:
+    def release_writes(self, hold: str | None) -> None:
+        now = time.time()
         operations = [
             models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
-            for name, _ in self._holds()
+            for name, since in self._holds()
+            if name == hold or now - since >= WRITE_HOLD_SECONDS  # its own, or left behind
         ]
         if operations:
             self._client.update_collection_aliases(change_aliases_operations=operations)
@@ -134,13 +141,14 @@ class _WriteHolds:
         return any(now - since < WRITE_HOLD_SECONDS for _, since in self._holds())
 
     def _holds(self) -> list[tuple[str, int]]:
-        """The holds set now: each alias and when it was set."""
+        """The holds set now: each alias and when it was set (`<unix time>[-<random>]`)."""
         start = writes_held_alias(self._settings.collection_prefix)
-        return [
-            (alias.alias_name, int(alias.alias_name.removeprefix(start)))
-            for alias in self._client.get_aliases().aliases
-            if alias.alias_name.startswith(start) and alias.alias_name.removeprefix(start).isdigit()
-        ]
+        holds = []
+        for alias in self._client.get_aliases().aliases:
+            since = alias.alias_name.removeprefix(start).partition("-")[0]
+            if alias.alias_name.startswith(start) and since.isdigit():
+                holds.append((alias.alias_name, int(since)))
+        return holds
 
 
 class QdrantServerIndex(_WriteHolds, VectorIndex):
