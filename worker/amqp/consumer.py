@@ -304,11 +304,11 @@ class Worker:
         if reason is None:
             return False
         queue, user = self.topology.catalog.name, self.settlement.worker_user
-        for message in [*batch, *self.inbox.take_catalog()]:
-            if not message.acknowledged:
-                self.settlement.park(queue, message, trusted_delivery(message, user), reason)
+        given_back = [m for m in [*batch, *self.inbox.take_catalog()] if not m.acknowledged]
+        for message in given_back:
+            self.settlement.park(queue, message, trusted_delivery(message, user), reason)
         if self.catalog_gate.paused_because is None:
-            log.warning("worker.catalog_work_paused", reason=reason, given_back=len(batch))
+            log.warning("worker.catalog_work_paused", reason=reason, given_back=len(given_back))
             if self._catalog_consumer is not None:
                 self._catalog_consumer.cancel()
         self.catalog_gate.paused_because = reason
