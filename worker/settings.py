@@ -478,7 +478,7 @@ class ConfidenceSettings(BaseModel):
         ge=9,
         description="Confirmations (never trained on) from which, before `min_labels`, the "
         "prior's margin is raised until it refuses `unknown_refusal` of the simulated unknown "
-        "jewels (9 at least: fewer cannot promise 90 %).",
+        "jewels (9 at least: fewer cannot promise 90 %; 95 % takes 19).",
     )
     folds: int = Field(
         default=5,
@@ -495,7 +495,7 @@ class ConfidenceSettings(BaseModel):
         "those weigh when the confidence is fitted.",
     )
     unknown_refusal: float = Field(
-        default=0.9,
+        default=0.95,
         ge=0.0,
         lt=1.0,
         description="Share of jewels outside the catalog (simulated: a confirmation ranked "
