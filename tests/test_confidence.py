@@ -305,6 +305,37 @@ def test_a_few_labels_after_training_make_a_lax_prior_refuse_unknown_jewels():
     assert refused >= 0.75  # 40 strangers; 90 % asked, a few points of sampling allowed
 
 
+def test_trained_towers_are_asked_to_refuse_more_of_the_simulated_unknown_jewels():
+    """A confirmation ranked without its product is an easier unknown jewel for towers that
+    trained on its product's photos than a jewel never seen: their decision asks
+    `trained_unknown_refusal` of the simulated ones, the untrained towers' `unknown_refusal`."""
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.ranking import MatchPolicy
+    from worker.settings import ConfidenceSettings, LearningSettings
+    from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout
+
+    refs, photo = _shop()
+    scans = np.array([photo(p % PRODUCTS) for p in range(200)])
+    trained_on = frozenset(
+        uri
+        for uri in refs.uris[refs.sources == SOURCE_CONFIRMED_SCAN]
+        if not uri.endswith("-0.jpg")
+    )
+    lax = MatchPolicy(min_margin=0.0, target_precision=0.99)
+
+    def decided(trained_on: frozenset[str], refusal: float) -> tuple[float, dict]:
+        learning = LearningSettings(confidence=ConfidenceSettings(trained_unknown_refusal=refusal))
+        snapshot = fit_snapshot(refs, scans, VectorLayout(DIM), learning, lax, trained_on)
+        return snapshot.decision.min_margin, snapshot.report["confidence"]
+
+    stricter, report = decided(trained_on, 0.98)
+    assert report["unknown_refusal"] == 0.98 and report["estimated_unknown_refused"] >= 0.98
+    laxer, report = decided(trained_on, 0.8)
+    assert report["unknown_refusal"] == 0.8 and 0.0 < laxer < stricter
+    _, untrained = decided(frozenset(), 0.8)
+    assert untrained["unknown_refusal"] == ConfidenceSettings().unknown_refusal
+
+
 def test_each_label_is_ranked_with_and_without_its_products_other_confirmed_photos():
     """Photos confirmed in one go are near-copies: ranked beside them a label is easy, so each
     is ranked a second time with every confirmed photo of its product held out (folds of

@@ -501,9 +501,25 @@ class ConfidenceSettings(BaseModel):
         description="Share of jewels outside the catalog (simulated: a confirmation ranked "
         "without its product) that the `matched` threshold must refuse.",
     )
+    trained_unknown_refusal: float = Field(
+        default=0.98,
+        ge=0.0,
+        lt=1.0,
+        description="`unknown_refusal` for image towers trained on this deployment's "
+        "confirmations (`jewelmatch train`): a confirmation ranked without its product is an "
+        "easier unknown jewel for them than a photo of a product never seen, so they are asked "
+        "more (docs/benchmarks.md: where the trained towers' decision sits).",
+    )
     max_labels: int = Field(
         default=3000, ge=10, description="At most this many confirmations are ranked per refit."
     )
+
+    def for_towers(self, trained: bool) -> ConfidenceSettings:
+        """The settings the decision of these towers reads: for towers trained on this
+        deployment's confirmations, `trained_unknown_refusal` as their `unknown_refusal`."""
+        if not trained:
+            return self
+        return self.model_copy(update={"unknown_refusal": self.trained_unknown_refusal})
 
 
 class NewProductsSettings(BaseModel):

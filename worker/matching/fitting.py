@@ -80,7 +80,7 @@ def _with_confidence(
     snapshot: Snapshot, refs: ReferenceSet, learning: LearningSettings, trained_on: frozenset[str]
 ) -> Snapshot:
     """The snapshot with its confidence stage learned from its confirmations, once enough."""
-    settings = learning.confidence
+    settings = learning.confidence.for_towers(bool(trained_on))
     outcomes = Outcomes.none()
     labelled = labelled_rows(refs, trained_on)
     confirmations = len(labelled)
@@ -95,7 +95,11 @@ def _with_confidence(
         outcomes, settings, policy.target_precision, policy.prior(), learning.draw_seed
     )
     labels = confidence.report.get("labels") or confirmations
-    snapshot.report["confidence"] = {**confidence.report, "labels": labels}
+    snapshot.report["confidence"] = {
+        **confidence.report,
+        "labels": labels,
+        "unknown_refusal": settings.unknown_refusal,
+    }
     return replace(snapshot, confidence=confidence)
 
 

@@ -85,6 +85,7 @@ def _decided(ranking: Ranking, confidence: Confidence) -> Ranking:
 def _fit(learner: Learner, outcomes: Outcomes) -> Confidence:
     policy = learner.snapshot.policy
     learning = learner.learning
+    settings = learning.confidence.for_towers(bool(learner.trained_on))
     return fit_confidence(
-        outcomes, learning.confidence, policy.target_precision, policy.prior(), learning.draw_seed
+        outcomes, settings, policy.target_precision, policy.prior(), learning.draw_seed
     )
