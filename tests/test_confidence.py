@@ -335,6 +335,16 @@ def test_trained_towers_are_asked_to_refuse_more_of_the_simulated_unknown_jewels
     _, untrained = decided(frozenset(), 0.8)
     assert untrained["unknown_refusal"] == ConfidenceSettings().unknown_refusal
 
+    # 21 labels give 42 simulated unknown jewels, fewer than 98 % takes (49): all are refused
+    few = frozenset(
+        uri
+        for uri in refs.uris[refs.sources == SOURCE_CONFIRMED_SCAN]
+        if not (uri.endswith("-0.jpg") and int(uri.split("/p")[-1].split("-")[0]) < 21)
+    )
+    margin, report = decided(few, 0.98)
+    assert report["labels"] == 21 and report["estimated_unknown_refused"] == 1.0
+    assert margin > 0.0  # the lax prior's 0 would let them all through
+
 
 def test_each_label_is_ranked_with_and_without_its_products_other_confirmed_photos():
     """Photos confirmed in one go are near-copies: ranked beside them a label is easy, so each

@@ -478,7 +478,8 @@ class ConfidenceSettings(BaseModel):
         ge=9,
         description="Confirmations (never trained on) from which, before `min_labels`, the "
         "prior's margin is raised until it refuses `unknown_refusal` of the simulated unknown "
-        "jewels (9 at least: fewer cannot promise 90 %; 95 % takes 19).",
+        "jewels (9 at least: fewer cannot promise 90 %; while too few for the share asked, "
+        "every simulated one is refused).",
     )
     folds: int = Field(
         default=5,

@@ -248,7 +248,8 @@ def _prior_refusing_unknowns(
 ) -> Confidence:
     """Before `min_labels`: the prior, its margin raised (never lowered), once
     `min_refusal_labels` exist, until it refuses `unknown_refusal` of the simulated unknown
-    jewels (a conformal quantile of their margins; nothing is fitted, so all of them count).
+    jewels (a conformal quantile of their margins; nothing is fitted, so all of them count;
+    while they are fewer than that share takes, every one of them).
     The prior's margin was chosen on `train` with frozen towers; confirmed photos and towers
     trained on them widen every margin, an unknown jewel's too."""
     too_few = {"labels": known, "skipped": f"fewer than {settings.min_labels}"}
@@ -256,6 +257,9 @@ def _prior_refusing_unknowns(
         return _with_report(fallback, **too_few)
     unknown_margins = outcomes.evidence[~outcomes.known, 1]
     refusing = refusal_threshold(unknown_margins, settings.unknown_refusal)
+    if refusing >= 1.0 and len(unknown_margins):
+        # fewer than the asked share takes (98 % takes 49): refuse every simulated one
+        refusing = float(np.nextafter(unknown_margins.max(), np.inf))
     too_few["margin_for_unknown_refusal"] = round(refusing, 4)
     if refusing <= fallback.min_margin or refusing >= 1.0:
         return _with_report(fallback, **too_few)
