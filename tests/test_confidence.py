@@ -214,6 +214,19 @@ def _shop(seed: int = 11):
     return refs, photo
 
 
+def _trained_on_all_but_first_photos(refs, products: int = PRODUCTS) -> frozenset[str]:
+    """The confirmed photos towers trained on when each of the first `products` products kept
+    its first photo (`-0`) out of training, as a label: `products` labels."""
+    from worker.vectors import SOURCE_CONFIRMED_SCAN
+
+    def kept_out(uri: str) -> bool:
+        product, photo = uri.rsplit("/p", 1)[-1].removesuffix(".jpg").split("-")
+        return photo == "0" and int(product) < products
+
+    confirmed = refs.uris[refs.sources == SOURCE_CONFIRMED_SCAN]
+    return frozenset(uri for uri in confirmed if not kept_out(uri))
+
+
 def test_a_refit_learns_the_confidence_from_its_confirmations_and_ranks_with_it():
     from worker.index.memory import InMemoryIndex
     from worker.matching.fitting import fit_snapshot
@@ -282,16 +295,12 @@ def test_a_few_labels_after_training_make_a_lax_prior_refuse_unknown_jewels():
     from worker.matching.fitting import fit_snapshot
     from worker.matching.ranking import MatchPolicy, Prototypes, rank
     from worker.settings import LearningSettings
-    from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout
+    from worker.vectors import VectorLayout
 
     refs, photo = _shop()
     layout = VectorLayout(DIM)
     scans = np.array([photo(p % PRODUCTS) for p in range(200)])
-    trained_on = frozenset(
-        uri
-        for uri in refs.uris[refs.sources == SOURCE_CONFIRMED_SCAN]
-        if not uri.endswith("-0.jpg")
-    )
+    trained_on = _trained_on_all_but_first_photos(refs)
     lax = MatchPolicy(min_margin=0.0, target_precision=0.99)
     snapshot = fit_snapshot(refs, scans, layout, LearningSettings(), lax, trained_on)
     report = snapshot.report["confidence"]
@@ -312,15 +321,11 @@ def test_trained_towers_are_asked_to_refuse_more_of_the_simulated_unknown_jewels
     from worker.matching.fitting import fit_snapshot
     from worker.matching.ranking import MatchPolicy
     from worker.settings import ConfidenceSettings, LearningSettings
-    from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout
+    from worker.vectors import VectorLayout
 
     refs, photo = _shop()
     scans = np.array([photo(p % PRODUCTS) for p in range(200)])
-    trained_on = frozenset(
-        uri
-        for uri in refs.uris[refs.sources == SOURCE_CONFIRMED_SCAN]
-        if not uri.endswith("-0.jpg")
-    )
+    trained_on = _trained_on_all_but_first_photos(refs)
     lax = MatchPolicy(min_margin=0.0, target_precision=0.99)
 
     def decided(trained_on: frozenset[str], refusal: float) -> tuple[float, dict]:
@@ -336,12 +341,7 @@ def test_trained_towers_are_asked_to_refuse_more_of_the_simulated_unknown_jewels
     assert untrained["unknown_refusal"] == ConfidenceSettings().unknown_refusal
 
     # 21 labels give 42 simulated unknown jewels, fewer than 98 % takes (49): all are refused
-    few = frozenset(
-        uri
-        for uri in refs.uris[refs.sources == SOURCE_CONFIRMED_SCAN]
-        if not (uri.endswith("-0.jpg") and int(uri.split("/p")[-1].split("-")[0]) < 21)
-    )
-    margin, report = decided(few, 0.98)
+    margin, report = decided(_trained_on_all_but_first_photos(refs, 21), 0.98)
     assert report["labels"] == 21 and report["estimated_unknown_refused"] == 1.0
     assert margin > 0.0  # the lax prior's 0 would let them all through
 
