@@ -115,9 +115,11 @@ def _photo_accuracy(
     return float(np.mean(right))
 
 
-def test_training_ranks_unseen_photos_of_its_products_better(tmp_path: Path) -> None:
+@pytest.mark.parametrize("anchors", ["proxies", "catalog"])
+def test_training_ranks_unseen_photos_of_its_products_better(tmp_path: Path, anchors: str) -> None:
     """The built-in Lite0 (real ImageNet weights) on generated look-alikes: trained on three bag
-    photos of each product and its catalog image, it finds other photos of them better."""
+    photos of each product and its catalog image, it finds other photos of them better, whether
+    the photos are pulled to learned proxies or to their catalog images themselves."""
     lite0 = prepare_builtin("efficientnet-lite0", tmp_path / "cache")
     rng = random.Random(3)
     catalog, trained, unseen = [], [], []
@@ -135,24 +137,28 @@ def test_training_ranks_unseen_photos_of_its_products_better(tmp_path: Path) -> 
     report = fine_tune_tower(
         lite0,
         catalog + trained,
-        TrainingSettings(epochs=4, views=2, batch_size=8),
+        TrainingSettings(epochs=4, views=2, batch_size=8, anchors=anchors),
         tmp_path / "trained",
         tmp_path / "work",
     )
     assert (report.pictures, report.products) == (len(catalog) + len(trained), len(catalog))
-    assert report.losses[-1] < 0.5 * report.losses[0]
+    # measured: the last epoch's loss 0.17 of the first's with proxies, 0.51 with the catalog
+    # (whose first loss is already lower: the anchors are where the photos are ranked)
+    assert report.losses[-1] < 0.6 * report.losses[0]
     before = _photo_accuracy(lite0, catalog, unseen, tmp_path / "cache")
     after = _photo_accuracy(tmp_path / "trained", catalog, unseen, tmp_path / "cache")
-    # measured: 0.75 before, 1.0 after
+    # measured: 17 of 24 before; 21 after with proxies, 22 with the catalog
     assert after >= before + 0.15
 
 
+@pytest.mark.parametrize("anchors", ["proxies", "catalog"])
 def test_a_run_is_deterministic_and_resumes_where_it_stopped(
-    tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path
+    tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path, anchors: str
 ) -> None:
     """Every stage trained: on a GPU, the last two alone are deterministic without torch's
-    deterministic kernels, more are not (benchmarks/training_devices.py)."""
-    settings = _settings(trained_stages=EVERY_STAGE)
+    deterministic kernels, more are not (benchmarks/training_devices.py). Catalog anchors are
+    embedded again from each epoch's first step, so a resumed run draws the same ones."""
+    settings = _settings(trained_stages=EVERY_STAGE, anchors=anchors)
     whole = tmp_path / "whole"
     fine_tune_tower(tiny_efficientnet, pictures, settings, whole, tmp_path / "work-whole")
     again = tmp_path / "again"

@@ -8,7 +8,7 @@ import json
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -873,11 +873,13 @@ class TrainingSettings(BaseModel):
     batch_size: int = Field(default=32, ge=2, description="Pictures per training step.")
     learning_rate: float = Field(default=1e-4, gt=0, description="Of the trained stages (AdamW).")
     proxy_learning_rate: float = Field(
-        default=1e-2, gt=0, description="Of the products' proxies (one vector per product)."
+        default=1e-2,
+        gt=0,
+        description="Of the products' proxies (one vector per product), with `ANCHORS=proxies`.",
     )
     weight_decay: float = Field(default=1e-4, ge=0)
     temperature: float = Field(
-        default=0.05, gt=0, description="Of the proxy loss's softmax over products."
+        default=0.05, gt=0, description="Of the loss's softmax over products (anchors or proxies)."
     )
     keep_weight: float = Field(
         default=4.0,
@@ -886,6 +888,15 @@ class TrainingSettings(BaseModel):
         "tower's (1 - cosine): less drift, so that photos of products outside the catalog are "
         "refused as often as before training (4: chosen on grocery `train`, "
         "docs/benchmarks.md; 0 turns it off).",
+    )
+    anchors: Literal["catalog", "proxies"] = Field(
+        default="proxies",
+        description="What each picture is pulled to: `catalog`, its product's catalog images as "
+        "the trained tower embeds them (the very references a scan is ranked against; "
+        "embedded again every few steps, no gradient); `proxies`, one learned vector per "
+        "product started from its catalog image (the default before 2026-12-05; still ahead "
+        "for a catalog trained on its own images alone: docs/benchmarks.md, Teaching the "
+        "towers).",
     )
     seed: int = Field(default=0, description="A run is deterministic from it.")
     device: str | None = Field(

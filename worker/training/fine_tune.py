@@ -258,13 +258,15 @@ def _fine_tune(
 
     frozen = _embed_views(split, features, device)
     proxies = torch.nn.Parameter(_initial_proxies(frozen, cache, device))
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": split.trainable_parameters(), "lr": settings.learning_rate},
-            {"params": [proxies], "lr": settings.proxy_learning_rate, "weight_decay": 0.0},
-        ],
-        weight_decay=settings.weight_decay,
-    )
+    anchors = None
+    groups = [{"params": split.trainable_parameters(), "lr": settings.learning_rate}]
+    if settings.anchors == "catalog":  # the catalog images themselves: no proxy is learned
+        anchors = _CatalogAnchors(features, cache, device, settings.batch_size)
+    else:
+        groups.append(
+            {"params": [proxies], "lr": settings.proxy_learning_rate, "weight_decay": 0.0}
+        )
+    optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
     checkpoint = _Checkpoint(work_dir, run_fingerprint(source, pictures, settings))
     start_epoch = 0
     if (state := checkpoint.load()) is not None:
@@ -279,7 +281,7 @@ def _fine_tune(
     train_started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
         loss = _train_epoch(
-            split, proxies, optimizer, (features, frozen), label_tensor, settings, epoch
+            split, proxies, optimizer, (features, frozen), label_tensor, settings, epoch, anchors
         )
         report.losses.append(loss)
         checkpoint.save(
@@ -306,6 +308,7 @@ def _train_epoch(
     labels: torch.Tensor,
     settings: TrainingSettings,
     epoch: int,
+    anchors: _CatalogAnchors | None = None,
 ) -> float:
     """One pass in an order (and with views) drawn from the seed and the epoch; the mean loss.
     `cached`: the front's output and the untrained tower's embedding of every view."""
@@ -319,7 +322,8 @@ def _train_epoch(
         batch = order[start : start + settings.batch_size]
         inputs = features[batch, chosen_view[batch]].to(device, torch.float32)
         embedded = F.normalize(split.back(inputs), dim=1)
-        logits = embedded @ F.normalize(proxies, dim=1).T / settings.temperature
+        targets = proxies if anchors is None else anchors.at_step(split, batches)
+        logits = embedded @ F.normalize(targets, dim=1).T / settings.temperature
         loss = F.cross_entropy(logits, labels[batch.to(device)])
         if settings.keep_weight:  # stay near the untrained embedding: unknown products too
             before = frozen[batch, chosen_view[batch]].to(device, torch.float32)
@@ -383,6 +387,40 @@ def _cache_front(
     return cache
 
 
+class _CatalogAnchors:
+    """`TRAINING__ANCHORS=catalog`: each product's target is the sum of its catalog images'
+    whole views (its photos' where it has none) as the tower embeds them, without a gradient:
+    the photos are pulled to the very references a scan is ranked against. Embedded again
+    every `refresh` steps (from each epoch's first), so that a large catalog costs about one
+    batch's forward pass per step, and a resumed run draws what an unbroken one does."""
+
+    def __init__(
+        self, features: torch.Tensor, cache: _FeatureCache, device: torch.device, batch: int
+    ):
+        rows, owners = [], []
+        for product, chosen in enumerate(_anchor_pictures(cache)):
+            rows.extend(chosen.tolist())
+            owners.extend([product] * len(chosen))
+        self.inputs = features[torch.tensor(rows), 0]
+        self.owners = torch.tensor(owners, device=device)
+        self.products = len(cache.products)
+        self.device = device
+        self.refresh = max(1, -(-len(rows) // batch))
+        self.embedded: torch.Tensor | None = None
+
+    def at_step(self, split: SplitTower, step: int) -> torch.Tensor:
+        if self.embedded is None or step % self.refresh == 0:
+            with torch.no_grad():
+                rows = [
+                    F.normalize(split.back(self.inputs[i : i + 64].to(self.device, torch.float32)))
+                    for i in range(0, len(self.inputs), 64)
+                ]
+            embedded = torch.cat(rows)
+            sums = torch.zeros(self.products, embedded.shape[1], device=self.device)
+            self.embedded = sums.index_add_(0, self.owners, embedded)
+        return self.embedded
+
+
 def _embed_views(split: SplitTower, features: torch.Tensor, device: torch.device) -> torch.Tensor:
     """The untrained tower's unit embedding of every cached view (pictures × views × D)."""
     pictures, views = features.shape[:2]
@@ -395,18 +433,25 @@ def _embed_views(split: SplitTower, features: torch.Tensor, device: torch.device
     return torch.cat(rows).reshape(pictures, views, -1)
 
 
-def _initial_proxies(
-    frozen: torch.Tensor, cache: _FeatureCache, device: torch.device
-) -> torch.Tensor:
-    """Each product's proxy starts as the mean embedding of its catalog images (whole view),
-    or of its photos where it has no catalog image: the anchor its photos are pulled to."""
-    whole = frozen[:, 0]
+def _anchor_pictures(cache: _FeatureCache) -> list[np.ndarray]:
+    """Each product's anchors, as positions in the cache: its catalog images, or its photos
+    where it has none."""
     labels, is_catalog = np.array(cache.labels), np.array(cache.is_catalog)
-    rows = []
+    chosen = []
     for product in range(len(cache.products)):
         own = labels == product
         anchors = own & is_catalog
-        rows.append(whole[torch.from_numpy(anchors if anchors.any() else own)].mean(dim=0))
+        chosen.append(np.flatnonzero(anchors if anchors.any() else own))
+    return chosen
+
+
+def _initial_proxies(
+    frozen: torch.Tensor, cache: _FeatureCache, device: torch.device
+) -> torch.Tensor:
+    """Each product's proxy starts as the mean embedding of its anchors (whole view): the
+    point its photos are pulled to."""
+    whole = frozen[:, 0]
+    rows = [whole[torch.from_numpy(chosen)].mean(dim=0) for chosen in _anchor_pictures(cache)]
     return F.normalize(torch.stack(rows), dim=1).to(device)
 
 
