@@ -890,7 +890,7 @@ class TrainingSettings(BaseModel):
         "docs/benchmarks.md; 0 turns it off).",
     )
     anchors: Literal["catalog", "proxies"] = Field(
-        default="proxies",
+        default="catalog",
         description="What each picture is pulled to: `catalog`, its product's catalog images as "
         "the trained tower embeds them (the very references a scan is ranked against; "
         "embedded again every few steps, no gradient); `proxies`, one learned vector per "
