@@ -1,12 +1,14 @@
-"""Fine-tuning an image tower on confirmed matches: each confirmed bag photo is a labelled
-example of its product, and the product's catalog images are its anchors.
+"""Fine-tuning an image tower on confirmed matches: each confirmed bag photo is a labelled example
+of its product, and the product's catalog images are its anchors.
 
-The loss is a proxy loss (a normalised softmax over one learned vector per product, started
-from the product's catalog image embedding), which needs no pairs or triplets and holds with
-one to ten photos per product. Only the tower's last stages are trained: the frozen front is
-run once per augmented view of each picture and cached, so an epoch costs the last stages'
-forward and backward passes alone (minutes on two CPU cores for a few thousand photos; on a
-GPU, when torch finds one, more stages can be trained).
+The loss is a normalised softmax over the products, which needs no pairs or triplets and holds
+with one to ten photos per product. Each product is represented by its catalog images as the
+tower being trained embeds them (`TRAINING__ANCHORS=catalog`: the photos are pulled to the very
+references a scan is ranked against), or by one learned vector started from them (`proxies`,
+ahead for a catalog trained on its own images alone). Only the tower's last stages are trained:
+the frozen front is run once per augmented view of each picture and cached, so an epoch costs
+the last stages' forward and backward passes alone (minutes on two CPU cores for a few thousand
+photos; on a GPU, when torch finds one, more stages can be trained).
 
 A run is deterministic from its seed (the views of a picture depend on the seed and the
 picture's position, each epoch's order on the seed and the epoch), and it resumes from the
