@@ -260,14 +260,17 @@ def _fine_tune(
 
     frozen = _embed_views(split, features, device)
     proxies = torch.nn.Parameter(_initial_proxies(frozen, cache, device))
-    anchors = None
     groups = [{"params": split.trainable_parameters(), "lr": settings.learning_rate}]
-    if settings.anchors == "catalog":  # the catalog images themselves: no proxy is learned
-        anchors = _CatalogAnchors(features, cache, device, settings.batch_size)
-    else:
+    learned = settings.anchors == "proxies"  # else the catalog images themselves: none learned
+    if learned:
         groups.append(
             {"params": [proxies], "lr": settings.proxy_learning_rate, "weight_decay": 0.0}
         )
+    targets = (
+        (lambda step: proxies)
+        if learned
+        else _CatalogAnchors(split, features, cache, device, settings.batch_size).at_step
+    )
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
     checkpoint = _Checkpoint(work_dir, run_fingerprint(source, pictures, settings))
     start_epoch = 0
@@ -283,7 +286,7 @@ def _fine_tune(
     train_started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
         loss = _train_epoch(
-            split, proxies, optimizer, (features, frozen), label_tensor, settings, epoch, anchors
+            split, targets, optimizer, (features, frozen), label_tensor, settings, epoch
         )
         report.losses.append(loss)
         checkpoint.save(
@@ -304,15 +307,15 @@ def _fine_tune(
 
 def _train_epoch(
     split: SplitTower,
-    proxies: torch.nn.Parameter,
+    targets: Callable[[int], torch.Tensor],
     optimizer: torch.optim.Optimizer,
     cached: tuple[torch.Tensor, torch.Tensor],
     labels: torch.Tensor,
     settings: TrainingSettings,
     epoch: int,
-    anchors: _CatalogAnchors | None = None,
 ) -> float:
     """One pass in an order (and with views) drawn from the seed and the epoch; the mean loss.
+    `targets(step)`: each product's vector at the epoch's step (proxies, or catalog anchors);
     `cached`: the front's output and the untrained tower's embedding of every view."""
     features, frozen = cached
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
@@ -324,8 +327,7 @@ def _train_epoch(
         batch = order[start : start + settings.batch_size]
         inputs = features[batch, chosen_view[batch]].to(device, torch.float32)
         embedded = F.normalize(split.back(inputs), dim=1)
-        targets = proxies if anchors is None else anchors.at_step(split, batches)
-        logits = embedded @ F.normalize(targets, dim=1).T / settings.temperature
+        logits = embedded @ F.normalize(targets(batches), dim=1).T / settings.temperature
         loss = F.cross_entropy(logits, labels[batch.to(device)])
         if settings.keep_weight:  # stay near the untrained embedding: unknown products too
             before = frozen[batch, chosen_view[batch]].to(device, torch.float32)
@@ -397,7 +399,12 @@ class _CatalogAnchors:
     batch's forward pass per step, and a resumed run draws what an unbroken one does."""
 
     def __init__(
-        self, features: torch.Tensor, cache: _FeatureCache, device: torch.device, batch: int
+        self,
+        split: SplitTower,
+        features: torch.Tensor,
+        cache: _FeatureCache,
+        device: torch.device,
+        batch: int,
     ):
         rows, owners = [], []
         for product, chosen in enumerate(_anchor_pictures(cache)):
@@ -406,18 +413,14 @@ class _CatalogAnchors:
         self.inputs = features[torch.tensor(rows), 0]
         self.owners = torch.tensor(owners, device=device)
         self.products = len(cache.products)
+        self.split = split
         self.device = device
         self.refresh = max(1, -(-len(rows) // batch))
         self.embedded: torch.Tensor | None = None
 
-    def at_step(self, split: SplitTower, step: int) -> torch.Tensor:
+    def at_step(self, step: int) -> torch.Tensor:
         if self.embedded is None or step % self.refresh == 0:
-            with torch.no_grad():
-                rows = [
-                    F.normalize(split.back(self.inputs[i : i + 64].to(self.device, torch.float32)))
-                    for i in range(0, len(self.inputs), 64)
-                ]
-            embedded = torch.cat(rows)
+            embedded = _unit_embeddings(self.split, self.inputs, self.device)
             sums = torch.zeros(self.products, embedded.shape[1], device=self.device)
             self.embedded = sums.index_add_(0, self.owners, embedded)
         return self.embedded
@@ -427,12 +430,23 @@ def _embed_views(split: SplitTower, features: torch.Tensor, device: torch.device
     """The untrained tower's unit embedding of every cached view (pictures × views × D)."""
     pictures, views = features.shape[:2]
     flat = features.flatten(0, 1)
-    with torch.inference_mode():
+    return _unit_embeddings(split, flat, device, torch.device("cpu")).reshape(pictures, views, -1)
+
+
+def _unit_embeddings(
+    split: SplitTower,
+    inputs: torch.Tensor,
+    device: torch.device,
+    to: torch.device | None = None,
+) -> torch.Tensor:
+    """The tower's back on cached front outputs, in chunks of 64, as unit vectors, without a
+    gradient, computed on `device` and kept on `to` (default: `device`)."""
+    with torch.no_grad():
         rows = [
-            F.normalize(split.back(flat[i : i + 64].to(device, torch.float32))).cpu()
-            for i in range(0, len(flat), 64)
+            F.normalize(split.back(inputs[i : i + 64].to(device, torch.float32))).to(to or device)
+            for i in range(0, len(inputs), 64)
         ]
-    return torch.cat(rows).reshape(pictures, views, -1)
+    return torch.cat(rows)
 
 
 def _anchor_pictures(cache: _FeatureCache) -> list[np.ndarray]:
