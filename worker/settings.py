@@ -898,6 +898,14 @@ class TrainingSettings(BaseModel):
         "for a catalog trained on its own images alone: docs/benchmarks.md, Teaching the "
         "towers).",
     )
+    domain_centred: bool = Field(
+        default=False,
+        description="Compare each picture with the anchors (or proxies) after taking its "
+        "domain's mean out of both (catalog images', bag photos'; from the untrained tower), as "
+        "the ranking's domain centring does: the loss then spends the tower on what tells "
+        "products apart rather than on the gap between studio shots and bag photos "
+        "(docs/benchmarks.md, Catalog images as anchors).",
+    )
     seed: int = Field(default=0, description="A run is deterministic from it.")
     device: str | None = Field(
         default=None, description="torch device; default: a GPU when torch finds one, else CPU."

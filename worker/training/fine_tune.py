@@ -259,7 +259,8 @@ def _fine_tune(
         raise ValueError("no picture could be read: nothing to train on")
 
     frozen = _embed_views(split, features, device)
-    proxies = torch.nn.Parameter(_initial_proxies(frozen, cache, device))
+    offsets = _domain_offsets(frozen, cache, device) if settings.domain_centred else None
+    proxies = torch.nn.Parameter(_initial_proxies(frozen, cache, device, offsets))
     groups = [{"params": split.trainable_parameters(), "lr": settings.learning_rate}]
     learned = settings.anchors == "proxies"  # else the catalog images themselves: none learned
     if learned:
@@ -269,7 +270,7 @@ def _fine_tune(
     targets = (
         (lambda step: proxies)
         if learned
-        else _CatalogAnchors(split, features, cache, device, settings.batch_size).at_step
+        else _CatalogAnchors(split, features, cache, device, settings.batch_size, offsets).at_step
     )
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
     checkpoint = _Checkpoint(work_dir, run_fingerprint(source, pictures, settings))
@@ -286,7 +287,13 @@ def _fine_tune(
     train_started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
         loss = _train_epoch(
-            split, targets, optimizer, (features, frozen), label_tensor, settings, epoch
+            split,
+            targets,
+            optimizer,
+            _Cached(features, frozen, offsets),
+            label_tensor,
+            settings,
+            epoch,
         )
         report.losses.append(loss)
         checkpoint.save(
@@ -305,19 +312,28 @@ def _fine_tune(
     return report
 
 
+@dataclass(frozen=True)
+class _Cached:
+    """The front's output and the untrained tower's unit embedding of every view (pictures ×
+    views × ...), and with `TRAINING__DOMAIN_CENTRED` each picture's domain mean."""
+
+    features: torch.Tensor
+    frozen: torch.Tensor
+    offsets: torch.Tensor | None = None
+
+
 def _train_epoch(
     split: SplitTower,
     targets: Callable[[int], torch.Tensor],
     optimizer: torch.optim.Optimizer,
-    cached: tuple[torch.Tensor, torch.Tensor],
+    cached: _Cached,
     labels: torch.Tensor,
     settings: TrainingSettings,
     epoch: int,
 ) -> float:
     """One pass in an order (and with views) drawn from the seed and the epoch; the mean loss.
-    `targets(step)`: each product's vector at the epoch's step (proxies, or catalog anchors);
-    `cached`: the front's output and the untrained tower's embedding of every view."""
-    features, frozen = cached
+    `targets(step)`: each product's vector at the epoch's step (proxies, or catalog anchors)."""
+    features, frozen, offsets = cached.features, cached.frozen, cached.offsets
     generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + epoch)
     order = torch.randperm(len(labels), generator=generator)
     chosen_view = torch.randint(settings.views, (len(labels),), generator=generator)
@@ -327,7 +343,10 @@ def _train_epoch(
         batch = order[start : start + settings.batch_size]
         inputs = features[batch, chosen_view[batch]].to(device, torch.float32)
         embedded = F.normalize(split.back(inputs), dim=1)
-        logits = embedded @ F.normalize(targets(batches), dim=1).T / settings.temperature
+        compared = embedded
+        if offsets is not None:  # in the space the ranking compares in
+            compared = F.normalize(embedded - offsets[batch.to(device)], dim=1)
+        logits = compared @ F.normalize(targets(batches), dim=1).T / settings.temperature
         loss = F.cross_entropy(logits, labels[batch.to(device)])
         if settings.keep_weight:  # stay near the untrained embedding: unknown products too
             before = frozen[batch, chosen_view[batch]].to(device, torch.float32)
@@ -393,10 +412,11 @@ def _cache_front(
 
 class _CatalogAnchors:
     """`TRAINING__ANCHORS=catalog`: each product's target is the sum of its catalog images'
-    whole views (its photos' where it has none) as the tower embeds them, without a gradient:
-    the photos are pulled to the very references a scan is ranked against. Embedded again
-    every `refresh` steps (from each epoch's first), so that a large catalog costs about one
-    batch's forward pass per step, and a resumed run draws what an unbroken one does."""
+    whole views (its photos' where it has none) as the tower embeds them, without a gradient
+    (each less its domain's mean, given `offsets`): the photos are pulled to the very
+    references a scan is ranked against. Embedded again every `refresh` steps (from each
+    epoch's first), so that a large catalog costs about one batch's forward pass per step, and
+    a resumed run draws what an unbroken one does."""
 
     def __init__(
         self,
@@ -405,12 +425,14 @@ class _CatalogAnchors:
         cache: _FeatureCache,
         device: torch.device,
         batch: int,
+        offsets: torch.Tensor | None = None,
     ):
         rows, owners = [], []
         for product, chosen in enumerate(_anchor_pictures(cache)):
             rows.extend(chosen.tolist())
             owners.extend([product] * len(chosen))
         self.inputs = features[torch.tensor(rows), 0]
+        self.offsets = offsets[torch.tensor(rows, device=device)] if offsets is not None else None
         self.owners = torch.tensor(owners, device=device)
         self.products = len(cache.products)
         self.split = split
@@ -421,6 +443,8 @@ class _CatalogAnchors:
     def at_step(self, step: int) -> torch.Tensor:
         if self.embedded is None or step % self.refresh == 0:
             embedded = _unit_embeddings(self.split, self.inputs, self.device)
+            if self.offsets is not None:
+                embedded = F.normalize(embedded - self.offsets, dim=1)
             sums = torch.zeros(self.products, embedded.shape[1], device=self.device)
             self.embedded = sums.index_add_(0, self.owners, embedded)
         return self.embedded
@@ -461,12 +485,31 @@ def _anchor_pictures(cache: _FeatureCache) -> list[np.ndarray]:
     return chosen
 
 
-def _initial_proxies(
+def _domain_offsets(
     frozen: torch.Tensor, cache: _FeatureCache, device: torch.device
 ) -> torch.Tensor:
-    """Each product's proxy starts as the mean embedding of its anchors (whole view): the
-    point its photos are pulled to."""
+    """Each picture's domain mean (pictures × D): the mean untrained embedding of every view of
+    the catalog images, or of the bag photos, as the ranking's domain centring takes out. Fixed
+    for the run: the keep term holds the trained tower near the untrained one."""
+    is_catalog = torch.tensor(cache.is_catalog)
+    means = torch.zeros(2, frozen.shape[-1])
+    for domain in (False, True):
+        if (own := frozen[is_catalog == domain]).numel():
+            means[int(domain)] = own.flatten(0, 1).mean(dim=0)
+    return means[is_catalog.long()].to(device)
+
+
+def _initial_proxies(
+    frozen: torch.Tensor,
+    cache: _FeatureCache,
+    device: torch.device,
+    offsets: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Each product's proxy starts as the mean embedding of its anchors (whole view; less its
+    domain's mean, given `offsets`): the point its photos are pulled to."""
     whole = frozen[:, 0]
+    if offsets is not None:
+        whole = F.normalize(whole - offsets.cpu(), dim=1)
     rows = [whole[torch.from_numpy(chosen)].mean(dim=0) for chosen in _anchor_pictures(cache)]
     return F.normalize(torch.stack(rows), dim=1).to(device)
 
