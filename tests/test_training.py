@@ -123,10 +123,11 @@ def _photo_accuracy(
 
 
 @pytest.mark.parametrize(
-    ("anchors", "centred"), [("proxies", False), ("catalog", False), ("catalog", True)]
+    ("anchors", "centred", "keep_weight"),
+    [("proxies", False, 4.0), ("catalog", False, 4.0), ("catalog", True, 1.0)],
 )
 def test_training_ranks_unseen_photos_of_its_products_better(
-    tmp_path: Path, anchors: str, centred: bool
+    tmp_path: Path, anchors: str, centred: bool, keep_weight: float
 ) -> None:
     """The built-in Lite0 (real ImageNet weights) on generated look-alikes: trained on three bag
     photos of each product and its catalog image, it finds other photos of them better, whether
@@ -149,19 +150,26 @@ def test_training_ranks_unseen_photos_of_its_products_better(
     report = fine_tune_tower(
         lite0,
         catalog + trained,
-        TrainingSettings(epochs=4, views=2, batch_size=8, anchors=anchors, domain_centred=centred),
+        TrainingSettings(
+            epochs=4,
+            views=2,
+            batch_size=8,
+            anchors=anchors,
+            domain_centred=centred,
+            keep_weight=keep_weight,
+        ),
         tmp_path / "trained",
         tmp_path / "work",
     )
     assert (report.pictures, report.products) == (len(catalog) + len(trained), len(catalog))
     # measured: the last epoch's loss 0.17 of the first's with proxies, 0.51 with the catalog,
-    # 0.37 centred (the catalog's first loss is lower: the anchors are where photos are ranked)
+    # 0.35 centred (the catalog's first loss is lower: the anchors are where photos are ranked)
     assert report.losses[-1] < 0.6 * report.losses[0]
     before = _photo_accuracy(lite0, catalog, unseen, tmp_path / "cache", centred)
     after = _photo_accuracy(tmp_path / "trained", catalog, unseen, tmp_path / "cache", centred)
     # measured: 17 of 24 before; 21 after with proxies, 22 with the catalog. Compared centred,
-    # 21 before (the centring alone finds most of them) and 22 after: no lower, at the least
-    assert after >= (before if centred else before + 0.15)
+    # 21 before (the centring alone finds most of them) and 23 after
+    assert after > before if centred else after >= before + 0.15
 
 
 @pytest.mark.parametrize(

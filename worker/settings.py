@@ -882,12 +882,12 @@ class TrainingSettings(BaseModel):
         default=0.05, gt=0, description="Of the loss's softmax over products (anchors or proxies)."
     )
     keep_weight: float = Field(
-        default=4.0,
+        default=1.0,
         ge=0,
         description="Weight of a term that keeps each picture's embedding near the untrained "
         "tower's (1 - cosine): less drift, so that photos of products outside the catalog are "
-        "refused as often as before training (4: chosen on grocery `train`, "
-        "docs/benchmarks.md; 0 turns it off).",
+        "refused as often as before training (1 with `DOMAIN_CENTRED`, chosen on grocery "
+        "`far`; 4 before 2026-12-05, without it: docs/benchmarks.md; 0 turns it off).",
     )
     anchors: Literal["catalog", "proxies"] = Field(
         default="catalog",
@@ -899,7 +899,7 @@ class TrainingSettings(BaseModel):
         "towers).",
     )
     domain_centred: bool = Field(
-        default=False,
+        default=True,
         description="Compare each picture with the anchors (or proxies) after taking its "
         "domain's mean out of both (catalog images', bag photos'; from the untrained tower), as "
         "the ranking's domain centring does: the loss then spends the tower on what tells "
