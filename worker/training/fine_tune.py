@@ -5,10 +5,11 @@ The loss is a normalised softmax over the products, which needs no pairs or trip
 with one to ten photos per product. Each product is represented by its catalog images as the
 tower being trained embeds them (`TRAINING__ANCHORS=catalog`: the photos are pulled to the very
 references a scan is ranked against), or by one learned vector started from them (`proxies`,
-ahead for a catalog trained on its own images alone). Only the tower's last stages are trained:
-the frozen front is run once per augmented view of each picture and cached, so an epoch costs
-the last stages' forward and backward passes alone (minutes on two CPU cores for a few thousand
-photos; on a GPU, when torch finds one, more stages can be trained).
+ahead for a catalog trained on its own images alone), each less its domain's mean
+(`TRAINING__DOMAIN_CENTRED`), as the ranking compares them. Only the tower's last stages are
+trained: the frozen front is run once per augmented view of each picture and cached, so an
+epoch costs the last stages' forward and backward passes alone (minutes on two CPU cores for a
+few thousand photos; on a GPU, when torch finds one, more stages can be trained).
 
 A run is deterministic from its seed (the views of a picture depend on the seed and the
 picture's position, each epoch's order on the seed and the epoch), and it resumes from the
@@ -283,18 +284,10 @@ def _fine_tune(
         start_epoch = state["epoch"]
         log.info("training.resumed", epoch=start_epoch, path=str(checkpoint.path))
 
-    label_tensor = torch.tensor(labels, device=device)
+    label_tensor, cached = torch.tensor(labels, device=device), _Cached(features, frozen, offsets)
     train_started = time.perf_counter()
     for epoch in range(start_epoch, settings.epochs):
-        loss = _train_epoch(
-            split,
-            targets,
-            optimizer,
-            _Cached(features, frozen, offsets),
-            label_tensor,
-            settings,
-            epoch,
-        )
+        loss = _train_epoch(split, targets, optimizer, cached, label_tensor, settings, epoch)
         report.losses.append(loss)
         checkpoint.save(
             {
