@@ -904,7 +904,7 @@ class TrainingSettings(BaseModel):
         "domain's mean out of both (catalog images', bag photos'; from the untrained tower), as "
         "the ranking's domain centring does: the loss then spends the tower on what tells "
         "products apart rather than on the gap between studio shots and bag photos "
-        "(docs/benchmarks.md, Catalog images as anchors).",
+        "(docs/benchmarks.md, Compared as the ranking compares).",
     )
     seed: int = Field(default=0, description="A run is deterministic from it.")
     device: str | None = Field(
