@@ -224,6 +224,26 @@ def test_a_run_is_deterministic_and_resumes_where_it_stopped(
     assert _digest(other_seed) != _digest(whole)
 
 
+def test_the_domain_centring_applies_only_where_a_run_has_two_domains(
+    tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path
+) -> None:
+    """With bag photos beside the catalog images, the loss compares them less their domain's
+    mean and other weights come out; a catalog trained on its own images alone has no gap
+    between domains to take out, and trains as without the setting."""
+    catalog_only = [picture for picture in pictures if picture.is_catalog]
+    digests = {}
+    for name, chosen in (("both", pictures), ("catalog", catalog_only)):
+        for centred in (False, True):
+            target = tmp_path / f"{name}-{centred}"
+            settings = _settings(domain_centred=centred)
+            fine_tune_tower(
+                tiny_efficientnet, chosen, settings, target, tmp_path / f"w{target.name}"
+            )
+            digests[name, centred] = _digest(target)
+    assert digests["both", True] != digests["both", False]
+    assert digests["catalog", True] == digests["catalog", False]
+
+
 def test_a_gpu_run_takes_deterministic_kernels_and_gives_them_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

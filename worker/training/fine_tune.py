@@ -480,15 +480,16 @@ def _anchor_pictures(cache: _FeatureCache) -> list[np.ndarray]:
 
 def _domain_offsets(
     frozen: torch.Tensor, cache: _FeatureCache, device: torch.device
-) -> torch.Tensor:
+) -> torch.Tensor | None:
     """Each picture's domain mean (pictures × D): the mean untrained embedding of every view of
     the catalog images, or of the bag photos, as the ranking's domain centring takes out. Fixed
-    for the run: the keep term holds the trained tower near the untrained one."""
+    for the run: the keep term holds the trained tower near the untrained one. None for a run
+    of one domain (a catalog trained on its own images): no gap between domains to take out,
+    and the jewelry recipe ranks lower with its one mean taken out (docs/benchmarks.md)."""
     is_catalog = torch.tensor(cache.is_catalog)
-    means = torch.zeros(2, frozen.shape[-1])
-    for domain in (False, True):
-        if (own := frozen[is_catalog == domain]).numel():
-            means[int(domain)] = own.flatten(0, 1).mean(dim=0)
+    if is_catalog.all() or not is_catalog.any():
+        return None
+    means = torch.stack([frozen[is_catalog == domain].flatten(0, 1).mean(0) for domain in (0, 1)])
     return means[is_catalog.long()].to(device)
 
 
