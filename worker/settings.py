@@ -903,8 +903,9 @@ class TrainingSettings(BaseModel):
         description="Compare each picture with the anchors (or proxies) after taking its "
         "domain's mean out of both (catalog images', bag photos'; from the untrained tower), as "
         "the ranking's domain centring does: the loss then spends the tower on what tells "
-        "products apart rather than on the gap between studio shots and bag photos "
-        "(docs/benchmarks.md, Compared as the ranking compares).",
+        "products apart rather than on the gap between studio shots and bag photos (a run of "
+        "catalog images alone has no such gap, and trains as without it: docs/benchmarks.md, "
+        "Compared as the ranking compares).",
     )
     seed: int = Field(default=0, description="A run is deterministic from it.")
     device: str | None = Field(
