@@ -336,9 +336,8 @@ def _train_epoch(
         batch = order[start : start + settings.batch_size]
         inputs = features[batch, chosen_view[batch]].to(device, torch.float32)
         embedded = F.normalize(split.back(inputs), dim=1)
-        compared = embedded
-        if offsets is not None:  # in the space the ranking compares in
-            compared = F.normalize(embedded - offsets[batch.to(device)], dim=1)
+        own_offsets = offsets[batch.to(device)] if offsets is not None else None
+        compared = _less_domain_mean(embedded, own_offsets)  # as the ranking compares
         logits = compared @ F.normalize(targets(batches), dim=1).T / settings.temperature
         loss = F.cross_entropy(logits, labels[batch.to(device)])
         if settings.keep_weight:  # stay near the untrained embedding: unknown products too
@@ -436,8 +435,7 @@ class _CatalogAnchors:
     def at_step(self, step: int) -> torch.Tensor:
         if self.embedded is None or step % self.refresh == 0:
             embedded = _unit_embeddings(self.split, self.inputs, self.device)
-            if self.offsets is not None:
-                embedded = F.normalize(embedded - self.offsets, dim=1)
+            embedded = _less_domain_mean(embedded, self.offsets)
             sums = torch.zeros(self.products, embedded.shape[1], device=self.device)
             self.embedded = sums.index_add_(0, self.owners, embedded)
         return self.embedded
@@ -493,6 +491,12 @@ def _domain_offsets(
     return means[is_catalog.long()].to(device)
 
 
+def _less_domain_mean(vectors: torch.Tensor, offsets: torch.Tensor | None) -> torch.Tensor:
+    """Unit rows of `vectors` less their domain's mean (`offsets`, row for row, from
+    `_domain_offsets`); the rows as they are without offsets."""
+    return vectors if offsets is None else F.normalize(vectors - offsets, dim=1)
+
+
 def _initial_proxies(
     frozen: torch.Tensor,
     cache: _FeatureCache,
@@ -501,9 +505,7 @@ def _initial_proxies(
 ) -> torch.Tensor:
     """Each product's proxy starts as the mean embedding of its anchors (whole view; less its
     domain's mean, given `offsets`): the point its photos are pulled to."""
-    whole = frozen[:, 0]
-    if offsets is not None:
-        whole = F.normalize(whole - offsets.cpu(), dim=1)
+    whole = _less_domain_mean(frozen[:, 0], offsets.cpu() if offsets is not None else None)
     rows = [whole[torch.from_numpy(chosen)].mean(dim=0) for chosen in _anchor_pictures(cache)]
     return F.normalize(torch.stack(rows), dim=1).to(device)
 
