@@ -14,7 +14,6 @@ import numpy as np
 import open_clip
 import pytest
 import torch
-from PIL import Image, ImageOps
 
 from tests.support.tiny_model import write_tiny_efficientnet, write_tiny_model
 from worker.settings import ModelRuntime, ModelSettings, TrainingSettings
@@ -339,29 +338,6 @@ def test_training_views_are_the_whole_picture_and_crops_no_smaller_than_asked() 
     assert min(v.size[0] for v in training_views(picture, 16, random.Random(1), 0.5)) < 160
 
 
-def test_served_crops_come_first_among_a_photos_training_views() -> None:
-    """With `TRAINING__SERVED_CROPS`, a bag photo trains on the centred crops a scan is
-    embedded from (mirrored or not), then random crops up to the count."""
-    rng = np.random.default_rng(3)
-    photo = Image.fromarray(rng.integers(0, 255, (120, 200, 3), dtype=np.uint8))
-
-    def centred(fraction: float) -> list[bytes]:
-        side = round(120 * fraction)
-        left, top = (200 - side) // 2, (120 - side) // 2
-        crop = photo.crop((left, top, left + side, top + side))
-        return [crop.tobytes(), ImageOps.mirror(crop).tobytes()]
-
-    for seed in range(4):
-        views = training_views(photo, 5, random.Random(seed), 0.5, centred=(1.0, 0.75, 0.5))
-        assert views[0] is photo
-        assert views[1].tobytes() in centred(0.75) and views[2].tobytes() in centred(0.5)
-        assert len(views) == 5 and all(v.size[0] == v.size[1] >= 60 for v in views[1:])
-    assert len(training_views(photo, 2, random.Random(0), 0.5, centred=(1.0, 0.75, 0.5))) == 2
-    # without them, the photo's views are random crops as before
-    plain = training_views(photo, 5, random.Random(0), 0.5)
-    assert plain[1].tobytes() not in centred(0.75)
-
-
 def test_scene_swap_finds_each_catalog_piece_once_for_every_tower(
     tiny_efficientnet: Path,
     pictures: list[LabelledPicture],
@@ -387,28 +363,6 @@ def test_scene_swap_finds_each_catalog_piece_once_for_every_tower(
     assert len(found) == PRODUCTS  # one catalog image each, found once for both towers
     assert trained_weights(0.0) != swapped  # the swapped views are what it trained on
     assert len(found) == PRODUCTS  # and no swap, no GrabCut
-
-
-def test_served_crops_train_other_weights_and_name_another_version(
-    tiny_efficientnet: Path, pictures: list[LabelledPicture], tmp_path: Path
-) -> None:
-    """The scan's crops reach the training (other weights), and with the setting on they are
-    part of the version's id; with it off, the scan's crops do not move the id."""
-    model = _two_towers(tiny_efficientnet, tmp_path)
-    other_crops = model.model_copy(update={"scan_crops": [1.0, 0.8]})
-    plain, served = _settings(epochs=1, views=3), _settings(epochs=1, views=3, served_crops=True)
-    assert run_version(model, pictures, served) != run_version(model, pictures, plain)
-    assert run_version(other_crops, pictures, served) != run_version(model, pictures, served)
-    assert run_version(other_crops, pictures, plain) == run_version(model, pictures, plain)
-    assert run_fingerprint(tiny_efficientnet, pictures, served, (1.0, 0.5)) != run_fingerprint(
-        tiny_efficientnet, pictures, served, (1.0, 0.75)
-    )
-    weights = {}
-    for name, training in (("plain", plain), ("served", served)):
-        version = run_version(model, pictures, training)
-        trained = fine_tune_model(model, pictures, training, tmp_path / name, version)
-        weights[name] = (trained.folders[0] / WEIGHTS_FILE).read_bytes()
-    assert weights["plain"] != weights["served"]
 
 
 def test_a_version_trained_with_an_input_scale_is_served_at_that_size(

@@ -907,13 +907,6 @@ class TrainingSettings(BaseModel):
         "catalog images alone has no such gap, and trains as without it: docs/benchmarks.md, "
         "Compared as the ranking compares).",
     )
-    served_crops: bool = Field(
-        default=False,
-        description="A bag photo's training views begin with the crops a scan is embedded "
-        "from (`MODEL__SCAN_CROPS`, centred, each mirrored at random), the rest random "
-        "crops: the towers learn the very views a scan is served as (docs/benchmarks.md, "
-        "Compared as the ranking compares).",
-    )
     seed: int = Field(default=0, description="A run is deterministic from it.")
     device: str | None = Field(
         default=None, description="torch device; default: a GPU when torch finds one, else CPU."

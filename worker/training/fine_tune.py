@@ -128,22 +128,15 @@ def training_views(
     smallest: float,
     scene_swap: float = 0.0,
     swapped: Callable[[random.Random], Image.Image | None] | None = None,
-    centred: Sequence[float] = (),
 ) -> list[Image.Image]:
-    """The picture whole, then its centred square crops of the fractions `centred` of its
-    shorter side but 1 (as a scan is embedded), then random square crops of at least
-    `smallest` of it up to `count` views, each but the whole mirrored at random, and each
-    random crop cut with chance `scene_swap` from `swapped(rng)` (the piece on another scene:
-    scene_swap.py) instead of the picture. No colour change: colour tells twins apart."""
+    """The picture whole, then `count - 1` random square crops of at least `smallest` of its
+    shorter side, each mirrored at random, and each cut with chance `scene_swap` from
+    `swapped(rng)` (the piece on another scene: scene_swap.py) instead of the picture. No
+    colour change: colour tells twins apart."""
     width, height = picture.size
     shorter = min(width, height)
     views = [picture]
-    for fraction in [f for f in centred if f < 1.0][: count - 1]:
-        side = max(1, round(shorter * fraction))
-        left, top = (width - side) // 2, (height - side) // 2
-        view = picture.crop((left, top, left + side, top + side))
-        views.append(ImageOps.mirror(view) if rng.random() < 0.5 else view)
-    for _ in range(count - len(views)):
+    for _ in range(count - 1):
         source = picture
         if scene_swap and swapped is not None and rng.random() < scene_swap:
             source = swapped(rng) or picture
@@ -179,17 +172,13 @@ def scaled_size(size: int | list[int], scale: float) -> int | list[int]:
 
 
 def run_fingerprint(
-    source: Path,
-    pictures: Sequence[LabelledPicture],
-    settings: TrainingSettings,
-    centred: Sequence[float] = (),
+    source: Path, pictures: Sequence[LabelledPicture], settings: TrainingSettings
 ) -> str:
-    """What a checkpoint belongs to: the starting weights, the pictures, a photo's `centred`
-    crops and the settings but the number of epochs (a longer run goes on from a shorter
-    one's checkpoint) and the input size the version is served at (training does not read
-    it)."""
-    start = (source / WEIGHTS_FILE).read_bytes() + (f"{list(centred)}".encode() if centred else b"")
-    return training_digest(start, pictures, settings, frozenset({"epochs", "input_scale"}))[:16]
+    """What a checkpoint belongs to: the starting weights, the pictures and the settings but
+    the number of epochs (a longer run goes on from a shorter one's checkpoint) and the input
+    size the version is served at (training does not read it)."""
+    weights = (source / WEIGHTS_FILE).read_bytes()
+    return training_digest(weights, pictures, settings, frozenset({"epochs", "input_scale"}))[:16]
 
 
 class _Checkpoint:
@@ -224,21 +213,15 @@ def fine_tune_tower(
     on_progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
     threads: int = 2,
     masks: PieceMasks | None = None,
-    scan_crops: Sequence[float] = (),
 ) -> TowerReport:
     """Fine-tune the open_clip folder `source` on `pictures`; write the result, an open_clip
     folder with the same configuration, to `target`. `on_progress(stage, done, total)`
     reports the feature cache and the epochs (a progress bar shows them); `masks` keeps the
-    pieces GrabCut found for `TRAINING__SCENE_SWAP` (the towers of one run share them);
-    `scan_crops`, the crops a scan is embedded from, are a bag photo's first views with
-    `TRAINING__SERVED_CROPS`."""
+    pieces GrabCut found for `TRAINING__SCENE_SWAP` (the towers of one run share them)."""
     torch.set_num_threads(threads)
     device = training_device(settings)
-    centred = tuple(scan_crops) if settings.served_crops else ()
     with deterministic_kernels(device):
-        return _fine_tune(
-            source, pictures, settings, target, work_dir, device, on_progress, masks, centred
-        )
+        return _fine_tune(source, pictures, settings, target, work_dir, device, on_progress, masks)
 
 
 def _fine_tune(
@@ -250,9 +233,8 @@ def _fine_tune(
     device: torch.device,
     on_progress: Callable[[str, int, int], None],
     masks: PieceMasks | None,
-    centred: Sequence[float],
 ) -> TowerReport:
-    """fine_tune_tower's run on `device`, with a bag photo's `centred` crops."""
+    """fine_tune_tower's run on `device`."""
     torch.manual_seed(settings.seed)
     model = open_clip.create_model(f"local-dir:{source}", device="cpu")
     split = SplitTower(model, settings.trained_stages)
@@ -262,7 +244,7 @@ def _fine_tune(
 
     cache_started = time.perf_counter()
     masks = masks or PieceMasks()
-    cache = _cache_front(split, transform, pictures, settings, masks, device, on_progress, centred)
+    cache = _cache_front(split, transform, pictures, settings, masks, device, on_progress)
     features, labels = cache.features, cache.labels
     report = TowerReport(
         len(labels),
@@ -292,7 +274,7 @@ def _fine_tune(
         else _CatalogAnchors(split, features, cache, device, settings.batch_size, offsets).at_step
     )
     optimizer = torch.optim.AdamW(groups, weight_decay=settings.weight_decay)
-    checkpoint = _Checkpoint(work_dir, run_fingerprint(source, pictures, settings, centred))
+    checkpoint = _Checkpoint(work_dir, run_fingerprint(source, pictures, settings))
     start_epoch = 0
     if (state := checkpoint.load()) is not None:
         model.load_state_dict(state["model"])
@@ -388,7 +370,6 @@ def _cache_front(
     masks: PieceMasks,
     device: torch.device,
     on_progress: Callable[[str, int, int], None],
-    centred: Sequence[float] = (),
 ) -> _FeatureCache:
     products = sorted({picture.product_id for picture in pictures})
     number = {product_id: i for i, product_id in enumerate(products)}
@@ -409,7 +390,7 @@ def _cache_front(
                 image, settings.views, rng, settings.catalog_crop, settings.scene_swap, swap
             )
         else:
-            views = training_views(image, settings.views, rng, PHOTO_CROP, centred=centred)
+            views = training_views(image, settings.views, rng, PHOTO_CROP)
         pixels = torch.stack([transform(view) for view in views]).to(device)
         with torch.inference_mode():
             rows.append(split.front(pixels).to("cpu", torch.float16))

@@ -80,7 +80,6 @@ def fine_tune_model(
             lambda stage, done, total, member=member: on_progress(member, stage, done, total),
             threads=model.threads,
             masks=masks,
-            scan_crops=model.scan_crops,
         )
         trained.towers[member] = report
         trained.folders.append(target)
@@ -96,5 +95,4 @@ def run_version(
     version, whatever machine trains it. (An input scale of 1 is left out: versions made
     before the setting keep their ids.)"""
     served_natively = frozenset({"input_scale"}) if training.input_scale == 1.0 else frozenset()
-    start = model.name + (f"{model.scan_crops}" if training.served_crops else "")
-    return "ft" + training_digest(start.encode(), pictures, training, served_natively)[:8]
+    return "ft" + training_digest(model.name.encode(), pictures, training, served_natively)[:8]
