@@ -299,3 +299,23 @@ def test_photos_a_version_trained_on_are_recognised_in_a_data_set_exported_from_
     assert _as_bench_photos(trained_on, exported) == {"s3://bench/ring/query_val_0001.jpg"}
     assert _as_bench_photos(trained_on, None) == frozenset()
     assert _as_bench_photos(frozenset(), exported) == frozenset()
+
+
+def test_bench_accuracy_seed_draws_the_protocol_again(tmp_path, tiny_model_dir, monkeypatch):
+    """`--seed` picks which products are left out of the catalog: the same seed the same
+    products, other seeds others (figures of another draw reproduce by command)."""
+    data = write_dataset(tmp_path / "data")
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
+    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
+
+    def left_out(seed: int) -> list[str]:
+        out = tmp_path / f"accuracy-{seed}.json"
+        command = ["bench", "accuracy", "--data", str(data), "--open-set", "1"]
+        result = CliRunner().invoke(app, [*command, "--seed", str(seed), "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        return json.loads(out.read_text())["figures"]["products_left_out"]
+
+    draws = {seed: left_out(seed) for seed in range(4)}
+    assert len({tuple(products) for products in draws.values()}) > 1
+    assert left_out(1) == draws[1]

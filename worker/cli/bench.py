@@ -123,6 +123,13 @@ def accuracy(
     splits: SplitsOption = None,
     fine_tune: FineTuneOption = False,
     calibration_share: CalibrationShareOption = 0.2,
+    seed: Annotated[
+        int,
+        typer.Option(
+            help="The protocol's draw: the products left out of the catalog and the brand-new "
+            "ones (a training run's seed is JEWELMATCH_TRAINING__SEED)."
+        ),
+    ] = 0,
 ) -> None:
     """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
     from worker.observability.logs import load_settings
@@ -144,6 +151,7 @@ def accuracy(
         splits=splits,
         fine_tune=fine_tune,
         calibration_share=calibration_share,
+        seed=seed,
     )
 
     with Progress(console=console, transient=True) as progress:
