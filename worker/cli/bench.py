@@ -126,8 +126,9 @@ def accuracy(
     seed: Annotated[
         int,
         typer.Option(
-            help="The protocol's draw: the products left out of the catalog and the brand-new "
-            "ones (a training run's seed is JEWELMATCH_TRAINING__SEED)."
+            help="The protocol's draw: the products left out of the catalog, the brand-new "
+            "ones and the --max-queries sample (a training run's seed is "
+            "JEWELMATCH_TRAINING__SEED)."
         ),
     ] = 0,
 ) -> None:
