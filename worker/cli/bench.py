@@ -68,6 +68,13 @@ SplitsOption = Annotated[
         "benchmarks/grocery-far-photos.csv with --split far (a harder split to choose on)."
     ),
 ]
+SeedOption = Annotated[
+    int,
+    typer.Option(
+        help="The protocol's draw: the products left out of the catalog, the brand-new ones and "
+        "the --max-queries sample (a training run's seed is JEWELMATCH_TRAINING__SEED)."
+    ),
+]
 CalibrationShareOption = Annotated[
     float,
     typer.Option(
@@ -123,14 +130,7 @@ def accuracy(
     splits: SplitsOption = None,
     fine_tune: FineTuneOption = False,
     calibration_share: CalibrationShareOption = 0.2,
-    seed: Annotated[
-        int,
-        typer.Option(
-            help="The protocol's draw: the products left out of the catalog, the brand-new "
-            "ones and the --max-queries sample (a training run's seed is "
-            "JEWELMATCH_TRAINING__SEED)."
-        ),
-    ] = 0,
+    seed: SeedOption = 0,
 ) -> None:
     """Recall@1/5, MRR, open-set rejection and confusions on a folder data set."""
     from worker.observability.logs import load_settings
