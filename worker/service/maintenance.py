@@ -38,9 +38,14 @@ class Maintenance:
             log.warning("housekeeping.failed", error=str(error))
 
     def wait(self, timeout: float) -> None:
-        """Until an index build in progress is done (before the index is closed)."""
+        """Until the background work in progress is done, within `timeout` seconds in all: an
+        index build and a refit both read the index, and closing it under them fails (the
+        engine refuses to close a shard another thread is reading: the worker then exited 1
+        on SIGTERM)."""
+        deadline = time.monotonic() + timeout
         if self._optimizing is not None:
             self._optimizing.join(timeout=timeout)
+        self.learner.wait(max(0.0, deadline - time.monotonic()))
 
     def _optimize_in_background_if_due(self) -> None:
         if self._optimizing is not None and self._optimizing.is_alive():
