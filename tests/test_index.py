@@ -3,6 +3,8 @@ and the server code path (qdrant-client, in its local mode as the server's stand
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from worker.index import (
     open_index,
 )
 from worker.index.edge import EdgeIndex, IndexLockedError
+from worker.index.shard_guard import IndexClosedError, ShardGuard
 from worker.settings import IndexSettings
 
 DIM = 16
@@ -227,6 +230,53 @@ def test_embedded_index_persists_and_is_owned_by_one_opener(tmp_path: Path):
     assert reopened.count() == 1
     assert reopened.search(basis(0)[None, :], 1)[0][0].product_id == "p1"
     reopened.close()
+
+
+def test_closing_waits_for_the_calls_in_progress_and_refuses_later_ones():
+    guard = ShardGuard()
+    inside, leave, order = threading.Event(), threading.Event(), []
+
+    def long_call() -> None:
+        with guard.call():
+            inside.set()
+            leave.wait(timeout=10)
+            order.append("call ended")
+
+    thread = threading.Thread(target=long_call)
+    thread.start()
+    assert inside.wait(timeout=10)
+    threading.Timer(0.2, leave.set).start()
+    assert guard.close(timeout=10)
+    order.append("closed")
+    thread.join()
+    assert order == ["call ended", "closed"]
+    with pytest.raises(IndexClosedError), guard.call():
+        pass
+
+
+def _read_until_closed(index: EdgeIndex, ended_with: list[BaseException]) -> None:
+    try:
+        while True:
+            index.references()
+    except BaseException as error:  # what ended it is the point
+        ended_with.append(error)
+
+
+def test_the_embedded_index_closes_while_another_thread_reads_it(tmp_path: Path):
+    """A worker stopping while a refit reads its index: the engine refused to close a shard in
+    use ("Already borrowed", about one close in seven here) and the worker exited 1."""
+    rng = np.random.default_rng(0)
+    for trial in range(20):
+        index = EdgeIndex(IndexSettings(backend="edge", path=tmp_path / str(trial)), "m", 256)
+        vectors = rng.normal(size=(300, 256)).astype(np.float32)
+        index.upsert([ref(f"p{n % 50}", f"i{n}", v) for n, v in enumerate(vectors)])
+        ended_with: list[BaseException] = []
+        reader = threading.Thread(target=_read_until_closed, args=(index, ended_with))
+        reader.start()
+        time.sleep(rng.uniform(0, 0.05))
+        index.close()  # raised RuntimeError("Already borrowed") before the guard
+        reader.join(timeout=30)
+        assert [type(error) for error in ended_with] == [IndexClosedError]
 
 
 def test_embedded_index_uses_hnsw_beyond_the_exact_search_size(tmp_path: Path):

@@ -56,6 +56,7 @@ from worker.index.base import (
     scan_point_id,
     vectors_in_order,
 )
+from worker.index.shard_guard import GuardedShard, ShardGuard
 from worker.settings import IndexSettings
 
 
@@ -123,19 +124,30 @@ class EdgeIndex(VectorIndex):
             hnsw_config=hnsw,
             quantization_config=quantization,
         )
-        self._refs = _open_shard(
-            self.directory / "references", config, ["product_id", "category", "source"]
+        # every call on a shard is counted, so that `close` waits for those in progress
+        self._guard = ShardGuard()
+        self._refs = GuardedShard(
+            _open_shard(
+                self.directory / "references", config, ["product_id", "category", "source"]
+            ),
+            self._guard,
         )
-        self._scans = _open_shard(
-            self.directory / "scans",
-            EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine)),
-            ["scan_id"],
-            ["created_at"],
+        self._scans = GuardedShard(
+            _open_shard(
+                self.directory / "scans",
+                EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine)),
+                ["scan_id"],
+                ["created_at"],
+            ),
+            self._guard,
         )
-        self._products = _open_shard(
-            self.directory / "products",
-            EdgeConfig(vectors=EdgeVectorParams(size=1, distance=Distance.Dot)),
-            ["product_id"],
+        self._products = GuardedShard(
+            _open_shard(
+                self.directory / "products",
+                EdgeConfig(vectors=EdgeVectorParams(size=1, distance=Distance.Dot)),
+                ["product_id"],
+            ),
+            self._guard,
         )
         self._count = self._refs.count(CountRequest(exact=True))
         self.optimized_at_count = 0
@@ -348,10 +360,18 @@ class EdgeIndex(VectorIndex):
 
     # ------------------------------------------------------------------------------------
 
+    CLOSE_WAIT_SECONDS = 30.0
+    """How long `close` waits for calls in progress on other threads (a refit's reads take
+    seconds at the most)."""
+
     def close(self) -> None:
-        for shard in (self._refs, self._scans, self._products):
-            shard.flush()
-            shard.close()
+        """Flush and close the shards once no call on them is in progress (the engine refuses
+        to close a shard another thread is using); any call after this raises
+        `IndexClosedError`."""
+        self._guard.close(self.CLOSE_WAIT_SECONDS)
+        for guarded in (self._refs, self._scans, self._products):
+            guarded.shard.flush()
+            guarded.shard.close()
 
     def _refresh_count(self) -> None:
         self._count = self._refs.count(CountRequest(exact=True))
