@@ -74,6 +74,8 @@ def test_with_a_token_the_catalog_answers_only_its_bearer_and_is_read_once_per_p
             assert status == 200 and b'"p1"' in body
         assert len(reads) == 1  # five answers, one read of the index
         assert get(f"http://127.0.0.1:{port}/readyz")[0] == 503  # probes need no token
+        health.stopping = True  # its index is about to close: the desk asks another worker
+        assert get(url, TOKEN)[0] == 503
     finally:
         server.shutdown()
 

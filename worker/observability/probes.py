@@ -118,8 +118,12 @@ def serve_ops(health: Health, ops: OpsSettings) -> WSGIServer:
             if not catalog_allowed(environ, token):
                 start_response("403 Forbidden", [("Content-Type", "text/plain")])
                 return [b"the catalog is for the review desk (JEWELMATCH_OPS__CATALOG_TOKEN)\n"]
+            if health.stopping:  # its index closes next: the desk asks another worker
+                start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+                return [b"stopping\n"]
+            body = catalog.body()
             start_response("200 OK", [("Content-Type", "application/json")])
-            return [catalog.body()]
+            return [body]
         start_response("404 Not Found", [("Content-Type", "text/plain")])
         return [b"not found\n"]
 
