@@ -124,30 +124,26 @@ class EdgeIndex(VectorIndex):
             hnsw_config=hnsw,
             quantization_config=quantization,
         )
-        # every call on a shard is counted, so that `close` waits for those in progress
-        self._guard = ShardGuard()
-        self._refs = GuardedShard(
+        shards = (
             _open_shard(
                 self.directory / "references", config, ["product_id", "category", "source"]
             ),
-            self._guard,
-        )
-        self._scans = GuardedShard(
             _open_shard(
                 self.directory / "scans",
                 EdgeConfig(vectors=EdgeVectorParams(size=dim, distance=Distance.Cosine)),
                 ["scan_id"],
                 ["created_at"],
             ),
-            self._guard,
-        )
-        self._products = GuardedShard(
             _open_shard(
                 self.directory / "products",
                 EdgeConfig(vectors=EdgeVectorParams(size=1, distance=Distance.Dot)),
                 ["product_id"],
             ),
-            self._guard,
+        )
+        # every call on a shard is counted, so that `close` waits for those in progress
+        self._guard = ShardGuard()
+        self._refs, self._scans, self._products = (
+            GuardedShard(shard, self._guard) for shard in shards
         )
         self._count = self._refs.count(CountRequest(exact=True))
         self.optimized_at_count = 0
