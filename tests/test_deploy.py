@@ -414,6 +414,66 @@ def test_the_training_jobs_pods_take_no_traffic_and_reach_only_s3_qdrant_and_dns
 # --- Grafana dashboard -----------------------------------------------------------------
 
 
+PROMETHEUS = ROOT / "deploy" / "prometheus"
+
+
+def promtool(*args: str, cwd: Path = PROMETHEUS) -> subprocess.CompletedProcess:
+    """Runs the promtool that scripts/dev-setup puts in .venv/bin (Debian's, 2.42)."""
+    binary = ROOT / ".venv" / "bin" / "promtool"
+    assert binary.is_file(), "no .venv/bin/promtool: run scripts/dev-setup"
+    return subprocess.run(
+        [str(binary), *args], capture_output=True, text=True, timeout=120, cwd=cwd
+    )
+
+
+def test_alert_rules_are_valid_promql_for_prometheus():
+    result = promtool("check", "rules", "alerts.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS: 9 rules found" in result.stdout
+
+
+def test_every_alert_fires_and_stays_quiet_as_its_unit_tests_say():
+    """deploy/prometheus/alerts-tests.yaml: each alert on the series it watches, firing
+    past its threshold and quiet below it; an alert added without a test fails here."""
+    rules = yaml.safe_load((PROMETHEUS / "alerts.yaml").read_text())
+    tests = yaml.safe_load((PROMETHEUS / "alerts-tests.yaml").read_text())
+    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    fired = {
+        case["alertname"]
+        for test in tests["tests"]
+        for case in test["alert_rule_test"]
+        if case["exp_alerts"]
+    }
+    assert fired == alerts
+    result = promtool("test", "rules", "alerts-tests.yaml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_broken_alert_fails_its_unit_tests(tmp_path):
+    """The unit tests can fail: the page for waiting scans raised to 200 is caught."""
+    rules = (PROMETHEUS / "alerts.yaml").read_text()
+    broken = rules.replace('queue="jewelmatch.scans"}) > 100', 'queue="jewelmatch.scans"}) > 200')
+    assert broken != rules
+    (tmp_path / "alerts.yaml").write_text(broken)
+    (tmp_path / "alerts-tests.yaml").write_text((PROMETHEUS / "alerts-tests.yaml").read_text())
+    result = promtool("test", "rules", "alerts-tests.yaml", cwd=tmp_path)
+    assert result.returncode != 0 and "JewelmatchScansWaiting" in result.stdout + result.stderr
+
+
+def test_the_dashboards_queries_are_valid_promql(tmp_path):
+    """Each panel's query checked by promtool, as a recording rule (promtool 2.42 has no
+    offline query parser of its own)."""
+    dashboard = json.loads((ROOT / "deploy" / "grafana" / "jewelmatch-dashboard.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    records = [{"record": f"panel:query_{i}", "expr": q} for i, q in enumerate(queries)]
+    (tmp_path / "panels.yaml").write_text(
+        yaml.safe_dump({"groups": [{"name": "dashboard", "rules": records}]})
+    )
+    result = promtool("check", "rules", "panels.yaml", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
+
+
 def test_the_dashboard_reads_only_metrics_that_exist():
     """Every jewelmatch_* series a panel queries is one the worker exports (histograms
     through their _bucket series), and the RabbitMQ ones are those the alerts use."""
