@@ -226,6 +226,38 @@ def test_kustomization_lists_every_manifest():
     assert listed == {p.name for p in (K8S / "base").glob("*.yaml")} - {"kustomization.yaml"}
 
 
+# the oldest and newest Kubernetes versions whose API schemas kubernetes-validate bundles
+KUBERNETES_VERSIONS = ("1.25", "1.37")
+NOT_CORE_KINDS = {"Kustomization", "ScaledObject", "TriggerAuthentication"}  # KEDA, kustomize
+
+
+def test_every_manifest_is_valid_against_the_kubernetes_api_schemas():
+    """Strict: a misspelt or misplaced field (`runAsNonroot`, a probe under the pod) fails
+    here instead of being dropped or refused by the API server at deploy time."""
+    import kubernetes_validate
+
+    documents = [doc for path in sorted(K8S.rglob("*.yaml")) for doc in load_all(path)]
+    without_schema = set()
+    for version in KUBERNETES_VERSIONS:
+        for doc in documents:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                without_schema.add(doc["kind"])
+    assert without_schema == NOT_CORE_KINDS
+    assert len(documents) - sum(doc["kind"] in NOT_CORE_KINDS for doc in documents) >= 10
+
+
+def test_a_misspelt_field_fails_the_schema_check():
+    import kubernetes_validate
+
+    deployment = load_all(K8S / "base" / "deployment.yaml")[0]
+    pod = deployment["spec"]["template"]["spec"]
+    pod["securityContext"]["runAsNonroot"] = pod["securityContext"].pop("runAsNonRoot")
+    with pytest.raises(kubernetes_validate.ValidationError, match="runAsNonroot"):
+        kubernetes_validate.validate(deployment, KUBERNETES_VERSIONS[-1], strict=True)
+
+
 def test_configuration_uses_only_settings_the_worker_reads():
     assert set(CONFIG) <= setting_variables()
     overlay = yaml.safe_load((K8S / "overlays/production/kustomization.yaml").read_text())
