@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from worker.tools.synthetic import catalog_designs, render
-from worker.vision.object_region import object_region
+from worker.vision.object_region import MIN_PIXELS, object_mask, object_region
 
 
 def _lifestyle_shot() -> tuple[Image.Image, tuple[int, int, int, int]]:
@@ -38,3 +38,18 @@ def test_a_picture_where_nothing_stands_out_is_kept_whole():
     assert object_region(blank).size == blank.size
     tiny = Image.new("RGB", (5, 5), (10, 10, 10))
     assert object_region(tiny).size == tiny.size
+    # a placeholder: flat but for a mark in a corner and a speck in the middle
+    placeholder = np.full((200, 300, 3), 255, np.uint8)
+    placeholder[:3, :3] = 0
+    placeholder[100:106, 150:156] = (40, 160, 200)
+    assert object_mask(Image.fromarray(placeholder)) is None
+
+
+def test_a_small_piece_on_a_flat_backdrop_is_still_found():
+    """The shortcut for flat pictures leaves a piece of MIN_PIXELS or more to GrabCut."""
+    picture = np.full((200, 300, 3), 255, np.uint8)
+    picture[:3, :3] = 0
+    picture[96:104, 146:154] = (40, 160, 200)  # 64 px
+    found = object_mask(Image.fromarray(picture))
+    assert found is not None and MIN_PIXELS <= found.sum() <= 100
+    assert found[96:104, 146:154].all()
