@@ -2,8 +2,10 @@
 
 Integrators in any language point their AsyncAPI tools (code generators, documentation,
 validators) at it: one channel per routing key on its exchange, the message with its JSON
-Schema, whether the worker receives or sends it, and the AMQP bindings (exchange, queue and
-the queue's arguments, which a consumer must match). Depends on pydantic only.
+Schema, whether the worker receives or sends it, and the AMQP bindings (the exchange, and as
+the extension `x-queue` the queue the key is bound to with the queue's arguments, which a
+consumer must match). Valid against the AsyncAPI 3.0.0 schema (tests/test_contract.py).
+Depends on pydantic only.
 """
 
 from __future__ import annotations
@@ -82,7 +84,9 @@ def asyncapi_document(queue_arguments: dict[str, dict] | None = None) -> dict:
                         "autoDelete": False,
                         "vhost": "jewelmatch",
                     },
-                    "queue": {
+                    # the queue the key is bound to: an extension, as a routing-key channel
+                    # binding names only its exchange (AMQP channel binding 0.3.0)
+                    "x-queue": {
                         "name": queue,
                         "durable": True,
                         "exclusive": False,

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -195,7 +196,7 @@ def test_the_asyncapi_document_describes_every_message_and_resolves():
     assert actions == {"send", "receive"}
     scans = document["channels"]["bag_photographed"]["bindings"]["amqp"]
     assert scans["exchange"]["name"] == topology.EVENTS_EXCHANGE
-    assert scans["queue"]["x-arguments"] == {"x-queue-type": "quorum"}
+    assert scans["x-queue"]["x-arguments"] == {"x-queue-type": "quorum"}
 
     def refs(node):
         if isinstance(node, dict):
@@ -219,6 +220,23 @@ def test_the_asyncapi_document_describes_every_message_and_resolves():
     )
 
 
+ASYNCAPI_SCHEMA = Path(__file__).parent / "data" / "asyncapi" / "3.0.0-without-id.json"
+
+
+def test_the_asyncapi_document_is_valid_against_the_asyncapi_3_schema():
+    """The schema AsyncAPI's own tools check a document against (tests/data/asyncapi): a
+    channel binding that AsyncAPI Studio or a code generator would refuse fails here."""
+    from shared.asyncapi import asyncapi_document
+
+    validator = jsonschema.Draft7Validator(json.loads(ASYNCAPI_SCHEMA.read_text()))
+    document = asyncapi_document({topology.SCANS_QUEUE: {"x-queue-type": "quorum"}})
+    assert [error.message for error in validator.iter_errors(document)] == []
+    # ...and the check can fail: the queue as a routing-key channel's `queue` is refused
+    binding = document["channels"]["bag_photographed"]["bindings"]["amqp"]
+    binding["queue"] = binding.pop("x-queue")
+    assert not validator.is_valid(document)
+
+
 def test_schema_command_writes_the_asyncapi_document(tmp_path):
     from typer.testing import CliRunner
 
@@ -227,5 +245,5 @@ def test_schema_command_writes_the_asyncapi_document(tmp_path):
     result = CliRunner().invoke(app, ["schema", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
     document = json.loads((tmp_path / "asyncapi.json").read_text())
-    results = document["channels"]["match_result"]["bindings"]["amqp"]["queue"]
+    results = document["channels"]["match_result"]["bindings"]["amqp"]["x-queue"]
     assert results["x-arguments"]["x-max-length"] == 1_000_000
