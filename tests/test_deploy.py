@@ -185,6 +185,11 @@ def test_definitions_load_into_a_real_broker_with_least_privilege(tmp_path):
             channel = connection.channel()
             with pytest.raises(Exception, match="ACCESS_REFUSED"):
                 channel.queue_declare("sneaky", durable=True)
+            # rabbitmq.conf's max_message_size (1 MiB): a larger body never reaches a queue
+            with pytest.raises(Exception, match=r"PRECONDITION_FAILED.*max size"):
+                ConfirmedPublisher(connection.channel()).publish(
+                    b"x" * (1024 * 1024 + 1), EVENTS, topology.BAG_PHOTOGRAPHED
+                )
         with Connection(
             f"amqp://review-desk:review-desk-password@{base}",
             transport_options={"confirm_publish": True},

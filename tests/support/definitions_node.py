@@ -1,4 +1,5 @@
-"""A throwaway RabbitMQ node loaded with the generated definitions: every role's user with a
+"""A throwaway RabbitMQ node configured as deploy/rabbitmq/rabbitmq.conf configures the
+compose stack's broker, loaded with the generated definitions: every role's user with a
 known password (`<user>-password`) and an `admin` for the tests' own housekeeping."""
 
 from __future__ import annotations
@@ -9,6 +10,20 @@ from pathlib import Path
 from worker.amqp.definitions import ROLES, VHOST, definitions
 from worker.tools.bench.servers import RabbitNode
 
+DEPLOYED_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "rabbitmq.conf"
+
+
+def deployed_config(definitions_path: Path) -> str:
+    """The committed rabbitmq.conf, its definitions read from `definitions_path`."""
+    lines = DEPLOYED_CONFIG.read_text().splitlines()
+    assert any(line.startswith("load_definitions = ") for line in lines)
+    return "".join(
+        f"load_definitions = {definitions_path}\n"
+        if line.startswith("load_definitions = ")
+        else line + "\n"
+        for line in lines
+    )
+
 
 def definitions_node(folder: Path) -> RabbitNode:
     """Not started yet: `start()` it, `cleanup()` it."""
@@ -18,7 +33,7 @@ def definitions_node(folder: Path) -> RabbitNode:
     path.write_text(json.dumps(definitions(passwords=passwords, administrators=administrators)))
     return RabbitNode(
         folder / "node",
-        config=f"load_definitions = {path}\n",
+        config=deployed_config(path),
         credentials="admin:admin-password",
         vhost=VHOST,
     )
