@@ -16,7 +16,13 @@ from playwright.sync_api import Page, expect, sync_playwright
 from shared import topology
 from shared.contract import BagPhotographed, MatchStatus, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
-from tests.support.browser import CHROMIUM, CHROMIUM_ARGS, SCREENSHOTS, DeskServer
+from tests.support.browser import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    SCREENSHOTS,
+    DeskServer,
+    accessibility_problems,
+)
 from tests.support.processes import WorkerProcess, worker_environment
 from worker.amqp.client import JewelmatchClient
 from worker.review.auth import hash_password
@@ -176,6 +182,7 @@ def test_a_scan_appears_is_confirmed_and_the_next_photo_ranks_it_first(stack, br
     assert len(shown) == 5 and set(shown) <= {d.sku for d in DESIGNS}
     expect(row.locator(".meta")).to_contain_text("station-7")
     page.screenshot(path=SCREENSHOTS / "review-scans.png")
+    assert accessibility_problems(page) == []  # axe-core, as for every page below
 
     row.locator("a.scan-id").click()
     page.wait_for_function(ALL_LOADED, arg=".detail img")
@@ -185,6 +192,7 @@ def test_a_scan_appears_is_confirmed_and_the_next_photo_ranks_it_first(stack, br
     )
     expect(page.locator("#outcome")).to_contain_text("applied", timeout=30_000)
     page.screenshot(path=SCREENSHOTS / "review-confirmed.png")
+    assert accessibility_problems(page) == []
 
     stack.scan("bag-0002", f"bag-{target.product_id}-b.jpg", station="station-9")
     page.goto(f"{stack.desk.url}/scans?station=station-9")
@@ -202,6 +210,7 @@ def test_a_scan_appears_is_confirmed_and_the_next_photo_ranks_it_first(stack, br
     expect(page.locator("h2", has_text="without confirmations")).to_contain_text(
         f"({len(DESIGNS) - 1})"
     )
+    assert accessibility_problems(page) == []
     page.fill("input[name=q]", target.sku.lower())
     page.click("form.filters button")
     expect(page.locator("#products tbody tr")).to_have_count(1)
@@ -223,6 +232,7 @@ def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(sta
     row = reviewer.locator('article[data-scan-id="bag-0100"]')
     expect(row.locator(".badge.failed")).to_be_visible(timeout=30_000)
     expect(row.locator(".reason")).to_contain_text("unavailable")  # in words, not a code
+    assert accessibility_problems(reviewer) == []  # the worklist with a failed scan
     expect(reviewer.locator('nav a[href="/ops"]')).to_have_count(0)
     looked = reviewer.request.get(f"{stack.desk.url}/ops")
     assert looked.status == 403 and "bag.photographed" not in looked.text()  # ops only
@@ -250,6 +260,7 @@ def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(sta
     html = ops.content()
     assert SESSION_SECRET not in html and "review-desk-password" not in html
     ops.screenshot(path=SCREENSHOTS / "review-ops.png")
+    assert accessibility_problems(ops) == []  # with a dead letter and its buttons
     ops.locator("article.dead-letter button.replay").click()
     expect(ops.locator(".notice")).to_contain_text("Replayed")
     assert stack.peer.depth(topology.DEAD_LETTER_QUEUE) == 0
@@ -288,6 +299,7 @@ def test_sign_in_is_refused_without_the_password_or_the_form_token(stack, browse
     page.fill("input[name=password]", "wrong")
     page.click("button[type=submit]")
     expect(page.locator(".error")).to_contain_text("wrong password")
+    assert accessibility_problems(page) == []
     forged = page.request.post(
         f"{stack.desk.url}/login", form={"name": "otto", "password": PASSWORDS["otto"]}
     )

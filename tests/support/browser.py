@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 import uvicorn
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Page
 
 from worker.review.web import create_app
 from worker.settings import Settings
@@ -25,6 +27,18 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+
+
+def accessibility_problems(page: Page) -> list[str]:
+    """What axe-core (the engine of Lighthouse's and browsers' accessibility audits) finds
+    wrong with the page as it stands: WCAG A/AA and best-practice rules, e.g. text contrast
+    below 4.5:1, a control without a name. One line per rule and element."""
+    found = Axe().run(page).response["violations"]
+    return [
+        f"{rule['id']} ({rule['impact']}): {rule['help']} at {node['target']}"
+        for rule in found
+        for node in rule["nodes"]
+    ]
 
 
 class DeskServer:
