@@ -36,6 +36,15 @@ def test_invalid_values_fail_loudly(monkeypatch):
         Settings(_env_file=None)
 
 
+@pytest.mark.parametrize("url", ["localhost:8080", "file:///etc/passwd", "http://", "worker"])
+def test_a_review_worker_url_must_be_http_with_a_host(monkeypatch, url):
+    monkeypatch.setenv("JEWELMATCH_REVIEW__WORKER_URLS", f"http://worker:8080,{url}")
+    with pytest.raises(ValidationError, match="not an http:// or https:// URL with a host"):
+        Settings(_env_file=None)
+    monkeypatch.setenv("JEWELMATCH_REVIEW__WORKER_URLS", "http://worker:8080,https://10.0.0.7")
+    assert len(Settings(_env_file=None).review.worker_urls) == 2
+
+
 def test_defaults_need_no_configuration():
     settings = Settings(_env_file=None)
     assert settings.model.name == "efficientnet-lite1+efficientnet-lite2"

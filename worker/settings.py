@@ -9,6 +9,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -806,6 +807,17 @@ class ReviewSettings(BaseModel):
     @classmethod
     def _split_lists(cls, value: object) -> object:
         return split_list(value)
+
+    @field_validator("worker_urls")
+    @classmethod
+    def _http_urls(cls, urls: list[str]) -> list[str]:
+        """Refused at start rather than shown as an 'unknown url type' worker on the ops
+        page (or read as a local file, for `file:`)."""
+        for url in urls:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"{url!r} is not an http:// or https:// URL with a host")
+        return urls
 
     @field_validator("session_secret")
     @classmethod
