@@ -168,7 +168,9 @@ class LocalImageStore:
 def _local_etag(path: Path) -> str:
     """A folder's stand-in for an ETag: changes when the file is rewritten."""
     stat = path.stat()
-    return hashlib.sha1(f"{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
+    return hashlib.sha1(
+        f"{stat.st_size}:{stat.st_mtime_ns}".encode(), usedforsecurity=False
+    ).hexdigest()
 
 
 def open_image_store(settings: S3Settings, max_bytes: int) -> ImageStore:
