@@ -45,6 +45,21 @@ def test_python_dash_m_worker_is_the_same_command():
         assert command in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("group", "summary"),
+    [
+        ([], "Passwords come from JEWELMATCH_RABBITMQ_PASSWORD_<USER> variables; users without"),
+        (["bench"], "takes (the confidence's labels included), on vectors of a deployment's"),
+        (["model"], "(or the configured weights): the index of that model"),
+    ],
+)
+def test_command_lists_show_each_summary_as_flowing_text(group, summary):
+    """Not broken where its docstring's lines break (Typer's rich help kept those breaks)."""
+    result = CliRunner().invoke(app, [*group, "--help"], terminal_width=240, env={"COLUMNS": "240"})
+    assert result.exit_code == 0, result.output
+    assert summary in result.output
+
+
 def test_the_command_sets_the_gpu_workspace_that_deterministic_training_needs(monkeypatch):
     """cuBLAS reads it once per process, so it is set before any command runs."""
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)

@@ -16,10 +16,12 @@ from pydantic import ValidationError
 
 from worker.cli import service, tools
 from worker.cli.bench import bench
+from worker.cli.help import OneLineSummaries
 from worker.errors import StartupError
 from worker.training import CUBLAS_DETERMINISTIC
 
 app = typer.Typer(
+    cls=OneLineSummaries,
     help="jewelmatch: identify unlabelled jewels from a photo.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,

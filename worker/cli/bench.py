@@ -12,8 +12,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from worker.cli.help import OneLineSummaries
+
 bench = typer.Typer(
-    help="Benchmarks: accuracy, latency, throughput, scale, models.", no_args_is_help=True
+    cls=OneLineSummaries,
+    help="Benchmarks: accuracy, latency, throughput, scale, models.",
+    no_args_is_help=True,
 )
 console = Console()
 RESULTS = Path("benchmarks/results")

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from worker.cli.help import OneLineSummaries
 from worker.errors import StartupError
 from worker.observability.logs import load_settings
 
@@ -331,7 +332,7 @@ def train(
 
 
 model_commands = typer.Typer(
-    help="Model versions made by `jewelmatch train`.", no_args_is_help=True
+    cls=OneLineSummaries, help="Model versions made by `jewelmatch train`.", no_args_is_help=True
 )
 commands.add_typer(model_commands, name="model")
 
