@@ -22,6 +22,8 @@ from tests.support.browser import (
     SCREENSHOTS,
     DeskServer,
     accessibility_problems,
+    policy_violations,
+    watch_policy_violations,
 )
 from tests.support.processes import WorkerProcess, worker_environment
 from worker.amqp.client import JewelmatchClient
@@ -158,7 +160,9 @@ def product_event(design) -> ProductUpserted:
 
 
 def sign_in(browser, stack: Stack, name: str) -> Page:
-    page = browser.new_context(viewport={"width": 1280, "height": 860}).new_page()
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    watch_policy_violations(context)
+    page = context.new_page()
     page.goto(f"{stack.desk.url}/scans")
     expect(page).to_have_url(f"{stack.desk.url}/login?next=%2Fscans")
     page.fill("input[name=name]", name)
@@ -217,6 +221,7 @@ def test_a_scan_appears_is_confirmed_and_the_next_photo_ranks_it_first(stack, br
     expect(page.locator("#products tbody tr")).to_have_attribute(
         "data-product-id", target.product_id
     )
+    assert policy_violations(page) == []  # the desk's script ran, nothing was blocked
 
 
 def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(stack, browser):
@@ -290,6 +295,19 @@ def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(sta
     letter.locator("button.discard").click()
     expect(ops.locator(".notice")).to_contain_text("Discarded")
     assert stack.peer.depth(topology.DEAD_LETTER_QUEUE) == 0
+    assert policy_violations(ops) == [] and policy_violations(reviewer) == []
+
+
+def test_another_site_cannot_frame_the_desk(stack, browser):
+    """A click hijacked through a frame would confirm a wrong product: the browser refuses to
+    show any desk page inside another page."""
+    page = browser.new_page()
+    page.set_content(f'<iframe src="{stack.desk.url}/login" width="600" height="400"></iframe>')
+    frame = page.frames[-1]
+    frame.wait_for_load_state()
+    assert page.frames[-1].locator("input[name=password]").count() == 0
+    page.goto(f"{stack.desk.url}/login")  # the page itself is there, unframed
+    expect(page.locator("input[name=password]")).to_have_count(1)
 
 
 def test_sign_in_is_refused_without_the_password_or_the_form_token(stack, browser):

@@ -5,12 +5,14 @@ odd input, and a prompt stop."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -175,6 +177,27 @@ def test_reviewers_are_kept_off_the_ops_page(tmp_path):
     assert refused.status_code == 403
     assert "dead-letter" not in refused.text and "Queue" not in refused.text
     assert 'href="/ops"' not in reviewer.get("/scans").text
+
+
+def test_no_other_site_may_frame_the_desk_and_only_its_own_script_runs(tmp_path):
+    """On the sign-in page, a page behind it, its script, an error and a refused request."""
+    client = TestClient(create_app(desk_settings(tmp_path)))
+    sign_in(client, "rita")
+    for path in ("/login", "/scans", "/static/review.js", "/nowhere", "/ops"):
+        answer = client.get(path)
+        policy = answer.headers["content-security-policy"]
+        assert "frame-ancestors 'none'" in policy and "default-src 'self'" in policy, path
+        assert "unsafe-inline" not in policy and "unsafe-eval" not in policy
+        assert answer.headers["x-frame-options"] == "DENY"
+        assert answer.headers["x-content-type-options"] == "nosniff"
+        assert answer.headers["referrer-policy"] == "same-origin"
+    templates = Path(create_app.__code__.co_filename).parent / "templates"
+    inline = [
+        (template.name, handler)
+        for template in templates.glob("*.html")
+        for handler in re.findall(r"<[^>]*\son[a-z]+\s*=", template.read_text())
+    ]
+    assert inline == []  # an inline event handler the policy would block
 
 
 # sign-in floods ---------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import uvicorn
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Page
+from playwright.sync_api import BrowserContext, Page
 
 from worker.review.web import create_app
 from worker.settings import Settings
@@ -27,6 +27,21 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "screenshots"
+
+
+def watch_policy_violations(context: BrowserContext) -> None:
+    """Every page of `context` records what its Content-Security-Policy blocks (read with
+    `policy_violations`)."""
+    context.add_init_script(
+        "window.policyViolations = [];"
+        "document.addEventListener('securitypolicyviolation', function (event) {"
+        "  window.policyViolations.push(event.violatedDirective + ' ' + event.blockedURI);"
+        "});"
+    )
+
+
+def policy_violations(page: Page) -> list[str]:
+    return page.evaluate("window.policyViolations")
 
 
 def accessibility_problems(page: Page) -> list[str]:

@@ -20,6 +20,7 @@ from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
 from worker.review import ops_pages, pages, scan_pages
 from worker.review.desk import Desk, replica_urls
+from worker.review.headers import SecurityHeaders
 from worker.settings import Settings
 
 log = get_logger(__name__)
@@ -81,7 +82,8 @@ def create_app(settings: Settings, store: ImageStore | None = None) -> Starlette
                 same_site="strict",
                 https_only=desk.review.secure_cookies,
                 max_age=int(desk.review.session_hours * 3600),
-            )
+            ),
+            Middleware(SecurityHeaders),
         ],
         lifespan=lifespan,
     )

@@ -3,7 +3,8 @@
 //   server-rendered fragment) every few seconds, while nobody is typing or changing in it;
 // - product suggestions for the "none of these" field, asked of the desk as one types;
 // - the review keys on a scan: 1-5 choose a candidate, Enter confirms it, J / K next and
-//   previous scan to review; a click on the bag photo zooms it.
+//   previous scan to review; a click on the bag photo zooms it;
+// - a question asked before a form marked data-confirm is sent.
 (function () {
   function refresh(element) {
     if (element.dataset.editing ||
@@ -96,6 +97,12 @@
         button.disabled = true;
       });
     }
+  });
+  // a form with data-confirm="question" is sent only once the person agrees (no inline
+  // handlers: the desk's Content-Security-Policy runs only this file's script)
+  document.addEventListener("submit", function (event) {
+    var question = event.target.dataset && event.target.dataset.confirm;
+    if (question && !window.confirm(question)) { event.preventDefault(); }
   });
   document.addEventListener("input", function (event) {
     if (event.target.dataset && event.target.dataset.suggest) { suggest(event.target); }
