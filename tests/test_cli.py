@@ -94,6 +94,38 @@ def test_ingest_then_scan_from_a_terminal(tmp_path, tiny_model_dir, monkeypatch)
     assert _first_score(result.output) - without_detail > 0.075
 
 
+def test_ingest_names_the_images_it_cannot_read_and_stores_the_rest(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    data = tmp_path / "data"
+    write_catalog(data, count=4, scans_per_product=1)
+    (data / "p001/catalog_9.png").write_bytes(b"not an image")  # beside a good one
+    good = (data / "p002/catalog_0.png").read_bytes()
+    (data / "p002/catalog_0.png").write_bytes(good[: len(good) // 3])  # its only image, cut
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
+    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
+    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    result = runner.invoke(app, ["ingest", str(data)])
+    assert result.exit_code == 1, result.output
+    assert "ingested 3 reference images" in result.output
+    assert f"left out {data / 'p001/catalog_9.png'}: not an image" in result.output
+    assert f"left out {data / 'p002/catalog_0.png'}: not a readable image" in result.output
+    result = runner.invoke(app, ["scan", str(data / "p001/catalog_0.png"), "--top-k", "4"])
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if re.search(r"│\s+\d\s+│", line)]
+    assert len(rows) == 3 and "p001" in rows[0]  # stored with its readable image; no p002
+
+    result = runner.invoke(app, ["scan", str(data / "p002/catalog_0.png")])
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"cannot scan {data / 'p002/catalog_0.png'}: not a readable image: "
+        "the data is corrupt or truncated"
+    )
+    result = runner.invoke(app, ["scan", str(data / "p009.png")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
 def _first_score(output: str) -> float:
     row = next(line for line in output.splitlines() if re.search(r"│\s+1\s+│", line))
     return float(re.findall(r"\d+\.\d{4}", row)[0])

@@ -14,6 +14,7 @@ from worker.observability.logs import load_settings
 
 commands = typer.Typer()
 console = Console()
+errors = Console(stderr=True, soft_wrap=True)
 
 
 @commands.command()
@@ -54,20 +55,30 @@ def ingest(
     folder: Annotated[
         Path,
         typer.Argument(
-            help="A folder data set: <product_id>/catalog_* images (query_* files are skipped)."
+            help="A folder data set: <product_id>/catalog_* images (query_* files are skipped).",
+            exists=True,
+            file_okay=False,
         ),
     ],
 ) -> None:
-    """Add every product of a folder to the configured index, with a progress bar."""
+    """Add every product of a folder to the configured index, with a progress bar. An image
+    that does not decode is named and left out, the rest stored; the exit status is then 1."""
     from worker.tools.terminal import ingest_folder
 
-    count = ingest_folder(load_settings(quiet=True), folder, console)
+    count, unreadable = ingest_folder(load_settings(quiet=True), folder, console)
     console.print(f"ingested {count} reference images")
+    for path, why in unreadable.items():
+        errors.print(f"left out {path}: {why}", markup=False, highlight=False)
+    if unreadable:
+        errors.print(f"{len(unreadable)} images left out", markup=False, highlight=False)
+        raise typer.Exit(1)
 
 
 @commands.command()
 def scan(
-    image: Annotated[Path, typer.Argument(help="A photo to identify.")],
+    image: Annotated[
+        Path, typer.Argument(help="A photo to identify.", exists=True, dir_okay=False)
+    ],
     top_k: Annotated[int, typer.Option(help="Products to list.")] = 5,
     category: Annotated[str | None, typer.Option(help="Only products of this category.")] = None,
     folder: Annotated[
@@ -79,9 +90,14 @@ def scan(
     ] = None,
 ) -> None:
     """Identify one photo against the configured index and print the ranked products."""
+    from worker.errors import PermanentError
     from worker.tools.terminal import scan_image
 
-    ranking, model_id = scan_image(load_settings(quiet=True), image, top_k, category, folder)
+    try:
+        ranking, model_id = scan_image(load_settings(quiet=True), image, top_k, category, folder)
+    except PermanentError as error:
+        errors.print(f"cannot scan {image}: {error.detail}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
     table = Table(title=f"{image} — {ranking.status.value} ({model_id})")
     for column in ("rank", "product", "sku", "score", "image"):
         table.add_column(column)

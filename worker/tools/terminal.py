@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from shared.contract import S3Object
+from worker.errors import PermanentError
 from worker.matching.catalog import Catalog, EmbeddedImage
 from worker.matching.matcher import Matcher, Ranking
 from worker.pipeline.embedding import Embeds
@@ -39,17 +40,27 @@ def embed_paths(
     progress: Progress,
     label: str,
     on_batch: Callable[[list[Image.Image]], None] = lambda batch: None,
+    unreadable: dict[Path, str] | None = None,
 ) -> np.ndarray:
     """Decode and embed files in batches, with a progress bar; `on_batch` is handed each
-    decoded batch too."""
+    decoded batch too. A file that does not decode raises, or with `unreadable` is left out
+    (no row) and its reason kept there."""
     task = progress.add_task(label, total=len(paths))
     chunks = []
     step = max(1, settings.model.batch_size)
     for start in range(0, len(paths), step):
-        batch = [_load(p, settings) for p in paths[start : start + step]]
-        chunks.append(embedder.embed(batch, kind))
-        on_batch(batch)
-        progress.advance(task, len(batch))
+        batch = []
+        for path in paths[start : start + step]:
+            try:
+                batch.append(_load(path, settings))
+            except PermanentError as error:
+                if unreadable is None:
+                    raise
+                unreadable[path] = error.detail
+        if batch:
+            chunks.append(embedder.embed(batch, kind))
+            on_batch(batch)
+        progress.advance(task, len(paths[start : start + step]))
     if not chunks:
         return np.zeros((0, embedder.dim), dtype=np.float32)
     return np.concatenate(chunks)
@@ -85,8 +96,11 @@ def ingest_products(
     products: Sequence[FolderProduct],
     settings: Settings,
     progress: Progress,
+    unreadable: dict[Path, str] | None = None,
 ) -> int:
-    """Ingest each product's `catalog_*` images as a `product.created` event would."""
+    """Ingest each product's `catalog_*` images as a `product.created` event would: with
+    `unreadable`, an image that does not decode is left out (and out of the index) and its
+    reason kept there, the product stored with its other images. Returns the images stored."""
     paths = [path for product in products for path in product.catalog]
     pieces: list[np.ndarray] = []  # each picture's, decoded once with its embedding
     vectors = iter(
@@ -98,9 +112,11 @@ def ingest_products(
             progress,
             "catalog images",
             on_batch=lambda batch: pieces.extend(embedder.embed_parts(batch)),
+            unreadable=unreadable,
         )
     )
     parts = iter(pieces)
+    skipped = unreadable or {}
     for product in products:
         event = product.catalog_event(FOLDER_BUCKET)
         plan = catalog.plan(event)
@@ -108,17 +124,27 @@ def ingest_products(
         embedded = [
             EmbeddedImage(by_id[path.name], next(vectors), parts=next(parts))
             for path in product.catalog
+            if path not in skipped
         ]
-        catalog.apply(event, plan, [item for item in embedded if item.image in plan.to_embed])
-    return len(paths)
+        unusable = [path.name for path in product.catalog if path in skipped]
+        to_store = [item for item in embedded if item.image in plan.to_embed]
+        catalog.apply(event, plan, to_store, unusable)
+    return len(paths) - len(skipped)
 
 
-def ingest_folder(settings: Settings, folder: Path, console: Console) -> int:
+def ingest_folder(
+    settings: Settings, folder: Path, console: Console
+) -> tuple[int, dict[Path, str]]:
+    """The images stored, and each image left out because it does not decode, with why."""
     dataset = read_folder_dataset(folder)
     products = [p for p in dataset.products if p.catalog]
+    unreadable: dict[Path, str] = {}
     with opened(settings) as components, Progress(console=console) as progress:
         catalog = components.matcher.catalog()
-        return ingest_products(components.embedder, catalog, products, settings, progress)
+        stored = ingest_products(
+            components.embedder, catalog, products, settings, progress, unreadable
+        )
+    return stored, unreadable
 
 
 def scan_image(
