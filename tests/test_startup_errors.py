@@ -62,6 +62,14 @@ def test_a_missing_model_is_one_line(tmp_path):
     assert_one_line(done, "no model in", "JEWELMATCH_MODEL__NAME")
 
 
+def test_a_folder_that_is_not_a_data_set_is_one_line(tmp_path):
+    (tmp_path / "p001").mkdir()  # a product folder without images
+    done = jewelmatch("bench", "accuracy", "--data", str(tmp_path), "--confirmed", "0")
+    assert_one_line(done, f"{tmp_path} holds no product folders", "catalog_*")
+    done = jewelmatch("bench", "accuracy", "--data", str(tmp_path / "nowhere"))
+    assert_one_line(done, f"{tmp_path / 'nowhere'} is not a folder")
+
+
 def test_a_taken_ops_port_is_one_line(tmp_path, tiny_model_dir):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

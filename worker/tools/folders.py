@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shared.contract import BagPhotographed, ProductUpserted
+from worker.errors import StartupError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
@@ -78,9 +79,10 @@ def _split_of(name: str) -> str:
 
 
 def read_folder_dataset(root: Path) -> FolderDataset:
+    """Raises StartupError (one line, no traceback) where `root` is not a folder data set."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"{root} is not a folder")
+        raise StartupError(f"{root} is not a folder")
     categories: dict[str, str] = {}
     manifest = root / "manifest.csv"
     if manifest.is_file():
@@ -102,7 +104,10 @@ def read_folder_dataset(root: Path) -> FolderDataset:
                 FolderProduct(folder.name, catalog, queries, categories.get(folder.name))
             )
     if not products:
-        raise ValueError(f"{root} holds no product folders with catalog_* or query_* images")
+        raise StartupError(
+            f"{root} holds no product folders with catalog_* or query_* images "
+            "(a folder data set: <product_id>/catalog_*.jpg and query_*.jpg)"
+        )
     return FolderDataset(root, products)
 
 
