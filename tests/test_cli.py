@@ -126,6 +126,13 @@ def test_ingest_names_the_images_it_cannot_read_and_stores_the_rest(
     assert result.exit_code == 2 and "does not exist" in result.output
 
 
+@pytest.mark.parametrize("option", ["--kinds", "--splits"])
+def test_a_missing_benchmark_csv_is_a_usage_error_before_any_work(tmp_path, option):
+    arguments = ["bench", "accuracy", "--data", str(tmp_path), option, str(tmp_path / "no.csv")]
+    result = runner.invoke(app, arguments, env={"COLUMNS": "300"})
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
 def _first_score(output: str) -> float:
     row = next(line for line in output.splitlines() if re.search(r"│\s+1\s+│", line))
     return float(re.findall(r"\d+\.\d{4}", row)[0])

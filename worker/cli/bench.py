@@ -69,7 +69,9 @@ SplitsOption = Annotated[
     Path | None,
     typer.Option(
         help="CSV `photo,split`: the listed photos move to that split, e.g. "
-        "benchmarks/grocery-far-photos.csv with --split far (a harder split to choose on)."
+        "benchmarks/grocery-far-photos.csv with --split far (a harder split to choose on).",
+        exists=True,
+        dir_okay=False,
     ),
 ]
 SeedOption = Annotated[
@@ -128,7 +130,9 @@ def accuracy(
         Path | None,
         typer.Option(
             help="CSV `photo,kind` (photo: <product>/<file>), e.g. "
-            "benchmarks/jewelry-dev-kinds.csv: recall is also reported per kind of photo."
+            "benchmarks/jewelry-dev-kinds.csv: recall is also reported per kind of photo.",
+            exists=True,
+            dir_okay=False,
         ),
     ] = None,
     splits: SplitsOption = None,
