@@ -253,6 +253,29 @@ def test_every_manifest_is_valid_against_the_kubernetes_api_schemas():
     assert len(documents) - sum(doc["kind"] in NOT_CORE_KINDS for doc in documents) >= 10
 
 
+def test_the_production_overlays_patches_apply_and_keep_the_manifests_valid():
+    """Each JSON patch of the overlay applied to its target, as kustomize applies it (a path
+    that is not there fails kustomize too), and the result checked like the base."""
+    import jsonpatch
+    import kubernetes_validate
+
+    overlay = yaml.safe_load((K8S / "overlays/production/kustomization.yaml").read_text())
+    documents = k8s_documents(K8S / "base") + k8s_documents(K8S / "review-desk")
+    assert overlay["patches"]
+    for entry in overlay["patches"]:
+        target = entry["target"]
+        [document] = [
+            d
+            for d in documents
+            if d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]
+        ]
+        patched = jsonpatch.apply_patch(document, yaml.safe_load(entry["patch"]))
+        assert patched != document
+        if target["kind"] not in NOT_CORE_KINDS:
+            for version in KUBERNETES_VERSIONS:
+                kubernetes_validate.validate(patched, version, strict=True)
+
+
 def test_a_misspelt_field_fails_the_schema_check():
     import kubernetes_validate
 
