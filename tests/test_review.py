@@ -159,8 +159,8 @@ def product_event(design) -> ProductUpserted:
     )
 
 
-def sign_in(browser, stack: Stack, name: str) -> Page:
-    context = browser.new_context(viewport={"width": 1280, "height": 860})
+def sign_in(browser, stack: Stack, name: str, width: int = 1280) -> Page:
+    context = browser.new_context(viewport={"width": width, "height": 860})
     watch_policy_violations(context)
     page = context.new_page()
     page.goto(f"{stack.desk.url}/scans")
@@ -296,6 +296,24 @@ def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(sta
     expect(ops.locator(".notice")).to_contain_text("Discarded")
     assert stack.peer.depth(topology.DEAD_LETTER_QUEUE) == 0
     assert policy_violations(ops) == [] and policy_violations(reviewer) == []
+
+
+WIDER_THAN_THE_SCREEN = "document.documentElement.scrollWidth - window.innerWidth"
+
+
+@pytest.mark.parametrize("width", [390, 768, 1024, 1280])
+def test_every_page_fits_a_phone_a_tablet_and_a_desk_screen(stack, browser, width):
+    """Nothing wider than the screen; on a scan, all five candidates' buttons within it."""
+    stack.scan("bag-0300", f"bag-{DESIGNS[1].product_id}-a.jpg")
+    page = sign_in(browser, stack, "otto", width)
+    expect(page.locator('article[data-scan-id="bag-0300"]')).to_be_visible(timeout=30_000)
+    for path in ("/worklist", "/scans", "/catalog", "/ops", "/scans/bag-0300"):
+        page.goto(f"{stack.desk.url}{path}")
+        assert page.evaluate(WIDER_THAN_THE_SCREEN) <= 0, (width, path)
+    buttons = page.locator("#candidates button.confirm")
+    expect(buttons).to_have_count(5)
+    for box in (buttons.nth(n).bounding_box() for n in range(5)):
+        assert box["x"] >= 0 and box["x"] + box["width"] <= width
 
 
 def test_another_site_cannot_frame_the_desk(stack, browser):
