@@ -538,6 +538,40 @@ def test_a_broken_alert_fails_its_unit_tests(tmp_path):
     assert result.returncode != 0 and "JewelmatchScansWaiting" in result.stdout + result.stderr
 
 
+def test_the_workers_metrics_pass_promtools_lint():
+    """Every metric of the worker, each labelled one given a sample, through `promtool check
+    metrics` (Prometheus' naming rules: a counter's `_total`, base units, help text)."""
+    from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    import worker.observability.prometheus as metrics
+
+    registry = CollectorRegistry()
+    families = [m for m in vars(metrics).values() if isinstance(m, Counter | Gauge | Histogram)]
+    assert len(families) >= 10
+    for family in families:
+        registry.register(family)
+        names = family._labelnames
+        sample = family.labels(*["x"] * len(names)) if names else family
+        if isinstance(family, Histogram):
+            sample.observe(0.1)
+        elif isinstance(family, Counter):
+            sample.inc(0)
+        else:
+            sample.set(sample._value.get())
+    exposition = generate_latest(registry).decode()
+    for family in families:  # the samples made here leave nothing for other tests to read
+        if family._labelnames:
+            family.remove(*["x"] * len(family._labelnames))
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "promtool"), "check", "metrics"],
+        input=exposition,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_the_dashboards_queries_are_valid_promql(tmp_path):
     """Each panel's query checked by promtool, as a recording rule (promtool 2.42 has no
     offline query parser of its own)."""
