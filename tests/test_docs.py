@@ -1,6 +1,7 @@
 """The documentation stays true to the code: the whole settings table is the generated one,
-the test command is CI's, the README stays short and links every page, and the benchmarks'
-summary quotes the result files it names."""
+the test command is CI's, the README stays short and links every page, every `jewelmatch`
+command it shows exists with the options it is given, and the benchmarks' summary quotes
+the result files it names."""
 
 import json
 import re
@@ -35,6 +36,48 @@ def test_readme_is_short_and_links_every_page():
     assert len(README.encode()) <= 15 * 1024
     pages = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "docs").glob("*.md"))
     assert pages and all(f"({page})" in README for page in pages)
+
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+COMMAND = re.compile(r"(?:^|&&\s*|\|\s*|=\S*\s+)(?:\.venv/bin/)?jewelmatch\s+(.*)")
+
+
+def documented_commands(text: str) -> list[str]:
+    """Each `jewelmatch ...` line of a code block (continuations joined, comments dropped)
+    and each inline `jewelmatch ...` span."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    spans = [s for s in re.findall(r"`([^`\n]+)`", prose) if s.startswith("jewelmatch ")]
+    lines = [
+        line.split(" #")[0].strip()
+        for block in blocks
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines()
+    ]
+    return [match.group(1) for line in [*lines, *spans] if (match := COMMAND.search(line))]
+
+
+def test_every_documented_command_exists_with_its_options():
+    import typer.main
+
+    from worker.cli import app
+
+    root = typer.main.get_command(app)
+    checked, wrong = 0, []
+    for document in DOCUMENTS:
+        for words in map(str.split, documented_commands(document.read_text())):
+            command, named = root, []
+            while words[len(named) :] and hasattr(command, "get_command"):
+                found = command.get_command(None, words[len(named)])
+                if found is None:
+                    break
+                command, named = found, [*named, words[len(named)]]
+            options = {o for p in command.params for o in (*p.opts, *p.secondary_opts)}
+            unknown = [w.split("=")[0] for w in words if w.startswith("--")]
+            unknown = [o for o in unknown if o not in options]
+            if not named or unknown:
+                wrong.append(f"{document.name}: jewelmatch {' '.join(words)}")
+            checked += 1
+    assert checked >= 100 and wrong == []
 
 
 def test_relative_links_in_the_docs_lead_somewhere():
