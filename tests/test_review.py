@@ -323,7 +323,7 @@ def test_another_site_cannot_frame_the_desk(stack, browser):
     page.set_content(f'<iframe src="{stack.desk.url}/login" width="600" height="400"></iframe>')
     frame = page.frames[-1]
     frame.wait_for_load_state()
-    assert page.frames[-1].locator("input[name=password]").count() == 0
+    assert frame.locator("input[name=password]").count() == 0
     page.goto(f"{stack.desk.url}/login")  # the page itself is there, unframed
     expect(page.locator("input[name=password]")).to_have_count(1)
 
