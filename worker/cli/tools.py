@@ -14,7 +14,7 @@ from worker.observability.logs import load_settings
 
 commands = typer.Typer()
 console = Console()
-errors = Console(stderr=True, soft_wrap=True)
+errors = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)  # plain lines
 
 
 @commands.command()
@@ -68,9 +68,9 @@ def ingest(
     count, unreadable = ingest_folder(load_settings(quiet=True), folder, console)
     console.print(f"ingested {count} reference images")
     for path, why in unreadable.items():
-        errors.print(f"left out {path}: {why}", markup=False, highlight=False)
+        errors.print(f"left out {path}: {why}")
     if unreadable:
-        errors.print(f"{len(unreadable)} images left out", markup=False, highlight=False)
+        errors.print(f"{len(unreadable)} images left out")
         raise typer.Exit(1)
 
 
@@ -96,7 +96,7 @@ def scan(
     try:
         ranking, model_id = scan_image(load_settings(quiet=True), image, top_k, category, folder)
     except PermanentError as error:
-        errors.print(f"cannot scan {image}: {error.detail}", markup=False, highlight=False)
+        errors.print(f"cannot scan {image}: {error.detail}")
         raise typer.Exit(1) from None
     table = Table(title=f"{image} — {ranking.status.value} ({model_id})")
     for column in ("rank", "product", "sku", "score", "image"):
