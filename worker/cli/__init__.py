@@ -14,7 +14,7 @@ import sys
 import typer
 from pydantic import ValidationError
 
-from worker.cli import service, tools
+from worker.cli import backup, service, tools
 from worker.cli.bench import bench
 from worker.cli.help import OneLineSummaries
 from worker.errors import StartupError
@@ -27,6 +27,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.add_typer(service.commands)
+app.add_typer(backup.commands)
 app.add_typer(tools.commands)
 app.add_typer(bench, name="bench")
 

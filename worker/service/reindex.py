@@ -11,14 +11,15 @@ version, or a deletion's tombstone), so that an older event delivered late stays
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 from PIL import Image
 
 from shared.contract import FailureReason, S3Object
 from worker.errors import PermanentError
-from worker.index import SOURCE_CATALOG, ReferenceImage, StoredImage, VectorIndex
+from worker.index import SOURCE_CATALOG, ProductState, ReferenceImage, StoredImage, VectorIndex
 from worker.observability.logs import get_logger
 from worker.pipeline.storage import ImageStore
 from worker.settings import ImageSettings
@@ -41,6 +42,16 @@ class ReindexReport:
     """Products whose last applied event (version, deletion) was carried over."""
 
 
+class ImageSource(Protocol):
+    """What a reindex reads: another model's index, or a backup (`worker.service.backup`)."""
+
+    def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]: ...
+
+    def all_product_states(self) -> list[ProductState]: ...
+
+    def count(self) -> int: ...
+
+
 def fetch_stored(store: ImageStore, stored: StoredImage) -> bytes:
     """The bytes of a stored reference image, from the S3 location it was stored with."""
     if not stored.uri or not stored.uri.startswith("s3://"):
@@ -49,20 +60,21 @@ def fetch_stored(store: ImageStore, stored: StoredImage) -> bytes:
 
 
 def reindex(
-    source: VectorIndex,
+    source: ImageSource,
     target: VectorIndex,
     store: ImageStore,
     embedder: Embedder,
     limits: ImageSettings,
     batch_size: int = 32,
     on_progress: Callable[[int], None] = lambda done: None,
+    remove_missing: bool = True,
 ) -> ReindexReport:
-    """Re-embed every reference image of `source` into `target`, and remove from `target`
-    what `source` no longer has. Incremental: an image `target` already holds as `source`
-    has it (same URI, ETag and payload) keeps its vector, so a second run only embeds what
-    the product events changed meanwhile and takes seconds where the first took the whole
-    catalog. `on_progress` is told how many images each page held (the terminal shows a
-    progress bar with it)."""
+    """Re-embed every reference image of `source` into `target`, and (`remove_missing`)
+    remove from `target` what `source` no longer has. Incremental: an image `target` already
+    holds as `source` has it (same URI, ETag and payload) keeps its vector, so a second run
+    only embeds what the product events changed meanwhile and takes seconds where the first
+    took the whole catalog. `on_progress` is told how many images each page held (the
+    terminal shows a progress bar with it)."""
     report = ReindexReport()
     held, pieces = _held(target)
     in_source: set[tuple[str, str]] = set()
@@ -101,7 +113,8 @@ def reindex(
             in_source.update((r.product_id, r.image_id) for r in references)
             report.reindexed += len(chosen)
         on_progress(len(page))
-    report.removed = _remove_missing(target, in_source)
+    if remove_missing:
+        report.removed = _remove_missing(target, in_source)
     states = source.all_product_states()
     target.set_product_states(states)
     report.product_states = len(states)

@@ -1,0 +1,159 @@
+"""`jewelmatch backup` and `jewelmatch restore`: the index's images and product events, kept
+without vectors in a file or an S3 object, and an index of the configured model rebuilt from
+them (`worker.service.backup`)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from worker.cli.service import _image_store, _index_in_service, console
+from worker.observability.logs import load_settings
+
+commands = typer.Typer()
+
+Location = Annotated[
+    str, typer.Argument(help="A file, or an S3 object as s3://bucket/key (the S3 settings').")
+]
+
+
+@commands.command()
+def backup(destination: Location) -> None:
+    """Back up the index in service: which S3 object each reference image is (catalog images
+    and confirmed photos) and each product's last event, without vectors, gzipped. `jewelmatch
+    restore` rebuilds an index of any model from it."""
+    from rich.progress import Progress
+
+    from worker.service.backup import write_backup
+
+    settings = load_settings(quiet=True)
+    with (
+        _index_in_service(settings) as index,
+        _written(settings, destination) as stream,
+        Progress(console=console) as progress,
+    ):
+        task = progress.add_task("backing up", total=index.count())
+        summary = write_backup(index, stream, lambda n: progress.advance(task, n))
+    console.print(
+        f"backed up {summary.images} images and {summary.products} products' last events "
+        f"of {summary.model} to {destination}"
+    )
+
+
+@commands.command()
+def restore(
+    source: Location,
+    switch: Annotated[bool, typer.Option(help="Make the restored index current.")] = True,
+) -> None:
+    """Rebuild the configured model's index from a backup: its images re-embedded from S3,
+    its products' last events carried, while every worker holds catalog work. A product the
+    index was told of since keeps what it was told; nothing is removed. Exit status 1 when
+    an image could not be read from S3 (named in the log)."""
+    from rich.progress import Progress
+
+    from worker.index import open_index
+    from worker.index.edge import IndexLockedError, make_current
+    from worker.service.backup import BackupError, BackupFile
+    from worker.service.backup import restore as restore_index
+    from worker.settings import IndexBackend
+    from worker.vision.embedder import Embedder
+
+    settings = load_settings(quiet=True)
+    with _read(settings, source) as path:
+        try:
+            backup = BackupFile(path)
+        except BackupError as error:
+            raise typer.BadParameter(str(error).replace(str(path), source)) from None
+        embedder = Embedder(settings.model)
+        try:
+            target = open_index(settings.index, embedder.model_id, embedder.dim)
+        except IndexLockedError as error:
+            raise typer.BadParameter(f"{error}: stop the worker that owns it first") from None
+        try:
+            with Progress(console=console) as progress:
+                task = progress.add_task(f"restoring for {embedder.model_id}", total=None)
+                report = restore_index(
+                    backup,
+                    target,
+                    _image_store(settings),
+                    embedder,
+                    settings.images,
+                    settings.model.batch_size,
+                    on_progress=lambda n: progress.advance(task, n),
+                    on_total=lambda n: progress.update(task, total=n),
+                )
+            if switch and settings.index.backend is IndexBackend.qdrant:
+                target.make_current()
+            elif switch:
+                make_current(settings.index.path, embedder.model_id)
+        finally:
+            target.close()
+    console.print(
+        f"restored {report.reindexed} of {backup.summary.images} images for "
+        f"{embedder.model_id} ({report.unchanged} already there, {report.skipped} unreadable; "
+        f"{report.product_states} products' last events)" + ("; now current" if switch else "")
+    )
+    if report.skipped:
+        raise typer.Exit(1)
+
+
+def _s3_object(location: str):
+    from shared.contract import S3Object
+
+    try:
+        return S3Object.model_validate(location)
+    except ValueError:
+        raise typer.BadParameter(f"not an s3://bucket/key location: {location}") from None
+
+
+@contextmanager
+def _written(settings, destination: str) -> Iterator:
+    """A binary stream whose bytes become `destination` only once it is whole: a file
+    renamed into place, or an object uploaded when the stream is done."""
+    if destination.startswith("s3://"):
+        from worker.pipeline.storage import s3_client
+
+        target = _s3_object(destination)
+        with tempfile.TemporaryFile() as stream:
+            yield stream
+            stream.seek(0)
+            s3_client(settings.s3).upload_fileobj(stream, target.bucket, target.key)
+        return
+    path = Path(destination)
+    if not path.parent.is_dir():
+        raise typer.BadParameter(f"no such directory: {path.parent}")
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        with partial.open("wb") as stream:
+            yield stream
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+@contextmanager
+def _read(settings, location: str) -> Iterator[Path]:
+    """The backup at `location` as a local file (an S3 object is downloaded first)."""
+    if not location.startswith("s3://"):
+        if not Path(location).is_file():
+            raise typer.BadParameter(f"no such file: {location}")
+        yield Path(location)
+        return
+    from botocore.exceptions import ClientError
+
+    from worker.pipeline.storage import s3_client
+
+    source = _s3_object(location)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "backup.jsonl.gz"
+        try:
+            s3_client(settings.s3).download_file(source.bucket, source.key, str(path))
+        except ClientError as error:
+            raise typer.BadParameter(f"cannot read {location}: {error}") from None
+        yield path

@@ -1,0 +1,277 @@
+"""A backup of the index that an index of any model can be rebuilt from.
+
+The vectors are not kept: they belong to one model and can be made again. What cannot is what
+the index has learned and been told: which S3 object each reference image is (catalog images,
+and the bag photos people confirmed, with when they were taken), which product it belongs to,
+and each product's last applied event (its version, or a deletion's tombstone). That is a few
+dozen bytes an image, gzipped; `restore` re-embeds the images from S3 with the configured
+model, as `reindex` does from another model's index.
+
+The file is gzip-compressed JSON Lines: a header, one line per image or product state, and a
+closing line with the counts, so that a file cut short is refused rather than half restored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import json
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from worker.index import SOURCE_CATALOG, ProductState, StoredImage, VectorIndex
+from worker.index.server import WRITE_HOLD_SECONDS
+from worker.pipeline.storage import ImageStore
+from worker.service.reindex import ReindexReport, reindex
+from worker.settings import ImageSettings
+from worker.vectors import is_part
+from worker.vision.embedder import Embedder
+
+FORMAT = "jewelmatch-index-backup"
+FORMAT_VERSION = 1
+
+
+class BackupError(ValueError):
+    """A file that is not a whole backup of this format."""
+
+
+@dataclass(frozen=True)
+class BackupSummary:
+    model: str
+    """The model of the index it was taken from (any model can restore it)."""
+    created_at: float
+    images: int
+    products: int
+    """Product states: each product's last applied event, deletions included."""
+
+
+def write_backup(
+    index: VectorIndex, stream: BinaryIO, on_progress: Callable[[int], None] = lambda n: None
+) -> BackupSummary:
+    """Write every whole image of `index` (a set's pieces are cut again from their image) and
+    every product state to `stream`. `on_progress` is told how many images each page held."""
+    images = 0
+    created_at = time.time()
+    with gzip.open(stream, "wt", encoding="utf-8") as out:
+        _write(
+            out,
+            {
+                "format": FORMAT,
+                "version": FORMAT_VERSION,
+                "model": index.model_id,
+                "created_at": created_at,
+            },
+        )
+        for page in index.all_images():
+            for stored in page:
+                if not is_part(stored.image_id):
+                    _write(out, {"image": dataclasses.asdict(stored)})
+                    images += 1
+            on_progress(len(page))
+        states = index.all_product_states()
+        for state in states:
+            _write(out, {"state": state.payload()})
+        _write(out, {"end": {"images": images, "products": len(states)}})
+    return BackupSummary(index.model_id, created_at, images, len(states))
+
+
+def _write(out, record: dict) -> None:
+    out.write(json.dumps(record, separators=(",", ":")) + "\n")
+
+
+class BackupFile:
+    """A backup on disk, checked whole when opened and then read page by page, never all in
+    memory. It offers what `reindex` reads of a source index."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.summary = self._checked()
+
+    def _records(self) -> Iterator[dict]:
+        try:
+            with gzip.open(self.path, "rt", encoding="utf-8") as lines:
+                for number, line in enumerate(lines, 1):
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as error:
+                        raise BackupError(f"{self.path}: line {number} is not JSON") from error
+        except (OSError, EOFError, zlib.error, UnicodeDecodeError) as error:
+            raise BackupError(f"{self.path}: not a whole gzip file ({error})") from error
+
+    def _checked(self) -> BackupSummary:
+        records = self._records()
+        header = next(records, None)
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise BackupError(f"{self.path}: not a jewelmatch index backup")
+        if header.get("version") != FORMAT_VERSION:
+            raise BackupError(
+                f"{self.path}: backup format {header.get('version')}, this version reads "
+                f"{FORMAT_VERSION}"
+            )
+        counted = {"images": 0, "products": 0}
+        end = None
+        for record in records:
+            if end is not None:
+                raise BackupError(f"{self.path}: lines after the end")
+            if "image" in record:
+                _stored_image(record["image"], self.path)
+                counted["images"] += 1
+            elif "state" in record:
+                _product_state(record["state"], self.path)
+                counted["products"] += 1
+            elif "end" in record:
+                end = record["end"]
+            else:
+                raise BackupError(f"{self.path}: a line that is no image, state or end")
+        if end != counted:
+            raise BackupError(
+                f"{self.path}: cut short or altered (it ends with {end}, holds {counted})"
+            )
+        return BackupSummary(header["model"], header["created_at"], **counted)
+
+    def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]:
+        page: list[StoredImage] = []
+        for record in self._records():
+            if "image" in record:
+                page.append(_stored_image(record["image"], self.path))
+                if len(page) == page_size:
+                    yield page
+                    page = []
+        if page:
+            yield page
+
+    def all_product_states(self) -> list[ProductState]:
+        return [
+            _product_state(record["state"], self.path)
+            for record in self._records()
+            if "state" in record
+        ]
+
+    def count(self) -> int:
+        return self.summary.images
+
+
+def _stored_image(fields: dict, path: Path) -> StoredImage:
+    try:
+        return StoredImage(**fields)
+    except TypeError as error:
+        raise BackupError(f"{path}: an image line with other fields ({error})") from error
+
+
+def _product_state(payload: dict, path: Path) -> ProductState:
+    try:
+        return ProductState.from_payload(payload)
+    except (KeyError, TypeError) as error:
+        raise BackupError(f"{path}: a product state without {error}") from error
+
+
+class _Restorable:
+    """The backup as a source for `reindex`, less what `target` was told since the backup: a
+    product with a state there (a versioned event or a deletion applied since) or with a
+    catalog image the backup does not hold (an unversioned event since) keeps its own
+    catalog images and state, and a deleted one stays deleted; the confirmed photos of a
+    product it still holds are restored beside its images. What a restore cut short wrote
+    itself (images as the backup has them, no states yet) is not mistaken for news."""
+
+    def __init__(self, backup: BackupFile, target: VectorIndex) -> None:
+        self._backup = backup
+        self._states = {state.product_id: state for state in target.all_product_states()}
+        in_target: dict[str, set[StoredImage]] = {}
+        for page in target.all_images():
+            for stored in page:
+                if stored.source == SOURCE_CATALOG and not is_part(stored.image_id):
+                    in_target.setdefault(stored.product_id, set()).add(stored)
+        in_backup: dict[str, set[StoredImage]] = {product_id: set() for product_id in in_target}
+        for page in backup.all_images():
+            for stored in page:
+                if stored.product_id in in_backup:
+                    in_backup[stored.product_id].add(stored)
+        self._newer = set(self._states) | {
+            product_id
+            for product_id, images in in_target.items()
+            if not images <= in_backup[product_id]
+        }
+
+    def _restored(self, stored: StoredImage) -> bool:
+        if stored.product_id not in self._newer:
+            return True
+        state = self._states.get(stored.product_id)
+        return stored.source != SOURCE_CATALOG and not (state and state.deleted)
+
+    def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]:
+        for page in self._backup.all_images(page_size):
+            if kept := [stored for stored in page if self._restored(stored)]:
+                yield kept
+
+    def all_product_states(self) -> list[ProductState]:
+        return [s for s in self._backup.all_product_states() if s.product_id not in self._newer]
+
+    def count(self) -> int:
+        return sum(len(page) for page in self.all_images())
+
+
+class RenewedHold:
+    """Every worker's catalog work held (`VectorIndex.hold_writes`) for as long as a restore
+    takes: a hold lapses after `WRITE_HOLD_SECONDS`, so a fresh one is set before that and the
+    old one lifted. Catalog events wait in the broker meanwhile; scans are still answered."""
+
+    RENEW_AFTER_SECONDS = WRITE_HOLD_SECONDS / 2
+
+    def __init__(self, index: VectorIndex, clock: Callable[[], float] = time.monotonic) -> None:
+        self._index = index
+        self._clock = clock
+        self._hold = index.hold_writes()
+        self._since = clock()
+
+    def renew_if_due(self) -> None:
+        if self._clock() - self._since >= self.RENEW_AFTER_SECONDS:
+            fresh = self._index.hold_writes()
+            self._index.release_writes(self._hold)
+            self._hold, self._since = fresh, self._clock()
+
+    def release(self) -> None:
+        self._index.release_writes(self._hold)
+
+
+def restore(
+    backup: BackupFile,
+    target: VectorIndex,
+    store: ImageStore,
+    embedder: Embedder,
+    limits: ImageSettings,
+    batch_size: int = 32,
+    on_progress: Callable[[int], None] = lambda done: None,
+    on_total: Callable[[int], None] = lambda total: None,
+) -> ReindexReport:
+    """Re-embed the backup's images from S3 into `target` with `embedder`, under a hold on
+    every worker's catalog work. Nothing `target` holds is removed, and what it was told
+    since the backup wins (`_Restorable`): made for an index that was lost, empty or holding
+    only the events since. Incremental like `reindex`: run again after an interruption, it
+    embeds only what is still missing. Images whose object is gone are skipped and counted.
+    `on_total` is told how many images are to be restored, `on_progress` how many each page
+    held."""
+    hold = RenewedHold(target)
+    try:
+        source = _Restorable(backup, target)
+        on_total(source.count())
+
+        def progressed(done: int) -> None:
+            hold.renew_if_due()
+            on_progress(done)
+
+        return reindex(
+            source,
+            target,
+            store,
+            embedder,
+            limits,
+            batch_size,
+            on_progress=progressed,
+            remove_missing=False,
+        )
+    finally:
+        hold.release()
