@@ -338,3 +338,19 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     cut.write_bytes((tmp_path / "index.jsonl.gz").read_bytes()[:-30])
     result = runner.invoke(app, ["restore", str(cut)])
     assert result.exit_code == 2 and "not a whole gzip file" in result.output
+
+
+def test_a_backup_loads_no_model():
+    """The nightly job's memory limit (1 GiB, backup-cronjob.yaml) holds no torch: the
+    backup's modules import no model code (a restore imports it when it runs)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, worker.cli.backup, worker.service.backup\n"
+        "print(sorted(m for m in ('torch', 'open_clip', 'openvino') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -475,9 +475,18 @@ def test_kubernetes_defaults_are_safe():
     assert CONFIG["JEWELMATCH_INDEX__URL"].startswith("https://")
 
 
-def test_the_training_jobs_pods_take_no_traffic_and_reach_only_s3_qdrant_and_dns():
-    cronjob = BASE["CronJob"]
-    labels = cronjob["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+def cronjob(name: str) -> dict:
+    [job] = [
+        doc
+        for doc in k8s_documents(K8S / "base")
+        if doc["kind"] == "CronJob" and doc["metadata"]["name"] == name
+    ]
+    return job
+
+
+@pytest.mark.parametrize("name", ["jewelmatch-train", "jewelmatch-backup"])
+def test_the_jobs_pods_take_no_traffic_and_reach_only_s3_qdrant_and_dns(name):
+    labels = cronjob(name)["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
     [policy] = [
         doc
         for doc in k8s_documents(K8S / "base")
@@ -487,6 +496,21 @@ def test_the_training_jobs_pods_take_no_traffic_and_reach_only_s3_qdrant_and_dns
     assert policy["spec"]["ingress"] == []
     egress = {p["port"] for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert egress == {53, 443, 9000, 6333}  # DNS, S3 (HTTPS or MinIO), Qdrant; no AMQP
+
+
+def test_the_nightly_backup_writes_to_s3_with_its_own_keys():
+    """The backup goes to S3 (a pod's own disk is gone with it), with keys that may write
+    there; its arguments are a command and a location the CLI takes."""
+    from typer.main import get_command
+
+    from worker.cli import app
+
+    pod = cronjob("jewelmatch-backup")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    command, location = container["args"]
+    assert command in get_command(app).commands and location.startswith("s3://")
+    assert {"secretRef": {"name": "jewelmatch-backup-secrets"}} in container["envFrom"]
+    assert container["envFrom"][-1] == {"secretRef": {"name": "jewelmatch-backup-secrets"}}
 
 
 # --- Grafana dashboard -----------------------------------------------------------------

@@ -21,15 +21,17 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from worker.index import SOURCE_CATALOG, ProductState, StoredImage, VectorIndex
 from worker.index.server import WRITE_HOLD_SECONDS
-from worker.pipeline.storage import ImageStore
-from worker.service.reindex import ReindexReport, reindex
-from worker.settings import ImageSettings
 from worker.vectors import is_part
-from worker.vision.embedder import Embedder
+
+if TYPE_CHECKING:  # a backup loads no model: the nightly job stays small
+    from worker.pipeline.storage import ImageStore
+    from worker.service.reindex import ReindexReport
+    from worker.settings import ImageSettings
+    from worker.vision.embedder import Embedder
 
 FORMAT = "jewelmatch-index-backup"
 FORMAT_VERSION = 1
@@ -254,6 +256,8 @@ def restore(
     embeds only what is still missing. Images whose object is gone are skipped and counted.
     `on_total` is told how many images are to be restored, `on_progress` how many each page
     held."""
+    from worker.service.reindex import reindex
+
     hold = RenewedHold(target)
     try:
         source = _Restorable(backup, target)
