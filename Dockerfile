@@ -40,8 +40,8 @@ FROM ${BASE_IMAGE}
 ARG MODEL=efficientnet-lite1+efficientnet-lite2
 ARG RUNTIME=openvino
 RUN useradd --system --uid 10001 --create-home --home-dir /home/jewelmatch jewelmatch \
-    && mkdir -p /var/lib/jewelmatch /definitions \
-    && chown jewelmatch /var/lib/jewelmatch /definitions
+    && mkdir -p /var/lib/jewelmatch /definitions /backups \
+    && chown jewelmatch /var/lib/jewelmatch /definitions /backups
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/models /opt/models
 # model versions made by `jewelmatch train`: a volume shared by the job and the workers

@@ -125,6 +125,24 @@ def test_compose_wires_the_worker_with_settings_it_reads():
     assert grace > OpsSettings().drain_seconds
 
 
+def test_compose_backs_up_the_index_to_a_volume_the_image_lets_it_write():
+    """`--profile backup`: a command the CLI has, into a named volume mounted where the image
+    made a folder its non-root user owns (a new volume takes that folder's owner)."""
+    from typer.main import get_command
+
+    from worker.cli import app
+
+    backup = COMPOSE["services"]["backup"]
+    command, location = backup["command"]
+    assert command in get_command(app).commands and backup["profiles"] == ["backup"]
+    [mount] = backup["volumes"]
+    volume, folder = mount.split(":")
+    assert volume in COMPOSE["volumes"] and location.startswith(folder + "/")
+    owned = [line.split() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    assert any("chown" in words and folder in words for words in owned)
+    assert backup["environment"] == COMPOSE["services"]["worker"]["environment"]
+
+
 def test_compose_runs_the_review_desk_as_its_own_broker_user():
     review = COMPOSE["services"]["review"]
     assert review["command"] == ["review"]
