@@ -124,6 +124,36 @@ def s3(s3_endpoint: str):
     return client
 
 
+@pytest.fixture(params=["edge", "qdrant-local"])
+def indexes(request, tmp_path: Path, models):
+    """Two indexes of one deployment, of the module's two `models` (an old and a new one), on
+    each back end: the embedded engine, and the server's code path in qdrant-client's local
+    mode. Yields the back end's name, its settings and the pair."""
+    from qdrant_client import QdrantClient
+
+    from worker.index.edge import EdgeIndex
+    from worker.index.server import QdrantServerIndex
+    from worker.settings import IndexSettings
+
+    old, new = models
+    if request.param == "edge":
+        settings = IndexSettings(path=tmp_path / "index")
+        pair = (
+            EdgeIndex(settings, old.model_id, old.dim),
+            EdgeIndex(settings, new.model_id, new.dim),
+        )
+    else:
+        settings = IndexSettings(backend="qdrant", url=":memory:")
+        client = QdrantClient(location=":memory:")
+        pair = (
+            QdrantServerIndex(settings, old.model_id, old.dim, client=client),
+            QdrantServerIndex(settings, new.model_id, new.dim, client=client),
+        )
+    yield request.param, settings, pair
+    for index in pair:
+        index.close()
+
+
 def jpeg_bytes(image: Image.Image, quality: int = 92) -> bytes:
     buffer = io.BytesIO()
     image.convert("RGB").save(buffer, "JPEG", quality=quality)

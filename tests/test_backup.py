@@ -45,28 +45,6 @@ def models(model_dirs):
     return tuple(embedder_from(directory) for directory in model_dirs)
 
 
-@pytest.fixture(params=["edge", "qdrant-local"])
-def indexes(request, tmp_path, models):
-    """The index that was backed up, and an empty one of another model to restore into."""
-    old, new = models
-    if request.param == "edge":
-        settings = IndexSettings(path=tmp_path / "index")
-        pair = (
-            EdgeIndex(settings, old.model_id, old.dim),
-            EdgeIndex(settings, new.model_id, new.dim),
-        )
-    else:  # the server code path; local mode stands in for the server
-        settings = IndexSettings(backend="qdrant", url=":memory:")
-        client = QdrantClient(location=":memory:")
-        pair = (
-            QdrantServerIndex(settings, old.model_id, old.dim, client=client),
-            QdrantServerIndex(settings, new.model_id, new.dim, client=client),
-        )
-    yield pair
-    for index in pair:
-        index.close()
-
-
 def upserted(product_id: str, key: str, version: int | None) -> ProductUpserted:
     return ProductUpserted(
         product_id=product_id,
@@ -116,7 +94,7 @@ def backed_up(index, tmp_path) -> BackupFile:
 def test_an_index_of_another_model_is_rebuilt_from_a_backup(
     indexes, models, s3, s3_endpoint, tmp_path
 ):
-    source, target = indexes
+    _, _, (source, target) = indexes
     old, new = models
     pictures = fill(source, old, s3)
     backup = backed_up(source, tmp_path)
@@ -147,7 +125,7 @@ def test_an_index_of_another_model_is_rebuilt_from_a_backup(
 
 
 def test_a_restore_cut_short_resumes_where_it_stopped(indexes, models, s3, s3_endpoint, tmp_path):
-    source, target = indexes
+    _, _, (source, target) = indexes
     old, new = models
     fill(source, old, s3)
     backup = backed_up(source, tmp_path)
@@ -176,7 +154,7 @@ def test_what_the_index_was_told_since_the_backup_wins(indexes, models, s3, s3_e
     """Restored into an index that has had events since the loss: a product updated there
     keeps its new catalog image (the backup's confirmed photo joins it), with or without a
     version, one deleted there stays deleted, and nothing the index holds is removed."""
-    source, target = indexes
+    _, _, (source, target) = indexes
     old, new = models
     pictures = fill(source, old, s3)
     backup = backed_up(source, tmp_path)
@@ -210,7 +188,7 @@ def test_what_the_index_was_told_since_the_backup_wins(indexes, models, s3, s3_e
 
 
 def test_an_image_gone_from_s3_is_skipped_and_counted(indexes, models, s3, s3_endpoint, tmp_path):
-    source, target = indexes
+    _, _, (source, target) = indexes
     old, new = models
     fill(source, old, s3)
     backup = backed_up(source, tmp_path)
@@ -233,7 +211,7 @@ def rewritten(path, lines: list[str]):
 
 
 def test_a_backup_cut_short_or_altered_is_refused(indexes, models, s3, tmp_path):
-    source, _ = indexes
+    _, _, (source, _) = indexes
     fill(source, models[0], s3)
     whole = backed_up(source, tmp_path).path
     lines = lines_of(whole)

@@ -7,7 +7,6 @@ import threading
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient
 
 from shared.contract import ProductDeleted, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, WHOLE_CATALOG_VIEWS, jpeg_bytes
@@ -15,7 +14,7 @@ from tests.support.pictures import set_picture
 from tests.support.tiny_model import write_tiny_model
 from worker.index import SOURCE_CONFIRMED_SCAN, ScanRecord
 from worker.index.edge import EdgeIndex, current_model, make_current
-from worker.index.server import QdrantServerIndex, references_alias
+from worker.index.server import references_alias
 from worker.matching.catalog import Catalog, EmbeddedImage
 from worker.pipeline.storage import S3ImageStore
 from worker.service.reindex import reindex
@@ -43,27 +42,6 @@ def models(tmp_path_factory):
         embedder_from(write_tiny_model(root / "model-old", seed=1)),
         embedder_from(write_tiny_model(root / "model-new", seed=2)),
     )
-
-
-@pytest.fixture(params=["edge", "qdrant-local"])
-def indexes(request, tmp_path, models):
-    old, new = models
-    if request.param == "edge":
-        settings = IndexSettings(path=tmp_path / "index")
-        pair = (
-            EdgeIndex(settings, old.model_id, old.dim),
-            EdgeIndex(settings, new.model_id, new.dim),
-        )
-    else:  # the server code path; local mode stands in for the server
-        settings = IndexSettings(backend="qdrant", url=":memory:")
-        client = QdrantClient(location=":memory:")
-        pair = (
-            QdrantServerIndex(settings, old.model_id, old.dim, client=client),
-            QdrantServerIndex(settings, new.model_id, new.dim, client=client),
-        )
-    yield request.param, settings, pair
-    for index in pair:
-        index.close()
 
 
 def pictures():
