@@ -224,6 +224,7 @@ def test_a_backup_cut_short_or_altered_is_refused(indexes, models, s3, tmp_path)
             [json.dumps({**json.loads(lines[0]), "version": 2}) + "\n", *lines[1:]],
             "backup format 2",
         ),
+        "a line of another kind": ([lines[0], "[1, 2]\n", *lines[1:]], "no JSON object"),
         "an unknown field": (
             [lines[0], json.dumps({"image": {"colour": "red"}}) + "\n", *lines[1:]],
             "an image line with other fields",

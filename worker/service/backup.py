@@ -119,6 +119,8 @@ class BackupFile:
         for record in records:
             if end is not None:
                 raise BackupError(f"{self.path}: lines after the end")
+            if not isinstance(record, dict):
+                raise BackupError(f"{self.path}: a line that is no JSON object")
             if "image" in record:
                 _stored_image(record["image"], self.path)
                 counted["images"] += 1
@@ -133,7 +135,7 @@ class BackupFile:
             raise BackupError(
                 f"{self.path}: cut short or altered (it ends with {end}, holds {counted})"
             )
-        return BackupSummary(header["model"], header["created_at"], **counted)
+        return BackupSummary(header.get("model", ""), header.get("created_at", 0.0), **counted)
 
     def all_images(self, page_size: int = 256) -> Iterator[list[StoredImage]]:
         page: list[StoredImage] = []
