@@ -17,12 +17,21 @@ from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
 from tests.support.tiny_model import write_tiny_model
 from tests.test_reindex import embedder_from
 from worker.cli import app
+from worker.errors import TransientError
 from worker.index import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, ScanRecord, current_index_model
 from worker.index.edge import EdgeIndex, make_current
 from worker.index.server import WRITE_HOLD_SECONDS, QdrantServerIndex
 from worker.matching.catalog import Catalog, EmbeddedImage
 from worker.pipeline.storage import S3ImageStore
-from worker.service.backup import BackupError, BackupFile, RenewedHold, restore, write_backup
+from worker.service.backup import (
+    BackupError,
+    BackupFile,
+    ObjectsCheck,
+    RenewedHold,
+    check_objects,
+    restore,
+    write_backup,
+)
 from worker.settings import ImageSettings, IndexSettings, S3Settings, Settings
 from worker.tools.synthetic import catalog_designs, render
 from worker.vision.embedder import ImageKind, model_id_for
@@ -60,10 +69,11 @@ def fill(index, embedder, s3) -> dict:
     pictures = {design.product_id: render(design, 160) for design in DESIGNS}
     catalog = Catalog(index)
     for product_id, picture in pictures.items():
-        s3.put_object(Bucket=CATALOG_BUCKET, Key=f"{product_id}.jpg", Body=jpeg_bytes(picture))
-        event = upserted(product_id, f"{product_id}.jpg", 2)
+        key, body = f"{product_id}.jpg", jpeg_bytes(picture)
+        etag = s3.put_object(Bucket=CATALOG_BUCKET, Key=key, Body=body)["ETag"]
+        event = upserted(product_id, key, 2)
         vector = embedder.embed([picture], ImageKind.catalog)[0]
-        embedded = EmbeddedImage(event.images[0], vector, etag=f"etag-{product_id}")
+        embedded = EmbeddedImage(event.images[0], vector, etag=etag)
         catalog.apply(event, catalog.plan(event), [embedded])
     first, last = DESIGNS[0].product_id, DESIGNS[-1].product_id
     s3.put_object(Bucket=SCANS_BUCKET, Key="bag-1.jpg", Body=jpeg_bytes(pictures[first]))
@@ -112,7 +122,8 @@ def test_an_index_of_another_model_is_rebuilt_from_a_backup(
     restored = {image.image_id: image for image in target.product_images(first)}
     assert restored["scan:bag-1"].source == SOURCE_CONFIRMED_SCAN
     assert restored["scan:bag-1"].taken_at == 1_700_000_000.5  # training holds the latest out
-    assert restored["front"].etag == f"etag-{first}"
+    stored = {image.image_id: image for image in source.product_images(first)}
+    assert restored["front"].etag == stored["front"].etag is not None  # S3's, carried
     moved = Catalog(target)
     assert moved.is_stale(first, 1) and not moved.is_stale(first, 2)
     assert moved.is_stale(last, 3) and target.product_images(last) == []  # stays deleted
@@ -199,6 +210,38 @@ def test_an_image_gone_from_s3_is_skipped_and_counted(indexes, models, s3, s3_en
     assert (report.reindexed, report.skipped) == (len(DESIGNS) - 1, 1)
 
 
+def test_a_check_asks_s3_for_every_image_and_reads_none(indexes, models, s3, s3_endpoint, tmp_path):
+    """`restore --check`: an object gone is unreadable, one replaced at its key is counted
+    (its ETag changed), and S3 out of reach is an error rather than a verdict."""
+    _, _, (source, _) = indexes
+    pictures = fill(source, models[0], s3)
+    backup = backed_up(source, tmp_path)
+    store = image_store(s3_endpoint)
+    assert check_objects(backup, store, threads=3) == ObjectsCheck(images=len(DESIGNS))
+
+    s3.delete_object(Bucket=SCANS_BUCKET, Key="bag-1.jpg")
+    replaced = DESIGNS[1].product_id
+    body = jpeg_bytes(pictures[DESIGNS[2].product_id])
+    s3.put_object(Bucket=CATALOG_BUCKET, Key=f"{replaced}.jpg", Body=body)
+    seen: list[int] = []
+    check = check_objects(backup, store, threads=3, on_progress=seen.append)
+    assert (check.images, check.replaced, sum(seen)) == (len(DESIGNS), 1, len(DESIGNS))
+    assert list(check.unreadable) == [f"s3://{SCANS_BUCKET}/bag-1.jpg"]
+    assert "does not exist" in check.unreadable[f"s3://{SCANS_BUCKET}/bag-1.jpg"]
+
+    unreachable = S3ImageStore(
+        S3Settings(
+            endpoint_url="http://127.0.0.1:9",
+            allowed_buckets=[CATALOG_BUCKET, SCANS_BUCKET],
+            max_attempts=1,
+            connect_timeout_seconds=0.5,
+        ),
+        max_bytes=10_000_000,
+    )
+    with pytest.raises(TransientError, match="S3 unreachable"):
+        check_objects(backup, unreachable)
+
+
 def lines_of(path) -> list[str]:
     with gzip.open(path, "rt") as lines:
         return lines.readlines()
@@ -264,6 +307,11 @@ def test_workers_hold_catalog_work_for_as_long_as_a_restore_takes(tmp_path):
     index.close()
 
 
+def said(result) -> str:
+    """A command's output as one line (the terminal wraps it at its width)."""
+    return " ".join(result.output.split())
+
+
 def test_backup_and_restore_commands_through_s3_and_a_file(
     tmp_path, models, model_dirs, s3, s3_endpoint, monkeypatch
 ):
@@ -294,15 +342,19 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     for location in ("s3://backups/nightly/index.jsonl.gz", str(tmp_path / "index.jsonl.gz")):
         result = runner.invoke(app, ["backup", location])
         assert result.exit_code == 0, result.output
-        assert f"backed up {len(DESIGNS)} images and {len(DESIGNS)} products" in result.output
+        assert f"backed up {len(DESIGNS)} images and {len(DESIGNS)} products" in said(result)
     stored = s3.get_object(Bucket="backups", Key="nightly/index.jsonl.gz")["Body"].read()
     assert gzip.decompress(stored).startswith(b'{"format":"jewelmatch-index-backup"')
     assert not list(tmp_path.glob(".*.partial"))
 
+    result = runner.invoke(app, ["restore", "s3://backups/nightly/index.jsonl.gz", "--check"])
+    assert result.exit_code == 0, result.output
+    assert f"{len(DESIGNS)} images of {old.model_id}, 0 unreadable" in said(result)
+
     monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{model_dirs[1]}")
     result = runner.invoke(app, ["restore", "s3://backups/nightly/index.jsonl.gz"])
     assert result.exit_code == 0, result.output
-    assert f"restored {len(DESIGNS)} of {len(DESIGNS)} images" in result.output
+    assert f"restored {len(DESIGNS)} of {len(DESIGNS)} images" in said(result)
     assert current_index_model(settings) == model_id_for(Settings(_env_file=None).model)
     assert current_index_model(settings) != old.model_id
 
@@ -311,12 +363,16 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     assert result.exit_code == 0, result.output  # every image already there: nothing read
     monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "elsewhere"))
     result = runner.invoke(app, ["restore", str(tmp_path / "index.jsonl.gz"), "--no-switch"])
-    assert result.exit_code == 1 and "1 unreadable" in result.output, result.output
+    assert result.exit_code == 1 and "1 unreadable" in said(result), result.output
+    result = runner.invoke(app, ["restore", str(tmp_path / "index.jsonl.gz"), "--check"])
+    assert result.exit_code == 1 and "1 unreadable" in said(result), result.output
+    missing = f"s3://{CATALOG_BUCKET}/{DESIGNS[1].product_id}.jpg"
+    assert f"unreadable: {missing} does not exist" in said(result)
 
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes((tmp_path / "index.jsonl.gz").read_bytes()[:-30])
     result = runner.invoke(app, ["restore", str(cut)])
-    assert result.exit_code == 2 and "not a whole gzip file" in result.output
+    assert result.exit_code == 2 and "not a whole gzip file" in said(result)
 
 
 def test_a_backup_loads_no_model():

@@ -50,19 +50,20 @@ def backup(destination: Location) -> None:
 def restore(
     source: Location,
     switch: Annotated[bool, typer.Option(help="Make the restored index current.")] = True,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Only check the backup and that S3 still has each of its images (no index "
+            "is touched, no model loaded).",
+        ),
+    ] = False,
 ) -> None:
     """Rebuild the configured model's index from a backup: its images re-embedded from S3,
     its products' last events carried, while every worker holds catalog work. A product the
     index was told of since keeps what it was told; nothing is removed. Exit status 1 when
     an image could not be read from S3 (named in the log)."""
-    from rich.progress import Progress
-
-    from worker.index import open_index
-    from worker.index.edge import IndexLockedError, make_current
     from worker.service.backup import BackupError, BackupFile
-    from worker.service.backup import restore as restore_index
-    from worker.settings import IndexBackend
-    from worker.vision.embedder import Embedder
 
     settings = load_settings(quiet=True)
     with _read(settings, source) as path:
@@ -70,30 +71,69 @@ def restore(
             backup = BackupFile(path)
         except BackupError as error:
             raise typer.BadParameter(str(error).replace(str(path), source)) from None
-        embedder = Embedder(settings.model)
-        try:
-            target = open_index(settings.index, embedder.model_id, embedder.dim)
-        except IndexLockedError as error:
-            raise typer.BadParameter(f"{error}: stop the worker that owns it first") from None
-        try:
-            with Progress(console=console) as progress:
-                task = progress.add_task(f"restoring for {embedder.model_id}", total=None)
-                report = restore_index(
-                    backup,
-                    target,
-                    _image_store(settings),
-                    embedder,
-                    settings.images,
-                    settings.model.batch_size,
-                    on_progress=lambda n: progress.advance(task, n),
-                    on_total=lambda n: progress.update(task, total=n),
-                )
-            if switch and settings.index.backend is IndexBackend.qdrant:
-                target.make_current()
-            elif switch:
-                make_current(settings.index.path, embedder.model_id)
-        finally:
-            target.close()
+        if check:
+            _check(settings, backup, source)
+        else:
+            _restore(settings, backup, switch)
+
+
+def _check(settings, backup, source: str) -> None:
+    from rich.progress import Progress
+
+    from worker.service.backup import check_objects
+
+    with Progress(console=console) as progress:
+        task = progress.add_task("asking S3", total=backup.summary.images)
+        report = check_objects(
+            backup,
+            _image_store(settings),
+            settings.s3.fetch_threads,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    console.print(
+        f"{source}: {report.images} images of {backup.summary.model}, "
+        f"{len(report.unreadable)} unreadable, {report.replaced} replaced since; "
+        f"{backup.summary.products} products' last events"
+    )
+    for uri, why in list(report.unreadable.items())[:20]:
+        console.print(f"unreadable: {why}" if uri in why else f"unreadable: {uri}: {why}")
+    if report.unreadable:
+        raise typer.Exit(1)
+
+
+def _restore(settings, backup, switch: bool) -> None:
+    from rich.progress import Progress
+
+    from worker.index import open_index
+    from worker.index.edge import IndexLockedError, make_current
+    from worker.service.backup import restore as restore_index
+    from worker.settings import IndexBackend
+    from worker.vision.embedder import Embedder
+
+    embedder = Embedder(settings.model)
+    try:
+        target = open_index(settings.index, embedder.model_id, embedder.dim)
+    except IndexLockedError as error:
+        raise typer.BadParameter(f"{error}: stop the worker that owns it first") from None
+    try:
+        with Progress(console=console) as progress:
+            task = progress.add_task(f"restoring for {embedder.model_id}", total=None)
+            report = restore_index(
+                backup,
+                target,
+                _image_store(settings),
+                embedder,
+                settings.images,
+                settings.model.batch_size,
+                on_progress=lambda n: progress.advance(task, n),
+                on_total=lambda n: progress.update(task, total=n),
+            )
+        if switch and settings.index.backend is IndexBackend.qdrant:
+            target.make_current()
+        elif switch:
+            make_current(settings.index.path, embedder.model_id)
+    finally:
+        target.close()
     console.print(
         f"restored {report.reindexed} of {backup.summary.images} images for "
         f"{embedder.model_id} ({report.unchanged} already there, {report.skipped} unreadable; "

@@ -19,10 +19,13 @@ import json
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
+from shared.contract import FailureReason, S3Object
+from worker.errors import PermanentError
 from worker.index import SOURCE_CATALOG, ProductState, StoredImage, VectorIndex
 from worker.index.server import WRITE_HOLD_SECONDS
 from worker.vectors import is_part
@@ -281,3 +284,45 @@ def restore(
         )
     finally:
         hold.release()
+
+
+@dataclass
+class ObjectsCheck:
+    images: int = 0
+    unreadable: dict[str, str] = field(default_factory=dict)
+    """Each image that cannot be read, by URI: why."""
+    replaced: int = 0
+    """Objects whose ETag is not the one stored: replaced at the same key since (a restore
+    embeds them as they are now)."""
+
+
+def check_objects(
+    backup: BackupFile,
+    store: ImageStore,
+    threads: int = 8,
+    on_progress: Callable[[int], None] = lambda done: None,
+) -> ObjectsCheck:
+    """Whether a restore could read every image of `backup` from S3, without reading one:
+    each object's ETag is asked (a HEAD request), `threads` at a time. An object gone or
+    denied is unreadable; S3 itself unreachable is an error (`TransientError`), not a
+    verdict on the backup."""
+
+    def etag(stored: StoredImage) -> str | PermanentError | None:
+        try:
+            return store.etag(S3Object.model_validate(stored.uri))
+        except PermanentError as error:
+            return error
+        except ValueError:
+            return PermanentError(FailureReason.image_not_found, f"no S3 location: {stored.uri}")
+
+    check = ObjectsCheck()
+    with ThreadPoolExecutor(threads, thread_name_prefix="check") as pool:
+        for page in backup.all_images():
+            for stored, now in zip(page, pool.map(etag, page), strict=True):
+                if isinstance(now, PermanentError):
+                    check.unreadable[stored.uri or stored.image_id] = str(now)
+                elif stored.etag is not None and now != stored.etag:
+                    check.replaced += 1
+            check.images += len(page)
+            on_progress(len(page))
+    return check
