@@ -16,6 +16,7 @@ from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, make_settings
 from tests.support.pictures import design_folder
 from worker.amqp.broker import EVENTS
 from worker.service.app import build_components, wire_worker
+from worker.service.backup import BackupFile
 from worker.tools.synthetic import catalog_designs
 
 DESIGNS = catalog_designs(8, seed=31)
@@ -42,7 +43,7 @@ def test_the_index_is_optimized_when_idle_past_the_threshold_and_scans_answered_
         tiny_model_dir,
         amqp={"url": "memory://"},
         s3={"backend": "local", "local_root": str(images)},
-        index={"exact_search_max_points": 4},
+        index={"exact_search_max_points": 4, "backup_file": str(tmp_path / "index.jsonl.gz")},
     )
     components = build_components(settings, tiny_embedder)
     worker = wire_worker(settings, components)
@@ -82,8 +83,11 @@ def test_the_index_is_optimized_when_idle_past_the_threshold_and_scans_answered_
     finally:
         worker.stop()
         thread.join(timeout=30)
+        components.maintenance.wait(30)  # as the service does before the index closes
         handlers.close()
         components.close()
     # answered and ranked right (random tiny weights: whether `matched` is a coin's toss)
     assert MatchStatus.failed not in {answer.status for answer in answers}
     assert all(a.matches[0].product_id == a.scan_id.removeprefix("s-") for a in answers)
+    # the worker's own backup (INDEX__BACKUP_FILE), written on its first idle round
+    assert BackupFile(tmp_path / "index.jsonl.gz").summary.model == components.embedder.model_id

@@ -1,16 +1,22 @@
 """The service's background work and shutdown: whatever reads the index in the background is
-done before the index closes."""
+done before the index closes; the worker's own backup of its index is written when due."""
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import numpy as np
+import pytest
+import structlog
 
-from worker.index.base import ReferenceImage
+from worker.errors import StartupError
+from worker.index.base import ProductState, ReferenceImage
 from worker.index.memory import InMemoryIndex
 from worker.matching.learner import Learner
 from worker.matching.ranking import MatchPolicy
+from worker.service.backup import BackupFile, backup_if_due, scheduled_backup
 from worker.service.maintenance import Maintenance
 from worker.settings import LearningSettings
 from worker.vectors import VectorLayout
@@ -51,3 +57,52 @@ def test_stopping_waits_for_a_refit_in_progress_before_the_index_closes():
     maintenance.wait(timeout=20)
 
     assert learner.snapshot.report.get("references") == 4  # the refit finished first
+
+
+def small_index(products: int = 3) -> InMemoryIndex:
+    index = InMemoryIndex("memory", 8)
+    rows = np.random.default_rng(1).normal(size=(products, 8)).astype(np.float32)
+    index.upsert(
+        [ReferenceImage(f"p{n}", "front", f"p{n}", row, "catalog") for n, row in enumerate(rows)]
+    )
+    index.set_product_state(ProductState("p0", 7))
+    return index
+
+
+def test_the_backup_is_written_when_missing_or_old_and_not_before(tmp_path):
+    path = tmp_path / "index.jsonl.gz"
+    index = small_index()
+    assert backup_if_due(index, path, hours=24).images == 3  # missing: written
+    assert backup_if_due(index, path, hours=24) is None  # fresh: left alone
+    a_day_ago = time.time() - 24 * 3600 - 1
+    os.utime(path, (a_day_ago, a_day_ago))
+    index.upsert([ReferenceImage("p9", "front", "p9", np.ones(8, np.float32), "catalog")])
+    assert backup_if_due(index, path, hours=24).images == 4  # old: written again
+    assert BackupFile(path).summary.images == 4
+    assert not [p for p in tmp_path.iterdir() if p != path]  # nothing left beside it
+
+
+def test_the_worker_backs_up_its_index_in_the_background_and_survives_a_failure(tmp_path):
+    path = tmp_path / "backups" / "index.jsonl.gz"
+    with pytest.raises(StartupError, match="no such folder"):
+        scheduled_backup(small_index(), path, hours=24)
+    path.parent.mkdir()
+    index = small_index()
+    learner = Learner(index, VectorLayout(8), LearningSettings(), MatchPolicy())
+    backup = scheduled_backup(index, path, hours=24)
+    maintenance = Maintenance(learner, index, housekeeping=lambda: None, backup=backup)
+    with structlog.testing.capture_logs() as logs:
+        maintenance.on_idle()
+        maintenance.wait(timeout=20)  # the backup thread is joined before the index closes
+    assert BackupFile(path).summary.images == 3
+    assert [e["images"] for e in logs if e["event"] == "index.backed_up"] == [3]
+    [state] = BackupFile(path).all_product_states()
+    assert (state.product_id, state.version) == ("p0", 7)
+
+    path.unlink()
+    path.parent.rmdir()  # the folder gone while the worker runs: logged, the worker goes on
+    again = Maintenance(learner, index, housekeeping=lambda: None, backup=backup)
+    with structlog.testing.capture_logs() as logs:
+        again.on_idle()
+        again.wait(timeout=20)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["index.backup_failed"]

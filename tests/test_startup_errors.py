@@ -85,6 +85,13 @@ def test_a_taken_ops_port_is_one_line(tmp_path, tiny_model_dir):
     assert_one_line(done, f"127.0.0.1:{port}", "JEWELMATCH_OPS__HTTP_PORT")
 
 
+def test_a_backup_file_in_a_missing_folder_is_one_line(tmp_path, tiny_model_dir):
+    missing = tmp_path / "no-such-folder" / "index.jsonl.gz"
+    env = tiny_worker_env(tiny_model_dir, tmp_path, JEWELMATCH_INDEX__BACKUP_FILE=str(missing))
+    done = jewelmatch("worker", env=env)
+    assert_one_line(done, "JEWELMATCH_INDEX__BACKUP_FILE", str(missing.parent))
+
+
 def test_a_broker_never_reached_is_named_and_the_worker_gives_up_when_told(
     tmp_path, tiny_model_dir
 ):

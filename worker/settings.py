@@ -329,6 +329,16 @@ class IndexSettings(BaseModel):
         ge=1,
         description="Embedded engine: hits fetched per wanted product before grouping.",
     )
+    backup_file: Path | None = Field(
+        default=None,
+        description="A file the worker keeps a backup of its index in (`jewelmatch backup`'s "
+        "form), written again in the background once it is `backup_hours` old: for the "
+        "embedded engine, whose index no other process may open while the worker runs. "
+        "None: no backup by the worker.",
+    )
+    backup_hours: float = Field(
+        default=24.0, gt=0, description="The age at which the worker's backup is written again."
+    )
 
     @model_validator(mode="after")
     def _api_key_only_over_https(self) -> IndexSettings:

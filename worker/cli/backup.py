@@ -4,7 +4,6 @@ them (`worker.service.backup`)."""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,16 +29,22 @@ def backup(destination: Location) -> None:
     restore` rebuilds an index of any model from it."""
     from rich.progress import Progress
 
-    from worker.service.backup import write_backup
+    from worker.service.backup import write_backup, write_backup_file
 
     settings = load_settings(quiet=True)
-    with (
-        _index_in_service(settings) as index,
-        _written(settings, destination) as stream,
-        Progress(console=console) as progress,
-    ):
+    if not destination.startswith("s3://") and not Path(destination).parent.is_dir():
+        raise typer.BadParameter(f"no such directory: {Path(destination).parent}")
+    with _index_in_service(settings) as index, Progress(console=console) as progress:
         task = progress.add_task("backing up", total=index.count())
-        summary = write_backup(index, stream, lambda n: progress.advance(task, n))
+
+        def advance(images: int) -> None:
+            progress.advance(task, images)
+
+        if destination.startswith("s3://"):
+            with _uploaded(settings, destination) as stream:
+                summary = write_backup(index, stream, advance)
+        else:
+            summary = write_backup_file(index, Path(destination), advance)
     console.print(
         f"backed up {summary.images} images and {summary.products} products' last events "
         f"of {summary.model} to {destination}"
@@ -153,28 +158,15 @@ def _s3_object(location: str):
 
 
 @contextmanager
-def _written(settings, destination: str) -> Iterator:
-    """A binary stream whose bytes become `destination` only once it is whole: a file
-    renamed into place, or an object uploaded when the stream is done."""
-    if destination.startswith("s3://"):
-        from worker.pipeline.storage import s3_client
+def _uploaded(settings, destination: str) -> Iterator:
+    """A binary stream uploaded to the S3 object `destination` once it is whole."""
+    from worker.pipeline.storage import s3_client
 
-        target = _s3_object(destination)
-        with tempfile.TemporaryFile() as stream:
-            yield stream
-            stream.seek(0)
-            s3_client(settings.s3).upload_fileobj(stream, target.bucket, target.key)
-        return
-    path = Path(destination)
-    if not path.parent.is_dir():
-        raise typer.BadParameter(f"no such directory: {path.parent}")
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        with partial.open("wb") as stream:
-            yield stream
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    target = _s3_object(destination)
+    with tempfile.TemporaryFile() as stream:
+        yield stream
+        stream.seek(0)
+        s3_client(settings.s3).upload_fileobj(stream, target.bucket, target.key)
 
 
 @contextmanager

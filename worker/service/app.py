@@ -18,6 +18,7 @@ from worker.observability.probes import Health, serve_ops
 from worker.observability.prometheus import INDEX_POINTS, MODEL_LOAD_SECONDS
 from worker.pipeline.handlers import Handlers
 from worker.pipeline.storage import ImageStore, open_image_store
+from worker.service.backup import scheduled_backup
 from worker.service.maintenance import Maintenance
 from worker.settings import AmqpSettings, Settings
 from worker.vision.embedder import Embedder
@@ -70,8 +71,14 @@ def wire_worker(
     loaded model and index, and the consumer loop (which owns the handlers: `worker.handlers`)."""
     store = store or open_image_store(settings.s3, settings.images.max_bytes)
     handlers = Handlers(settings, store, components.embedder, components.matcher)
+    backup_file = settings.index.backup_file
     components.maintenance = Maintenance(
-        components.matcher.learner, components.index, handlers.forget_old_scans
+        components.matcher.learner,
+        components.index,
+        handlers.forget_old_scans,
+        backup=scheduled_backup(components.index, backup_file, settings.index.backup_hours)
+        if backup_file is not None
+        else None,
     )
     gate = CatalogGate(lambda: catalog_work_blocked(components.index))
     return Worker(

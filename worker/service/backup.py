@@ -16,6 +16,8 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
+import os
+import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -25,9 +27,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from shared.contract import FailureReason, S3Object
-from worker.errors import PermanentError
+from worker.errors import PermanentError, StartupError
 from worker.index import SOURCE_CATALOG, ProductState, StoredImage, VectorIndex
 from worker.index.server import WRITE_HOLD_SECONDS
+from worker.observability.logs import get_logger
 from worker.vectors import is_part
 
 if TYPE_CHECKING:  # a backup loads no model: the nightly job stays small
@@ -35,6 +38,8 @@ if TYPE_CHECKING:  # a backup loads no model: the nightly job stays small
     from worker.service.reindex import ReindexReport
     from worker.settings import ImageSettings
     from worker.vision.embedder import Embedder
+
+log = get_logger(__name__)
 
 FORMAT = "jewelmatch-index-backup"
 FORMAT_VERSION = 1
@@ -82,6 +87,51 @@ def write_backup(
             _write(out, {"state": state.payload()})
         _write(out, {"end": {"images": images, "products": len(states)}})
     return BackupSummary(index.model_id, created_at, images, len(states))
+
+
+def write_backup_file(
+    index: VectorIndex, path: Path, on_progress: Callable[[int], None] = lambda n: None
+) -> BackupSummary:
+    """`write_backup` into `path`, which appears only once whole: the file is written beside
+    it under a name of its own (two writers never share one) and renamed into place."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+    try:
+        with partial.open("wb") as stream:
+            summary = write_backup(index, stream, on_progress)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return summary
+
+
+def backup_if_due(index: VectorIndex, path: Path, hours: float) -> BackupSummary | None:
+    """Write the backup at `path` again if it is missing or at least `hours` old (by its
+    modification time, so that a restarted worker does not write it again at once)."""
+    if path.is_file() and time.time() - path.stat().st_mtime < hours * 3600:
+        return None
+    return write_backup_file(index, path)
+
+
+def scheduled_backup(index: VectorIndex, path: Path, hours: float) -> Callable[[], None]:
+    """The worker's own backup of its index (`INDEX__BACKUP_FILE`): a callable that writes it
+    when due and logs it, for the maintenance's hourly round. A missing folder is a setting
+    to fix before the worker starts, not a warning an hour later."""
+    if not path.parent.is_dir():
+        raise StartupError(f"JEWELMATCH_INDEX__BACKUP_FILE: no such folder: {path.parent}")
+
+    def back_up() -> None:
+        started = time.monotonic()
+        summary = backup_if_due(index, path, hours)
+        if summary is not None:
+            log.info(
+                "index.backed_up",
+                path=str(path),
+                images=summary.images,
+                products=summary.products,
+                seconds=round(time.monotonic() - started, 2),
+            )
+
+    return back_up
 
 
 def _write(out, record: dict) -> None:

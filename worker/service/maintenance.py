@@ -1,6 +1,7 @@
 """What the service does while the queues are quiet: the learner's refit when due, the
 index's search structures when due (both in the background: the consumer keeps serving), and
-an hourly purge of expired scan records. The consumer only says when it is idle."""
+every hour a purge of expired scan records and, when configured, the index's backup if it is
+due (in the background too). The consumer only says when it is idle."""
 
 from __future__ import annotations
 
@@ -19,10 +20,17 @@ HOUSEKEEPING_SECONDS = 3600.0
 
 class Maintenance:
     def __init__(
-        self, learner: Learner, index: VectorIndex, housekeeping: Callable[[], None]
+        self,
+        learner: Learner,
+        index: VectorIndex,
+        housekeeping: Callable[[], None],
+        backup: Callable[[], None] | None = None,
     ) -> None:
+        """`backup`: writes the index's backup if it is due (`INDEX__BACKUP_FILE`)."""
         self.learner, self.index, self.housekeeping = learner, index, housekeeping
+        self._backup = backup
         self._optimizing: threading.Thread | None = None
+        self._backing_up: threading.Thread | None = None
         self._last_housekeeping = 0.0
 
     def on_idle(self) -> None:
@@ -36,6 +44,15 @@ class Maintenance:
             self.housekeeping()
         except Exception as error:  # housekeeping must never stop the worker
             log.warning("housekeeping.failed", error=str(error))
+        self._back_up_in_background()
+
+    def _back_up_in_background(self) -> None:
+        if self._backup is None or (self._backing_up and self._backing_up.is_alive()):
+            return
+        self._backing_up = threading.Thread(
+            target=_backup_logging, args=(self._backup,), name="index-backup", daemon=True
+        )
+        self._backing_up.start()
 
     def wait(self, timeout: float) -> None:
         """Until the background work in progress is done, within `timeout` seconds in all: an
@@ -43,8 +60,9 @@ class Maintenance:
         engine refuses to close a shard another thread is reading: the worker then exited 1
         on SIGTERM)."""
         deadline = time.monotonic() + timeout
-        if self._optimizing is not None:
-            self._optimizing.join(timeout=timeout)
+        for thread in (self._optimizing, self._backing_up):
+            if thread is not None:
+                thread.join(timeout=max(0.0, deadline - time.monotonic()))
         self.learner.wait(max(0.0, deadline - time.monotonic()))
 
     def _optimize_in_background_if_due(self) -> None:
@@ -74,3 +92,10 @@ def _optimize_logging(index: VectorIndex) -> None:
         reference_images=index.count(),
         seconds=round(time.monotonic() - started, 2),
     )
+
+
+def _backup_logging(backup: Callable[[], None]) -> None:
+    try:
+        backup()
+    except Exception as error:  # the index in service is unharmed; the old backup stays
+        log.warning("index.backup_failed", error=str(error))
