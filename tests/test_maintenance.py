@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import structlog
+from prometheus_client import REGISTRY
 
 from worker.errors import StartupError
 from worker.index.base import ProductState, ReferenceImage
@@ -96,6 +97,8 @@ def test_the_worker_backs_up_its_index_in_the_background_and_survives_a_failure(
         maintenance.wait(timeout=20)  # the backup thread is joined before the index closes
     assert BackupFile(path).summary.images == 3
     assert [e["images"] for e in logs if e["event"] == "index.backed_up"] == [3]
+    written = REGISTRY.get_sample_value("jewelmatch_index_backup_timestamp_seconds")
+    assert written == path.stat().st_mtime  # what the alert on a stale backup reads
     [state] = BackupFile(path).all_product_states()
     assert (state.product_id, state.version) == ("p0", 7)
 

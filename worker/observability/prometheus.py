@@ -45,6 +45,11 @@ BATCH_SIZE = Histogram(
 MODEL_LOAD_SECONDS = Gauge("jewelmatch_model_load_seconds", "Time the model took to load.")
 INDEX_POINTS = Gauge("jewelmatch_index_reference_images", "Reference images in the index.")
 READY = Gauge("jewelmatch_ready", "1 when the worker is ready to take messages.")
+INDEX_BACKUP_TIME = Gauge(
+    "jewelmatch_index_backup_timestamp_seconds",
+    "When the worker's own backup of its index (INDEX__BACKUP_FILE) was last written, in "
+    "seconds since the epoch (the file's time when the worker starts).",
+)
 CATALOG_PAUSED = Gauge(
     "jewelmatch_catalog_work_paused",
     "1 while this worker takes no catalog work: its model was replaced (restart it) or a "

@@ -31,6 +31,7 @@ from worker.errors import PermanentError, StartupError
 from worker.index import SOURCE_CATALOG, ProductState, StoredImage, VectorIndex
 from worker.index.server import WRITE_HOLD_SECONDS
 from worker.observability.logs import get_logger
+from worker.observability.prometheus import INDEX_BACKUP_TIME
 from worker.vectors import is_part
 
 if TYPE_CHECKING:  # a backup loads no model: the nightly job stays small
@@ -118,11 +119,14 @@ def scheduled_backup(index: VectorIndex, path: Path, hours: float) -> Callable[[
     to fix before the worker starts, not a warning an hour later."""
     if not path.parent.is_dir():
         raise StartupError(f"JEWELMATCH_INDEX__BACKUP_FILE: no such folder: {path.parent}")
+    if path.is_file():
+        INDEX_BACKUP_TIME.set(path.stat().st_mtime)
 
     def back_up() -> None:
         started = time.monotonic()
         summary = backup_if_due(index, path, hours)
         if summary is not None:
+            INDEX_BACKUP_TIME.set(path.stat().st_mtime)
             log.info(
                 "index.backed_up",
                 path=str(path),
