@@ -276,6 +276,9 @@ def test_a_backup_cut_short_or_altered_is_refused(indexes, models, s3, tmp_path)
     for name, (content, message) in cases.items():
         with pytest.raises(BackupError, match=message):
             BackupFile(rewritten(tmp_path / f"{name}.gz", content))
+    endless = rewritten(tmp_path / "endless.gz", [lines[0], '{"image": "' + "x" * 10**6])
+    with pytest.raises(BackupError, match="line 2 is longer than 65536 characters"):
+        BackupFile(endless)
     truncated = tmp_path / "truncated.gz"
     truncated.write_bytes(whole.read_bytes()[:-40])
     with pytest.raises(BackupError, match="not a whole gzip file"):
@@ -368,6 +371,15 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     assert result.exit_code == 1 and "1 unreadable" in said(result), result.output
     missing = f"s3://{CATALOG_BUCKET}/{DESIGNS[1].product_id}.jpg"
     assert f"unreadable: {missing} does not exist" in said(result)
+
+    result = runner.invoke(app, ["restore", "s3://backups/no-such-backup.jsonl.gz"])
+    assert result.exit_code == 2 and "cannot read s3://backups/no-such" in said(result)
+    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    monkeypatch.setenv("JEWELMATCH_S3__ENDPOINT_URL", "http://127.0.0.1:9")  # nothing there
+    monkeypatch.setenv("JEWELMATCH_S3__MAX_ATTEMPTS", "1")
+    result = runner.invoke(app, ["backup", "s3://backups/nightly/index.jsonl.gz"])
+    assert result.exit_code == 2 and "cannot write s3://backups/nightly" in said(result)
+    assert "Traceback" not in result.output
 
     cut = tmp_path / "cut.jsonl.gz"
     cut.write_bytes((tmp_path / "index.jsonl.gz").read_bytes()[:-30])

@@ -160,13 +160,18 @@ def _s3_object(location: str):
 @contextmanager
 def _uploaded(settings, destination: str) -> Iterator:
     """A binary stream uploaded to the S3 object `destination` once it is whole."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     from worker.pipeline.storage import s3_client
 
     target = _s3_object(destination)
     with tempfile.TemporaryFile() as stream:
         yield stream
         stream.seek(0)
-        s3_client(settings.s3).upload_fileobj(stream, target.bucket, target.key)
+        try:
+            s3_client(settings.s3).upload_fileobj(stream, target.bucket, target.key)
+        except (BotoCoreError, ClientError) as error:
+            raise typer.BadParameter(f"cannot write {destination}: {error}") from None
 
 
 @contextmanager
@@ -177,7 +182,7 @@ def _read(settings, location: str) -> Iterator[Path]:
             raise typer.BadParameter(f"no such file: {location}")
         yield Path(location)
         return
-    from botocore.exceptions import ClientError
+    from botocore.exceptions import BotoCoreError, ClientError
 
     from worker.pipeline.storage import s3_client
 
@@ -186,6 +191,6 @@ def _read(settings, location: str) -> Iterator[Path]:
         path = Path(directory) / "backup.jsonl.gz"
         try:
             s3_client(settings.s3).download_file(source.bucket, source.key, str(path))
-        except ClientError as error:
+        except (BotoCoreError, ClientError) as error:
             raise typer.BadParameter(f"cannot read {location}: {error}") from None
         yield path

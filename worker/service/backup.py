@@ -44,6 +44,9 @@ log = get_logger(__name__)
 
 FORMAT = "jewelmatch-index-backup"
 FORMAT_VERSION = 1
+MAX_LINE_CHARACTERS = 64 * 1024
+"""Far above any line a backup writes (an image's fields are bounded by the contract): a
+longer one is not a backup's, and is refused before it fills the memory."""
 
 
 class BackupError(ValueError):
@@ -153,7 +156,14 @@ class BackupFile:
     def _records(self) -> Iterator[dict]:
         try:
             with gzip.open(self.path, "rt", encoding="utf-8") as lines:
-                for number, line in enumerate(lines, 1):
+                number = 0
+                while line := lines.readline(MAX_LINE_CHARACTERS + 1):
+                    number += 1
+                    if len(line) > MAX_LINE_CHARACTERS:
+                        raise BackupError(
+                            f"{self.path}: line {number} is longer than {MAX_LINE_CHARACTERS} "
+                            "characters"
+                        )
                     try:
                         yield json.loads(line)
                     except json.JSONDecodeError as error:
