@@ -5,12 +5,14 @@ embedded index with one model, then re-embedded for another, pass after pass, in
 
     .venv/bin/python benchmarks/reindex_passes.py --data ../shared/data/jewelry-dev
         [--from-model efficientnet-lite1+efficientnet-lite2] [--to-model efficientnet-lite0]
-        [--deleted 5] [--out FILE]
+        [--deleted 5] [--fetch-latency-ms 0] [--out FILE]
 
 Prints one JSON object (with `--out`, also written as a result file): per pass its seconds
 and what it re-embedded, kept and removed: the first pass (an empty new index), the catch-up
 with nothing changed, and the catch-up after `--deleted` products were deleted from the old
-index. Figures: docs/operations.md, "Changing the model safely".
+index. `--fetch-latency-ms` adds that wait to every image read, as a remote S3 store would
+(the folder is read from the local disk). Figures: docs/operations.md, "Changing the model
+safely".
 """
 
 from __future__ import annotations
@@ -37,12 +39,28 @@ from worker.tools.terminal import FOLDER_BUCKET, ingest_products
 from worker.vision.embedder import Embedder
 
 
+class SlowStore:
+    """An image store whose every read first waits `seconds`, as a request to S3 does."""
+
+    def __init__(self, store, seconds: float) -> None:
+        self._store, self._seconds = store, seconds
+
+    def fetch(self, ref):
+        time.sleep(self._seconds)
+        return self._store.fetch(ref)
+
+    def etag(self, ref):
+        time.sleep(self._seconds)
+        return self._store.etag(ref)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--from-model", default="efficientnet-lite1+efficientnet-lite2")
     parser.add_argument("--to-model", default="efficientnet-lite0")
     parser.add_argument("--deleted", type=int, default=5)
+    parser.add_argument("--fetch-latency-ms", type=float, default=0.0)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="reindex-passes-") as tmp:
@@ -62,6 +80,8 @@ def main() -> None:
             embedder = Embedder(settings.model.model_copy(update={"name": args.to_model}))
             target = open_index(settings.index, embedder.model_id, embedder.dim)
             store = open_image_store(settings.s3, settings.images.max_bytes)
+            if args.fetch_latency_ms:
+                store = SlowStore(store, args.fetch_latency_ms / 1000)
             passes = []
             for name in ("first", "catch-up, nothing changed", "catch-up, products deleted"):
                 if name.endswith("deleted"):
@@ -76,6 +96,7 @@ def main() -> None:
         "data": str(args.data),
         "from_model": args.from_model,
         "to_model": args.to_model,
+        "fetch_latency_ms": args.fetch_latency_ms,
         "passes": passes,
     }
     print(json.dumps(figures, indent=2))
