@@ -88,7 +88,14 @@ def main() -> None:
                     for product in products[: args.deleted]:
                         source.delete_product(product.product_id)
                 started = time.perf_counter()
-                report = reindex(source, target, store, embedder, settings.images)
+                report = reindex(
+                    source,
+                    target,
+                    store,
+                    embedder,
+                    settings.images,
+                    fetch_threads=settings.s3.fetch_threads,
+                )
                 seconds = round(time.perf_counter() - started, 2)
                 passes.append({"pass": name, "seconds": seconds, **vars(report)})
             target.close()

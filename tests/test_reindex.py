@@ -4,6 +4,7 @@ old one, on both back ends, while queries keep being answered from the old one."
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -218,3 +219,50 @@ def test_a_set_is_cut_into_pieces_again_by_a_model_that_cuts_sets(tmp_path, s3, 
         assert sorted(i.image_id for i in target.product_images("set-1")) == stored
         target.close()
     source.close()
+
+
+class _CountingStore:
+    """moto's S3 server behind a count of the reads in flight at once."""
+
+    def __init__(self, store: S3ImageStore) -> None:
+        self._store, self._lock = store, threading.Lock()
+        self.in_flight = self.most_at_once = 0
+
+    def fetch(self, ref):
+        with self._lock:
+            self.in_flight += 1
+            self.most_at_once = max(self.most_at_once, self.in_flight)
+        try:
+            time.sleep(0.2)  # a remote store's wait, long enough for reads to meet
+            return self._store.fetch(ref)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+
+
+@pytest.mark.parametrize("threads", [1, 4])
+def test_a_pages_images_are_read_from_s3_in_parallel(indexes, models, s3, s3_endpoint, threads):
+    _, _, (source, target) = indexes
+    old, new = models
+    images = pictures()
+    catalog = Catalog(source)
+    for design in DESIGNS:
+        key = f"{design.product_id}.jpg"
+        s3.put_object(Bucket=CATALOG_BUCKET, Key=key, Body=jpeg_bytes(images[design.product_id]))
+        event = ProductUpserted(
+            product_id=design.product_id,
+            sku=design.sku,
+            images=[{"image_id": "front", "bucket": CATALOG_BUCKET, "key": key}],
+        )
+        vector = old.embed([images[design.product_id]], ImageKind.catalog)[0]
+        catalog.apply(event, catalog.plan(event), [EmbeddedImage(event.images[0], vector)])
+    store = _CountingStore(
+        S3ImageStore(
+            S3Settings(endpoint_url=s3_endpoint, allowed_buckets=[CATALOG_BUCKET]), max_bytes=10**7
+        )
+    )
+
+    report = reindex(source, target, store, new, ImageSettings(), 8, fetch_threads=threads)
+
+    assert (report.reindexed, target.count()) == (len(DESIGNS), len(DESIGNS))
+    assert store.most_at_once == threads  # 8 images a page, `threads` of them at once

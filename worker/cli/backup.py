@@ -132,6 +132,7 @@ def _restore(settings, backup, switch: bool) -> None:
                 settings.model.batch_size,
                 on_progress=lambda n: progress.advance(task, n),
                 on_total=lambda n: progress.update(task, total=n),
+                fetch_threads=settings.s3.fetch_threads,
             )
         if switch and settings.index.backend is IndexBackend.qdrant:
             target.make_current()

@@ -173,6 +173,7 @@ def _reindex_pass(settings, source, target, embedder, title: str):
             settings.images,
             settings.model.batch_size,
             on_progress=lambda done: progress.advance(task, done),
+            fetch_threads=settings.s3.fetch_threads,
         )
 
 

@@ -317,6 +317,7 @@ def restore(
     batch_size: int = 32,
     on_progress: Callable[[int], None] = lambda done: None,
     on_total: Callable[[int], None] = lambda total: None,
+    fetch_threads: int = 4,
 ) -> ReindexReport:
     """Re-embed the backup's images from S3 into `target` with `embedder`, under a hold on
     every worker's catalog work. Nothing `target` holds is removed, and what it was told
@@ -324,7 +325,7 @@ def restore(
     only the events since. Incremental like `reindex`: run again after an interruption, it
     embeds only what is still missing. Images whose object is gone are skipped and counted.
     `on_total` is told how many images are to be restored, `on_progress` how many each page
-    held."""
+    held; `fetch_threads` images are read from S3 at a time."""
     from worker.service.reindex import reindex
 
     hold = RenewedHold(target)
@@ -345,6 +346,7 @@ def restore(
             batch_size,
             on_progress=progressed,
             remove_missing=False,
+            fetch_threads=fetch_threads,
         )
     finally:
         hold.release()

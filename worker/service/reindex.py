@@ -12,6 +12,7 @@ version, or a deletion's tombstone), so that an older event delivered late stays
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -68,57 +69,80 @@ def reindex(
     batch_size: int = 32,
     on_progress: Callable[[int], None] = lambda done: None,
     remove_missing: bool = True,
+    fetch_threads: int = 4,
 ) -> ReindexReport:
     """Re-embed every reference image of `source` into `target`, and (`remove_missing`)
     remove from `target` what `source` no longer has. Incremental: an image `target` already
     holds as `source` has it (same URI, ETag and payload) keeps its vector, so a second run
     only embeds what the product events changed meanwhile and takes seconds where the first
-    took the whole catalog. `on_progress` is told how many images each page held (the
-    terminal shows a progress bar with it)."""
+    took the whole catalog. A page's images are read from S3 and decoded `fetch_threads` at a
+    time (a request's wait overlaps the others'), then embedded together. `on_progress` is
+    told how many images each page held (the terminal shows a progress bar with it)."""
     report = ReindexReport()
     held, pieces = _held(target)
     in_source: set[tuple[str, str]] = set()
-    for page in source.all_images(batch_size):
-        loaded: list[tuple[StoredImage, Image.Image]] = []
-        for stored in page:
-            if is_part(stored.image_id):
-                continue  # cut again from its image below, if this model cuts sets
-            report.images += 1
-            key = (stored.product_id, stored.image_id)
-            in_source.add(key)
-            if held.get(key) == hash(stored):
-                report.unchanged += 1
-                in_source.update(pieces.get(key, ()))
-                continue
-            try:
-                loaded.append((stored, decode_image(fetch_stored(store, stored), limits)))
-            except PermanentError as error:
-                report.skipped += 1
-                log.warning(
-                    "reindex.skipped",
-                    product_id=stored.product_id,
-                    image_id=stored.image_id,
-                    reason=str(error),
-                )
-        for kind in (ImageKind.catalog, ImageKind.scan):
-            chosen = [
-                (s, p)
-                for s, p in loaded
-                if (s.source == SOURCE_CATALOG) == (kind is ImageKind.catalog)
-            ]
-            if not chosen:
-                continue
-            references = _embedded(embedder, chosen, kind)
-            target.upsert(references)
-            in_source.update((r.product_id, r.image_id) for r in references)
-            report.reindexed += len(chosen)
-        on_progress(len(page))
+
+    def load(stored: StoredImage) -> Image.Image | PermanentError:
+        try:
+            return decode_image(fetch_stored(store, stored), limits)
+        except PermanentError as error:
+            return error
+
+    with ThreadPoolExecutor(fetch_threads, thread_name_prefix="reindex-fetch") as pool:
+        for page in source.all_images(batch_size):
+            wanted: list[StoredImage] = []
+            for stored in page:
+                if is_part(stored.image_id):
+                    continue  # cut again from its image below, if this model cuts sets
+                report.images += 1
+                key = (stored.product_id, stored.image_id)
+                in_source.add(key)
+                if held.get(key) == hash(stored):
+                    report.unchanged += 1
+                    in_source.update(pieces.get(key, ()))
+                else:
+                    wanted.append(stored)
+            loaded: list[tuple[StoredImage, Image.Image]] = []
+            for stored, picture in zip(wanted, pool.map(load, wanted), strict=True):
+                if isinstance(picture, PermanentError):
+                    report.skipped += 1
+                    log.warning(
+                        "reindex.skipped",
+                        product_id=stored.product_id,
+                        image_id=stored.image_id,
+                        reason=str(picture),
+                    )
+                else:
+                    loaded.append((stored, picture))
+            _embed_page(target, embedder, loaded, report, in_source)
+            on_progress(len(page))
     if remove_missing:
         report.removed = _remove_missing(target, in_source)
     states = source.all_product_states()
     target.set_product_states(states)
     report.product_states = len(states)
     return report
+
+
+def _embed_page(
+    target: VectorIndex,
+    embedder: Embedder,
+    loaded: list[tuple[StoredImage, Image.Image]],
+    report: ReindexReport,
+    in_source: set[tuple[str, str]],
+) -> None:
+    """Embed a page's pictures, catalog images and confirmed photos each as what they are,
+    and store them (with their pieces)."""
+    for kind in (ImageKind.catalog, ImageKind.scan):
+        chosen = [
+            (s, p) for s, p in loaded if (s.source == SOURCE_CATALOG) == (kind is ImageKind.catalog)
+        ]
+        if not chosen:
+            continue
+        references = _embedded(embedder, chosen, kind)
+        target.upsert(references)
+        in_source.update((r.product_id, r.image_id) for r in references)
+        report.reindexed += len(chosen)
 
 
 def _held(target: VectorIndex) -> tuple[dict, dict]:
