@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
@@ -106,6 +107,7 @@ def export_confirmations(
     seed: int,
     on_progress: Callable[[int], None] = lambda done: None,
     outside: int = 0,
+    fetch_threads: int = 4,
 ) -> ExportReport:
     images: dict[str, list[StoredImage]] = {}
     for page in index.all_images():
@@ -131,6 +133,7 @@ def export_confirmations(
     report.outside_products, report.new_products = held_out_roles(
         report.held_out_products, outside, seed
     )
+    copies: list[_Copy] = []
     for product_id, stored in sorted(images.items()):
         folder = out / quote(product_id, safe="-_.")
         catalog = [s for s in stored if s.source == SOURCE_CATALOG and not is_part(s.image_id)]
@@ -139,8 +142,7 @@ def export_confirmations(
             continue
         report.products += 1
         for n, image in enumerate(catalog):
-            if _copy(store, limits, image, folder / f"catalog_{n:04d}", report):
-                report.catalog_images += 1
+            copies.append(_Copy(image, folder / f"catalog_{n:04d}", ("catalog_images",)))
         judging = recent
         if product_id in report.new_products or product_id in report.outside_products:
             judging = {p.image_id for p in photos}
@@ -148,32 +150,63 @@ def export_confirmations(
             judging = {p.image_id for p in photos[-max(1, round(recent_share * len(photos))) :]}
         for n, photo in enumerate(photos):
             split = "val" if photo.image_id in judging else "train"
-            if _copy(store, limits, photo, folder / f"query_{split}_{n:04d}", report):
-                if product_id in held_out:
-                    report.held_out_photos += 1
-                    report.held_out_references += split == "train"
-                elif split == "val":
-                    report.recent_photos += 1
-                else:
-                    report.train_photos += 1
+            if product_id in held_out:
+                counts = ("held_out_photos",) + (("held_out_references",) * (split == "train"))
+            else:
+                counts = ("recent_photos",) if split == "val" else ("train_photos",)
+            copies.append(_Copy(photo, folder / f"query_{split}_{n:04d}", counts))
+    _copy_all(store, limits, copies, report, fetch_threads)
     return report
 
 
-def _copy(
-    store: ImageStore, limits: ImageSettings, image: StoredImage, stem: Path, report: ExportReport
-) -> bool:
-    """Write an image's bytes where the data set expects it, if they decode."""
-    try:
-        data = fetch_stored(store, image)
-        decode_image(data, limits)
-    except PermanentError as error:
-        report.skipped += 1
-        log.warning("training.image_skipped", uri=image.uri, reason=str(error))
-        return False
-    suffix = Path(S3Object.model_validate(image.uri).key).suffix.lower()
+@dataclass(frozen=True)
+class _Copy:
+    image: StoredImage
+    stem: Path
+    counts: tuple[str, ...]
+    """The report's counters that this image adds one to once written."""
+
+
+COPY_CHUNK = 64
+"""Images read at once at most: their bytes wait in memory until written in order."""
+
+
+def _copy_all(
+    store: ImageStore,
+    limits: ImageSettings,
+    copies: list[_Copy],
+    report: ExportReport,
+    fetch_threads: int,
+) -> None:
+    """Read the images from S3 `fetch_threads` at a time (a request's wait overlaps the
+    others'), and write each that decodes where the data set expects it, in order."""
+
+    def read(copy: _Copy) -> bytes | PermanentError:
+        try:
+            data = fetch_stored(store, copy.image)
+            decode_image(data, limits)
+            return data
+        except PermanentError as error:
+            return error
+
+    with ThreadPoolExecutor(fetch_threads, thread_name_prefix="export-fetch") as pool:
+        for start in range(0, len(copies), COPY_CHUNK):
+            chunk = copies[start : start + COPY_CHUNK]
+            for copy, data in zip(chunk, pool.map(read, chunk), strict=True):
+                if isinstance(data, PermanentError):
+                    report.skipped += 1
+                    log.warning("training.image_skipped", uri=copy.image.uri, reason=str(data))
+                    continue
+                _write(data, copy, report)
+                for name in copy.counts:
+                    setattr(report, name, getattr(report, name) + 1)
+
+
+def _write(data: bytes, copy: _Copy, report: ExportReport) -> None:
+    """Write an image's bytes where the data set expects it."""
+    suffix = Path(S3Object.model_validate(copy.image.uri).key).suffix.lower()
     suffix = suffix if suffix in IMAGE_SUFFIXES else ".jpg"  # (decoded by content anyway)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    path = stem.with_suffix(suffix)
+    copy.stem.parent.mkdir(parents=True, exist_ok=True)
+    path = copy.stem.with_suffix(suffix)
     path.write_bytes(data)
-    report.uris[f"{path.parent.name}/{path.name}"] = image.uri
-    return True
+    report.uris[f"{path.parent.name}/{path.name}"] = copy.image.uri

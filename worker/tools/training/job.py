@@ -77,6 +77,7 @@ def train_version(
             seed,
             lambda done: progress.advance(task, done),
             outside=options.open_set,
+            fetch_threads=settings.s3.fetch_threads,
         )
         log.info("training.exported", **exported.to_json())
         if not exported.train_photos:
