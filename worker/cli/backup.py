@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from worker.cli.service import _image_store, _index_in_service, console
+from worker.cli.service import console, image_store, index_in_service
 from worker.observability.logs import load_settings
 
 commands = typer.Typer()
@@ -34,7 +34,7 @@ def backup(destination: Location) -> None:
     settings = load_settings(quiet=True)
     if not destination.startswith("s3://") and not Path(destination).parent.is_dir():
         raise typer.BadParameter(f"no such directory: {Path(destination).parent}")
-    with _index_in_service(settings) as index, Progress(console=console) as progress:
+    with index_in_service(settings) as index, Progress(console=console) as progress:
         task = progress.add_task("backing up", total=index.count())
 
         def advance(images: int) -> None:
@@ -91,7 +91,7 @@ def _check(settings, backup, source: str) -> None:
         task = progress.add_task("asking S3", total=backup.summary.images)
         report = check_objects(
             backup,
-            _image_store(settings),
+            image_store(settings),
             settings.s3.fetch_threads,
             on_progress=lambda n: progress.advance(task, n),
         )
@@ -126,7 +126,7 @@ def _restore(settings, backup, switch: bool) -> None:
             report = restore_index(
                 backup,
                 target,
-                _image_store(settings),
+                image_store(settings),
                 embedder,
                 settings.images,
                 settings.model.batch_size,

@@ -168,7 +168,7 @@ def _reindex_pass(settings, source, target, embedder, title: str):
         return run_reindex(
             source,
             target,
-            _image_store(settings),
+            image_store(settings),
             embedder,
             settings.images,
             settings.model.batch_size,
@@ -232,7 +232,9 @@ def _opened_index(settings, model_id: str):
         index.close()
 
 
-def _index_in_service(settings):
+def index_in_service(settings):
+    """The index of the model in service, opened for the `with` block; a usage error when
+    there is none (or when its worker holds the embedded engine's directory)."""
     from worker.index import current_index_model
 
     model_id = current_index_model(settings.index)
@@ -241,7 +243,8 @@ def _index_in_service(settings):
     return _opened_index(settings, model_id)
 
 
-def _image_store(settings):
+def image_store(settings):
+    """The configured image store: S3, or local folders (`S3__BACKEND=local`)."""
     from worker.pipeline.storage import open_image_store
 
     return open_image_store(settings.s3, settings.images.max_bytes)
@@ -302,8 +305,8 @@ def train(
     from worker.tools.training.job import NothingToTrainOn, TrainOptions, train_version
 
     settings = load_settings(quiet=True)
-    with _index_in_service(settings) as index, Progress(console=console) as progress:
-        store = _image_store(settings)
+    with index_in_service(settings) as index, Progress(console=console) as progress:
+        store = image_store(settings)
         try:
             version, decision = train_version(
                 settings,
