@@ -253,6 +253,12 @@ def rewritten(path, lines: list[str]):
     return path
 
 
+def image_line_with(line: str, **changes) -> str:
+    record = json.loads(line)
+    record["image"].update(changes)
+    return json.dumps(record) + "\n"
+
+
 def test_a_backup_cut_short_or_altered_is_refused(indexes, models, s3, tmp_path):
     _, _, (source, _) = indexes
     fill(source, models[0], s3)
@@ -268,6 +274,14 @@ def test_a_backup_cut_short_or_altered_is_refused(indexes, models, s3, tmp_path)
             "backup format 2",
         ),
         "a line of another kind": ([lines[0], "[1, 2]\n", *lines[1:]], "no JSON object"),
+        "a number for a location": (
+            [lines[0], image_line_with(lines[1], uri=7), *lines[2:]],
+            "a value of the wrong kind",
+        ),
+        "another source": (
+            [lines[0], image_line_with(lines[1], source="upload"), *lines[2:]],
+            "a value of the wrong kind",
+        ),
         "an unknown field": (
             [lines[0], json.dumps({"image": {"colour": "red"}}) + "\n", *lines[1:]],
             "an image line with other fields",

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from shared.contract import FailureReason, S3Object
 from worker.errors import PermanentError, StartupError
-from worker.index import SOURCE_CATALOG, ProductState, StoredImage, VectorIndex
+from worker.index import (
+    SOURCE_CATALOG,
+    SOURCE_CONFIRMED_SCAN,
+    ProductState,
+    StoredImage,
+    VectorIndex,
+)
 from worker.index.server import WRITE_HOLD_SECONDS
 from worker.observability.logs import get_logger
 from worker.observability.prometheus import INDEX_BACKUP_TIME
@@ -228,9 +234,19 @@ class BackupFile:
 
 def _stored_image(fields: dict, path: Path) -> StoredImage:
     try:
-        return StoredImage(**fields)
+        image = StoredImage(**fields)
     except TypeError as error:
         raise BackupError(f"{path}: an image line with other fields ({error})") from error
+    texts = (image.image_id, image.sku, image.product_id)
+    optional = (image.uri, image.name, image.category, image.etag)
+    if (
+        not all(isinstance(value, str) for value in texts)
+        or not all(value is None or isinstance(value, str) for value in optional)
+        or image.source not in (SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN)
+        or not (image.taken_at is None or isinstance(image.taken_at, int | float))
+    ):
+        raise BackupError(f"{path}: an image line with a value of the wrong kind: {fields}")
+    return image
 
 
 def _product_state(payload: dict, path: Path) -> ProductState:
