@@ -356,6 +356,10 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     make_current(settings.path, old.model_id)
     s3.create_bucket(Bucket="backups")
     runner = CliRunner()
+    held = EdgeIndex(settings, old.model_id, old.dim)  # as a running worker holds it
+    result = runner.invoke(app, ["backup", str(tmp_path / "index.jsonl.gz")])
+    held.close()
+    assert result.exit_code == 2 and "JEWELMATCH_INDEX__BACKUP_FILE" in said(result)
     for location in ("s3://backups/nightly/index.jsonl.gz", str(tmp_path / "index.jsonl.gz")):
         result = runner.invoke(app, ["backup", location])
         assert result.exit_code == 0, result.output

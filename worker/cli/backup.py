@@ -34,7 +34,11 @@ def backup(destination: Location) -> None:
     settings = load_settings(quiet=True)
     if not destination.startswith("s3://") and not Path(destination).parent.is_dir():
         raise typer.BadParameter(f"no such directory: {Path(destination).parent}")
-    with index_in_service(settings) as index, Progress(console=console) as progress:
+    running = (
+        "stop the worker that owns it first, or let it write its own backup "
+        "(JEWELMATCH_INDEX__BACKUP_FILE)"
+    )
+    with index_in_service(settings, running) as index, Progress(console=console) as progress:
         task = progress.add_task("backing up", total=index.count())
 
         def advance(images: int) -> None:

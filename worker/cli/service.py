@@ -214,8 +214,9 @@ def _reindexed(report, model_id: str) -> str:
 
 
 @contextmanager
-def _opened_index(settings, model_id: str):
-    """The existing index of `model_id`, closed after use."""
+def _opened_index(settings, model_id: str, when_locked: str = "stop the worker that owns it first"):
+    """The existing index of `model_id`, closed after use; `when_locked` says what to do when
+    a worker holds the embedded engine's directory."""
     from worker.index import open_index, stored_dimension
     from worker.index.edge import IndexLockedError
 
@@ -225,14 +226,14 @@ def _opened_index(settings, model_id: str):
     try:
         index = open_index(settings.index, model_id, dim)
     except IndexLockedError as error:
-        raise typer.BadParameter(f"{error}: stop the worker that owns it first") from None
+        raise typer.BadParameter(f"{error}: {when_locked}") from None
     try:
         yield index
     finally:
         index.close()
 
 
-def index_in_service(settings):
+def index_in_service(settings, when_locked: str = "stop the worker that owns it first"):
     """The index of the model in service, opened for the `with` block; a usage error when
     there is none (or when its worker holds the embedded engine's directory)."""
     from worker.index import current_index_model
@@ -240,7 +241,7 @@ def index_in_service(settings):
     model_id = current_index_model(settings.index)
     if model_id is None:
         raise typer.BadParameter("no index in service (nothing ingested yet)")
-    return _opened_index(settings, model_id)
+    return _opened_index(settings, model_id, when_locked)
 
 
 def image_store(settings):
