@@ -109,3 +109,18 @@ def test_the_worker_backs_up_its_index_in_the_background_and_survives_a_failure(
         again.on_idle()
         again.wait(timeout=20)
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["index.backup_failed"]
+
+
+def test_the_first_idle_round_keeps_house_even_just_after_the_machine_started(monkeypatch):
+    """The monotonic clock counts from the machine's boot: a worker started in a fresh
+    container's first hour still purges and backs up on its first idle round."""
+    index = small_index()
+    learner = Learner(index, VectorLayout(8), LearningSettings(), MatchPolicy())
+    rounds: list[float] = []
+    maintenance = Maintenance(learner, index, housekeeping=lambda: rounds.append(1.0))
+    monkeypatch.setattr(time, "monotonic", lambda: 12.0)  # 12 s after boot
+    maintenance.on_idle()
+    maintenance.on_idle()  # within the hour: not again
+    monkeypatch.undo()
+    maintenance.wait(timeout=20)
+    assert rounds == [1.0]

@@ -5,6 +5,7 @@ due (in the background too). The consumer only says when it is idle."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -31,7 +32,7 @@ class Maintenance:
         self._backup = backup
         self._optimizing: threading.Thread | None = None
         self._backing_up: threading.Thread | None = None
-        self._last_housekeeping = 0.0
+        self._last_housekeeping = -math.inf  # the first idle round does it, whatever the clock
 
     def on_idle(self) -> None:
         self.learner.refit_in_background_if_due()
