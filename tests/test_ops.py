@@ -122,9 +122,10 @@ def test_the_confidence_figures_are_served_on_metrics_and_read_back_by_the_desk(
         "labels": 730,
     }
 
-    def estimates(url: str) -> dict[str, float]:  # less the answers this process checked
+    def estimates(url: str) -> dict[str, float]:  # less what else this process counted
         figures = confidence_figures(url)
-        return {k: v for k, v in figures.items() if not k.startswith(("checked", "observed"))}
+        others = ("checked", "observed", "backup_at")
+        return {k: v for k, v in figures.items() if not k.startswith(others)}
 
     port = free_port()
     server = serve_ops(Health(), ops_settings(port))
@@ -142,6 +143,24 @@ def test_the_confidence_figures_are_served_on_metrics_and_read_back_by_the_desk(
     finally:
         server.shutdown()
     assert confidence_figures(url) == {}  # a worker gone: nothing, no error
+
+
+def test_the_desk_reads_when_a_worker_last_wrote_its_own_backup():
+    from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+    from worker.review.desk import confidence_figures
+
+    registry = CollectorRegistry()  # a worker's own gauge, apart from this process's
+    written = Gauge("jewelmatch_index_backup_timestamp_seconds", "", registry=registry)
+    port = free_port()
+    server, _ = start_http_server(port, "127.0.0.1", registry)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        assert "backup_at" not in confidence_figures(url)  # 0: no backup of its own
+        written.set(1_796_540_000.0)
+        assert confidence_figures(url)["backup_at"] == 1_796_540_000.0
+    finally:
+        server.shutdown()
 
 
 def test_the_desk_reads_how_often_checked_matched_answers_were_right():

@@ -105,6 +105,8 @@ def stack(tmp_path, tiny_model_dir, rabbit, amqp_url):
             JEWELMATCH_OPS__MAX_ATTEMPTS="2",
             JEWELMATCH_S3__MAX_ATTEMPTS="1",
             JEWELMATCH_S3__CONNECT_TIMEOUT_SECONDS="0.5",
+            # its own index backup, written on its first idle round (the ops page shows when)
+            JEWELMATCH_INDEX__BACKUP_FILE=str(tmp_path / "index.jsonl.gz"),
         ),
         tmp_path / "worker.log",
     )
@@ -261,6 +263,13 @@ def test_ops_replay_a_dead_letter_that_is_then_answered_and_reviewers_cannot(sta
     # read from the worker's /metrics: too few confirmations yet, the prior decides
     # (the test worker's margin, JEWELMATCH_MATCHING__MIN_MARGIN, is 0)
     expect(ops.locator("#workers td.confidence")).to_have_text("prior (margin 0.000)")
+    # the worker writes its own backup on its first idle round, in the background
+    written = re.compile(r"^0\.\d h$")
+    deadline = time.monotonic() + 30
+    while not written.match(ops.locator("#workers td.backup").inner_text()):
+        assert time.monotonic() < deadline, "the worker's backup never showed"
+        time.sleep(0.5)
+        ops.reload()
     expect(ops.locator('tr[data-queue="jewelmatch.dead-letters"] td.num')).to_have_text("1")
     html = ops.content()
     assert SESSION_SECRET not in html and "review-desk-password" not in html

@@ -80,7 +80,10 @@ class Desk:
                 state = {"url": url, "state": "not ready", "code": error.code}
             except OSError as error:
                 return {"url": url, "state": "unreachable", "code": None, "error": str(error)}
-            return {**state, "confidence": confidence_figures(url)}
+            figures = confidence_figures(url)
+            backup_at = figures.pop("backup_at", None)
+            backup_hours = None if backup_at is None else (time.time() - backup_at) / 3600
+            return {**state, "confidence": figures, "backup_hours": backup_hours}
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             return list(pool.map(probe, urls))
@@ -110,7 +113,9 @@ def confidence_figures(url: str) -> dict[str, float]:
     """A worker's confidence figures, read from its /metrics: the decision's estimates
     (`jewelmatch_confidence`) and, once people have checked answers of this worker
     (`jewelmatch_checked_answers_total`), how many (`checked`, `checked_matched`) and how often
-    its `matched` answers were right (`observed_precision`); empty when it does not answer."""
+    its `matched` answers were right (`observed_precision`); when it last wrote its own index
+    backup (`backup_at`, seconds since the epoch; none without one); empty when it does not
+    answer."""
     try:
         with urllib.request.urlopen(f"{url.rstrip('/')}/metrics", timeout=3) as answer:
             text = answer.read().decode()
@@ -124,6 +129,8 @@ def confidence_figures(url: str) -> dict[str, float]:
                 figures[sample.labels["figure"]] = sample.value
             elif sample.name == "jewelmatch_checked_answers_total":
                 checked[sample.labels["status"], sample.labels["first"]] = sample.value
+            elif sample.name == "jewelmatch_index_backup_timestamp_seconds" and sample.value > 0:
+                figures["backup_at"] = sample.value
     if checked:
         matched = checked.get(("matched", "right"), 0.0) + checked.get(("matched", "wrong"), 0.0)
         figures.update(checked=sum(checked.values()), checked_matched=matched)
