@@ -79,7 +79,13 @@ class Desk:
             except urllib.error.HTTPError as error:
                 state = {"url": url, "state": "not ready", "code": error.code}
             except OSError as error:
-                return {"url": url, "state": "unreachable", "code": None, "error": str(error)}
+                return {
+                    "url": url,
+                    "state": "unreachable",
+                    "code": None,
+                    "error": str(error),
+                    "backup_hours": None,
+                }
             figures = confidence_figures(url)
             backup_at = figures.pop("backup_at", None)
             backup_hours = None if backup_at is None else (time.time() - backup_at) / 3600
