@@ -419,3 +419,23 @@ def test_a_backup_loads_no_model():
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_an_image_whose_location_is_no_s3_uri_is_unreadable_not_a_crash(tmp_path):
+    """A backup's line may hold any string as a location: the check (and a restore, through
+    the same `object_at`) names it unreadable without asking S3."""
+    lines = [
+        json.dumps({"format": "jewelmatch-index-backup", "version": 1, "model": "m"}) + "\n",
+        image_line_with(
+            json.dumps({"image": {"image_id": "front", "source": "catalog", "sku": "P1"}}),
+            uri="s3://x",
+            product_id="p1",
+        ),
+        json.dumps({"end": {"images": 1, "products": 0}}) + "\n",
+    ]
+    backup = BackupFile(rewritten(tmp_path / "odd.jsonl.gz", lines))
+    nowhere = S3ImageStore(
+        S3Settings(endpoint_url="http://127.0.0.1:9", allowed_buckets=[CATALOG_BUCKET]), 10**7
+    )
+    check = check_objects(backup, nowhere)
+    assert check.unreadable == {"s3://x": "no S3 location: 's3://x'"}

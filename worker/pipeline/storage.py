@@ -50,6 +50,15 @@ class ImageStore(Protocol):
         ...
 
 
+def object_at(uri: str | None) -> S3Object:
+    """The S3 object at a stored `s3://bucket/key` URI; PermanentError (`image_not_found`)
+    where there is none, or one that is no such URI (a backup's line, say)."""
+    try:
+        return S3Object.model_validate(uri)
+    except ValueError:
+        raise PermanentError(FailureReason.image_not_found, f"no S3 location: {uri!r}") from None
+
+
 def check_bucket_allowed(ref: S3Object, allowed: list[str]) -> None:
     if ref.bucket not in allowed:
         raise PermanentError(

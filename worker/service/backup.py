@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from shared.contract import FailureReason, S3Object
 from worker.errors import PermanentError, StartupError
 from worker.index import (
     SOURCE_CATALOG,
@@ -38,10 +37,10 @@ from worker.index import (
 from worker.index.server import WRITE_HOLD_SECONDS
 from worker.observability.logs import get_logger
 from worker.observability.prometheus import INDEX_BACKUP_TIME
+from worker.pipeline.storage import ImageStore, object_at
 from worker.vectors import is_part
 
 if TYPE_CHECKING:  # a backup loads no model: the nightly job stays small
-    from worker.pipeline.storage import ImageStore
     from worker.service.reindex import ReindexReport
     from worker.settings import ImageSettings
     from worker.vision.embedder import Embedder
@@ -228,9 +227,6 @@ class BackupFile:
             if "state" in record
         ]
 
-    def count(self) -> int:
-        return self.summary.images
-
 
 def _stored_image(fields: dict, path: Path) -> StoredImage:
     try:
@@ -391,11 +387,9 @@ def check_objects(
 
     def etag(stored: StoredImage) -> str | PermanentError | None:
         try:
-            return store.etag(S3Object.model_validate(stored.uri))
+            return store.etag(object_at(stored.uri))
         except PermanentError as error:
             return error
-        except ValueError:
-            return PermanentError(FailureReason.image_not_found, f"no S3 location: {stored.uri}")
 
     check = ObjectsCheck()
     with ThreadPoolExecutor(threads, thread_name_prefix="check") as pool:

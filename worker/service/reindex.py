@@ -18,11 +18,10 @@ from typing import Protocol
 
 from PIL import Image
 
-from shared.contract import FailureReason, S3Object
 from worker.errors import PermanentError
 from worker.index import SOURCE_CATALOG, ProductState, ReferenceImage, StoredImage, VectorIndex
 from worker.observability.logs import get_logger
-from worker.pipeline.storage import ImageStore
+from worker.pipeline.storage import ImageStore, object_at
 from worker.settings import ImageSettings
 from worker.vectors import is_part, whole_image_id, with_pieces
 from worker.vision.embedder import Embedder, ImageKind
@@ -50,14 +49,10 @@ class ImageSource(Protocol):
 
     def all_product_states(self) -> list[ProductState]: ...
 
-    def count(self) -> int: ...
-
 
 def fetch_stored(store: ImageStore, stored: StoredImage) -> bytes:
     """The bytes of a stored reference image, from the S3 location it was stored with."""
-    if not stored.uri or not stored.uri.startswith("s3://"):
-        raise PermanentError(FailureReason.image_not_found, f"no S3 location: {stored.uri!r}")
-    return store.fetch(S3Object.model_validate(stored.uri)).data
+    return store.fetch(object_at(stored.uri)).data
 
 
 def reindex(
