@@ -71,7 +71,7 @@ def test_the_contract_imports_nothing_of_the_worker():
 # Bottom to top; a package imports only packages of lower layers (peers do not import each other).
 LAYERS = [
     {"shared"},
-    {"worker.errors", "worker.settings", "worker.vectors"},
+    {"worker.errors", "worker.files", "worker.settings", "worker.vectors"},
     {"worker.observability"},
     {"worker.vision", "worker.index"},
     {"worker.training"},

@@ -16,8 +16,6 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import json
-import os
-import secrets
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
 from worker.errors import PermanentError, StartupError
+from worker.files import written_whole
 from worker.index import (
     SOURCE_CATALOG,
     SOURCE_CONFIRMED_SCAN,
@@ -103,14 +102,8 @@ def write_backup_file(
 ) -> BackupSummary:
     """`write_backup` into `path`, which appears only once whole: the file is written beside
     it under a name of its own (two writers never share one) and renamed into place."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
-    try:
-        with partial.open("wb") as stream:
-            summary = write_backup(index, stream, on_progress)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return summary
+    with written_whole(path) as partial, partial.open("wb") as stream:
+        return write_backup(index, stream, on_progress)
 
 
 def backup_if_due(index: VectorIndex, path: Path, hours: float) -> BackupSummary | None:

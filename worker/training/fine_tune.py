@@ -37,6 +37,7 @@ from open_clip.transform import PreprocessCfg, image_transform_v2
 from PIL import Image, ImageOps
 from safetensors.torch import save_file
 
+from worker.files import written_whole
 from worker.observability.logs import get_logger
 from worker.settings import TrainingSettings
 from worker.training import CUBLAS_DETERMINISTIC
@@ -199,9 +200,8 @@ class _Checkpoint:
 
     def save(self, state: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
-        torch.save({**state, "fingerprint": self.fingerprint}, partial)
-        partial.replace(self.path)
+        with written_whole(self.path) as partial:
+            torch.save({**state, "fingerprint": self.fingerprint}, partial)
 
 
 def fine_tune_tower(

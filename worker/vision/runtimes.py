@@ -11,7 +11,6 @@ the model, so the weights and preprocessing are the same whatever the runtime.
 from __future__ import annotations
 
 import hashlib
-import os
 import tempfile
 import threading
 import time
@@ -22,6 +21,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from worker.files import written_whole
 from worker.observability.logs import get_logger
 from worker.settings import ModelRuntime, ModelSettings
 
@@ -151,9 +151,8 @@ def exported_tower(
     for path in places:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            partial = path.with_suffix(f".{os.getpid()}.partial")
-            _export(model.cpu(), image_size, partial)
-            os.replace(partial, path)  # whole or absent, even with several processes exporting
+            with written_whole(path) as partial:  # whole or absent, whoever else exports
+                _export(model.cpu(), image_size, partial)
             break
         except OSError as error:
             reason = str(error)

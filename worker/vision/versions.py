@@ -12,11 +12,11 @@ by `jewelmatch reindex` before it is promoted.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from worker.errors import StartupError
+from worker.files import written_whole
 
 REGISTRY_FILE = "registry.json"
 TRAINED_ON_FILE = "trained_on.json"
@@ -113,6 +113,5 @@ def write_trained_on(model_folder: Path, uris: list[str]) -> None:
 def _write_json(path: Path, value: dict) -> None:
     """Whole or not at all: a worker starting meanwhile reads the old file or the new."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(json.dumps(value, indent=2) + "\n")
-    partial.replace(path)
+    with written_whole(path) as partial:
+        partial.write_text(json.dumps(value, indent=2) + "\n")
