@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 
 from shared.contract import MatchStatus
+from worker.index.base import draw_hash
 from worker.matching.stages.confidence import (
     Confidence,
     Outcomes,
     conformal_threshold,
+    evidence,
     expected_calibration_error,
     fit_confidence,
     fit_logistic,
@@ -43,6 +45,13 @@ def test_the_logistic_fit_recovers_the_model_that_made_the_labels():
     weights = fit_logistic(data.evidence, data.right.astype(float), np.ones(len(data)))
     # 20 000 draws: each weight within a few standard errors of the truth
     assert weights == pytest.approx(TRUE_WEIGHTS, rel=0.15)
+
+
+def test_without_evidence_the_fit_says_how_often_answers_were_right():
+    # the intercept is not shrunk toward a half: 18 of 20 right is a probability of 0.9
+    right = np.r_[np.ones(18), np.zeros(2)]
+    weights = fit_logistic(np.zeros((20, 2)), right, np.ones(20))
+    assert Confidence(weights, 0.0).of(np.zeros(2))[0] == pytest.approx(0.9, abs=1e-3)
 
 
 def test_the_threshold_keeps_the_target_on_the_labels_it_was_chosen_on_with_a_margin():
@@ -157,6 +166,71 @@ def test_labels_that_cannot_promise_the_target_keep_the_margin_and_refuse_unknow
     assert hybrid.assess(just_below)[1] >= hybrid.threshold
     assert hybrid.assess(just_below)[0] is MatchStatus.no_confident_match
     assert hybrid.assess([0.9, 0.7])[0] is MatchStatus.matched
+    # the report's estimates are the decisions `assess` makes on the calibration labels
+    checked = np.array([draw_hash(str(key), 0) % 3 != 0 for key in coin.keys])
+    answered = np.array(
+        [hybrid.assess([s, s - m])[0] is MatchStatus.matched for s, m in coin.evidence]
+    )
+    assert hybrid.report["estimated_coverage"] == pytest.approx(
+        answered[checked & coin.known].mean(), abs=1e-4
+    )
+    assert hybrid.report["estimated_unknown_refused"] == pytest.approx(
+        1 - answered[checked & ~coin.known].mean(), abs=1e-4
+    )
+
+
+def test_a_ranking_at_the_threshold_the_score_and_the_margin_asked_is_matched():
+    # values exact in binary: a confidence of 0.5, a score of 0.75, a margin of 0.25
+    at = Confidence(np.zeros(3), threshold=0.5, min_score=0.75, min_margin=0.25)
+    assert at.assess([0.75, 0.5]) == (MatchStatus.matched, 0.5)
+    assert at.assess([0.75, 0.5 + 1e-9])[0] is MatchStatus.no_confident_match
+    assert replace(at, min_score=0.76).assess([0.75, 0.5])[0] is MatchStatus.no_confident_match
+    assert replace(at, threshold=0.51).assess([0.75, 0.5])[0] is MatchStatus.no_confident_match
+
+
+def test_an_empty_ranking_is_refused_and_a_lone_product_leads_by_its_score_above_minus_one():
+    assert prior().assess([]) == (MatchStatus.no_confident_match, 0.0)
+    assert evidence([]).tolist() == [-1.0, 0.0]  # below any ranking's evidence
+    assert evidence([0.5]).tolist() == [0.5, 1.5]  # nothing else near: the widest lead
+    assert evidence([0.5, 0.25, 0.0]).tolist() == [0.5, 0.25]
+
+
+def test_learned_with_exactly_the_labels_asked_and_not_one_fewer():
+    data = outcomes(3000, seed=3)
+    assert data.labels() == 3000
+    assert fit_confidence(data, ConfidenceSettings(min_labels=3000), 0.95, prior()).origin == (
+        "labels"
+    )
+    assert fit_confidence(data, ConfidenceSettings(min_labels=3001), 0.95, prior()).origin == (
+        "prior"
+    )
+
+
+def test_a_lax_precision_target_still_refuses_the_asked_share_of_unknown_jewels():
+    learned = fit_confidence(outcomes(3000, seed=3), ConfidenceSettings(), 0.6, prior())
+    report = learned.report
+    assert report["threshold_for_unknown_refusal"] > report["threshold_for_precision"]
+    assert learned.threshold == pytest.approx(report["threshold_for_unknown_refusal"], abs=1e-4)
+    fresh = outcomes(20000, seed=4)
+    refused = learned.of(fresh.evidence[~fresh.known]) < learned.threshold
+    assert refused.mean() >= ConfidenceSettings().unknown_refusal - 0.01
+
+
+def test_the_weights_give_unknown_jewels_their_share_and_labels_without_any_a_first_share():
+    data = outcomes(1000, seed=8)
+    weights = data.weights(0.2)
+    assert weights[~data.known].sum() / weights.sum() == pytest.approx(0.2)
+    assert weights[data.known].mean() == pytest.approx(1.0)
+    assert Outcomes.none().first_share() == 1.0  # no label yet: every scan a product's first
+
+
+def test_tied_confidences_are_answered_together():
+    # a threshold answers every outcome at or above it: three at 0.9, one of them wrong, is
+    # a bound of (1 + 1) / (3 + 1), which 60 % precision does not allow, though the first
+    # two alone would
+    ties = np.full(3, 0.9)
+    threshold, _, _ = conformal_threshold(ties, np.array([1, 1, 0]), np.ones(3), 0.6)
+    assert threshold == 1.0
 
 
 def test_outcomes_that_weigh_nothing_leave_the_calibration_error_alone():
@@ -172,6 +246,8 @@ def test_expected_calibration_error_is_zero_for_a_perfect_forecast_and_the_gap_o
     assert expected_calibration_error(np.full(4, 0.95), np.array([1, 0, 1, 0])) == pytest.approx(
         0.45
     )
+    # a confidence of exactly 1 falls in the last bin, not outside every bin
+    assert expected_calibration_error(np.ones(4), np.zeros(4)) == 1.0
 
 
 def prior() -> Confidence:
