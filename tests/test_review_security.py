@@ -4,6 +4,7 @@ odd input, and a prompt stop."""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import signal
@@ -22,7 +23,8 @@ from worker.amqp.broker import Topology
 from worker.amqp.client import JewelmatchClient
 from worker.observability.probes import Health, serve_ops
 from worker.review import auth as auth_module
-from worker.review.auth import hash_password
+from worker.review.auth import Authenticator, hash_password, password_matches
+from worker.review.sessions import SessionStore
 from worker.review.web import create_app
 from worker.settings import AmqpSettings, OpsSettings, Settings
 from worker.tools.bench.servers import free_port
@@ -89,6 +91,27 @@ def test_the_proxy_header_is_believed_from_the_trusted_proxies_only(tmp_path):
     assert signed_in_as(direct) is None  # a client naming itself is nobody
 
 
+def test_a_blank_proxy_header_or_a_peer_without_an_address_names_nobody(tmp_path):
+    settings = header_desk(tmp_path)
+    blank = TestClient(create_app(settings), client=PROXY, headers={"X-Forwarded-User": "  "})
+    assert signed_in_as(blank) is None
+    # a request whose peer has no address (a Unix socket) is no trusted proxy
+    from starlette.requests import Request
+
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/scans",
+        "headers": [(b"x-forwarded-user", b"otto")],
+        "client": None,
+        "session": {},
+    }
+    authenticator = Authenticator(settings.review, SessionStore(tmp_path / "s.sqlite3", 60))
+    assert authenticator.person(Request(scope)) is None
+    scope["client"] = PROXY
+    assert authenticator.person(Request(scope)).name == "otto"
+
+
 def test_a_repeated_proxy_header_names_nobody(tmp_path):
     app = create_app(header_desk(tmp_path))
     client = TestClient(app, client=PROXY)
@@ -152,8 +175,45 @@ def test_a_name_removed_from_the_user_list_is_signed_out(tmp_path):
     assert signed_in_as(TestClient(kept, cookies=cookie)) == "otto (ops)"
 
 
+def test_a_name_listed_without_a_password_signs_in_only_through_the_proxy(tmp_path):
+    # otto moved to single sign-on: listed for his role, his password hash removed
+    sso = [USERS[0], {"name": "otto", "role": "ops"}]
+    browser = TestClient(create_app(desk_settings(tmp_path)))
+    assert sign_in(browser, "otto").status_code == 303
+    cookie = dict(browser.cookies)
+    restarted = create_app(desk_settings(tmp_path, users=sso))
+    assert signed_in_as(TestClient(restarted, cookies=cookie)) is None  # his session ends
+    assert sign_in(TestClient(restarted), "otto").status_code == 401  # a password is refused
+
+
+def test_signing_in_gives_a_fresh_form_token(tmp_path):
+    browser = TestClient(create_app(desk_settings(tmp_path)))
+    before = form_token(browser.get("/login").text)
+    assert sign_in(browser, "rita").status_code == 303
+    assert form_token(browser.get("/scans").text) != before
+
+
+def test_a_post_without_a_session_or_a_token_is_refused_behind_the_proxy(tmp_path):
+    # the proxy names the person on every request, cookie or not: a cross-site form (no
+    # SameSite=Strict cookie, so no session and no token) must still be refused
+    app = create_app(header_desk(tmp_path))
+    named = TestClient(app, client=PROXY, headers={"X-Forwarded-User": "otto"})
+    assert named.post("/logout", data={}).status_code == 403
+    assert named.post("/logout", data={"csrf_token": ""}).status_code == 403
+
+
+def test_a_password_hash_of_another_scheme_or_another_digest_matches_nothing():
+    stored = hash_password("rita-reviews-scans")
+    assert password_matches("rita-reviews-scans", stored)
+    assert not password_matches("rita-reviews-scans", stored.replace("scrypt:", "plain:", 1))
+    scheme, n, r, p, salt, digest = stored.split(":")
+    altered = base64.b64decode(digest)
+    altered = base64.b64encode(altered[:-1] + bytes([altered[-1] ^ 1])).decode()
+    assert not password_matches("rita-reviews-scans", ":".join([scheme, n, r, p, salt, altered]))
+    assert not password_matches("rita-reviews-scans", "scrypt:not-a-hash")
+
+
 def test_a_cookie_signed_for_an_invented_person_gets_nothing(tmp_path):
-    import base64
     import json
 
     from itsdangerous import TimestampSigner

@@ -166,7 +166,7 @@ def csrf_token(request: Request) -> str:
 async def checked_form(request: Request):
     """The POSTed form, once its CSRF token is this session's; else 403."""
     form = await request.form()
-    sent = form.get(CSRF_FIELD) or request.headers.get("x-csrf-token") or ""
+    sent = form.get(CSRF_FIELD) or ""
     expected = request.session.get("csrf") or ""
     if not expected or not hmac.compare_digest(str(sent).encode(), str(expected).encode()):
         raise HTTPException(403, "the form's CSRF token is missing or stale: reload the page")
