@@ -4,13 +4,14 @@ import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from shared.contract import FailureReason
 from tests.support.pictures import png_header_only
 from worker.errors import PermanentError
 from worker.settings import ImageSettings
-from worker.vision.images import DecodeBudget, decode_image
+from worker.vision import images as images_module
+from worker.vision.images import MAX_LONG_SIDE, DecodeBudget, decode_image
 
 LIMITS = ImageSettings(max_bytes=2_000_000, max_pixels=4_000_000, min_side=16)
 
@@ -119,6 +120,11 @@ def test_a_huge_png_is_refused_with_our_limit_not_pillows():
         decode_image(png_header_only(20_000, 20_000), ImageSettings())
     assert error.value.reason is FailureReason.image_too_large
     assert str(ImageSettings().max_pixels) in error.value.detail
+    # our limit set above Pillow's (200 M pixels), Pillow's still holds
+    lax = ImageSettings(max_pixels=500_000_000)
+    with pytest.raises(PermanentError) as error:
+        decode_image(png_header_only(20_000, 15_000), lax)
+    assert error.value.reason is FailureReason.image_too_large
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP", "TIFF", "GIF", "BMP"])
@@ -149,3 +155,68 @@ def test_the_decode_budget_holds_concurrent_decodes_to_its_size():
     for thread in threads:
         thread.join()
     assert peak[0] == 60  # two of 60 never fit in 100 at once
+
+
+def test_the_pixel_and_side_limits_are_inclusive():
+    square = encoded(Image.new("L", (2000, 2000)), "PNG")
+    assert decode_image(square, LIMITS)  # exactly max_pixels
+    one_fewer = LIMITS.model_copy(update={"max_pixels": 2000 * 2000 - 1})
+    with pytest.raises(PermanentError, match="the limit is 3999999"):
+        decode_image(square, one_fewer)
+    assert decode_image(encoded(Image.new("RGB", (16, 400)), "PNG"), LIMITS).size == (16, 400)
+    with pytest.raises(PermanentError, match="smaller than 16"):
+        decode_image(encoded(Image.new("RGB", (15, 400)), "PNG"), LIMITS)
+
+
+def test_every_kept_picture_is_near_the_models_scale():
+    # twice the model's side on the shorter side is already halved
+    square = decode_image(encoded(Image.new("RGB", (1300, 1300)), "PNG"), ImageSettings())
+    assert square.size == (650, 650)
+    # a long strip is reduced by its longer side, though its shorter one is small
+    strip = decode_image(encoded(Image.new("RGB", (700, 8000)), "PNG"), ImageSettings())
+    assert max(strip.size) <= MAX_LONG_SIDE and strip.size == (175, 2000)
+
+
+class RecordedBudget(DecodeBudget):
+    def __init__(self) -> None:
+        super().__init__(ImageSettings().decode_budget_pixels)
+        self.reserved: list[int] = []
+
+    def reserve(self, pixels: int):
+        self.reserved.append(pixels)
+        return super().reserve(pixels)
+
+
+def test_a_decode_reserves_the_pixels_it_holds(monkeypatch):
+    budget = RecordedBudget()
+    monkeypatch.setattr(images_module, "budget_for", lambda limits: budget)
+    # a JPEG decodes at the scale it is drafted to: a quarter of its pixels here
+    decode_image(encoded(Image.new("RGB", (3000, 2000), "gray"), "JPEG"), ImageSettings())
+    # a palette picture is converted before it is reduced: two copies at once
+    decode_image(encoded(Image.new("P", (1000, 1000)), "PNG"), ImageSettings())
+    assert budget.reserved == [1500 * 1000, 2 * 1000 * 1000]
+
+
+def test_a_decoder_out_of_memory_is_too_large(monkeypatch):
+    def no_memory(self):
+        raise MemoryError
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", no_memory)
+    with pytest.raises(PermanentError) as error:
+        decode_image(encoded(Image.new("RGB", (64, 64)), "PNG"), LIMITS)
+    assert error.value.reason is FailureReason.image_too_large
+
+
+def test_a_refusal_holds_no_frame_of_the_decode():
+    """The decoder's frames hold the half-decoded picture: an error kept until its batch is
+    answered must not keep them alive."""
+    # over our limit (checked in the decode) and not a PNG (Pillow's own error)
+    for data in (png_header_only(10_000, 10_000), b"\x89PNG\r\n\x1a\n" + b"\0" * 64):
+        with pytest.raises(PermanentError) as error:
+            decode_image(data, ImageSettings())
+        frames, tb = [], error.value.__traceback__
+        while tb is not None:
+            frames.append(tb.tb_frame.f_code.co_name)
+            tb = tb.tb_next
+        assert frames[-1] == "decode_image" and "_decode" not in frames
+        assert error.value.__context__ is None and error.value.__cause__ is None
