@@ -134,7 +134,7 @@ def test_every_message_has_a_json_schema_that_validates_a_real_message():
 
 TEN_MB = "x" * (10 * 1024 * 1024)
 BAG, PRODUCT = topology.BAG_PHOTOGRAPHED, topology.PRODUCT_CREATED
-CONFIRMED = topology.MATCH_CONFIRMED
+CONFIRMED, DELETED = topology.MATCH_CONFIRMED, topology.PRODUCT_DELETED
 
 
 @pytest.mark.parametrize(
@@ -247,3 +247,75 @@ def test_schema_command_writes_the_asyncapi_document(tmp_path):
     document = json.loads((tmp_path / "asyncapi.json").read_text())
     results = document["channels"]["match_result"]["bindings"]["amqp"]["x-queue"]
     assert results["x-arguments"]["x-max-length"] == 1_000_000
+
+
+def _scan(**fields) -> dict:
+    return {"scan_id": "s", "image": "s3://scan-photos/a.jpg", **fields}
+
+
+def _product(**fields) -> dict:
+    return {"product_id": "p", "sku": "S", **fields}
+
+
+def _images(n: int) -> list[dict]:
+    return [{"image_id": f"i{k}", "uri": f"s3://catalog-images/{k}.jpg"} for k in range(n)]
+
+
+# each bound of the contract: the last value it accepts, and the first it refuses
+BOUNDS = [
+    ("id of 200", BAG, _scan(scan_id="s" * 200), _scan(scan_id="s" * 201)),
+    ("id's first character", PRODUCT, _product(product_id="p-1"), _product(product_id="-p1")),
+    ("id's first character .", PRODUCT, _product(product_id="p.1"), _product(product_id=".p1")),
+    ("text of 200", PRODUCT, _product(name="n" * 200), _product(name="n" * 201)),
+    ("text without DEL", PRODUCT, _product(name="a~b"), _product(name="a\x7fb")),
+    (
+        "bucket of 63",
+        BAG,
+        _scan(image=f"s3://{'b' * 63}/a.jpg"),
+        _scan(image=f"s3://{'b' * 64}/a.jpg"),
+    ),
+    ("bucket of 3", BAG, _scan(image="s3://abc/a.jpg"), _scan(image="s3://ab/a.jpg")),
+    (
+        "key of 1024",
+        BAG,
+        _scan(image=f"s3://b1c/{'k' * 1024}"),
+        _scan(image=f"s3://b1c/{'k' * 1025}"),
+    ),
+    ("key without DEL", BAG, _scan(image="s3://b1c/a~.jpg"), _scan(image="s3://b1c/a\x7f.jpg")),
+    (
+        "key without a . segment",
+        BAG,
+        _scan(image="s3://b1c/a/.b/c.jpg"),
+        _scan(image="s3://b1c/a/./c.jpg"),
+    ),
+    ("top_k of 50", BAG, _scan(top_k=50), _scan(top_k=51)),
+    ("top_k of 1", BAG, _scan(top_k=1), _scan(top_k=0)),
+    ("50 images", PRODUCT, _product(images=_images(50)), _product(images=_images(51))),
+    ("version 0", PRODUCT, _product(version=0), _product(version=-1)),
+    (
+        "deleted at version 0",
+        DELETED,
+        {"product_id": "p", "version": 0},
+        {"product_id": "p", "version": -1},
+    ),
+    (
+        "receipt of 32",
+        CONFIRMED,
+        {"scan_id": "s", "product_id": "p", "receipt": "a" * 32},
+        {"scan_id": "s", "product_id": "p", "receipt": "a" * 33},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("routing_key", "last", "first_refused"), [b[1:] for b in BOUNDS], ids=[b[0] for b in BOUNDS]
+)
+def test_each_bound_accepts_its_last_value_and_refuses_the_next(routing_key, last, first_refused):
+    parse_event(routing_key, json.dumps(last))
+    with pytest.raises(InvalidMessage):
+        parse_event(routing_key, json.dumps(first_refused))
+
+
+def test_identifiers_and_texts_are_taken_without_surrounding_spaces():
+    event = parse_event(PRODUCT, json.dumps(_product(product_id=" p1 ", sku=" S-1 ")))
+    assert (event.product_id, event.sku) == ("p1", "S-1")
