@@ -156,3 +156,17 @@ def test_confirmed_photos_stay_out_of_the_thinned_scans():
     expected = thinned(whitening.project_scans(scans), 0.5)
     assert whitening.hubs is not None
     np.testing.assert_allclose(whitening.hubs.scans, expected, atol=1e-6)
+
+
+def test_a_prototypes_penalty_is_its_mean_similarity_to_its_nearest_scans():
+    scans = np.eye(3)
+    prototype = np.array([[0.8, 0.6, 0.0]])
+    assert HubPenalty(scans, 0.5, neighbours=2).of(prototype) == pytest.approx([0.35])
+    # fewer scans than neighbours: all of them
+    assert HubPenalty(scans, 0.5, neighbours=5).of(prototype) == pytest.approx([0.7 / 3])
+
+
+def test_a_scan_exactly_as_distinct_as_asked_is_kept():
+    rows = np.array([[1.0, 0.0], [0.5, np.sqrt(0.75)]])  # a cosine of 0.5 exactly
+    assert len(thinned(rows, distinct=0.5)) == 2
+    assert len(thinned(rows, distinct=0.49)) == 1

@@ -48,8 +48,6 @@ class NewProductsFirst:
             return False
         own = dict(catalog_scores).get(answer, float("-inf"))
         return any(
-            product != answer
-            and product not in self.with_photos
-            and score >= own - self.doubt_within
+            product not in self.with_photos and score >= own - self.doubt_within
             for product, score in catalog_scores[: self.doubt_among]
         )
