@@ -307,6 +307,20 @@ def test_a_stale_update_or_a_late_update_after_a_delete_changes_nothing(handlers
     assert only_result(recreated).status is CatalogOutcomeStatus.applied
 
 
+def test_an_image_moved_to_a_missing_object_is_one_problem_and_leaves_the_index(handlers):
+    design = DESIGNS[0]
+    handlers.handle_catalog([delivery(topology.PRODUCT_CREATED, product(design))])
+    moved = product(design, key="gone.jpg")  # the same image id, another object, none there
+    [outcome] = handlers.handle_catalog([delivery(topology.PRODUCT_UPDATED, moved)])
+    result = only_result(outcome)
+    assert result.status is CatalogOutcomeStatus.rejected
+    assert [(p.image_id, p.reason) for p in result.problems] == [
+        ("front", FailureReason.image_not_found)
+    ]
+    assert result.images_indexed == 0
+    assert handlers.matcher.index.product_images(design.product_id) == []
+
+
 def test_an_object_replaced_at_the_same_key_is_embedded_again(handlers, images):
     design = DESIGNS[0]
     path = images / CATALOG_BUCKET / f"{design.product_id}.jpg"
