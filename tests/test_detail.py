@@ -153,6 +153,13 @@ def test_rank_applies_the_detail_stage_where_photos_are_given():
     detailed = rank(snapshot, index, prototypes, vector, 3, details=details)[0]
     assert detailed.hits[0].product_id == last.product_id
     assert len(detailed.hits) == 3
+    # the decision reads the scores before detail (twins tied there): the same decision
+    assert detailed.evidence == pytest.approx((1.0, 1.0))
+    assert plain.evidence[:2] == pytest.approx((1.0, 1.0))
+    assert (detailed.status, detailed.confidence) == (plain.status, plain.confidence)
+    # with the stage off, the scans' features change nothing
+    off = replace(snapshot, detail=DetailStage(enabled=False))
+    assert rank(off, index, prototypes, vector, 3, details=details)[0].hits == plain.hits
 
 
 def test_the_worker_tells_signet_twins_apart_by_their_engraving(
