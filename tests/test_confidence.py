@@ -18,7 +18,7 @@ from worker.matching.stages.confidence import (
     fit_logistic,
     refusal_threshold,
 )
-from worker.settings import ConfidenceSettings
+from worker.settings import ConfidenceSettings, LearningSettings
 
 TRUE_WEIGHTS = np.array([2.0, 30.0, -4.0])  # score, margin, intercept
 
@@ -614,3 +614,31 @@ def test_the_served_confidence_is_calibrated_for_how_often_a_scan_is_a_products_
     answered = served.of(evidence) >= served.threshold
     assert np.array_equal(answered, even.of(evidence) >= even.threshold)
     assert 0.05 < answered.mean() < 0.5
+
+
+def test_a_confirmation_nearer_another_product_is_a_wrong_label():
+    from worker.index.base import ReferenceSet
+    from worker.matching.labels import confirmation_outcomes, labelled_rows
+    from worker.matching.ranking import Snapshot
+    from worker.vectors import SOURCE_CATALOG, SOURCE_CONFIRMED_SCAN, VectorLayout, unit_rows
+
+    eye = np.eye(8, dtype=np.float32)
+    rows = [*eye[:4], eye[0] + 0.1 * eye[5], eye[2] + 0.1 * eye[5]]
+    ids = ["p0", "p1", "p2", "p3", "p0", "p1"]  # p1's photo looks like p2's catalog image
+    sources = [SOURCE_CATALOG] * 4 + [SOURCE_CONFIRMED_SCAN] * 2
+    refs = ReferenceSet(
+        unit_rows(np.array(rows)),
+        np.array(ids, dtype=object),
+        np.array(sources, dtype=object),
+        np.array([f"s3://images/{n}.jpg" for n in range(6)], dtype=object),
+    )
+    outcomes = confirmation_outcomes(
+        refs, labelled_rows(refs, frozenset()), Snapshot(layout=VectorLayout(8)), LearningSettings()
+    )
+    said: dict[str, set[bool]] = {}
+    for key, right in zip(
+        outcomes.keys[outcomes.known], outcomes.right[outcomes.known], strict=True
+    ):
+        said.setdefault(key, set()).add(bool(right))
+    assert said == {refs.key(4): {True}, refs.key(5): {False}}
+    assert not outcomes.right[~outcomes.known].any()  # an unknown jewel is never right

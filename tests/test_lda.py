@@ -74,3 +74,13 @@ def test_another_draw_seed_holds_out_other_confirmations_in_the_same_share():
     for seed in (1, 2):
         assert not np.array_equal(held[seed], held[0])
         assert 0.1 < held[seed].sum() / (40 * 8) < 0.3
+
+
+def test_a_metric_needs_two_products_and_keeps_at_most_one_direction_fewer():
+    vectors = np.random.default_rng(3).normal(size=(10, 16))
+    assert lda.fit_lda(vectors[:3], np.array(["a"] * 3), 8, 0.3) is None
+    pair = lda.fit_lda(vectors[:4], np.array(["a", "a", "b", "b"]), 8, 0.3)
+    assert pair.shape == (16, 1)
+    five = np.repeat(["a", "b", "c", "d", "e"], 2)
+    assert lda.fit_lda(vectors, five, 8, 0.3).shape == (16, 4)
+    assert lda.fit_lda(vectors, five, 2, 0.3).shape == (16, 2)
