@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from worker.cli.service import console, image_store, index_in_service
+from worker.cli.service import STOP_THE_OWNER, console, image_store, index_in_service
 from worker.observability.logs import load_settings
 
 commands = typer.Typer()
@@ -34,10 +34,7 @@ def backup(destination: Location) -> None:
     settings = load_settings(quiet=True)
     if not destination.startswith("s3://") and not Path(destination).parent.is_dir():
         raise typer.BadParameter(f"no such directory: {Path(destination).parent}")
-    running = (
-        "stop the worker that owns it first, or let it write its own backup "
-        "(JEWELMATCH_INDEX__BACKUP_FILE)"
-    )
+    running = f"{STOP_THE_OWNER}, or let it write its own backup (JEWELMATCH_INDEX__BACKUP_FILE)"
     with index_in_service(settings, running) as index, Progress(console=console) as progress:
         task = progress.add_task("backing up", total=index.count())
 
@@ -123,7 +120,7 @@ def _restore(settings, backup, switch: bool) -> None:
     try:
         target = open_index(settings.index, embedder.model_id, embedder.dim)
     except IndexLockedError as error:
-        raise typer.BadParameter(f"{error}: stop the worker that owns it first") from None
+        raise typer.BadParameter(f"{error}: {STOP_THE_OWNER}") from None
     try:
         with Progress(console=console) as progress:
             task = progress.add_task(f"restoring for {embedder.model_id}", total=None)

@@ -213,8 +213,12 @@ def _reindexed(report, model_id: str) -> str:
     )
 
 
+STOP_THE_OWNER = "stop the worker that owns it first"
+"""What to do when a worker holds the embedded engine's directory."""
+
+
 @contextmanager
-def _opened_index(settings, model_id: str, when_locked: str = "stop the worker that owns it first"):
+def _opened_index(settings, model_id: str, when_locked: str = STOP_THE_OWNER):
     """The existing index of `model_id`, closed after use; `when_locked` says what to do when
     a worker holds the embedded engine's directory."""
     from worker.index import open_index, stored_dimension
@@ -233,7 +237,7 @@ def _opened_index(settings, model_id: str, when_locked: str = "stop the worker t
         index.close()
 
 
-def index_in_service(settings, when_locked: str = "stop the worker that owns it first"):
+def index_in_service(settings, when_locked: str = STOP_THE_OWNER):
     """The index of the model in service, opened for the `with` block; a usage error when
     there is none (or when its worker holds the embedded engine's directory)."""
     from worker.index import current_index_model
