@@ -15,6 +15,10 @@ import pytest
 from worker.index import ReferenceImage, ScanRecord
 from worker.index.memory import InMemoryIndex
 from worker.matching.matcher import Matcher, MatchPolicy
+from worker.matching.stages import whitening
+from worker.matching.stages.centring import DomainMeans
+from worker.matching.stages.space import RerankSpace
+from worker.matching.stages.whitening import fit_whitening, margin_ratio
 from worker.settings import LearningSettings
 from worker.vectors import VectorLayout, unit_rows
 
@@ -73,3 +77,70 @@ def test_too_few_scans_are_not_whitened(scans):
 
 def _learning(whiten_dim: int) -> LearningSettings:
     return LearningSettings(whitening={"dim": whiten_dim, "min_scans": 100})
+
+
+def _scans_and_catalog(scans: int, catalog: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(11)
+    return (
+        rng.normal(size=(scans, DIM)).astype(np.float32),
+        rng.normal(size=(catalog, DIM)).astype(np.float32),
+    )
+
+
+WHITENING = LearningSettings(whitening={"dim": 8}, hubness={"weight": 0}).whitening
+NO_HUBS = LearningSettings(hubness={"weight": 0}).hubness
+
+
+@pytest.mark.parametrize("images", [None, 1])
+def test_without_two_catalog_images_the_score_scale_stays_one(images):
+    scans, catalog = _scans_and_catalog(300, 1)
+    space = fit_whitening(
+        scans, len(scans), None if images is None else catalog, DomainMeans(), WHITENING, NO_HUBS
+    )
+    assert space.score_scale == 1.0
+
+
+def test_two_catalog_images_set_the_score_scale_to_the_margins_ratio():
+    scans, catalog = _scans_and_catalog(300, 2)
+    space = fit_whitening(scans, len(scans), catalog, DomainMeans(), WHITENING, NO_HUBS)
+    unscaled = RerankSpace("whitening", space.projection, DomainMeans())
+    assert space.score_scale == pytest.approx(margin_ratio(scans, catalog, unscaled))
+    assert space.score_scale != pytest.approx(1.0)
+
+
+def _median_margin(scores: np.ndarray) -> float:
+    best_two = np.sort(scores, axis=1)[:, -2:]
+    return float(np.median(best_two[:, 1] - best_two[:, 0]))
+
+
+def test_the_margins_ratio_reads_evenly_spaced_samples(monkeypatch):
+    """The plain and projected margins are medians over MARGIN_SAMPLE scans spread evenly
+    over all of them (first and last included), not over every scan."""
+    monkeypatch.setattr(whitening, "MARGIN_SAMPLE", 3)
+    scans, catalog = _scans_and_catalog(40, 6)
+    space = RerankSpace("whitening", np.eye(DIM, dtype=np.float32)[:, :4], DomainMeans())
+    sample = scans[[0, 19, 39]]
+    expected = _median_margin(sample @ catalog.T) / _median_margin(
+        space.project(sample) @ space.project(catalog).T
+    )
+    everything = _median_margin(scans @ catalog.T) / _median_margin(
+        space.project(scans) @ space.project(catalog).T
+    )
+    assert margin_ratio(scans, catalog, space) == pytest.approx(expected)
+    assert expected != pytest.approx(everything)
+
+
+TIED_IN_THE_SPACE = (np.eye(3)[:, :2], [[1, 0, 0], [1, 0, 1]], [[1, 0.2, 0.1], [0.9, 0.1, 0.3]])
+TIED_IN_THE_PLAIN = ([[1, 0, 0], [0, 1, 0], [0, 1, 1]], [[1, 0, 1], [1, 0, -1]], [[1, 1, 0]])
+
+
+@pytest.mark.parametrize("projection, catalog, scans", [TIED_IN_THE_SPACE, TIED_IN_THE_PLAIN])
+def test_a_margin_of_zero_on_either_side_leaves_the_scale_at_one(projection, catalog, scans):
+    """Scans whose two best catalog images tie, in the space or in the plain embedding, have
+    no margin to measure there: the scale stays 1, neither infinite nor 0."""
+    catalog, scans = np.array(catalog, np.float32), np.array(scans, np.float32)
+    space = RerankSpace("whitening", np.array(projection, np.float32), DomainMeans())
+    plain = _median_margin(scans @ catalog.T)
+    projected = _median_margin(space.project(scans) @ space.project(catalog).T)
+    assert (plain == 0) != (projected == 0)
+    assert margin_ratio(scans, catalog, space) == 1.0
