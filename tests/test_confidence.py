@@ -642,3 +642,78 @@ def test_a_confirmation_nearer_another_product_is_a_wrong_label():
         said.setdefault(key, set()).add(bool(right))
     assert said == {refs.key(4): {True}, refs.key(5): {False}}
     assert not outcomes.right[~outcomes.known].any()  # an unknown jewel is never right
+
+
+# --- each fold ranked as the snapshot would rank without it --------------------------------
+
+
+def _fold_of(refs, held_products: set[str], learning, scans: int = 200):
+    """The snapshot fitted on every reference, and the one its labels' fold ranks with when
+    the confirmed photos of `held_products` are held out."""
+    from worker.matching.fitting import fit_snapshot
+    from worker.matching.labels import _fold_snapshot
+    from worker.matching.ranking import MatchPolicy
+    from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout
+
+    rng = np.random.default_rng(3)
+    scan_vectors = refs.vectors[rng.integers(0, len(refs), scans)]
+    snapshot = fit_snapshot(refs, scan_vectors, VectorLayout(DIM), learning, MatchPolicy())
+    held = (refs.sources == SOURCE_CONFIRMED_SCAN) & np.isin(refs.product_ids, list(held_products))
+    training = refs.subset(~held)
+    return snapshot, training, _fold_snapshot(training, snapshot, learning)
+
+
+def test_a_folds_metric_is_refitted_without_its_labels():
+    from worker.matching.stages.centring import image_references
+    from worker.matching.stages.lda import lda_space
+    from worker.settings import LearningSettings
+    from worker.vectors import VectorLayout
+
+    refs, _ = _shop()
+    learning = LearningSettings()
+    snapshot, training, fold = _fold_of(refs, {"p0", "p1", "p2"}, learning)
+    assert snapshot.space.name == "lda" and fold.space.name == "lda"
+    refitted = lda_space(
+        image_references(training, VectorLayout(DIM)),
+        snapshot.centring.image_means,
+        learning.lda,
+    )
+    np.testing.assert_allclose(fold.space.projection, refitted.projection)
+    assert not np.allclose(fold.space.projection, snapshot.space.projection, atol=1e-3)
+    assert fold.confidence is None and fold.centring is snapshot.centring
+
+
+def test_a_fold_that_teaches_no_metric_ranks_in_the_whitening():
+    """Without its labels a fold may hold a single product, which teaches no metric: it ranks
+    in the scans' whitening, as the snapshot ranks new products."""
+    from worker.matching.labels import _fold_snapshot
+    from worker.settings import LearningSettings
+
+    refs, _ = _shop()
+    learning = LearningSettings(whitening={"dim": 8, "min_scans": 100})
+    snapshot, _, _ = _fold_of(refs, set(), learning)
+    assert snapshot.space.name == "lda" and snapshot.whitening is not None
+    fold = _fold_snapshot(refs.subset(refs.product_ids == "p1"), snapshot, learning)
+    assert fold.space is snapshot.whitening
+
+
+def test_a_snapshot_ranking_in_the_whitening_keeps_it_in_its_folds():
+    from worker.settings import LearningSettings
+
+    refs, _ = _shop()
+    learning = LearningSettings(whitening={"dim": 8, "min_scans": 100}, lda={"enabled": False})
+    snapshot, _, fold = _fold_of(refs, {"p0"}, learning)
+    assert snapshot.space.name == "whitening"
+    assert fold.space is snapshot.space
+
+
+def test_a_folds_new_products_are_those_without_confirmed_photos_left():
+    from worker.settings import LearningSettings
+    from worker.vectors import SOURCE_CATALOG
+
+    refs, _ = _shop()
+    refs = refs.subset((refs.product_ids != "p5") | (refs.sources == SOURCE_CATALOG))
+    snapshot, _, fold = _fold_of(refs, {"p0", "p1"}, LearningSettings())
+    expected = {f"p{n}" for n in range(PRODUCTS)} - {"p0", "p1", "p5"}
+    assert fold.new_products.with_photos == expected
+    assert snapshot.new_products.with_photos == expected | {"p0", "p1"}
