@@ -10,9 +10,9 @@ import pytest
 from worker.index.base import ReferenceImage
 from worker.index.memory import InMemoryIndex
 from worker.matching.ranking import Prototypes, Snapshot, rank
-from worker.matching.stages.centring import DomainMeans
+from worker.matching.stages.centring import Centring, DomainMeans
 from worker.matching.stages.space import RerankSpace
-from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout
+from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout, part_image_id
 
 DIM = 4
 LAYOUT = VectorLayout(DIM)
@@ -90,3 +90,51 @@ def test_catalog_only_prototypes_leave_photos_out_unless_a_product_has_only_phot
     )
     # a product known by its confirmed photo alone keeps it as its prototype
     assert prototypes.get("d", PLAIN, catalog_only=True).image == pytest.approx(unit(0, 0, 0, 1))
+
+
+def test_before_the_photo_domain_is_known_confirmed_photos_wait_in_the_re_ranking_too(index):
+    """Until the scans' mean is known the search keeps to catalog images; the prototypes that
+    re-rank its candidates do too, or a confirmed photo would vouch for its product uncorrected
+    (photos resemble photos more than catalog shots)."""
+    scan = unit(1, 0.3, 0, 0)
+    index.upsert([photo("b", scan)])
+    waiting = Snapshot(layout=LAYOUT, space=PLAIN)
+    assert waiting.centring.searchable_source() == "catalog"
+    [ranking] = rank(waiting, index, Prototypes(index, LAYOUT), scan[None, :], top_k=3)
+    assert [hit.product_id for hit in ranking.hits][:2] == ["a", "b"]
+    # where confirmations count (here: no centring to wait for), the photo brings b first
+    counting = Snapshot(layout=LAYOUT, space=PLAIN, centring=Centring(enabled=False))
+    [ranking] = rank(counting, index, Prototypes(index, LAYOUT), scan[None, :], top_k=3)
+    assert ranking.hits[0].product_id == "b"
+
+
+def test_the_space_re_ranks_more_candidates_than_asked_for():
+    """The search's order is only a shortlist: a product the plain search puts third is first
+    in the space, with one product asked."""
+    index = InMemoryIndex("memory", DIM)
+    index.upsert(
+        [
+            catalog_image("a", unit(1, 0, 0, 0)),
+            catalog_image("d", unit(0.1, 0, 0.1, 1)),
+            catalog_image("e", unit(0.05, 0.1, 0, 1)),
+        ]
+    )
+    scan = unit(1, 0, 0, 1)[None, :]
+    plain = rank(Snapshot(layout=LAYOUT, centring=Centring(enabled=False)), index,
+                 Prototypes(index, LAYOUT), scan, top_k=3)  # fmt: skip
+    assert [hit.product_id for hit in plain[0].hits] == ["d", "e", "a"]
+    without_the_fourth = RerankSpace("whitening", np.eye(DIM, 3, dtype=np.float32), DomainMeans())
+    snapshot = Snapshot(layout=LAYOUT, space=without_the_fourth, centring=Centring(enabled=False))
+    [ranking] = rank(snapshot, index, Prototypes(index, LAYOUT), scan, top_k=1)
+    assert [hit.product_id for hit in ranking.hits] == ["a"]
+
+
+def test_a_product_known_only_by_pieces_is_their_prototype():
+    """A set's pieces stand beside its whole images; where only pieces are left, they are the
+    product's image prototype."""
+    index = InMemoryIndex("memory", DIM)
+    pieces = [unit(1, 0, 0, 0), unit(0, 1, 0, 0)]
+    index.upsert([catalog_image("set", v, part_image_id("front", n)) for n, v in enumerate(pieces)])
+    prototype = Prototypes(index, LAYOUT).get("set", PLAIN, catalog_only=False)
+    assert prototype.image == pytest.approx(_mean(*pieces))
+    assert prototype.pieces is None

@@ -231,14 +231,16 @@ def _ranked(
     source: str | None,
     details: ScanDetails | None = None,
 ) -> list[Ranking]:
-    """Stages 1, 2, 3 and 5: search, correct, re-rank in `space` (catalog prototypes only when
-    the search keeps to catalog images by choice), re-rank by detail, decide."""
+    """Stages 1, 2, 3 and 5: search, correct, re-rank in `space`, re-rank by detail, decide.
+    Where the search keeps to catalog images (stage 4's day-one ranking, or any ranking before
+    the photo domain's mean is known, when confirmations wait for the next refit), so do the
+    prototypes."""
     wanted = top_k + 1
     if space is not None:
         wanted = max(wanted, snapshot.rerank_candidates)
     if details is not None:
         wanted = max(wanted, snapshot.detail.candidates)
-    catalog_only = source == SOURCE_CATALOG and snapshot.centring.searchable_source() is None
+    catalog_only = source == SOURCE_CATALOG
     rankings, decision = [], snapshot.decision
     found = index.search(queries, wanted, category, source)
     for n, (vector, query, hits) in enumerate(zip(vectors, queries, found, strict=True)):
