@@ -4,13 +4,17 @@ that follow the index (what each stage does is in its own test file)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
+from shared.contract import MatchStatus
 from worker.index.base import ReferenceImage
 from worker.index.memory import InMemoryIndex
 from worker.matching.ranking import Prototypes, Snapshot, rank
 from worker.matching.stages.centring import Centring, DomainMeans
+from worker.matching.stages.new_products import NewProductsFirst
 from worker.matching.stages.space import RerankSpace
 from worker.vectors import SOURCE_CONFIRMED_SCAN, VectorLayout, part_image_id
 
@@ -138,3 +142,20 @@ def test_a_product_known_only_by_pieces_is_their_prototype():
     prototype = Prototypes(index, LAYOUT).get("set", PLAIN, catalog_only=False)
     assert prototype.image == pytest.approx(_mean(*pieces))
     assert prototype.pieces is None
+
+
+def test_before_the_photo_domain_is_known_no_product_is_new_and_none_is_doubted(index):
+    """New-products-first sets products with confirmed photos apart from those without; while
+    every ranking keeps to catalog images, none is apart, and an answer close to another
+    product is not refused for it."""
+    index.upsert([photo("a", unit(0, 0, 0, 1))])
+    stage = NewProductsFirst(with_photos=frozenset({"a"}), doubt_within=0.25)
+    scan = unit(1, 0.1, 0, 0)[None, :]
+    waiting = Snapshot(layout=LAYOUT, new_products=stage)
+    [ranking] = rank(waiting, index, Prototypes(index, LAYOUT), scan, top_k=2)
+    assert ranking.hits[0].product_id == "a"
+    assert (ranking.status, ranking.doubted) == (MatchStatus.matched, False)
+    # once the photos count, b (no photo, as close on catalog terms) puts the answer in doubt
+    counting = replace(waiting, centring=Centring(enabled=False))
+    [ranking] = rank(counting, index, Prototypes(index, LAYOUT), scan, top_k=2)
+    assert (ranking.status, ranking.doubted) == (MatchStatus.no_confident_match, True)
