@@ -222,6 +222,20 @@ def test_a_confirmation_needs_an_answered_scan_and_an_authorized_sender(handlers
     assert handlers.matcher.index.count() == before + 1
 
 
+def test_a_confirmation_naming_a_photo_must_name_the_one_the_scan_was_answered_for(handlers):
+    ingest(handlers)
+    photo = f"bag-{DESIGNS[0].product_id}.jpg"
+    handlers.handle_scans([scan("s-5", photo)])
+    target = DESIGNS[0].product_id
+    other_photo = f"s3://{SCANS_BUCKET}/bag-{DESIGNS[1].product_id}.jpg"
+    [swapped] = handlers.handle_catalog([confirm("s-5", target, image=other_photo)])
+    assert only_result(swapped).status is CatalogOutcomeStatus.rejected
+    assert only_result(swapped).problems[0].reason is FailureReason.unknown_scan
+    image = f"s3://{SCANS_BUCKET}/{photo}"
+    [named] = handlers.handle_catalog([confirm("s-5", target, image=image)])
+    assert only_result(named).status is CatalogOutcomeStatus.applied
+
+
 def test_a_first_confirmation_checks_the_answer_for_ops_and_a_correction_does_not_again(
     handlers,
 ):
