@@ -18,7 +18,7 @@ from worker.index.memory import InMemoryIndex
 from worker.matching.learner import Learner
 from worker.matching.ranking import MatchPolicy
 from worker.service.backup import BackupFile, backup_if_due, scheduled_backup
-from worker.service.maintenance import Maintenance
+from worker.service.maintenance import HOUSEKEEPING_SECONDS, Maintenance
 from worker.settings import LearningSettings
 from worker.vectors import VectorLayout
 
@@ -124,3 +124,29 @@ def test_the_first_idle_round_keeps_house_even_just_after_the_machine_started(mo
     monkeypatch.undo()
     maintenance.wait(timeout=20)
     assert rounds == [1.0]
+
+
+def test_house_is_kept_again_an_hour_later_but_a_backup_still_running_is_not_doubled(
+    monkeypatch,
+):
+    index = small_index()
+    learner = Learner(index, VectorLayout(8), LearningSettings(), MatchPolicy())
+    rounds: list[float] = []
+    started: list[int] = []
+    release = threading.Event()
+
+    def slow_backup() -> None:
+        started.append(1)
+        release.wait(timeout=20)
+
+    maintenance = Maintenance(learner, index, lambda: rounds.append(1.0), slow_backup)
+    clock = [12.0]
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    maintenance.on_idle()
+    clock[0] += HOUSEKEEPING_SECONDS  # an hour later, the first backup still writing
+    maintenance.on_idle()
+    monkeypatch.undo()
+    release.set()
+    maintenance.wait(timeout=20)
+    assert rounds == [1.0, 1.0]
+    assert started == [1]
