@@ -161,6 +161,60 @@ def test_a_message_that_raises_is_its_own_failure_and_its_batch_mates_are_answer
     assert "nobody planned" not in failed.detail  # ...never for consumers
 
 
+def test_an_unreachable_store_is_retried_without_an_answer_until_the_last_attempt(handlers):
+    body = scan("down", "unreachable.jpg").body
+    [first] = handlers.handle_scans([Delivery(topology.BAG_PHOTOGRAPHED, body, 1)])
+    assert (first.action, first.results) == (Action.retry, [])
+    last = handlers.settings.ops.max_attempts
+    [final] = handlers.handle_scans([Delivery(topology.BAG_PHOTOGRAPHED, body, last)])
+    assert final.action is Action.dead_letter  # kept for operators
+    assert only_result(final).reason is FailureReason.dependency_unavailable
+    [missing] = handlers.handle_scans([scan("missing", "not-there.jpg")])
+    assert missing.action is Action.ack  # the image's fault: answered, nothing for operators
+    assert only_result(missing).reason is FailureReason.image_not_found
+
+
+class _PoisonedEmbedder:
+    """The worker's embedder, raising an error nobody planned for on a picture 77 px wide: a
+    fault that escapes the handler, so the whole batch raises."""
+
+    def __init__(self, embedder) -> None:
+        self._embedder = embedder
+
+    def __getattr__(self, name: str):
+        return getattr(self._embedder, name)
+
+    def embed(self, pictures, kind):
+        if any(picture.width == 77 for picture in pictures):
+            raise RuntimeError("a poisoned batch")
+        return self._embedder.embed(pictures, kind)
+
+
+def test_a_batch_that_raises_is_handled_one_by_one_and_only_its_culprit_fails(handlers, images):
+    from structlog.testing import capture_logs
+
+    ingest(handlers)
+    poison = Image.new("RGB", (77, 77), "red")
+    (images / SCANS_BUCKET / "poison.jpg").write_bytes(jpeg_bytes(poison))
+    handlers.scans.embedder = _PoisonedEmbedder(handlers.scans.embedder)
+    batch = [
+        scan("good-1", f"bag-{DESIGNS[0].product_id}.jpg"),
+        scan("poisoned", "poison.jpg", station_id="station-7"),
+        scan("good-2", f"bag-{DESIGNS[1].product_id}.jpg"),
+    ]
+    with capture_logs() as logs:
+        good_1, poisoned, good_2 = handlers.handle_scans(batch)
+    assert only_result(good_1).matches[0].product_id == DESIGNS[0].product_id
+    assert only_result(good_2).matches[0].product_id == DESIGNS[1].product_id
+    failed = only_result(poisoned)
+    assert (failed.status, failed.reason) == (MatchStatus.failed, FailureReason.internal_error)
+    # read again from the message: whoever looks at the failure sees its photo and station
+    assert (failed.image.key, failed.station_id) == ("poison.jpg", "station-7")
+    assert poisoned.action is Action.dead_letter and "poisoned batch" in poisoned.error
+    raised = [entry["event"] for entry in logs if entry["event"].endswith(".raised")]
+    assert raised == ["batch.raised", "message.raised"]
+
+
 def test_a_scan_event_under_another_routing_key_is_refused_not_crashed_on(handlers):
     body = BagPhotographed(scan_id="s", image={"bucket": SCANS_BUCKET, "key": "x.jpg"})
     [outcome] = handlers.handle_scans([delivery(topology.PRODUCT_DELETED, body)])
@@ -321,6 +375,54 @@ def test_a_stale_update_or_a_late_update_after_a_delete_changes_nothing(handlers
     assert only_result(recreated).status is CatalogOutcomeStatus.applied
 
 
+class _CountingEmbedder(_PoisonedEmbedder):
+    """The worker's embedder, noting how many catalog pictures each call embeds."""
+
+    def __init__(self, embedder) -> None:
+        super().__init__(embedder)
+        self.catalog_batches: list[int] = []
+
+    def embed(self, pictures, kind):
+        if kind is ImageKind.catalog:
+            self.catalog_batches.append(len(pictures))
+        return super().embed(pictures, kind)
+
+
+def test_distinct_products_share_an_embed_batch_and_a_products_second_event_waits(handlers):
+    """Upserts of distinct products are embedded together; a product's second event waits for
+    its first to be applied, so one behind a newer version is seen to be stale."""
+    design, other = DESIGNS[0], DESIGNS[1]
+    embedder = _CountingEmbedder(handlers.catalog_events.embedder)
+    handlers.catalog_events.embedder = embedder
+    batch = [
+        delivery(topology.PRODUCT_UPDATED, product(design, 2)),
+        delivery(topology.PRODUCT_UPDATED, product(other, 1)),
+        delivery(topology.PRODUCT_UPDATED, product(design, 1, key=f"{other.product_id}.jpg")),
+    ]
+    outcomes = handlers.handle_catalog(batch)
+    assert [only_result(o).status for o in outcomes] == [
+        CatalogOutcomeStatus.applied,
+        CatalogOutcomeStatus.applied,
+        CatalogOutcomeStatus.stale,
+    ]
+    assert embedder.catalog_batches[0] == 2
+    [stored] = handlers.matcher.index.product_images(design.product_id)
+    assert stored.uri.endswith(f"{design.product_id}.jpg")
+
+
+def test_a_product_whose_store_is_unreachable_is_retried_then_rejected(handlers):
+    body = product(DESIGNS[0], key="unreachable.jpg").model_dump_json().encode()
+    [first] = handlers.handle_catalog([Delivery(topology.PRODUCT_CREATED, body, 1)])
+    assert (first.action, first.results) == (Action.retry, [])
+    last = handlers.settings.ops.max_attempts
+    [final] = handlers.handle_catalog([Delivery(topology.PRODUCT_CREATED, body, last)])
+    result = only_result(final)
+    assert result.status is CatalogOutcomeStatus.rejected
+    assert [p.reason for p in result.problems] == [FailureReason.dependency_unavailable]
+    assert "minio.internal.corp" in final.error  # for operators, not in the outcome
+    assert handlers.matcher.index.product_images(DESIGNS[0].product_id) == []
+
+
 def test_an_image_moved_to_a_missing_object_is_one_problem_and_leaves_the_index(handlers):
     design = DESIGNS[0]
     handlers.handle_catalog([delivery(topology.PRODUCT_CREATED, product(design))])
@@ -332,6 +434,8 @@ def test_an_image_moved_to_a_missing_object_is_one_problem_and_leaves_the_index(
         ("front", FailureReason.image_not_found)
     ]
     assert result.images_indexed == 0
+    # dead-lettered, its problems the error operators read there
+    assert (outcome.action, outcome.error) == (Action.dead_letter, result.problems[0].detail)
     assert handlers.matcher.index.product_images(design.product_id) == []
 
 
