@@ -31,6 +31,7 @@ from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settin
 from tests.support.pictures import design_folder, set_picture
 from worker.errors import TransientError
 from worker.pipeline.handlers import Action, Delivery, Handlers
+from worker.pipeline.outcome import identifier_in
 from worker.pipeline.storage import Blob, LocalImageStore
 from worker.service.app import build_components
 from worker.settings import ModelSettings
@@ -213,6 +214,24 @@ def test_a_batch_that_raises_is_handled_one_by_one_and_only_its_culprit_fails(ha
     assert poisoned.action is Action.dead_letter and "poisoned batch" in poisoned.error
     raised = [entry["event"] for entry in logs if entry["event"].endswith(".raised")]
     assert raised == ["batch.raised", "message.raised"]
+
+
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        ({"scan_id": " s-1 ", "image": 42}, "s-1"),
+        ({"scan_id": "s" * 200}, "s" * 200),
+        ({"scan_id": "s" * 201}, None),
+        ({"scan_id": "   "}, None),
+        ({"scan_id": 42}, None),
+        ({"scan_id": ["s-1"]}, None),
+        (["s-1"], None),
+        (b"{not json", None),
+    ],
+)
+def test_an_invalid_bodys_id_is_read_to_answer_it_when_it_is_1_to_200_characters(body, expected):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    assert identifier_in(raw, "scan_id") == expected
 
 
 def test_a_scan_event_under_another_routing_key_is_refused_not_crashed_on(handlers):
