@@ -106,6 +106,8 @@ def test_reference_features_are_read_once_and_forgotten_with_their_product():
     references.forget([hits[0].product_id])
     references.features(hits[0])
     assert pictures.reads.count(hits[0].uri) == 3
+    references.features(hits[3])  # another product's stay
+    assert pictures.reads.count(hits[3].uri) == 1
 
 
 def test_an_unreadable_reference_costs_its_evidence_and_is_tried_again(caplog):

@@ -144,12 +144,9 @@ class ReferenceDetails:
             )
             return None
 
-    def forget(self, product_ids: Iterable[str] | None = None) -> None:
-        """Drop cached features: of these products (their images may have changed), or all."""
+    def forget(self, product_ids: Iterable[str]) -> None:
+        """Drop the cached features of these products (their images may have changed)."""
         with self._lock:
-            if product_ids is None:
-                self._cached.clear()
-                return
             gone = set(product_ids)
             for key in [key for key in self._cached if key[0] in gone]:
                 del self._cached[key]
