@@ -77,7 +77,9 @@ def test_a_result_file_names_the_settings_it_was_measured_with_but_no_secret(tmp
         "JEWELMATCH_MATCHING__TARGET_PRECISION=0.97\nJEWELMATCH_LEARNING__DRAW_SEED=9\n"
         "JEWELMATCH_S3__SECRET_ACCESS_KEY=hunter2\n"
     )
-    path = write_result(tmp_path / "r.json", "accuracy", "jewelmatch bench accuracy", {})
+    folder = tmp_path / "results" / "accuracy"  # made as needed, then written into again
+    write_result(folder / "first.json", "accuracy", "jewelmatch bench", {})
+    path = write_result(folder / "r.json", "accuracy", "jewelmatch bench accuracy", {})
     written = path.read_text()
     assert json.loads(written)["settings"] == {
         "JEWELMATCH_LEARNING__DRAW_SEED": "3",
@@ -85,3 +87,23 @@ def test_a_result_file_names_the_settings_it_was_measured_with_but_no_secret(tmp
         "JEWELMATCH_MODEL__NAME": "efficientnet-lite0",
     }
     assert "hunter2" not in written and "OTHER_TOOL_SETTING" not in written
+
+
+def test_a_result_names_the_revision_it_was_measured_at_where_there_is_one(tmp_path, monkeypatch):
+    import subprocess
+
+    from worker.tools.bench.report import git_revision
+
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above
+    checkout, elsewhere = tmp_path / "checkout", tmp_path / "elsewhere"
+    checkout.mkdir(), elsewhere.mkdir()
+    git = ["git", "-c", "user.name=bench", "-c", "user.email=bench@example.org"]
+    subprocess.run([*git, "init", "-q"], cwd=checkout, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "m"], cwd=checkout, check=True)
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True
+    ).stdout.strip()
+    monkeypatch.chdir(checkout)
+    assert git_revision() == head
+    monkeypatch.chdir(elsewhere)
+    assert git_revision() is None
