@@ -10,7 +10,13 @@ from kombu import Connection
 from pydantic import SecretStr
 from starlette.testclient import TestClient
 
-from shared.contract import CatalogOutcome, MatchResult, MatchStatus, RankedProduct
+from shared.contract import (
+    CatalogOutcome,
+    FailureReason,
+    MatchResult,
+    MatchStatus,
+    RankedProduct,
+)
 from worker.amqp.broker import RESULTS, ConfirmedPublisher
 from worker.review import feed as feed_module
 from worker.review.auth import hash_password, password_matches
@@ -69,6 +75,70 @@ def test_a_confirmation_and_its_outcome_are_kept_with_the_scan(tmp_path):
     assert entry.outcome.status.value == "applied"
     assert [e.scan_id for e in history.scans(ScanFilter(text="p-ring-7"))] == ["a"]
     assert history.matched_products() == {"p-RING-1", "p-RING-7"}
+
+
+def scored(scan_id: str, status: MatchStatus, score: float = 0.9) -> MatchResult:
+    if status is MatchStatus.failed:
+        return MatchResult(
+            scan_id=scan_id, status=status, reason=FailureReason.image_unreadable, model="m"
+        )
+    first = result(scan_id, status).matches[0].model_copy(update={"score": score})
+    return result(scan_id, status).model_copy(update={"matches": [first]})
+
+
+def test_the_worklist_is_the_scans_that_still_need_a_person_oldest_first(tmp_path):
+    history = History(tmp_path / "folder" / "made" / "review.sqlite3", limit=100)
+    history.record_result(scored("unsure", MatchStatus.no_confident_match))
+    history.record_result(scored("sure", MatchStatus.matched, 0.9))
+    history.record_result(scored("failed", MatchStatus.failed))
+    history.record_result(scored("low", MatchStatus.matched, 0.5))
+    history.record_result(scored("at-the-score", MatchStatus.matched, 0.6))
+    history.record_result(scored("done", MatchStatus.no_confident_match))
+    history.record_result(scored("aside", MatchStatus.failed))
+    history.record_confirmation("done", "p-RING-1", "rita")
+    history.set_aside("aside", "rita")
+
+    def listed(below_score):
+        return [entry.scan_id for entry in history.worklist(below_score)]
+
+    assert listed(None) == ["unsure", "failed"]
+    # a confident answer below the ops' score needs a person too; one at it does not
+    assert listed(0.6) == ["unsure", "failed", "low"]
+    assert history.worklist_count(None) == 2 and history.worklist_count(0.6) == 3
+    assert [entry.scan_id for entry in history.worklist(0.6, limit=2)] == ["unsure", "failed"]
+    # its neighbours, from any scan (on the worklist or not), the scan itself never
+    assert history.worklist_neighbours("failed", 0.6) == ("unsure", "low")
+    assert history.worklist_neighbours("sure", None) == ("unsure", "failed")
+    assert history.worklist_neighbours("unsure", None) == (None, "failed")
+    assert history.worklist_neighbours("never-seen", None) == (None, None)
+
+
+def test_a_second_confirmation_of_a_scan_is_a_correction_in_the_persons_log(tmp_path):
+    history = History(tmp_path / "review.sqlite3", limit=100)
+    history.record_result(result("a"))
+    assert not history.record_confirmation("a", "p-RING-1", "rita")
+    assert history.record_confirmation("a", "p-RING-2", "sam")
+    assert not history.record_confirmation("not-in-the-history", "p-RING-1", "sam")
+    hour = int(time.time() // 3600) * 3600
+    assert {
+        (h.person, h.hour, h.confirmations, h.corrections) for h in history.work_per_person(0)
+    } == {
+        ("rita", hour, 1, 0),
+        ("sam", hour, 1, 1),
+    }
+    assert history.work_per_person(time.time() + 1) == []
+
+
+def test_the_history_since_a_moment_includes_it_and_outcomes_need_a_scan(tmp_path):
+    history = History(tmp_path / "review.sqlite3", limit=100)
+    history.record_result(result("old"), received_at=1000.0)
+    history.record_result(result("new"), received_at=2000.0)
+    assert [e.scan_id for e in history.scans(ScanFilter(since=2000.0))] == ["new"]
+    assert [e.scan_id for e in history.scans(ScanFilter(since=1000.0))] == ["new", "old"]
+    catalog_only = CatalogOutcome(
+        event="product.updated", product_id="p-RING-1", status="applied", model="m"
+    )
+    assert not history.record_outcome(catalog_only)  # a product event's: no scan to note
 
 
 def test_passwords_are_salted_scrypt_hashes():
@@ -131,13 +201,31 @@ def test_a_desk_started_before_any_worker_waits_for_the_results_exchange(
             ConfirmedPublisher(connection.channel()).publish(
                 result("late").model_dump_json(), RESULTS, "match.result"
             )
-        deadline = time.monotonic() + 10
-        while history.scan("late") is None:
-            if time.monotonic() > deadline:
-                pytest.fail("the desk never recorded the result")
-            time.sleep(0.1)
+        _wait_for(lambda: history.scan("late") is not None, "the result")
+        # of the catalog outcomes, only a confirmation's is kept with its scan
+        outcome = CatalogOutcome(
+            event="match.confirmed", product_id="p-RING-1", scan_id="late", status="applied",
+            model="m",
+        )  # fmt: skip
+        product_event = outcome.model_copy(update={"event": "product.updated"})
+        with Connection(amqp_url, transport_options={"confirm_publish": True}) as connection:
+            publisher = ConfirmedPublisher(connection.channel())
+            for published in (product_event, outcome, product_event):
+                publisher.publish(published.model_dump_json(), RESULTS, "catalog.outcome")
+        _wait_for(lambda: history.scan("late").outcome is not None, "the outcome")
+        time.sleep(0.5)  # the product event's outcome after it changes nothing
+        assert history.scan("late").outcome.event == "match.confirmed"
     finally:
         feed.stop()
+    assert not feed._thread.is_alive()  # stopped within its STOP_SECONDS
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"the desk never recorded {what}")
+        time.sleep(0.1)
 
 
 def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, monkeypatch):
