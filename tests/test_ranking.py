@@ -159,3 +159,22 @@ def test_before_the_photo_domain_is_known_no_product_is_new_and_none_is_doubted(
     counting = replace(waiting, centring=Centring(enabled=False))
     [ranking] = rank(counting, index, Prototypes(index, LAYOUT), scan, top_k=2)
     assert (ranking.status, ranking.doubted) == (MatchStatus.no_confident_match, True)
+
+
+def test_an_index_of_references_keeps_their_image_ids_so_pieces_stay_pieces():
+    """What a fold of labels ranks against (labels.py): the references as they are, a set's
+    piece still a piece; without ids, one by position each, so none replaces another."""
+    from worker.index.base import ReferenceSet
+
+    vectors = np.stack([unit(1, 0, 0, 0), unit(0, 1, 0, 0), unit(0, 0, 1, 0)])
+    products = np.array(["set", "set", "b"], dtype=object)
+    sources = np.array(["catalog"] * 3, dtype=object)
+    ids = np.array(["front", part_image_id("front", 0), "front"], dtype=object)
+    kept = InMemoryIndex.of_references(ReferenceSet(vectors, products, sources, None, ids))
+    back = kept.references()
+    assert set(zip(back.product_ids, back.image_ids, strict=True)) == set(
+        zip(products, ids, strict=True)
+    )
+    assert back.pieces().sum() == 1
+    by_position = InMemoryIndex.of_references(ReferenceSet(vectors, products, sources))
+    assert sorted(by_position.references().image_ids) == ["ref-0", "ref-1", "ref-2"]
