@@ -292,6 +292,40 @@ def test_embedded_index_uses_hnsw_beyond_the_exact_search_size(tmp_path: Path):
     index.close()
 
 
+@pytest.mark.parametrize("quantization", ["none", "int8"])
+def test_the_embedded_index_searches_exactly_up_to_its_size_then_by_a_graph_built_as_it_grows(
+    tmp_path: Path, quantization: str
+):
+    settings = IndexSettings(
+        backend="edge", path=tmp_path, exact_search_max_points=3, hnsw_ef=40,
+        quantization=quantization,
+    )  # fmt: skip
+    index = EdgeIndex(settings, "m", DIM)
+    try:
+        index.upsert([ref(f"p{i}", "front", basis(i)) for i in range(3)])
+        assert index.search_params().exact and not index.needs_optimizing()  # 3 of 3
+        index.upsert([ref("p3", "front", basis(3))])
+        params = index.search_params()
+        assert (params.exact, params.hnsw_ef) == (False, 40)
+        if quantization == "int8":  # the quantized vectors' order checked on the originals
+            assert (params.quantization.rescore, params.quantization.oversampling) == (True, 2)
+        else:
+            assert params.quantization is None
+        assert index.needs_optimizing()
+        index.optimize()
+        assert not index.needs_optimizing()  # built at 4 images: due again from 4.4
+        index.upsert([ref("p4", "front", basis(4))])
+        assert index.needs_optimizing()
+        index.configure_search(hnsw_ef=12)  # what the scale benchmark sweeps
+        assert (index.search_params().exact, index.search_params().hnsw_ef) == (False, 12)
+        index.configure_search(exact_search_max_points=5)
+        assert index.search_params().exact
+        found = index.search(np.stack([basis(i) for i in range(5)]), top_k=1)
+        assert [hits[0].product_id for hits in found] == [f"p{i}" for i in range(5)]
+    finally:
+        index.close()
+
+
 def test_a_worker_refuses_a_model_that_is_not_the_one_in_service(tmp_path, tiny_model_dir):
     from tests.conftest import make_settings
     from worker.index import open_index
@@ -363,3 +397,32 @@ def test_every_product_state_is_read_back_tombstones_included(index):
     read = {state.product_id: state for state in index.all_product_states()}
     assert len(read) == 2500 and read["p1"] == ProductState("p1", 9)
     assert read["p2499"] == states[2499] and read["p7"].deleted
+
+
+def test_a_paged_scroll_reads_every_page_or_only_the_pages_a_limit_needs():
+    from worker.index.base import collect_pages
+
+    records = list(range(10))
+    asked: list[object] = []
+
+    def fetch_page(offset):
+        asked.append(offset)
+        start = offset or 0
+        end = min(start + 3, len(records))
+        return records[start:end], (end if end < len(records) else None)
+
+    assert collect_pages(fetch_page, None) == records and asked == [None, 3, 6, 9]
+    asked.clear()
+    assert collect_pages(fetch_page, 4) == [0, 1, 2, 3] and asked == [None, 3]
+    asked.clear()
+    assert collect_pages(fetch_page, 3) == [0, 1, 2] and asked == [None]
+
+
+def test_the_references_learning_reads_carry_their_vectors(index):
+    index.upsert([ref("a", "front", basis(0)), ref("b", "front", basis(1, noise=0.1))])
+    read = index.references()
+    by_product = dict(zip(read.product_ids, read.vectors, strict=True))
+    np.testing.assert_allclose(by_product["a"], basis(0), atol=1e-6)
+    np.testing.assert_allclose(by_product["b"], basis(1, noise=0.1), atol=1e-6)
+    [only_b] = index.references("b").vectors
+    np.testing.assert_allclose(only_b, basis(1, noise=0.1), atol=1e-6)
