@@ -4,6 +4,7 @@ is for the review desk only, and read from the index at most once per cache peri
 from __future__ import annotations
 
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -55,6 +56,55 @@ def test_an_idle_connection_is_closed_after_the_request_timeout(monkeypatch):
         with socket.create_connection(("127.0.0.1", port)) as connection:
             connection.settimeout(3)
             assert connection.recv(1) == b""  # the server hung up on the silent client
+    finally:
+        server.shutdown()
+
+
+def test_ready_with_its_model_and_broker_until_it_stops_and_alive_while_its_loop_turns():
+    from prometheus_client import REGISTRY
+
+    health = Health(stall_seconds=1.0)
+    port = free_port()
+    server = serve_ops(health, ops_settings(port))
+
+    def probe(path: str) -> tuple[int, bytes]:
+        return get(f"http://127.0.0.1:{port}{path}")
+
+    try:
+        assert probe("/readyz") == (503, b"not ready\n")  # just started: neither yet
+        for flag in ("model_loaded", "broker_connected"):  # one without the other
+            one = Health()
+            setattr(one, flag, True)
+            assert not one.ready
+        health.model_loaded = health.broker_connected = True
+        assert probe("/readyz") == (200, b"ok\n")
+        assert REGISTRY.get_sample_value("jewelmatch_ready") == 1
+        health.stopping = True
+        assert probe("/readyz")[0] == 503
+        assert REGISTRY.get_sample_value("jewelmatch_ready") == 0
+        health.beat()
+        assert probe("/livez") == (200, b"ok\n")
+        time.sleep(1.1)  # the consumer loop has not turned for longer than the stall
+        assert probe("/livez")[0] == 503
+        health.beat()
+        assert probe("/livez")[0] == 200
+        # the catalog before the index is open, and any other path
+        assert probe("/catalog") == (404, b"not found\n")
+        assert probe("/elsewhere") == (404, b"not found\n")
+    finally:
+        server.shutdown()
+
+
+def test_a_catalog_cache_of_zero_seconds_reads_the_index_for_every_answer():
+    reads = []
+    health = Health()
+    health.catalog = lambda: reads.append(1) or [{"product_id": "p1"}]
+    port = free_port()
+    server = serve_ops(health, ops_settings(port, catalog_cache_seconds=0))
+    try:
+        for _ in range(3):
+            assert get(f"http://127.0.0.1:{port}/catalog")[0] == 200  # from this machine
+        assert len(reads) == 3
     finally:
         server.shutdown()
 
