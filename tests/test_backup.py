@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from shared.contract import ProductDeleted, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes
+from tests.support.pictures import set_picture
 from tests.support.tiny_model import write_tiny_model
 from tests.test_reindex import embedder_from
 from worker.cli import app
@@ -32,9 +33,9 @@ from worker.service.backup import (
     restore,
     write_backup,
 )
-from worker.settings import ImageSettings, IndexSettings, S3Settings, Settings
+from worker.settings import ImageSettings, IndexSettings, ModelSettings, S3Settings, Settings
 from worker.tools.synthetic import catalog_designs, render
-from worker.vision.embedder import ImageKind, model_id_for
+from worker.vision.embedder import Embedder, ImageKind, model_id_for
 
 pytestmark = pytest.mark.integration
 
@@ -159,6 +160,43 @@ def test_a_restore_cut_short_resumes_where_it_stopped(indexes, models, s3, s3_en
     report = restore(backup, target, image_store(s3_endpoint), new, ImageSettings(), 2)
     assert (report.reindexed, report.unchanged, report.product_states) == (4, 2, 6)
     assert target.count() == len(DESIGNS)
+
+
+def test_a_restore_that_cuts_sets_into_pieces_resumes_with_every_products_state(
+    indexes, models, model_dirs, s3, s3_endpoint, tmp_path
+):
+    """A model that stores a set's pieces (`MODEL__CATALOG_PARTS`) writes them with its image
+    in the restore's first pages. A backup holds whole images only, so when the restore resumes
+    those pieces are its own work, not news since the backup that would keep the product's
+    version out."""
+    _, _, (source, _) = indexes
+    old, _ = models
+    fill(source, old, s3)
+    first = DESIGNS[0].product_id
+    s3.put_object(Bucket=CATALOG_BUCKET, Key=f"{first}.jpg", Body=jpeg_bytes(set_picture()))
+    backup = backed_up(source, tmp_path)
+    cutting = Embedder(
+        ModelSettings(name=f"local-dir:{model_dirs[1]}", threads=1, catalog_parts=True)
+    )
+    target = EdgeIndex(IndexSettings(path=tmp_path / "cut"), cutting.model_id, cutting.dim)
+
+    def pieces() -> list[str]:
+        return [i.image_id for i in target.product_images(first) if "~part-" in i.image_id]
+
+    def stop_once_the_set_is_cut(done: int) -> None:
+        if pieces():
+            raise KeyboardInterrupt
+
+    try:
+        store = image_store(s3_endpoint)
+        with pytest.raises(KeyboardInterrupt):
+            restore(backup, target, store, cutting, ImageSettings(), 2, stop_once_the_set_is_cut)
+        assert pieces() and target.product_state(first) is None  # cut, no state yet
+        report = restore(backup, target, store, cutting, ImageSettings(), 2)
+        assert report.product_states == len(DESIGNS)
+        assert target.product_state(first).version == 2
+    finally:
+        target.close()
 
 
 def test_what_the_index_was_told_since_the_backup_wins(indexes, models, s3, s3_endpoint, tmp_path):
