@@ -426,3 +426,69 @@ def test_the_references_learning_reads_carry_their_vectors(index):
     np.testing.assert_allclose(by_product["b"], basis(1, noise=0.1), atol=1e-6)
     [only_b] = index.references("b").vectors
     np.testing.assert_allclose(only_b, basis(1, noise=0.1), atol=1e-6)
+
+
+# --- the server's code path: its own rules ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "status, transient", [(400, False), (499, False), (500, True), (503, True), (None, True)]
+)
+def test_a_server_that_fails_is_transient_and_a_request_it_refuses_is_not(status, transient):
+    import httpx
+    from qdrant_client.http.exceptions import UnexpectedResponse
+
+    from worker.errors import TransientError
+    from worker.index.server import _transient_on_outage
+
+    @_transient_on_outage
+    def call() -> None:
+        raise UnexpectedResponse(status, "reason", b"", httpx.Headers())
+
+    with pytest.raises(TransientError if transient else UnexpectedResponse):
+        call()
+
+
+def test_the_server_index_url_names_memory_or_a_folder(tmp_path: Path):
+    from worker.index.server import open_client
+
+    folder = tmp_path / "qdrant"
+    for url in (None, ":memory:", str(folder)):
+        client = open_client(IndexSettings(backend="qdrant", url=url))
+        client.create_collection("c", vectors_config={"size": 2, "distance": "Cosine"})
+        assert client.collection_exists("c")
+        client.close()
+    assert any(folder.iterdir())  # the folder's client keeps its collection there
+
+
+def test_each_write_hold_is_its_holders_own_and_one_left_behind_lapses(monkeypatch):
+    from qdrant_client import QdrantClient
+
+    from worker.index import server as server_module
+    from worker.index.server import WRITE_HOLD_SECONDS, QdrantServerIndex
+
+    settings = IndexSettings(backend="qdrant", url=":memory:")
+    index = QdrantServerIndex(settings, "m", DIM, client=QdrantClient(location=":memory:"))
+    now = [1_000_000.0]
+    monkeypatch.setattr(server_module.time, "time", lambda: now[0])
+    first, second = index.hold_writes(), index.hold_writes()
+    index.release_writes(first)
+    assert [name for name, _ in index._holds()] == [second] and index.writes_held()
+    index.release_writes(second)
+    assert not index.writes_held()
+    index.hold_writes()  # its holder dies without releasing it
+    now[0] += WRITE_HOLD_SECONDS
+    assert not index.writes_held()  # lapsed
+    index.release_writes(index.hold_writes())  # a release takes the lapsed one away too
+    assert index._holds() == []
+    index.close()
+
+
+def test_a_products_state_is_read_back_alone(index):
+    from worker.index import ProductState
+
+    index.set_product_state(ProductState("p1", 3))
+    index.set_product_state(ProductState("p2", 5, deleted=True))
+    assert index.product_state("p1") == ProductState("p1", 3)
+    assert index.product_state("p2") == ProductState("p2", 5, deleted=True)
+    assert index.product_state("never-told") is None
