@@ -175,9 +175,8 @@ def test_an_unreachable_store_is_retried_without_an_answer_until_the_last_attemp
     assert only_result(missing).reason is FailureReason.image_not_found
 
 
-class _PoisonedEmbedder:
-    """The worker's embedder, raising an error nobody planned for on a picture 77 px wide: a
-    fault that escapes the handler, so the whole batch raises."""
+class _WrappedEmbedder:
+    """The worker's embedder, everything but `embed` passed through as it is."""
 
     def __init__(self, embedder) -> None:
         self._embedder = embedder
@@ -186,9 +185,17 @@ class _PoisonedEmbedder:
         return getattr(self._embedder, name)
 
     def embed(self, pictures, kind):
+        return self._embedder.embed(pictures, kind)
+
+
+class _PoisonedEmbedder(_WrappedEmbedder):
+    """Raises an error nobody planned for on a picture 77 px wide: a fault that escapes the
+    handler, so the whole batch raises."""
+
+    def embed(self, pictures, kind):
         if any(picture.width == 77 for picture in pictures):
             raise RuntimeError("a poisoned batch")
-        return self._embedder.embed(pictures, kind)
+        return super().embed(pictures, kind)
 
 
 def test_a_batch_that_raises_is_handled_one_by_one_and_only_its_culprit_fails(handlers, images):
@@ -394,8 +401,8 @@ def test_a_stale_update_or_a_late_update_after_a_delete_changes_nothing(handlers
     assert only_result(recreated).status is CatalogOutcomeStatus.applied
 
 
-class _CountingEmbedder(_PoisonedEmbedder):
-    """The worker's embedder, noting how many catalog pictures each call embeds."""
+class _CountingEmbedder(_WrappedEmbedder):
+    """Notes how many catalog pictures each call embeds."""
 
     def __init__(self, embedder) -> None:
         super().__init__(embedder)
