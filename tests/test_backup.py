@@ -35,6 +35,7 @@ from worker.service.backup import (
 )
 from worker.settings import ImageSettings, IndexSettings, ModelSettings, S3Settings, Settings
 from worker.tools.synthetic import catalog_designs, render
+from worker.vectors import is_part
 from worker.vision.embedder import Embedder, ImageKind, model_id_for
 
 pytestmark = pytest.mark.integration
@@ -181,7 +182,7 @@ def test_a_restore_that_cuts_sets_into_pieces_resumes_with_every_products_state(
     target = EdgeIndex(IndexSettings(path=tmp_path / "cut"), cutting.model_id, cutting.dim)
 
     def pieces() -> list[str]:
-        return [i.image_id for i in target.product_images(first) if "~part-" in i.image_id]
+        return [i.image_id for i in target.product_images(first) if is_part(i.image_id)]
 
     def stop_once_the_set_is_cut(done: int) -> None:
         if pieces():
