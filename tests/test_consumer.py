@@ -9,14 +9,19 @@ from pathlib import Path
 
 import pytest
 from kombu import Connection, Producer
+from prometheus_client import REGISTRY
 
 from shared import topology
 from shared.contract import BagPhotographed, MatchResult, MatchStatus, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, make_settings
 from tests.support.pictures import design_folder
-from worker.amqp.broker import EVENTS
+from worker.amqp.broker import EVENTS, Topology
+from worker.amqp.catalog_gate import CatalogGate
+from worker.amqp.consumer import BrokerUnreachable, Worker
+from worker.pipeline.outcome import Action, Outcome
 from worker.service.app import build_components, wire_worker
 from worker.service.backup import BackupFile
+from worker.settings import Settings
 from worker.tools.synthetic import catalog_designs
 
 DESIGNS = catalog_designs(8, seed=31)
@@ -91,3 +96,248 @@ def test_the_index_is_optimized_when_idle_past_the_threshold_and_scans_answered_
     assert all(a.matches[0].product_id == a.scan_id.removeprefix("s-") for a in answers)
     # the worker's own backup (INDEX__BACKUP_FILE), written on its first idle round
     assert BackupFile(tmp_path / "index.jsonl.gz").summary.model == components.embedder.model_id
+
+
+# The loop's own rules, with handlers that answer each delivery as its body says -------------
+
+ANSWERED = MatchResult(scan_id="answered", status=MatchStatus.matched, model="m")
+
+
+class ScriptedHandlers:
+    """Stands in for the pipeline's handlers (the loop is under test, not them): a body of
+    `ack`, `retry` or `dead` is answered so, `raise` fails the whole batch, `short` returns no
+    outcome; each batch waits for `proceed`."""
+
+    def __init__(self, on_catalog=lambda: None) -> None:
+        self.batches: list[tuple[str, list[bytes]]] = []
+        self.proceed = threading.Event()
+        self.proceed.set()
+        self._on_catalog = on_catalog
+
+    def handle_scans(self, deliveries):
+        return self._handle("scans", deliveries)
+
+    def handle_catalog(self, deliveries):
+        self._on_catalog()
+        return self._handle("catalog", deliveries)
+
+    def _handle(self, kind, deliveries):
+        bodies = [delivery.body for delivery in deliveries]
+        self.batches.append((kind, bodies))
+        self.proceed.wait()
+        if b"raise" in bodies:
+            raise RuntimeError("handler bug")
+        if b"short" in bodies:
+            return []
+        answers = {
+            b"ack": Outcome(Action.ack, results=[(topology.MATCH_RESULT, ANSWERED)]),
+            b"retry": Outcome(Action.retry, error="try later"),
+            b"dead": Outcome(Action.dead_letter, error="bad input"),
+        }
+        return [answers[body] for body in bodies]
+
+
+@pytest.fixture
+def queues():
+    """The topology on the in-memory broker, emptied before and after."""
+    settings = Settings(_env_file=None, amqp={"url": "memory://"})
+    declared = Topology.build(settings.amqp, settings.ops)
+
+    def purge() -> None:
+        with Connection("memory://") as connection:
+            channel = connection.channel()
+            declared.declare(channel)
+            for queue in declared.all_queues():
+                queue(channel).purge()
+
+    purge()
+    yield declared
+    purge()
+
+
+def loop(handlers, batch_size: int = 2, **options) -> Worker:
+    settings = Settings(
+        _env_file=None,
+        amqp={"url": "memory://", "scan_prefetch": 8, "catalog_prefetch": 8},
+        model={"batch_size": batch_size},
+        ops={"drain_seconds": options.pop("drain_seconds", 25.0)},
+    )
+    return Worker(settings, handlers, connection_factory=lambda: Connection("memory://"), **options)
+
+
+def send(routing_key: str, *bodies: bytes) -> None:
+    with Connection("memory://") as connection:
+        producer = Producer(connection.channel())
+        for body in bodies:
+            producer.publish(body, exchange=EVENTS, routing_key=routing_key)
+
+
+def waiting(queue) -> list:
+    """What a queue holds, taken out."""
+    taken = []
+    with Connection("memory://") as connection:
+        while (message := queue(connection.channel()).get(no_ack=True)) is not None:
+            taken.append(message)
+    return taken
+
+
+def running(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def eventually(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_scans_go_before_catalog_work_in_batches_and_each_outcome_is_settled(queues):
+    send(topology.PRODUCT_CREATED, b"ack")
+    send(topology.BAG_PHOTOGRAPHED, b"ack", b"retry", b"dead")
+    handlers = ScriptedHandlers()
+    loop(handlers).run(idle_exit_seconds=0.3)
+    assert handlers.batches == [
+        ("scans", [b"ack", b"retry"]),
+        ("scans", [b"dead"]),
+        ("catalog", [b"ack"]),
+    ]
+    results = waiting(queues.results)
+    assert [MatchResult.model_validate_json(m.body) for m in results] == [ANSWERED, ANSWERED]
+    [retried] = waiting(queues.retry_queue(topology.SCANS_QUEUE, 1))
+    assert (retried.body, retried.headers[topology.HEADER_ATTEMPT]) == (b"retry", 2)
+    [letter] = waiting(queues.dead_letters)
+    assert (letter.body, letter.headers[topology.HEADER_ERROR]) == (b"dead", "bad input")
+    assert waiting(queues.scans) == waiting(queues.catalog) == []  # every delivery acked
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [(b"raise", "handler bug"), (b"short", "handler returned 0 outcomes for 1 messages")],
+)
+def test_a_batch_failing_as_a_whole_is_dead_lettered_and_the_loop_goes_on(queues, body, error):
+    send(topology.BAG_PHOTOGRAPHED, body, b"ack")
+    handlers = ScriptedHandlers()
+    loop(handlers, batch_size=1).run(idle_exit_seconds=0.3)
+    assert handlers.batches == [("scans", [body]), ("scans", [b"ack"])]
+    [letter] = waiting(queues.dead_letters)
+    assert letter.body == body
+    assert letter.headers[topology.HEADER_ERROR] == error
+    assert letter.headers[topology.HEADER_EXCEPTION] == "BatchFailed"
+    assert len(waiting(queues.results)) == 1
+
+
+def test_the_idle_work_runs_only_with_nothing_waiting_and_its_failure_stops_nothing(queues):
+    send(topology.BAG_PHOTOGRAPHED, b"ack", b"ack", b"ack")
+    events = []
+
+    class Recording(ScriptedHandlers):
+        def handle_scans(self, deliveries):
+            events.append("batch")
+            return super().handle_scans(deliveries)
+
+    def idle_work() -> None:
+        events.append("idle")
+        raise RuntimeError("the index is away")
+
+    loop(Recording(), batch_size=1, on_idle=idle_work).run(idle_exit_seconds=0.3)
+    # idle work only once the three were answered; its failure left the loop up until its exit
+    assert events[:4] == ["batch", "batch", "batch", "idle"]
+    assert set(events[4:]) <= {"idle"}
+    assert len(waiting(queues.results)) == 3
+
+
+def test_a_stop_during_a_batch_finishes_it_and_gives_back_what_waits(queues):
+    send(topology.BAG_PHOTOGRAPHED, b"ack", b"ack")
+    handlers = ScriptedHandlers()
+    handlers.proceed.clear()
+    worker = loop(handlers, batch_size=1)
+    thread = running(worker)
+    eventually(lambda: handlers.batches)
+    worker.stop()
+    assert worker.health.stopping and not worker.health.ready
+    handlers.proceed.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert handlers.batches == [("scans", [b"ack"])]
+    assert len(waiting(queues.results)) == 1  # the batch in hand was settled
+    assert [m.body for m in waiting(queues.scans)] == [b"ack"]  # the other one is back
+    assert not worker.health.broker_connected
+
+
+def test_a_batch_not_done_within_the_grace_is_left_unacked_for_another_worker(queues):
+    send(topology.BAG_PHOTOGRAPHED, b"ack")
+    handlers = ScriptedHandlers()
+    handlers.proceed.clear()
+    worker = loop(handlers, drain_seconds=0.3)
+    thread = running(worker)
+    eventually(lambda: handlers.batches)
+    worker.stop()
+    thread.join(timeout=5)
+    try:
+        assert not thread.is_alive()  # returned with the handler still stuck
+        # neither answered nor sent on: unacked, RabbitMQ gives it to another worker (the
+        # in-memory broker drops what a closed connection left unacked)
+        assert waiting(queues.results) == []
+        assert waiting(queues.dead_letters) == []
+        assert waiting(queues.retry_queue(topology.SCANS_QUEUE, 1)) == []
+        assert not worker.health.broker_connected
+    finally:
+        handlers.proceed.set()
+
+
+def test_a_broker_out_of_reach_is_given_up_after_the_connect_timeout():
+    settings = Settings(
+        _env_file=None,
+        amqp={"url": "amqp://jm:s3cret@127.0.0.1:9//", "connect_timeout_seconds": 0.5},
+    )
+    worker = Worker(settings, ScriptedHandlers())
+    started = time.monotonic()
+    with pytest.raises(BrokerUnreachable, match=r"127.0.0.1:9 \(vhost /\) for 0.5 s") as raised:
+        worker.run()
+    assert "s3cret" not in str(raised.value)
+    assert 0.5 <= time.monotonic() - started < 10  # one backoff of 1 s, not forever
+    assert not worker.health.broker_connected
+
+
+def test_catalog_work_is_given_back_while_blocked_and_taken_again_once_allowed(queues):
+    blocked: dict[str, str | None] = {"reason": "writes held"}
+    gate = CatalogGate(lambda: blocked["reason"], recheck_seconds=0.05)
+    handlers = ScriptedHandlers()
+    worker = loop(handlers, catalog_gate=gate)
+    send(topology.PRODUCT_CREATED, b"ack")
+    thread = running(worker)
+    try:
+        eventually(lambda: REGISTRY.get_sample_value("jewelmatch_catalog_work_paused") == 1)
+        send(topology.BAG_PHOTOGRAPHED, b"ack")  # scans are answered meanwhile
+        eventually(lambda: handlers.batches == [("scans", [b"ack"])])
+        send(topology.PRODUCT_UPDATED, b"ack")
+        time.sleep(0.3)
+        assert handlers.batches == [("scans", [b"ack"])]  # no catalog work taken
+        [parked] = waiting(queues.retry_queue(queues.catalog.name, 1))
+        assert parked.headers[topology.HEADER_ATTEMPT] == 1  # not counted as an attempt
+        blocked["reason"] = None
+        eventually(lambda: ("catalog", [b"ack"]) in handlers.batches)
+        assert REGISTRY.get_sample_value("jewelmatch_catalog_work_paused") == 0
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+
+
+def test_a_catalog_batch_handled_while_a_switch_began_is_given_back_not_settled(queues):
+    blocked: dict[str, str | None] = {"reason": None}
+    gate = CatalogGate(lambda: blocked["reason"], recheck_seconds=60)
+
+    def switch_begins() -> None:
+        blocked["reason"] = "writes held"
+
+    handlers = ScriptedHandlers(on_catalog=switch_begins)
+    send(topology.PRODUCT_CREATED, b"ack")
+    loop(handlers, catalog_gate=gate).run(idle_exit_seconds=0.3)
+    assert handlers.batches == [("catalog", [b"ack"])]
+    assert waiting(queues.results) == []  # its answer is not published: it is done again
+    [parked] = waiting(queues.retry_queue(queues.catalog.name, 1))
+    assert parked.body == b"ack"
+    assert waiting(queues.catalog) == []

@@ -137,6 +137,12 @@ class Worker:
         been empty that long. Reconnects with backoff when the broker goes away; raises
         `BrokerUnreachable` once it has been out of reach for `amqp.connect_timeout_seconds`
         (when set)."""
+        try:
+            self._run(idle_exit_seconds)
+        finally:
+            self.health.broker_connected = False
+
+    def _run(self, idle_exit_seconds: float | None) -> None:
         backoff = 1.0
         unreachable_since = time.monotonic()
         while not self._stopping:
@@ -149,7 +155,7 @@ class Worker:
                         return
             except DrainTimeout as error:
                 log.warning("worker.drain_timeout", error=str(error))
-                break
+                return
             except BROKER_ERRORS as error:
                 self.health.broker_connected = False
                 self.inbox.forget()
@@ -159,7 +165,6 @@ class Worker:
                 self._give_up_if_unreachable(unreachable_since)
                 self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
-        self.health.broker_connected = False
 
     def _log_broker_error(self, error: BaseException, reached: bool, backoff: float) -> None:
         """A connection that dropped, or one that was never made: told apart, with the
