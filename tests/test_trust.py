@@ -4,6 +4,7 @@ sender's role may do."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 from pathlib import Path
@@ -26,10 +27,10 @@ from shared.contract import (
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from tests.support.definitions_node import definitions_node, role_url
 from tests.support.harness import WorkerHarness
-from worker.amqp.broker import EVENTS, ConfirmedPublisher, Topology
+from worker.amqp.broker import EVENTS, ConfirmedPublisher, Topology, review_queues
 from worker.amqp.client import JewelmatchClient
 from worker.pipeline.storage import Blob, S3ImageStore
-from worker.settings import AmqpSettings, OpsSettings
+from worker.settings import AmqpSettings, OpsSettings, ReviewSettings
 from worker.tools.synthetic import catalog_designs, render
 
 pytestmark = pytest.mark.integration
@@ -154,6 +155,99 @@ def test_each_role_reads_what_it_needs(peers):
     assert peers["inventory"].depth(topology.RESULTS_QUEUE) == 0
     with pytest.raises(Exception, match="ACCESS_REFUSED"):
         peers["scan-station"].receive(topology.RESULTS_QUEUE, 1, timeout=1)
+
+
+EVENT_KEYS = (
+    topology.BAG_PHOTOGRAPHED,
+    topology.PRODUCT_CREATED,
+    topology.PRODUCT_UPDATED,
+    topology.PRODUCT_DELETED,
+    topology.MATCH_CONFIRMED,
+)
+REVIEW_QUEUES = (topology.REVIEW_RESULTS_QUEUE, topology.REVIEW_OUTCOMES_QUEUE)
+QUEUES = [q.name for q in Topology.build(AmqpSettings(), OpsSettings()).all_queues()]
+PROBES = [
+    *[("publish", topology.EVENTS_EXCHANGE, key) for key in (*EVENT_KEYS, topology.MATCH_RESULT)],
+    *[
+        ("publish", topology.RESULTS_EXCHANGE, key)
+        for key in (topology.MATCH_RESULT, topology.CATALOG_OUTCOME, topology.BAG_PHOTOGRAPHED)
+    ],
+    ("publish", topology.DEAD_LETTER_EXCHANGE, topology.BAG_PHOTOGRAPHED),
+    ("publish", "", "jewelmatch.scans.retry.2s"),  # a retry parked through the default exchange
+    ("publish", "amq.topic", topology.BAG_PHOTOGRAPHED),  # every vhost has one
+    *[("read", queue) for queue in (*QUEUES, *REVIEW_QUEUES)],
+    ("configure", "jewelmatch.probe"),
+    ("configure", "probe"),
+    ("bind", topology.REVIEW_RESULTS_QUEUE, topology.RESULTS_EXCHANGE, topology.MATCH_RESULT),
+    ("bind", topology.SCANS_QUEUE, topology.EVENTS_EXCHANGE, topology.BAG_PHOTOGRAPHED),
+]
+"""What a peer might try: publish each key to each exchange, read each queue, declare a queue
+of ours or of its own, bind a queue."""
+
+ALLOWED = {
+    "jewelmatch-worker": {
+        ("publish", topology.RESULTS_EXCHANGE, topology.MATCH_RESULT),
+        ("publish", topology.RESULTS_EXCHANGE, topology.CATALOG_OUTCOME),
+        ("publish", topology.DEAD_LETTER_EXCHANGE, topology.BAG_PHOTOGRAPHED),
+        ("publish", "", "jewelmatch.scans.retry.2s"),
+        *[("read", queue) for queue in (*QUEUES, *REVIEW_QUEUES)],
+        ("configure", "jewelmatch.probe"),
+        ("bind", topology.REVIEW_RESULTS_QUEUE, topology.RESULTS_EXCHANGE, topology.MATCH_RESULT),
+        ("bind", topology.SCANS_QUEUE, topology.EVENTS_EXCHANGE, topology.BAG_PHOTOGRAPHED),
+    },
+    "scan-station": {("publish", topology.EVENTS_EXCHANGE, topology.BAG_PHOTOGRAPHED)},
+    "pim": {
+        *[("publish", topology.EVENTS_EXCHANGE, key) for key in EVENT_KEYS[1:4]],
+        ("read", topology.CATALOG_OUTCOMES_QUEUE),
+    },
+    "inventory": {
+        ("publish", topology.EVENTS_EXCHANGE, topology.MATCH_CONFIRMED),
+        ("read", topology.RESULTS_QUEUE),
+        ("read", topology.CATALOG_OUTCOMES_QUEUE),
+    },
+    "review-desk": {
+        *[("publish", topology.EVENTS_EXCHANGE, key) for key in EVENT_KEYS],  # replays
+        ("read", topology.DEAD_LETTER_QUEUE),
+        *[("read", queue) for queue in REVIEW_QUEUES],
+        ("bind", topology.REVIEW_RESULTS_QUEUE, topology.RESULTS_EXCHANGE, topology.MATCH_RESULT),
+    },
+}
+"""Each role's rights, written out here rather than read from `definitions.ROLES`: a right
+widened there by mistake fails this table."""
+
+
+def allowed_probes(url: str) -> set[tuple]:
+    """The probes the broker lets this user do (each on a channel of its own: a refusal
+    closes the channel)."""
+    allowed = set()
+    with Connection(url, transport_options={"confirm_publish": True}) as connection:
+        for probe in PROBES:
+            channel = connection.channel()
+            try:
+                if probe[0] == "publish":
+                    message = channel.prepare_message(b"{}")
+                    channel.basic_publish(message, exchange=probe[1], routing_key=probe[2])
+                elif probe[0] == "read":
+                    channel.basic_get(probe[1], no_ack=True)
+                elif probe[0] == "configure":
+                    channel.queue_declare(probe[1], exclusive=True)
+                else:
+                    channel.queue_bind(*probe[1:])
+                allowed.add(probe)
+            except Exception as refused:
+                assert "ACCESS_REFUSED" in str(refused), (probe, refused)
+            finally:
+                with contextlib.suppress(Exception):
+                    channel.close()
+    return allowed
+
+
+@pytest.mark.parametrize("role", sorted(ALLOWED))
+def test_each_role_may_do_exactly_what_it_needs_and_nothing_more(node, peers, role):
+    with Connection(role_url(node, "admin")) as connection:
+        for queue in review_queues(ReviewSettings().queue_max_length):
+            queue(connection.channel()).declare()
+    assert allowed_probes(role_url(node, role)) == ALLOWED[role]
 
 
 def test_a_message_that_raises_mid_batch_leaves_its_batch_mates_answered(worker, peers):
