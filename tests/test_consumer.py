@@ -341,3 +341,34 @@ def test_a_catalog_batch_handled_while_a_switch_began_is_given_back_not_settled(
     [parked] = waiting(queues.retry_queue(queues.catalog.name, 1))
     assert parked.body == b"ack"
     assert waiting(queues.catalog) == []
+
+
+def test_a_connection_lost_after_a_while_is_made_again_and_its_deliveries_handled_once(queues):
+    drops = []
+
+    class DropsOnce(Connection):
+        """The broker goes away once, when the loop holds a delivery it has not handled."""
+
+        def drain_events(self, **kwargs):
+            if worker.inbox.pending() and not drops:
+                drops.append(worker.health.broker_connected)
+                raise ConnectionResetError("the broker went away")
+            return super().drain_events(**kwargs)
+
+    handlers = ScriptedHandlers()
+    settings = Settings(
+        _env_file=None, amqp={"url": "memory://", "connect_timeout_seconds": 0.5}
+    )  # shorter than the connection lived: giving up counts from the loss, not the start
+    worker = Worker(settings, handlers, connection_factory=lambda: DropsOnce("memory://"))
+    thread = running(worker)
+    try:
+        time.sleep(0.8)
+        send(topology.BAG_PHOTOGRAPHED, b"ack")
+        eventually(lambda: drops and not worker.health.broker_connected)
+        eventually(lambda: handlers.batches and worker.health.broker_connected)
+        assert drops == [True] and thread.is_alive()
+        assert handlers.batches == [("scans", [b"ack"])]
+        eventually(lambda: len(waiting(queues.results)) == 1)
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
