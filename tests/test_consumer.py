@@ -302,6 +302,17 @@ def test_a_broker_out_of_reach_is_given_up_after_the_connect_timeout():
     assert not worker.health.broker_connected
 
 
+def test_without_a_connect_timeout_a_broker_out_of_reach_is_tried_until_the_worker_stops():
+    settings = Settings(_env_file=None, amqp={"url": "amqp://jm:s3cret@127.0.0.1:9//"})
+    worker = Worker(settings, ScriptedHandlers())
+    thread = running(worker)
+    time.sleep(1.5)  # past the first backoff: tried again
+    assert thread.is_alive() and not worker.health.broker_connected
+    worker.stop()
+    thread.join(timeout=1)  # not waiting out the backoff
+    assert not thread.is_alive()
+
+
 def test_catalog_work_is_given_back_while_blocked_and_taken_again_once_allowed(queues):
     blocked: dict[str, str | None] = {"reason": "writes held"}
     gate = CatalogGate(lambda: blocked["reason"], recheck_seconds=0.05)

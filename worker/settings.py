@@ -73,7 +73,8 @@ class AmqpSettings(BaseModel):
         default=None,
         gt=0,
         description="Give up (exit non-zero) when the broker cannot be reached for this long "
-        "since start; unset: retry forever, as orchestrators expect. For one-off runs.",
+        "(since start, or since the connection was lost); unset: retry forever, as "
+        "orchestrators expect. For one-off runs.",
     )
     scan_prefetch: int = Field(default=16, ge=1, description="Unacked scans held at once.")
     catalog_prefetch: int = Field(default=32, ge=1, description="Unacked catalog events.")
