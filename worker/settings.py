@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
     IPvAnyNetwork,
     SecretStr,
@@ -62,11 +63,16 @@ def strong_secret(value: SecretStr | None) -> SecretStr | None:
 
 CropFraction = Annotated[float, Field(gt=0.0, le=1.0)]
 
+AMQP_SCHEMES = ("amqp://", "amqps://", "pyamqp://", "memory://")
+
 
 class AmqpSettings(BaseModel):
+    model_config = ConfigDict(hide_input_in_errors=True)  # a refused URL may hold a password
+
     url: SecretStr = Field(
         default=SecretStr("amqp://guest:guest@localhost:5672//"),
-        description="Broker URL; `memory://` runs an in-process broker (demo, tests).",
+        description="Broker URL: `amqp://`, `amqps://` (TLS), or `memory://`, an in-process "
+        "broker (demo, tests).",
     )
     heartbeat_seconds: int = Field(default=30, ge=0, description="AMQP heartbeat; 0 disables.")
     connect_timeout_seconds: float | None = Field(
@@ -121,6 +127,16 @@ class AmqpSettings(BaseModel):
     @classmethod
     def _split_users(cls, value: object) -> object:
         return split_list(value)
+
+    @field_validator("url")
+    @classmethod
+    def _url_with_a_scheme(cls, value: SecretStr) -> SecretStr:
+        """kombu takes a URL without a scheme for a host name, password and all, and every
+        message about the broker would then show it."""
+        if not value.get_secret_value().lower().startswith(AMQP_SCHEMES):
+            schemes = ", ".join(AMQP_SCHEMES)
+            raise ValueError(f"the broker URL must start with one of {schemes}")
+        return value
 
 
 class S3Settings(BaseModel):
@@ -943,6 +959,7 @@ class Settings(BaseSettings):
         env_file=".env",
         env_file_encoding="utf-8",
         extra="ignore",
+        hide_input_in_errors=True,  # a refused value may be a password, a key or a token
     )
 
     amqp: AmqpSettings = AmqpSettings()
