@@ -235,3 +235,68 @@ def test_the_desk_reads_how_often_checked_matched_answers_were_right():
     finally:
         server.shutdown()
     assert confidence_figures(url) == {}  # a worker gone: nothing, no error
+
+
+# the desk's view of its workers -------------------------------------------------------------
+
+
+def desk_of(tmp_path, worker_urls: list[str], **ops):
+    from worker.review.desk import Desk
+    from worker.settings import Settings
+
+    settings = Settings(
+        _env_file=None,
+        amqp={"url": "memory://"},
+        s3={"backend": "local", "local_root": str(tmp_path)},
+        review={"database": tmp_path / "review.sqlite3", "worker_urls": worker_urls},
+        ops=ops,
+    )
+    return Desk(settings)
+
+
+def test_the_desk_tells_ready_not_ready_and_unreachable_workers_and_their_backups_age(tmp_path):
+    from worker.observability.prometheus import INDEX_BACKUP_TIME
+
+    ready, starting = Health(), Health()
+    ready.model_loaded = ready.broker_connected = True
+    ports = [free_port(), free_port(), free_port()]
+    servers = [
+        serve_ops(ready, ops_settings(ports[0])),
+        serve_ops(starting, ops_settings(ports[1])),
+    ]
+    urls = [f"http://127.0.0.1:{port}" for port in ports]  # the third: nobody listens
+    desk = desk_of(tmp_path, urls)
+    INDEX_BACKUP_TIME.set(time.time() - 2 * 3600)  # both serve this process's metrics
+    try:
+        states = desk.worker_states()
+    finally:
+        INDEX_BACKUP_TIME.set(0)
+        desk.close()
+        for server in servers:
+            server.shutdown()
+    assert [(s["url"], s["state"], s["code"]) for s in states] == [
+        (urls[0], "ready", 200),
+        (urls[1], "not ready", 503),
+        (urls[2], "unreachable", None),
+    ]
+    assert [s["backup_hours"] for s in states[:2]] == [pytest.approx(2, abs=0.01)] * 2
+    assert states[2]["backup_hours"] is None and states[2]["error"]
+
+
+def test_the_desk_reads_the_catalog_from_the_first_worker_that_answers_with_its_token(tmp_path):
+    products = [{"product_id": "p1"}]
+    health = Health()
+    health.catalog = lambda: products
+    port = free_port()
+    server = serve_ops(health, ops_settings(port, catalog_token=TOKEN, catalog_cache_seconds=0))
+    gone = f"http://127.0.0.1:{free_port()}"
+    desk = desk_of(tmp_path, [gone, f"http://127.0.0.1:{port}"], catalog_token=TOKEN)
+    try:
+        assert desk.catalog() == [{"product_id": "p1"}]  # past the worker that is gone
+        products.append({"product_id": "p2"})
+        assert len(desk.catalog()) == 1  # a copy younger than the cache period will do
+        assert len(desk.catalog(max_age=0)) == 2  # an older one is read again
+        server.shutdown()
+        assert len(desk.catalog(max_age=0)) == 2  # no worker answers: the last copy
+    finally:
+        desk.close()
