@@ -325,8 +325,9 @@ def test_catalog_work_is_given_back_while_blocked_and_taken_again_once_allowed(q
         send(topology.BAG_PHOTOGRAPHED, b"ack")  # scans are answered meanwhile
         eventually(lambda: handlers.batches == [("scans", [b"ack"])])
         send(topology.PRODUCT_UPDATED, b"ack")
-        time.sleep(0.3)
+        time.sleep(1.5)  # past a recheck of the gate, which still blocks
         assert handlers.batches == [("scans", [b"ack"])]  # no catalog work taken
+        assert REGISTRY.get_sample_value("jewelmatch_catalog_work_paused") == 1
         [parked] = waiting(queues.retry_queue(queues.catalog.name, 1))
         assert parked.headers[topology.HEADER_ATTEMPT] == 1  # not counted as an attempt
         blocked["reason"] = None
