@@ -13,7 +13,7 @@ from PIL import Image
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, photograph, render
 from worker.vision import colour
-from worker.vision.embedder import Embedder, ImageKind, model_id_for
+from worker.vision.embedder import Embedder, ImageKind, centred_crops, model_id_for
 
 RING = catalog_designs(1, seed=7)[0]
 
@@ -69,3 +69,27 @@ def test_the_weight_appends_the_colour_and_names_another_index(tiny_model_dir, t
         assert np.linalg.norm(vector) == pytest.approx(1.0, abs=1e-5)
         # the embedding part is the plain vector, scaled
         assert np.allclose(vector[: plain.dim] * np.sqrt(1.5), plain.embed([picture], kind)[0])
+
+
+def test_a_scans_colour_is_read_in_its_middle_and_a_catalog_images_in_all_of_it(
+    tiny_model_dir, tmp_path
+):
+    """A bag photo's border is the bag and the hand; a catalog image is the jewel."""
+    embedder = Embedder(
+        ModelSettings(
+            name=f"local-dir:{tiny_model_dir}",
+            threads=1,
+            runtime="torch",
+            cache_dir=tmp_path,
+            colour_weight=0.5,
+        )
+    )
+    picture = render(in_metal("gold"), 128)
+    for corner in [(0, 0), (116, 0), (0, 116), (116, 116)]:  # outside the middle 96 pixels
+        picture.paste((200, 20, 20), (*corner, corner[0] + 12, corner[1] + 12))
+    whole = colour.colour_descriptor(picture)
+    middle = colour.colour_descriptor(centred_crops(picture, [0.75])[0])
+    assert not np.allclose(whole, middle, atol=0.05)
+    for kind, expected in [(ImageKind.catalog, whole), (ImageKind.scan, middle)]:
+        part = embedder.embed([picture], kind)[0][embedder.view_dim :]
+        assert np.allclose(part / np.linalg.norm(part), expected, atol=1e-5)
