@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from worker.settings import ModelSettings
+from tests.support.tiny_model import tiny_settings
 from worker.tools.synthetic import catalog_designs, photograph, render
 from worker.vision import colour
 from worker.vision.embedder import Embedder, ImageKind, centred_crops, model_id_for
@@ -51,13 +51,7 @@ def test_gold_silver_and_rose_twins_are_told_apart_by_colour_through_a_bag_photo
 
 
 def test_the_weight_appends_the_colour_and_names_another_index(tiny_model_dir, tmp_path):
-    base = ModelSettings(
-        name=f"local-dir:{tiny_model_dir}",
-        threads=1,
-        runtime="torch",
-        cache_dir=tmp_path,
-        colour_weight=0.0,
-    )
+    base = tiny_settings(tiny_model_dir, tmp_path, colour_weight=0.0)
     coloured = base.model_copy(update={"colour_weight": 0.5})
     assert model_id_for(base) != model_id_for(coloured)
     assert model_id_for(base) == model_id_for(base.model_copy(update={"colour_weight": 0.0}))
@@ -75,15 +69,7 @@ def test_a_scans_colour_is_read_in_its_middle_and_a_catalog_images_in_all_of_it(
     tiny_model_dir, tmp_path
 ):
     """A bag photo's border is the bag and the hand; a catalog image is the jewel."""
-    embedder = Embedder(
-        ModelSettings(
-            name=f"local-dir:{tiny_model_dir}",
-            threads=1,
-            runtime="torch",
-            cache_dir=tmp_path,
-            colour_weight=0.5,
-        )
-    )
+    embedder = Embedder(tiny_settings(tiny_model_dir, tmp_path, colour_weight=0.5))
     picture = render(in_metal("gold"), 128)
     for corner in [(0, 0), (116, 0), (0, 116), (116, 116)]:  # outside the middle 96 pixels
         picture.paste((200, 20, 20), (*corner, corner[0] + 12, corner[1] + 12))

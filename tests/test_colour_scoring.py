@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.support.tiny_model import tiny_settings
 from worker.index import ReferenceImage, ScanRecord
 from worker.index.memory import InMemoryIndex
 from worker.matching.matcher import Matcher, MatchPolicy
-from worker.settings import LearningSettings, ModelSettings
+from worker.settings import LearningSettings
 from worker.vectors import VectorLayout, unit_rows
 from worker.vision import colour
 from worker.vision.embedder import Embedder
@@ -92,13 +93,8 @@ def fitted():
 
 def test_the_embedder_lays_out_its_vectors_so(tiny_model_dir, tmp_path):
     embedder = Embedder(
-        ModelSettings(
-            name=f"local-dir:{tiny_model_dir}",
-            threads=1,
-            runtime="torch",
-            scan_crops=[1.0],
-            colour_weight=WEIGHT,
-            cache_dir=tmp_path / "model-cache",
+        tiny_settings(
+            tiny_model_dir, tmp_path / "model-cache", scan_crops=[1.0], colour_weight=WEIGHT
         )
     )
     assert embedder.layout == COLOURED

@@ -249,13 +249,19 @@ def test_the_idle_work_runs_only_with_nothing_waiting_and_its_failure_stops_noth
     assert len(waiting(queues.results)) == 3
 
 
-def test_a_stop_during_a_batch_finishes_it_and_gives_back_what_waits(queues):
-    send(topology.BAG_PHOTOGRAPHED, b"ack", b"ack")
+def holding_its_first_batch(**options) -> tuple[ScriptedHandlers, Worker, threading.Thread]:
+    """A running loop whose handler holds its first batch until `proceed` is set."""
     handlers = ScriptedHandlers()
     handlers.proceed.clear()
-    worker = loop(handlers, batch_size=1)
+    worker = loop(handlers, **options)
     thread = running(worker)
     eventually(lambda: handlers.batches)
+    return handlers, worker, thread
+
+
+def test_a_stop_during_a_batch_finishes_it_and_gives_back_what_waits(queues):
+    send(topology.BAG_PHOTOGRAPHED, b"ack", b"ack")
+    handlers, worker, thread = holding_its_first_batch(batch_size=1)
     worker.stop()
     assert worker.health.stopping and not worker.health.ready
     handlers.proceed.set()
@@ -269,11 +275,7 @@ def test_a_stop_during_a_batch_finishes_it_and_gives_back_what_waits(queues):
 
 def test_a_batch_not_done_within_the_grace_is_left_unacked_for_another_worker(queues):
     send(topology.BAG_PHOTOGRAPHED, b"ack")
-    handlers = ScriptedHandlers()
-    handlers.proceed.clear()
-    worker = loop(handlers, drain_seconds=0.3)
-    thread = running(worker)
-    eventually(lambda: handlers.batches)
+    handlers, worker, thread = holding_its_first_batch(drain_seconds=0.3)
     worker.stop()
     thread.join(timeout=5)
     try:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from tests.support.tiny_model import tiny_settings
 from worker.errors import StartupError
 from worker.settings import ModelSettings
 from worker.vision.embedder import (
@@ -35,17 +36,11 @@ def test_crops_are_centred_squares_of_the_shorter_side():
 
 @pytest.mark.parametrize("flip", [True, False])
 def test_with_flip_a_mirrored_picture_embeds_as_the_picture(tiny_model_dir, tmp_path, flip):
-    embedder = Embedder(
-        ModelSettings(
-            name=f"local-dir:{tiny_model_dir}",
-            threads=1,
-            runtime="torch",
-            cache_dir=tmp_path,
-            colour_weight=0.0,
-            flip=flip,
-            catalog_crops=[1.0, 0.8],  # centred, so that a crop's mirror is the mirror's crop
-        )
+    # centred crops, so that a crop's mirror is the mirror's crop
+    settings = tiny_settings(
+        tiny_model_dir, tmp_path, colour_weight=0.0, flip=flip, catalog_crops=[1.0, 0.8]
     )
+    embedder = Embedder(settings)
     # dark on the left, bright on the right: its mirror image is another picture
     ramp = np.tile(np.linspace(0, 255, 128).astype(np.uint8), (128, 1))
     picture = Image.fromarray(ramp).convert("RGB")
@@ -87,8 +82,7 @@ def test_the_embedder_runs_torch_on_its_threads(tiny_model_dir, tmp_path):
     before = torch.get_num_threads()
     try:
         for threads in (1, 2):
-            name = f"local-dir:{tiny_model_dir}"
-            Embedder(ModelSettings(name=name, threads=threads, cache_dir=tmp_path))
+            Embedder(tiny_settings(tiny_model_dir, tmp_path, threads=threads))
             assert torch.get_num_threads() == threads
     finally:
         torch.set_num_threads(before)

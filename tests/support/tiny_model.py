@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from worker.settings import ModelSettings
+
 TINY_CONFIG = {
     "model_cfg": {
         "embed_dim": 32,
@@ -31,6 +33,15 @@ TINY_CONFIG = {
 
 def write_tiny_model(directory: Path, seed: int = 0) -> Path:
     return _write(directory, TINY_CONFIG, seed)
+
+
+def tiny_settings(model_dir: Path, cache_dir: Path, **settings) -> ModelSettings:
+    """Settings of the tiny model in `model_dir`, its exports in `cache_dir`: one thread and
+    torch unless `settings` say otherwise."""
+    defaults = {"threads": 1, "runtime": "torch"}
+    return ModelSettings(
+        name=f"local-dir:{model_dir}", cache_dir=cache_dir, **{**defaults, **settings}
+    )
 
 
 def _write(directory: Path, config: dict, seed: int) -> Path:
