@@ -85,3 +85,6 @@ def test_swapped_views_are_crops_of_the_swap_and_the_default_draws_the_same_view
     plain = training_views(picture, 8, random.Random(2), 0.5)
     unswapped = training_views(picture, 8, random.Random(2), 0.5, 0.0, swap)
     assert [v.tobytes() for v in plain] == [v.tobytes() for v in unswapped]
+    # nor with a swap asked but no scenes to swap to (a catalog without any)
+    no_scenes = training_views(picture, 8, random.Random(2), 0.5, 1.0, None)
+    assert [v.tobytes() for v in plain] == [v.tobytes() for v in no_scenes]

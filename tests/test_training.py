@@ -331,9 +331,11 @@ def test_training_views_are_the_whole_picture_and_crops_no_smaller_than_asked() 
     picture = render(catalog_designs(1, seed=5)[0], 200)
     for smallest in (0.5, 0.8):
         views = training_views(picture, 16, random.Random(1), smallest)
-        assert views[0] is picture
+        assert views[0] is picture and len(views) == 16
         sides = [view.size for view in views[1:]]
         assert all(w == h and smallest * 200 <= w <= 200 for w, h in sides)
+    wide = picture.crop((0, 40, 200, 160))  # squares of its shorter side at most
+    assert all(v.size[0] <= 120 for v in training_views(wide, 16, random.Random(1), 0.5)[1:])
     # a smaller bound is used: the crops of a catalog of scenes reach further in
     assert min(v.size[0] for v in training_views(picture, 16, random.Random(1), 0.5)) < 160
 
@@ -396,3 +398,28 @@ def test_a_version_trained_with_an_input_scale_is_served_at_that_size(
     picture = [pictures[0].load()]
     assert not np.allclose(embedders["native"].embed(picture), embedders["scaled"].embed(picture))
     assert scaled_size(240, 1.6) == 384 and scaled_size([260, 240], 1.6) == [416, 384]
+
+
+class _Planted:
+    """A pickle that would run code when loaded: here, create a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_checkpoint_that_is_not_one_is_never_run_and_the_training_starts_over(tmp_path):
+    from worker.training.fine_tune import _Checkpoint
+
+    checkpoint, marker = _Checkpoint(tmp_path, "this-run"), tmp_path / "code-ran"
+    torch.save({"fingerprint": "this-run", "epoch": 9, "x": _Planted(marker)}, checkpoint.path)
+    assert checkpoint.load() is None and not marker.exists()
+    checkpoint.path.write_bytes(b"not a checkpoint")
+    assert checkpoint.load() is None
+    torch.save(["this-run"], checkpoint.path)
+    assert checkpoint.load() is None
+    checkpoint.save({"epoch": 3})
+    assert checkpoint.load() == {"epoch": 3, "fingerprint": "this-run"}
+    assert _Checkpoint(tmp_path, "another-run").load() is None

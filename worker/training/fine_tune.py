@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -190,10 +191,18 @@ class _Checkpoint:
         self.fingerprint = fingerprint
 
     def load(self) -> dict | None:
+        """The saved state of this run, or None: none saved, another run's, or a file that
+        is not a checkpoint (read as weights only: a pickle that would run code is refused,
+        and the run starts over rather than failing every time)."""
         if not self.path.is_file():
             return None
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") != self.fingerprint:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+            reason = f"not a checkpoint ({type(error).__name__})"
+            log.warning("training.checkpoint_ignored", path=str(self.path), reason=reason)
+            return None
+        if not isinstance(state, dict) or state.get("fingerprint") != self.fingerprint:
             log.info("training.checkpoint_ignored", path=str(self.path), reason="another run")
             return None
         return state
