@@ -244,6 +244,19 @@ def test_the_domain_centring_applies_only_where_a_run_has_two_domains(
     assert digests["catalog", True] == digests["catalog", False]
 
 
+def test_each_picture_is_centred_on_its_own_domains_mean() -> None:
+    from types import SimpleNamespace
+
+    from worker.training.fine_tune import _domain_offsets
+
+    # pictures × views × dimensions: one catalog image, then two bag photos
+    frozen = torch.tensor([[[1.0, 0], [3, 0]], [[0, 2.0], [0, 4]], [[0, 6.0], [0, 8]]])
+    cache = SimpleNamespace(is_catalog=[True, False, False])
+    offsets = _domain_offsets(frozen, cache, torch.device("cpu"))
+    catalog_mean, photo_mean = [2.0, 0.0], [0.0, 5.0]
+    assert offsets.tolist() == [catalog_mean, photo_mean, photo_mean]
+
+
 def test_a_gpu_run_takes_deterministic_kernels_and_gives_them_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
