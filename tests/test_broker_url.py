@@ -9,7 +9,7 @@ import ssl
 import pytest
 from pydantic import ValidationError
 
-from worker.amqp.broker import broker_address, broker_user, tls_options
+from worker.amqp.broker import broker_address, broker_user, connect, tls_options
 from worker.settings import AmqpSettings, Settings
 
 
@@ -69,3 +69,11 @@ def test_tls_verifies_the_broker_whenever_asked_by_the_url_or_the_setting(tmp_pa
     }
     key_in_certificate = AmqpSettings(url="amqps://rabbit//", ssl_cert_file=tmp_path / "both.pem")
     assert tls_options(key_in_certificate)["keyfile"] is None
+
+
+def test_a_connection_waits_for_the_broker_to_take_each_message_and_beats_its_heart():
+    plain = connect(AmqpSettings(url="amqp://jm:s3cret@rabbit//", heartbeat_seconds=15))
+    assert plain.transport_options["confirm_publish"] is True  # else a lost publish looks sent
+    assert plain.heartbeat == 15 and not plain.ssl
+    secure = AmqpSettings(url="amqps://jm:s3cret@rabbit//")
+    assert connect(secure).ssl == tls_options(secure)  # verified, as above

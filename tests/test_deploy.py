@@ -13,7 +13,14 @@ import yaml
 from kombu import Connection
 
 from shared import topology
-from worker.amqp.broker import EVENTS, ConfirmedPublisher, Topology, review_queues
+from worker.amqp.broker import (
+    DEAD_LETTER,
+    EVENTS,
+    RESULTS,
+    ConfirmedPublisher,
+    Topology,
+    review_queues,
+)
 from worker.amqp.definitions import definitions
 from worker.settings import AmqpSettings, OpsSettings, ReviewSettings, Settings
 
@@ -177,6 +184,25 @@ def test_committed_definitions_are_the_generated_ones():
     assert scans["arguments"]["x-queue-type"] == "quorum"
     assert scans["arguments"]["x-delivery-limit"] == AmqpSettings().delivery_limit
     assert scans["arguments"]["x-dead-letter-exchange"] == topology.DEAD_LETTER_EXCHANGE
+
+
+def test_everything_the_worker_and_the_desk_declare_survives_a_broker_restart():
+    queues = [
+        *Topology.build(AmqpSettings(), OpsSettings()).all_queues(),
+        *review_queues(ReviewSettings().queue_max_length),
+    ]
+    assert all(exchange.durable for exchange in (EVENTS, RESULTS, DEAD_LETTER))
+    assert all(queue.durable and not queue.auto_delete for queue in queues)
+
+
+def test_each_retry_waits_longer_up_to_the_longest_delay_then_goes_back_to_its_queue():
+    ops = OpsSettings(retry_delays_seconds=[60, 2, 10, 300])  # in any order
+    queues = Topology.build(AmqpSettings(), ops)
+    for origin in (topology.SCANS_QUEUE, topology.CATALOG_QUEUE):
+        waits = [queues.retry_queue(origin, attempt) for attempt in (1, 2, 3, 4, 5, 9)]
+        ttls = [queue.queue_arguments["x-message-ttl"] for queue in waits]
+        assert ttls == [2_000, 10_000, 60_000, 300_000, 300_000, 300_000]
+        assert {queue.queue_arguments["x-dead-letter-routing-key"] for queue in waits} == {origin}
 
 
 @pytest.mark.integration
