@@ -15,6 +15,7 @@ from shared import topology
 from shared.contract import BagPhotographed, MatchResult, MatchStatus, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, make_settings
 from tests.support.pictures import design_folder
+from tests.support.polling import wait_until
 from worker.amqp.broker import EVENTS, Topology
 from worker.amqp.catalog_gate import CatalogGate
 from worker.amqp.consumer import BrokerUnreachable, Worker
@@ -34,10 +35,7 @@ def images(tmp_path: Path) -> Path:
 
 
 def publish(routing_key: str, event) -> None:
-    with Connection("memory://") as connection:
-        Producer(connection.channel()).publish(
-            event.model_dump_json(), exchange=EVENTS, routing_key=routing_key
-        )
+    send(routing_key, event.model_dump_json())
 
 
 def test_the_index_is_optimized_when_idle_past_the_threshold_and_scans_answered_throughout(
@@ -165,7 +163,7 @@ def loop(handlers, batch_size: int = 2, **options) -> Worker:
     return Worker(settings, handlers, connection_factory=lambda: Connection("memory://"), **options)
 
 
-def send(routing_key: str, *bodies: bytes) -> None:
+def send(routing_key: str, *bodies: str | bytes) -> None:
     with Connection("memory://") as connection:
         producer = Producer(connection.channel())
         for body in bodies:
@@ -187,11 +185,8 @@ def running(worker: Worker) -> threading.Thread:
     return thread
 
 
-def eventually(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
+def eventually(condition) -> None:
+    wait_until(condition, timeout=10.0, every=0.02)
 
 
 def test_scans_go_before_catalog_work_in_batches_and_each_outcome_is_settled(queues):

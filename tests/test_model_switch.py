@@ -16,6 +16,7 @@ from shared import topology
 from shared.contract import CatalogOutcomeStatus
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from tests.support.harness import WorkerHarness
+from tests.support.polling import wait_until
 from tests.test_worker_integration import product_event, scan_event
 from worker.index.server import WRITE_HOLD_SECONDS, QdrantServerIndex, writes_held_alias
 from worker.tools.synthetic import catalog_designs, render
@@ -50,13 +51,6 @@ def other_model_index(worker: WorkerHarness) -> QdrantServerIndex:
 
 def paused() -> float | None:
     return REGISTRY.get_sample_value("jewelmatch_catalog_work_paused")
-
-
-def wait_until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def deleted(worker: WorkerHarness, product_id: str) -> bool:
