@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import time
 from dataclasses import replace
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from shared import topology
 from shared.contract import (
@@ -30,6 +32,7 @@ from shared.contract import (
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from tests.support.pictures import design_folder, set_picture
 from worker.errors import TransientError
+from worker.observability.prometheus import count_index_when_scraped
 from worker.pipeline.handlers import Action, Delivery, Handlers
 from worker.pipeline.outcome import identifier_in
 from worker.pipeline.storage import Blob, LocalImageStore
@@ -534,6 +537,29 @@ def test_scans_make_the_next_timed_refit_due(handlers):
         fitted_at=learner.snapshot.fitted_at - handlers.settings.learning.refit.seconds,
     )
     assert learner.refit_in_background_if_due()  # but then, since they changed the statistics
+
+
+def test_the_index_size_metric_follows_the_catalog(handlers):
+    def scraped() -> float | None:
+        return REGISTRY.get_sample_value("jewelmatch_index_reference_images")
+
+    index = handlers.matcher.index
+    assert scraped() == 0
+    ingest(handlers)
+    ingested = index.count()
+    assert ingested >= len(DESIGNS)
+    assert scraped() == ingested
+    deletion = ProductDeleted(product_id=DESIGNS[0].product_id)
+    handlers.handle_catalog([delivery(topology.PRODUCT_DELETED, deletion)])
+    assert 0 < scraped() == index.count() < ingested
+
+
+def test_an_index_that_cannot_be_counted_scrapes_as_unknown_not_as_an_error():
+    def away() -> int:
+        raise ConnectionError("qdrant is away")
+
+    count_index_when_scraped(away)
+    assert math.isnan(REGISTRY.get_sample_value("jewelmatch_index_reference_images"))
 
 
 def test_no_published_detail_carries_a_url_or_an_object_address(handlers, images):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
+
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
@@ -43,7 +46,9 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 MODEL_LOAD_SECONDS = Gauge("jewelmatch_model_load_seconds", "Time the model took to load.")
-INDEX_POINTS = Gauge("jewelmatch_index_reference_images", "Reference images in the index.")
+INDEX_POINTS = Gauge(
+    "jewelmatch_index_reference_images", "Reference images in the index, counted when scraped."
+)
 READY = Gauge("jewelmatch_ready", "1 when the worker is ready to take messages.")
 INDEX_BACKUP_TIME = Gauge(
     "jewelmatch_index_backup_timestamp_seconds",
@@ -88,3 +93,16 @@ def observe_confidence(report: dict) -> None:
 def observe_stages(timings_ms: dict[str, float]) -> None:
     for stage, ms in timings_ms.items():
         STAGE_SECONDS.labels(stage).observe(ms / 1000)
+
+
+def count_index_when_scraped(count: Callable[[], int]) -> None:
+    """The index size is read at each scrape: a count set once at start goes stale with the
+    first product event. NaN while the index cannot be asked (a Qdrant server away)."""
+
+    def read() -> float:
+        try:
+            return float(count())
+        except Exception:
+            return math.nan
+
+    INDEX_POINTS.set_function(read)

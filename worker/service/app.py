@@ -15,7 +15,7 @@ from worker.matching.catalog import catalog_summary
 from worker.matching.matcher import Matcher, policy_from_settings
 from worker.observability.logs import get_logger
 from worker.observability.probes import Health, serve_ops
-from worker.observability.prometheus import INDEX_POINTS, MODEL_LOAD_SECONDS
+from worker.observability.prometheus import MODEL_LOAD_SECONDS, count_index_when_scraped
 from worker.pipeline.handlers import Handlers
 from worker.pipeline.storage import ImageStore, open_image_store
 from worker.service.backup import scheduled_backup
@@ -42,7 +42,7 @@ def build_components(settings: Settings, embedder: Embedder | None = None) -> Co
     embedder = embedder or Embedder(settings.model)
     MODEL_LOAD_SECONDS.set(embedder.load_seconds)
     index = open_index(settings.index, embedder.model_id, embedder.dim)
-    INDEX_POINTS.set(index.count())
+    count_index_when_scraped(index.count)
     log.info(
         "index.opened",
         model=embedder.model_id,
