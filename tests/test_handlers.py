@@ -539,6 +539,25 @@ def test_scans_make_the_next_timed_refit_due(handlers):
     assert learner.refit_in_background_if_due()  # but then, since they changed the statistics
 
 
+def test_a_restarted_worker_ranks_at_once_with_what_its_index_already_teaches(
+    tmp_path, tiny_model_dir, tiny_embedder, images
+):
+    first = _handlers(tmp_path, tiny_model_dir, tiny_embedder, images)
+    ingest(first)
+    first.handle_scans([scan(f"s-{n}", f"bag-{DESIGNS[n % 4].product_id}.jpg") for n in range(30)])
+    first.close()
+    first.matcher.index.close()
+    # Without a fit at start, the photo domain (and so every confirmed photo) would wait
+    # for enough new scans: the scans the index holds would not count.
+    restarted = _handlers(tmp_path, tiny_model_dir, tiny_embedder, images)
+    try:
+        assert restarted.matcher.snapshot.centring.means.scan is not None
+        assert not restarted.matcher.learner.refit_in_background_if_due()
+    finally:
+        restarted.close()
+        restarted.matcher.index.close()
+
+
 def test_the_index_size_metric_follows_the_catalog(handlers):
     def scraped() -> float | None:
         return REGISTRY.get_sample_value("jewelmatch_index_reference_images")
