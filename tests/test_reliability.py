@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 from kombu import Connection, Consumer
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from shared import topology
 from shared.contract import (
@@ -281,7 +282,13 @@ def test_probes_and_metrics_of_a_worker_process(tmp_path, process_env, amqp_url)
             time.sleep(0.1)
         assert counted in metrics
 
-        assert "jewelmatch_model_load_seconds" in metrics
+        samples = {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(metrics)
+            for sample in family.samples
+        }
+        assert samples["jewelmatch_model_load_seconds"] > 0  # measured, not the gauge's 0
+        assert samples["jewelmatch_index_reference_images"] > 0  # the product just ingested
         assert 'jewelmatch_stage_seconds_count{stage="embed"}' in metrics
         assert "guest:guest" not in unreachable.log_path.read_text()  # no credentials in logs
     finally:
