@@ -6,8 +6,9 @@ RabbitMQ checks), and takes answers off a queue: match results, catalog outcomes
 letters. When the broker goes away it reconnects and carries on, within `retry_seconds`.
 
 Receiving is exact: a message is acknowledged only when it is taken, one at a time
-(prefetch 1), and a message delivered past what was asked for goes back to its queue, so
-`depth()` always counts what nobody has taken yet.
+(prefetch 1), and the last one only once the consumer is cancelled, so that no message is
+delivered past what was asked for and `depth()` at once counts what nobody has taken. (One
+delivered and given back is counted again only a moment later.)
 """
 
 from __future__ import annotations
@@ -170,16 +171,26 @@ class JewelmatchClient:
                 message.delivery_info.get("routing_key", ""),
                 time.perf_counter(),
             )
-            message.ack()
             taken.append(received)
+            last = True  # also when `until` raises
+            try:
+                last = done()
+            finally:
+                if last:
+                    # Before the ack, which would let the broker deliver one more (prefetch
+                    # 1): a message delivered and then given back is counted again only a
+                    # moment after the channel closes, and depth() would miss it.
+                    consumer.cancel()
+                message.ack()
             if on_each:
                 on_each(received)
 
         with open_channel(connection) as channel:
             channel.basic_qos(0, 1, False)  # prefetch 1
-            Consumer(
+            consumer = Consumer(
                 channel, [Queue(queue, no_declare=True)], on_message=on_message, auto_declare=False
-            ).consume()
+            )
+            consumer.consume()
             while not done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
