@@ -91,10 +91,13 @@ class S3Object(BaseModel):
             if not match:
                 raise ValueError("expected an s3://bucket/key URI")
             return match.groupdict()
-        if isinstance(value, dict) and "uri" in value and "bucket" not in value:
+        if isinstance(value, dict) and "uri" in value:
             match = _S3_URI.match(str(value["uri"]))
             if not match:
                 raise ValueError("expected an s3://bucket/key URI")
+            given = {part: value[part] for part in ("bucket", "key") if part in value}
+            if any(match[part] != named for part, named in given.items()):
+                raise ValueError("the uri and the bucket or key name different objects")
             return {**value, **match.groupdict()}
         return value
 

@@ -39,6 +39,23 @@ def test_image_reference_accepts_uri_or_bucket_and_key():
     assert a.image == b.image == c.image == S3Object(bucket="scans", key="2026/a.jpg")
     assert a.image.uri == "s3://scans/2026/a.jpg"
     assert a.top_k == 5 and a.schema_version == 1
+    d = BagPhotographed.model_validate(
+        {"scan_id": "s1", "image": {"uri": "s3://scans/2026/a.jpg", "bucket": "scans"}}
+    )
+    assert d.image == a.image  # a uri that agrees with the bucket it is given
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        {"uri": "s3://scans/a.jpg", "bucket": "catalog", "key": "a.jpg"},
+        {"uri": "s3://scans/a.jpg", "key": "b.jpg"},
+    ],
+    ids=["other-bucket", "other-key"],
+)
+def test_a_uri_and_a_bucket_or_key_that_name_different_objects_are_refused(image):
+    with pytest.raises(InvalidMessage, match="different objects"):
+        parse_event(topology.BAG_PHOTOGRAPHED, json.dumps({"scan_id": "s1", "image": image}))
 
 
 @pytest.mark.parametrize(
@@ -267,6 +284,7 @@ BOUNDS = [
     ("id's first character", PRODUCT, _product(product_id="p-1"), _product(product_id="-p1")),
     ("id's first character .", PRODUCT, _product(product_id="p.1"), _product(product_id=".p1")),
     ("text of 200", PRODUCT, _product(name="n" * 200), _product(name="n" * 201)),
+    ("text without unit separator", PRODUCT, _product(name="a b"), _product(name="a\x1fb")),
     ("text without DEL", PRODUCT, _product(name="a~b"), _product(name="a\x7fb")),
     (
         "bucket of 63",
@@ -274,12 +292,19 @@ BOUNDS = [
         _scan(image=f"s3://{'b' * 63}/a.jpg"),
         _scan(image=f"s3://{'b' * 64}/a.jpg"),
     ),
+    ("bucket without _", BAG, _scan(image="s3://b-1.c/a.jpg"), _scan(image="s3://b_1c/a.jpg")),
     ("bucket of 3", BAG, _scan(image="s3://abc/a.jpg"), _scan(image="s3://ab/a.jpg")),
     (
         "key of 1024",
         BAG,
         _scan(image=f"s3://b1c/{'k' * 1024}"),
         _scan(image=f"s3://b1c/{'k' * 1025}"),
+    ),
+    (
+        "key without unit separator",
+        BAG,
+        _scan(image="s3://b1c/a b.jpg"),
+        _scan(image="s3://b1c/a\x1f.jpg"),
     ),
     ("key without DEL", BAG, _scan(image="s3://b1c/a~.jpg"), _scan(image="s3://b1c/a\x7f.jpg")),
     (
@@ -303,6 +328,12 @@ BOUNDS = [
         CONFIRMED,
         {"scan_id": "s", "product_id": "p", "receipt": "a" * 32},
         {"scan_id": "s", "product_id": "p", "receipt": "a" * 33},
+    ),
+    (
+        "receipt of no fewer than 32",
+        CONFIRMED,
+        {"scan_id": "s", "product_id": "p", "receipt": "a" * 32},
+        {"scan_id": "s", "product_id": "p", "receipt": "a" * 31},
     ),
 ]
 
