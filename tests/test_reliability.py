@@ -27,6 +27,7 @@ from shared.contract import (
 )
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from tests.support.harness import WorkerHarness
+from tests.support.polling import wait_until
 from tests.support.processes import WorkerProcess, worker_environment
 from worker.amqp.broker import Topology
 from worker.amqp.client import JewelmatchClient
@@ -326,6 +327,19 @@ def test_sigterm_finishes_the_batch_and_exits_zero(tmp_path, process_env, amqp_u
     finally:
         worker.stop()
         peer.close()
+
+
+def test_sigterm_while_the_model_loads_exits_zero_and_never_consumes(tmp_path, process_env):
+    worker = WorkerProcess(process_env(), tmp_path / "worker.log")
+    try:
+        wait_until(lambda: worker.probe("/livez") == 200, timeout=60, every=0.01)
+        worker.terminate()  # the probes answer before the model has loaded
+        assert worker.wait(timeout=60) == 0
+        log = worker.log_path.read_text()
+        assert "worker.stopped" in log
+        assert "worker.consuming" not in log
+    finally:
+        worker.stop()
 
 
 def test_worker_killed_mid_batch_another_finishes_the_work(tmp_path, process_env, amqp_url):

@@ -139,6 +139,17 @@ def run_worker(settings: Settings) -> None:
     """The `jewelmatch worker` process: probes first, then the model, then consume."""
     check_broker_login(settings.amqp)
     health = Health()
+    worker_box: list[Worker] = []
+
+    def on_signal(signum, frame) -> None:
+        # Plain assignments only: no logging, no locks (the interrupted code may hold them).
+        health.stopping = True  # also while the model loads: the worker then never starts
+        for worker in worker_box:
+            worker.stop()
+
+    # Before the probes answer: a SIGTERM sent once /livez does is never the default's kill.
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     ops_server = None
     if settings.ops.http_port:
         ops_server = serve_ops(health, settings.ops)
@@ -147,16 +158,6 @@ def run_worker(settings: Settings) -> None:
             port=settings.ops.http_port,
             paths=["/livez", "/readyz", "/metrics", "/catalog"],
         )
-    worker_box: list[Worker] = []
-
-    def on_signal(signum, frame) -> None:
-        # Plain assignments only: no logging, no locks (the interrupted code may hold them).
-        health.stopping = True
-        for worker in worker_box:
-            worker.stop()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     with opened(settings) as components:
         ensure_model_is_current(settings, components.index)
         health.catalog = lambda: catalog_summary(components.index)
