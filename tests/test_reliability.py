@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import signal
 import threading
 import time
 from collections import Counter
@@ -329,11 +330,12 @@ def test_sigterm_finishes_the_batch_and_exits_zero(tmp_path, process_env, amqp_u
         peer.close()
 
 
-def test_sigterm_while_the_model_loads_exits_zero_and_never_consumes(tmp_path, process_env):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stop_while_the_model_loads_exits_zero_and_never_consumes(tmp_path, process_env, stop):
     worker = WorkerProcess(process_env(), tmp_path / "worker.log")
     try:
         wait_until(lambda: worker.probe("/livez") == 200, timeout=60, every=0.01)
-        worker.terminate()  # the probes answer before the model has loaded
+        worker.process.send_signal(stop)  # the probes answer before the model has loaded
         assert worker.wait(timeout=60) == 0
         log = worker.log_path.read_text()
         assert "worker.stopped" in log
