@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from worker.index.edge import make_current
 from worker.settings import S3Settings
+from worker.tools.bench.servers import free_port
 from worker.tools.seed import object_writer
 
 EXIT_STARTUP = 2
@@ -90,6 +92,20 @@ def test_a_backup_file_in_a_missing_folder_is_one_line(tmp_path, tiny_model_dir)
     env = tiny_worker_env(tiny_model_dir, tmp_path, JEWELMATCH_INDEX__BACKUP_FILE=str(missing))
     done = jewelmatch("worker", env=env)
     assert_one_line(done, "JEWELMATCH_INDEX__BACKUP_FILE", str(missing.parent))
+
+
+def test_a_worker_whose_model_is_not_the_one_in_service_is_one_line(tmp_path, tiny_model_dir):
+    (tmp_path / "index").mkdir()
+    make_current(tmp_path / "index", "another-model")  # what `jewelmatch reindex` switched to
+    env = tiny_worker_env(
+        tiny_model_dir,
+        tmp_path,
+        JEWELMATCH_AMQP__URL=f"amqp://guest:guest@127.0.0.1:{free_port()}//",
+        JEWELMATCH_AMQP__CONNECT_TIMEOUT_SECONDS="2",  # were it to go on: no broker
+    )
+    assert_one_line(
+        jewelmatch("worker", env=env), "the index in service is 'another-model'", "reindex"
+    )
 
 
 def test_a_broker_never_reached_is_named_and_the_worker_gives_up_when_told(
