@@ -11,8 +11,11 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from tests.support.tiny_model import write_tiny_model
 from worker.cli import app, main
+from worker.index.edge import current_model
 from worker.tools.synthetic import write_catalog
+from worker.tools.terminal import FOLDER_BUCKET
 
 runner = CliRunner()
 
@@ -124,6 +127,42 @@ def test_ingest_names_the_images_it_cannot_read_and_stores_the_rest(
     )
     result = runner.invoke(app, ["scan", str(data / "p009.png")])
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_reindex_from_a_terminal_builds_beside_and_switches_only_when_told(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    write_catalog(tmp_path / "store" / FOLDER_BUCKET, count=3, scans_per_product=0)
+    for name, value in {
+        "MODEL__NAME": f"local-dir:{tiny_model_dir}",
+        "MODEL__CACHE_DIR": str(tmp_path / "cache"),
+        "MODEL__SCAN_CROPS": "[1.0]",
+        "INDEX__PATH": str(tmp_path / "index"),
+        "S3__BACKEND": "local",  # the folder as the bucket the ingest named
+        "S3__LOCAL_ROOT": str(tmp_path / "store"),
+        "S3__ALLOWED_BUCKETS": f'["{FOLDER_BUCKET}"]',
+    }.items():
+        monkeypatch.setenv(f"JEWELMATCH_{name}", value)
+    result = runner.invoke(app, ["ingest", str(tmp_path / "store" / FOLDER_BUCKET)])
+    assert result.exit_code == 0, result.output
+    in_service = current_model(tmp_path / "index")
+    other = write_tiny_model(tmp_path / "other-model", seed=5)
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{other}")
+
+    result = runner.invoke(app, ["reindex", in_service, "--no-switch"])
+    assert result.exit_code == 0, result.output
+    assert "re-embedded 3 of 3 images" in result.output and "now current" not in result.output
+    assert current_model(tmp_path / "index") == in_service  # built beside, not in service
+
+    result = runner.invoke(app, ["reindex", in_service])
+    assert result.exit_code == 0, result.output
+    assert "now current" in result.output
+    switched = current_model(tmp_path / "index")
+    assert switched not in (None, in_service)
+
+    result = runner.invoke(app, ["reindex", switched])
+    assert result.exit_code == 2 and "nothing to do" in result.output
+    assert current_model(tmp_path / "index") == switched
 
 
 @pytest.mark.parametrize("option", ["--kinds", "--splits"])

@@ -184,12 +184,14 @@ def test_a_switch_lifts_its_own_hold_and_not_another_switchs():
     assert not old.writes_held()
 
 
-@pytest.mark.parametrize("fails", [False, True])
+@pytest.mark.parametrize("ending", ["switched", "fails", "outlasts the hold"])
 def test_a_switch_catches_up_while_writes_are_held_and_always_lifts_the_hold(
-    settings, tiny_embedder, fails
+    settings, tiny_embedder, ending, monkeypatch
 ):
     """`reindex` and `model promote` end this way: the catch-up runs while every worker holds
-    catalog work; then the switch; the hold is lifted whatever happened."""
+    catalog work; then the switch; the hold is lifted whatever happened. A catch-up longer
+    than workers hold their catalog work for is not switched: writes may have gone by it."""
+    import typer
     from qdrant_client import QdrantClient
 
     from worker.cli.service import _catch_up_and_switch
@@ -215,18 +217,23 @@ def test_a_switch_catches_up_while_writes_are_held_and_always_lifts_the_hold(
 
     def upsert_noting_the_hold(images) -> None:
         held_while_writing.append(source.writes_held())
-        if fails:
+        if ending == "fails":
             raise RuntimeError("the index went away")
+        if ending == "outlasts the hold":
+            time.sleep(1.5)
         upsert(images)
 
     target.upsert = upsert_noting_the_hold
-    if fails:
-        with pytest.raises(RuntimeError):
-            _catch_up_and_switch(settings, source, target, tiny_embedder)
-    else:
+    if ending == "outlasts the hold":
+        monkeypatch.setattr("worker.index.server.WRITE_HOLD_SECONDS", 1)
+    if ending == "switched":
         _catch_up_and_switch(settings, source, target, tiny_embedder)
+    else:
+        raised = RuntimeError if ending == "fails" else typer.BadParameter
+        with pytest.raises(raised):
+            _catch_up_and_switch(settings, source, target, tiny_embedder)
     assert held_while_writing == [True]
     assert not source.writes_held()
-    assert source.current_model_id() == ("old-model" if fails else model)
+    assert source.current_model_id() == (model if ending == "switched" else "old-model")
     stored = [i.image_id for i in target.product_images(design.product_id)]
-    assert stored == ([] if fails else ["front"])
+    assert stored == ([] if ending == "fails" else ["front"])
