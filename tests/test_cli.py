@@ -162,7 +162,17 @@ def test_reindex_from_a_terminal_builds_beside_and_switches_only_when_told(
 
     result = runner.invoke(app, ["reindex", switched])
     assert result.exit_code == 2 and "nothing to do" in result.output
+    result = runner.invoke(app, ["reindex", "no-such-model"])
+    assert result.exit_code == 2 and "no index of model 'no-such-model'" in result.output
     assert current_model(tmp_path / "index") == switched
+
+
+@pytest.mark.parametrize("command", [["backup", "out.jsonl.gz"], ["train"]])
+def test_commands_on_the_index_in_service_say_when_there_is_none(tmp_path, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    result = runner.invoke(app, command)
+    assert result.exit_code == 2 and "no index in service" in result.output
 
 
 @pytest.mark.parametrize("option", ["--kinds", "--splits"])
