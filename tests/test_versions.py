@@ -1,13 +1,16 @@
 """The model versions' registry on its own (worker/vision/versions.py): which version is
-current, promotion, rollback, and the name the embedder loads; the whole train-promote-rollback
-path runs in test_train_job.py."""
+current, promotion, rollback, the name the embedder loads, and `jewelmatch model list` and
+`rollback` where no index is needed; the whole train-promote-rollback path runs in
+test_train_job.py."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from typer.testing import CliRunner
 
+from worker.cli import app
 from worker.errors import StartupError
 from worker.vision.versions import (
     BASE,
@@ -81,3 +84,31 @@ def test_the_photos_a_tower_trained_on_are_kept_beside_it(tmp_path):
     write_trained_on(tower, ["s3://scans/b.jpg", "s3://scans/a.jpg"])
     assert read_trained_on(tower) == {"s3://scans/a.jpg", "s3://scans/b.jpg"}
     assert sorted(p.name for p in tower.iterdir()) == ["trained_on.json"]
+
+
+def test_model_list_shows_each_version_its_gate_and_which_is_current(tmp_path, monkeypatch):
+    versions = ModelVersions(tmp_path / "cache")
+    for version, passed in (("v1", True), ("v2", True), ("v3", False)):
+        created = f"2026-12-0{version[1]}"
+        versions.write_card(
+            version, {"version": version, "created_at": created, "gate": {"passed": passed}}
+        )
+    for version in ("v1", "v2"):
+        versions.promote(NAME, version)
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", NAME)
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "cache"))
+    result = CliRunner().invoke(app, ["model", "list"])
+    assert result.exit_code == 0, result.output
+    assert [line.split() for line in result.output.splitlines()] == [
+        ["v1", "2026-12-01", "gate", "passed", "promoted", "before"],
+        ["v2", "2026-12-02", "gate", "passed", "current"],
+        ["v3", "2026-12-03", "gate", "failed"],
+    ]
+
+
+def test_a_rollback_with_nothing_promoted_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", NAME)
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    result = CliRunner().invoke(app, ["model", "rollback"])
+    assert result.exit_code == 2 and "no promoted version to roll back" in result.output
