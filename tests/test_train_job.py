@@ -190,6 +190,22 @@ def test_a_promoted_version_serves_from_its_own_index_and_rolls_back(deployment)
         assert components.matcher.model_id == in_service
         assert components.index.count() == len(DESIGNS) * (1 + PHOTOS)
 
+    # a second version promoted over it, then rolled back: the first is current again, then
+    # the weights as configured
+    reseeded = training.model_copy(update={"seed": 1})
+    again = run_version(deployment.model, pictures, reseeded)
+    trained = fine_tune_model(deployment.model, pictures, reseeded, versions.folder(again), again)
+    versions.write_card(
+        again, {**versions.get(version).card, "towers": [f.name for f in trained.folders]}
+    )
+    second = runner.invoke(app, ["model", "promote", again])
+    assert second.exit_code == 0, second.output
+    assert again in current_index_model(deployment.index)
+    rolled_back = runner.invoke(app, ["model", "rollback"])
+    assert rolled_back.exit_code == 0, rolled_back.output
+    assert current_index_model(deployment.index) == in_service
+    assert versions.promoted(deployment.model.name) == [version]
+
     rolled_back = runner.invoke(app, ["model", "rollback"])
     assert rolled_back.exit_code == 0, rolled_back.output
     assert current_index_model(deployment.index) == base_model
