@@ -12,6 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.support.tiny_model import write_tiny_model
+from worker.amqp.definitions import ROLES, password_variable
 from worker.cli import app, main
 from worker.index.edge import current_model
 from worker.tools.synthetic import write_catalog
@@ -173,6 +174,19 @@ def test_commands_on_the_index_in_service_say_when_there_is_none(tmp_path, monke
     monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
     result = runner.invoke(app, command)
     assert result.exit_code == 2 and "no index in service" in result.output
+
+
+def test_rabbitmq_definitions_name_each_role_left_without_a_password(tmp_path, monkeypatch):
+    for user in ROLES:
+        monkeypatch.delenv(password_variable(user), raising=False)
+    monkeypatch.setenv(password_variable("pim"), "pim-secret")
+    out = tmp_path / "definitions.json"
+    result = runner.invoke(app, ["rabbitmq-definitions", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    warned = {line.split(":")[0] for line in result.output.splitlines() if "no password" in line}
+    assert warned == set(ROLES) - {"pim"}
+    users = {user["name"]: user for user in json.loads(out.read_text())["users"]}
+    assert users["pim"]["password_hash"] and not users["scan-station"]["password_hash"]
 
 
 @pytest.mark.parametrize("option", ["--kinds", "--splits"])

@@ -112,3 +112,27 @@ def test_a_rollback_with_nothing_promoted_is_a_usage_error(tmp_path, monkeypatch
     monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
     result = CliRunner().invoke(app, ["model", "rollback"])
     assert result.exit_code == 2 and "no promoted version to roll back" in result.output
+
+
+@pytest.mark.parametrize(
+    ("card", "refusal"),
+    [
+        (
+            {"base_model": "local-dir:/models/other", "gate": {"passed": True}},
+            "not of the configured",
+        ),
+        ({"base_model": NAME, "gate": {"passed": True}}, "no index in service to re-embed"),
+    ],
+    ids=["another-base-model", "no-index"],
+)
+def test_a_promotion_that_cannot_be_done_is_a_usage_error_and_promotes_nothing(
+    tmp_path, monkeypatch, card, refusal
+):
+    versions = ModelVersions(tmp_path / "cache")
+    versions.write_card("v1", {"version": "v1", "towers": ["lite1"], **card})
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", NAME)
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    result = CliRunner().invoke(app, ["model", "promote", "v1"])
+    assert result.exit_code == 2 and refusal in " ".join(result.output.replace("│", " ").split())
+    assert versions.promoted(NAME) == []
