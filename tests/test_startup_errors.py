@@ -108,6 +108,18 @@ def test_a_worker_whose_model_is_not_the_one_in_service_is_one_line(tmp_path, ti
     )
 
 
+def test_a_worker_logged_in_as_a_confirming_user_is_one_line(tmp_path, tiny_model_dir):
+    env = tiny_worker_env(
+        tiny_model_dir,
+        tmp_path,
+        JEWELMATCH_AMQP__URL=f"amqp://inventory:pw@127.0.0.1:{free_port()}//",
+        JEWELMATCH_AMQP__CONFIRM_USERS='["inventory"]',
+        JEWELMATCH_AMQP__CONNECT_TIMEOUT_SECONDS="2",  # were it to go on: no broker
+    )
+    done = jewelmatch("worker", env=env)
+    assert_one_line(done, "logs in to the broker as 'inventory'", "CONFIRM_USERS")
+
+
 def test_a_broker_never_reached_is_named_and_the_worker_gives_up_when_told(
     tmp_path, tiny_model_dir
 ):
