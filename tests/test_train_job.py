@@ -28,7 +28,7 @@ from worker.training.gate import judge
 from worker.training.model import fine_tune_model, run_version
 from worker.vectors import ImageKind
 from worker.vision.embedder import Embedder
-from worker.vision.versions import ModelVersions, read_trained_on
+from worker.vision.versions import ModelVersions, read_trained_on, write_trained_on
 
 pytestmark = pytest.mark.integration
 
@@ -169,6 +169,8 @@ def test_a_promoted_version_serves_from_its_own_index_and_rolls_back(deployment)
     trained = fine_tune_model(
         deployment.model, pictures, training, versions.folder(version), version
     )
+    trained_photo = f"s3://{SCANS_BUCKET}/bag-{DESIGNS[0].product_id}-0.jpg"
+    write_trained_on(trained.folders[0], [trained_photo])  # as `jewelmatch train` lists it
     versions.write_card(
         version,
         {
@@ -189,6 +191,8 @@ def test_a_promoted_version_serves_from_its_own_index_and_rolls_back(deployment)
     with opened(deployment) as components:  # every image re-embedded, none lost
         assert components.matcher.model_id == in_service
         assert components.index.count() == len(DESIGNS) * (1 + PHOTOS)
+        # the photos its towers trained on are never the confidence's labels
+        assert components.matcher.learner.trained_on == {trained_photo}
 
     # a second version promoted over it, then rolled back: the first is current again, then
     # the weights as configured
