@@ -344,6 +344,18 @@ def test_a_stop_while_the_model_loads_exits_zero_and_never_consumes(tmp_path, pr
         worker.stop()
 
 
+def test_a_worker_without_probes_stops_on_sigterm_as_one_with_them(tmp_path, process_env):
+    worker = WorkerProcess(process_env(), tmp_path / "worker.log", probes=False)
+    try:
+        wait_until(lambda: "worker.consuming" in worker.log_path.read_text(), timeout=90)
+        worker.terminate()
+        assert worker.wait(timeout=30) == 0, worker.log_tail()
+        assert "worker.stopped" in worker.log_path.read_text()
+        assert "ops.listening" not in worker.log_path.read_text()
+    finally:
+        worker.stop()
+
+
 def test_worker_killed_mid_batch_another_finishes_the_work(tmp_path, process_env, amqp_url):
     peer = JewelmatchClient(amqp_url)
     first = WorkerProcess(process_env(), tmp_path / "first.log")

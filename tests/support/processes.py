@@ -47,8 +47,8 @@ def worker_environment(
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.port = free_port()
+    def __init__(self, env: dict[str, str], log_path: Path, probes: bool = True) -> None:
+        self.port = free_port() if probes else 0  # 0: no ops endpoint at all
         self.log_path = log_path
         self._log = log_path.open("ab")
         self.process = subprocess.Popen(
