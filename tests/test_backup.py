@@ -432,6 +432,11 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     result = runner.invoke(app, ["restore", "s3://backups/no-such-backup.jsonl.gz"])
     assert result.exit_code == 2 and "cannot read s3://backups/no-such" in said(result)
     monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    restored = current_index_model(settings)
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{model_dirs[0]}")
+    result = runner.invoke(app, ["restore", str(tmp_path / "index.jsonl.gz"), "--no-switch"])
+    assert result.exit_code == 0 and "now current" not in said(result), result.output
+    assert current_index_model(settings) == restored  # the old model's index, not switched to
     monkeypatch.setenv("JEWELMATCH_S3__ENDPOINT_URL", "http://127.0.0.1:9")  # nothing there
     monkeypatch.setenv("JEWELMATCH_S3__MAX_ATTEMPTS", "1")
     result = runner.invoke(app, ["backup", "s3://backups/nightly/index.jsonl.gz"])
@@ -442,6 +447,18 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     cut.write_bytes((tmp_path / "index.jsonl.gz").read_bytes()[:-30])
     result = runner.invoke(app, ["restore", str(cut)])
     assert result.exit_code == 2 and "not a whole gzip file" in said(result)
+    monkeypatch.setenv("JEWELMATCH_S3__ENDPOINT_URL", s3_endpoint)
+    s3.put_object(Bucket="backups", Key="cut.jsonl.gz", Body=cut.read_bytes())
+    result = runner.invoke(app, ["restore", "s3://backups/cut.jsonl.gz"])
+    assert result.exit_code == 2 and "s3://backups/cut.jsonl.gz" in said(result)
+    assert "backup.jsonl.gz" not in said(result)  # never the downloaded copy's path
+
+    result = runner.invoke(app, ["restore", str(tmp_path / "no-such.jsonl.gz")])
+    assert result.exit_code == 2 and "no such file" in said(result)
+    result = runner.invoke(app, ["backup", str(tmp_path / "no-such-folder" / "index.jsonl.gz")])
+    assert result.exit_code == 2 and "no such directory" in said(result)
+    result = runner.invoke(app, ["backup", "s3://Not_A_Bucket/index.jsonl.gz"])
+    assert result.exit_code == 2 and "not an s3://bucket/key location" in said(result)
 
 
 def test_a_backup_loads_no_model():
