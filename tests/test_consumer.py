@@ -381,3 +381,11 @@ def test_a_connection_lost_after_a_while_is_made_again_and_its_deliveries_handle
     finally:
         worker.stop()
         thread.join(timeout=10)
+
+
+def test_a_gate_that_has_not_paused_is_never_due_for_a_recheck():
+    gate = CatalogGate(lambda: None, recheck_seconds=0)
+    gate.check()
+    assert not gate.recheck_due()  # else the loop would resume a consumer already consuming
+    gate.paused_because = "a switch holds writes"
+    assert gate.recheck_due()
