@@ -434,6 +434,10 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
     restored = current_index_model(settings)
     monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{model_dirs[0]}")
+    held = EdgeIndex(settings, old.model_id, old.dim)  # as a running worker holds it
+    result = runner.invoke(app, ["restore", str(tmp_path / "index.jsonl.gz")])
+    held.close()
+    assert result.exit_code == 2 and "the worker that owns it" in said(result)
     result = runner.invoke(app, ["restore", str(tmp_path / "index.jsonl.gz"), "--no-switch"])
     assert result.exit_code == 0 and "now current" not in said(result), result.output
     assert current_index_model(settings) == restored  # the old model's index, not switched to
