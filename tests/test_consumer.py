@@ -383,9 +383,19 @@ def test_a_connection_lost_after_a_while_is_made_again_and_its_deliveries_handle
         thread.join(timeout=10)
 
 
-def test_a_gate_that_has_not_paused_is_never_due_for_a_recheck():
+def test_a_gate_is_due_for_a_recheck_only_while_paused_and_once_the_period_is_over():
     gate = CatalogGate(lambda: None, recheck_seconds=0)
     gate.check()
     assert not gate.recheck_due()  # else the loop would resume a consumer already consuming
     gate.paused_because = "a switch holds writes"
     assert gate.recheck_due()
+    patient = CatalogGate(lambda: "a switch holds writes", recheck_seconds=60)
+    patient.paused_because = patient.check()
+    assert not patient.recheck_due()  # not asked again at every turn of the loop
+
+
+def test_an_index_that_cannot_be_asked_does_not_block_catalog_work():
+    def away() -> str | None:
+        raise ConnectionError("qdrant is away")
+
+    assert CatalogGate(away).check() is None  # the handlers meet the outage and retry
