@@ -21,6 +21,15 @@ from worker.tools.terminal import FOLDER_BUCKET
 runner = CliRunner()
 
 
+def use_tiny_model(monkeypatch, model_dir, index_path) -> None:
+    """The commands as a terminal runs them, on the tiny model (its exports cached beside it)
+    and an index at `index_path`."""
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{model_dir}")
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(model_dir.parent / "cache"))
+    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
+    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(index_path))
+
+
 def test_schema_command_writes_one_schema_per_message(tmp_path):
     result = runner.invoke(app, ["schema", "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -78,10 +87,7 @@ def test_the_command_sets_the_gpu_workspace_that_deterministic_training_needs(mo
 
 def test_ingest_then_scan_from_a_terminal(tmp_path, tiny_model_dir, monkeypatch):
     write_catalog(tmp_path / "data", count=4, scans_per_product=1)
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
-    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
-    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
     result = runner.invoke(app, ["ingest", str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
     assert "ingested 4 reference images" in result.output
@@ -106,10 +112,7 @@ def test_ingest_names_the_images_it_cannot_read_and_stores_the_rest(
     (data / "p001/catalog_9.png").write_bytes(b"not an image")  # beside a good one
     good = (data / "p002/catalog_0.png").read_bytes()
     (data / "p002/catalog_0.png").write_bytes(good[: len(good) // 3])  # its only image, cut
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
-    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
-    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
     result = runner.invoke(app, ["ingest", str(data)])
     assert result.exit_code == 1, result.output
     assert "ingested 3 reference images" in result.output
@@ -134,16 +137,10 @@ def test_reindex_from_a_terminal_builds_beside_and_switches_only_when_told(
     tmp_path, tiny_model_dir, monkeypatch
 ):
     write_catalog(tmp_path / "store" / FOLDER_BUCKET, count=3, scans_per_product=0)
-    for name, value in {
-        "MODEL__NAME": f"local-dir:{tiny_model_dir}",
-        "MODEL__CACHE_DIR": str(tmp_path / "cache"),
-        "MODEL__SCAN_CROPS": "[1.0]",
-        "INDEX__PATH": str(tmp_path / "index"),
-        "S3__BACKEND": "local",  # the folder as the bucket the ingest named
-        "S3__LOCAL_ROOT": str(tmp_path / "store"),
-        "S3__ALLOWED_BUCKETS": f'["{FOLDER_BUCKET}"]',
-    }.items():
-        monkeypatch.setenv(f"JEWELMATCH_{name}", value)
+    use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
+    monkeypatch.setenv("JEWELMATCH_S3__BACKEND", "local")  # the folder as the bucket ingest named
+    monkeypatch.setenv("JEWELMATCH_S3__LOCAL_ROOT", str(tmp_path / "store"))
+    monkeypatch.setenv("JEWELMATCH_S3__ALLOWED_BUCKETS", f'["{FOLDER_BUCKET}"]')
     result = runner.invoke(app, ["ingest", str(tmp_path / "store" / FOLDER_BUCKET)])
     assert result.exit_code == 0, result.output
     in_service = current_model(tmp_path / "index")

@@ -558,19 +558,20 @@ def test_a_restarted_worker_ranks_at_once_with_what_its_index_already_teaches(
         restarted.matcher.index.close()
 
 
-def test_the_index_size_metric_follows_the_catalog(handlers):
-    def scraped() -> float | None:
-        return REGISTRY.get_sample_value("jewelmatch_index_reference_images")
+def scraped_index_size() -> float | None:
+    return REGISTRY.get_sample_value("jewelmatch_index_reference_images")
 
+
+def test_the_index_size_metric_follows_the_catalog(handlers):
     index = handlers.matcher.index
-    assert scraped() == 0
+    assert scraped_index_size() == 0
     ingest(handlers)
     ingested = index.count()
     assert ingested >= len(DESIGNS)
-    assert scraped() == ingested
+    assert scraped_index_size() == ingested
     deletion = ProductDeleted(product_id=DESIGNS[0].product_id)
     handlers.handle_catalog([delivery(topology.PRODUCT_DELETED, deletion)])
-    assert 0 < scraped() == index.count() < ingested
+    assert 0 < scraped_index_size() == index.count() < ingested
 
 
 def test_an_index_that_cannot_be_counted_scrapes_as_unknown_not_as_an_error():
@@ -578,7 +579,7 @@ def test_an_index_that_cannot_be_counted_scrapes_as_unknown_not_as_an_error():
         raise ConnectionError("qdrant is away")
 
     count_index_when_scraped(away)
-    assert math.isnan(REGISTRY.get_sample_value("jewelmatch_index_reference_images"))
+    assert math.isnan(scraped_index_size())
 
 
 def test_no_published_detail_carries_a_url_or_an_object_address(handlers, images):

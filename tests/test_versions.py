@@ -86,17 +86,23 @@ def test_the_photos_a_tower_trained_on_are_kept_beside_it(tmp_path):
     assert sorted(p.name for p in tower.iterdir()) == ["trained_on.json"]
 
 
-def test_model_list_shows_each_version_its_gate_and_which_is_current(tmp_path, monkeypatch):
-    versions = ModelVersions(tmp_path / "cache")
+@pytest.fixture
+def configured(tmp_path, monkeypatch) -> ModelVersions:
+    """The versions of NAME as the commands see them: its cache and index under tmp_path."""
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", NAME)
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    return ModelVersions(tmp_path / "cache")
+
+
+def test_model_list_shows_each_version_its_gate_and_which_is_current(configured):
     for version, passed in (("v1", True), ("v2", True), ("v3", False)):
         created = f"2026-12-0{version[1]}"
-        versions.write_card(
+        configured.write_card(
             version, {"version": version, "created_at": created, "gate": {"passed": passed}}
         )
     for version in ("v1", "v2"):
-        versions.promote(NAME, version)
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", NAME)
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "cache"))
+        configured.promote(NAME, version)
     result = CliRunner().invoke(app, ["model", "list"])
     assert result.exit_code == 0, result.output
     assert [line.split() for line in result.output.splitlines()] == [
@@ -106,10 +112,7 @@ def test_model_list_shows_each_version_its_gate_and_which_is_current(tmp_path, m
     ]
 
 
-def test_a_rollback_with_nothing_promoted_is_a_usage_error(tmp_path, monkeypatch):
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", NAME)
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+def test_a_rollback_with_nothing_promoted_is_a_usage_error(configured):
     result = CliRunner().invoke(app, ["model", "rollback"])
     assert result.exit_code == 2 and "no promoted version to roll back" in result.output
 
@@ -126,13 +129,9 @@ def test_a_rollback_with_nothing_promoted_is_a_usage_error(tmp_path, monkeypatch
     ids=["another-base-model", "no-index"],
 )
 def test_a_promotion_that_cannot_be_done_is_a_usage_error_and_promotes_nothing(
-    tmp_path, monkeypatch, card, refusal
+    configured, card, refusal
 ):
-    versions = ModelVersions(tmp_path / "cache")
-    versions.write_card("v1", {"version": "v1", "towers": ["lite1"], **card})
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", NAME)
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(tmp_path / "index"))
+    configured.write_card("v1", {"version": "v1", "towers": ["lite1"], **card})
     result = CliRunner().invoke(app, ["model", "promote", "v1"])
     assert result.exit_code == 2 and refusal in " ".join(result.output.replace("│", " ").split())
-    assert versions.promoted(NAME) == []
+    assert configured.promoted(NAME) == []
