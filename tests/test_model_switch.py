@@ -7,6 +7,7 @@ Qdrant server code path (its local mode standing in for the server)."""
 from __future__ import annotations
 
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -220,12 +221,14 @@ def test_a_switch_catches_up_while_writes_are_held_and_always_lifts_the_hold(
         if ending == "fails":
             raise RuntimeError("the index went away")
         if ending == "outlasts the hold":
-            time.sleep(1.5)
+            time.sleep(1.1)  # a hold's name rounds its start down: it may lapse a second early
         upsert(images)
 
     target.upsert = upsert_noting_the_hold
+    set_at = time.time()  # the index's clock stands still: the hold never lapses by itself here
+    monkeypatch.setattr("worker.index.server.time", SimpleNamespace(time=lambda: set_at))
     if ending == "outlasts the hold":
-        monkeypatch.setattr("worker.index.server.WRITE_HOLD_SECONDS", 1)
+        monkeypatch.setattr("worker.index.server.WRITE_HOLD_SECONDS", 2)
     if ending == "switched":
         _catch_up_and_switch(settings, source, target, tiny_embedder)
     else:

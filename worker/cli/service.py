@@ -191,7 +191,9 @@ def _catch_up_and_switch(settings, source, target, embedder) -> None:
     held_since = time.monotonic()
     try:
         report = _reindex_pass(settings, source, target, embedder, "catching up")
-        if time.monotonic() - held_since >= WRITE_HOLD_SECONDS:
+        # A hold's name keeps the second it was set, rounded down: workers may see it lapse
+        # up to a second before this clock says it has.
+        if time.monotonic() - held_since >= WRITE_HOLD_SECONDS - 1:
             raise typer.BadParameter(
                 f"the catch-up outlasted the {WRITE_HOLD_SECONDS} s that workers hold catalog "
                 "work for: not switched; run the command again (it only embeds what changed)"
