@@ -87,6 +87,9 @@ def test_the_command_sets_the_gpu_workspace_that_deterministic_training_needs(mo
 
 def test_ingest_then_scan_from_a_terminal(tmp_path, tiny_model_dir, monkeypatch):
     write_catalog(tmp_path / "data", count=4, scans_per_product=1)
+    (tmp_path / "data/manifest.csv").write_text(
+        "product_id,coarse_class\np001,rings\np002,rings\np003,pendants\np004,pendants\n"
+    )
     use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
     result = runner.invoke(app, ["ingest", str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
@@ -102,6 +105,10 @@ def test_ingest_then_scan_from_a_terminal(tmp_path, tiny_model_dir, monkeypatch)
     result = runner.invoke(app, ["scan", photo, "--top-k", "2", "--folder", str(tmp_path / "data")])
     assert result.exit_code == 0, result.output
     assert _first_score(result.output) - without_detail > 0.075
+    result = runner.invoke(app, ["scan", photo, "--top-k", "4", "--category", "rings"])
+    assert result.exit_code == 0, result.output
+    rows = [line.split("│")[2].strip() for line in result.output.splitlines() if "│ p0" in line]
+    assert sorted(rows) == ["p001", "p002"]  # the manifest's rings only
 
 
 def test_ingest_names_the_images_it_cannot_read_and_stores_the_rest(
@@ -191,6 +198,35 @@ def test_a_missing_benchmark_csv_is_a_usage_error_before_any_work(tmp_path, opti
     arguments = ["bench", "accuracy", "--data", str(tmp_path), option, str(tmp_path / "no.csv")]
     result = runner.invoke(app, arguments, env={"COLUMNS": "300"})
     assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_demo_on_a_folder_scans_the_split_and_count_it_is_told_and_shows_what_it_is_told(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    data = tmp_path / "data"
+    write_catalog(data, count=4, scans_per_product=2)
+    for product in sorted(data.iterdir()):
+        (product / "query_0.jpg").rename(product / "query_val_0.jpg")
+        (product / "query_1.jpg").rename(product / "query_train_0.jpg")
+    use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
+    options = ["--images", str(data), "--split", "val", "--max-scans", "3", "--show", "2"]
+    result = runner.invoke(app, ["demo", *options])
+    assert result.exit_code == 0, result.output
+    assert "Generated" not in result.output
+    shown = [line.split("│")[2].strip() for line in result.output.splitlines() if "│ p0" in line]
+    assert shown == ["p001", "p002"]  # one val photo of each product in turn, two shown
+    assert "(1 more scans not shown; --show N)" in result.output
+    assert re.search(r"demo: \d/3 scans ranked the right product first\n$", result.output)
+
+
+def test_demo_generates_the_catalog_it_is_told(tmp_path, tiny_model_dir, monkeypatch):
+    use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
+    result = runner.invoke(app, ["demo", "--products", "3", "--scans-per-product", "1"])
+    assert result.exit_code == 0, result.output
+    assert "Generated a catalog of 3 look-alike rings and pendants, 1 bag photos each." in (
+        result.output
+    )
+    assert re.search(r"demo: \d/3 scans ranked the right product first\n$", result.output)
 
 
 def _first_score(output: str) -> float:
