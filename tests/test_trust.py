@@ -316,3 +316,25 @@ def test_an_invalid_catalog_event_gets_its_outcome(worker, peers):
     assert outcome.problems[0].reason is FailureReason.invalid_message
     [letter] = worker.dead_letters(1)
     assert letter.routing_key == topology.PRODUCT_CREATED
+
+
+def test_the_demo_seeder_publishes_and_reads_each_as_its_own_role(
+    worker, node, s3_endpoint, monkeypatch
+):
+    """What docker compose's `demo` service runs: `seed-demo` logs in as the PIM, a scan
+    station and the inventory system (JEWELMATCH_SEED_*_URL), each allowed only its part;
+    its default login here (the review desk's) may do none of them."""
+    from typer.testing import CliRunner
+
+    from worker.cli import app
+
+    monkeypatch.setenv("JEWELMATCH_AMQP__URL", role_url(node, "review-desk"))
+    monkeypatch.setenv("JEWELMATCH_SEED_PIM_URL", role_url(node, "pim"))
+    monkeypatch.setenv("JEWELMATCH_SEED_STATION_URL", role_url(node, "scan-station"))
+    monkeypatch.setenv("JEWELMATCH_SEED_INVENTORY_URL", role_url(node, "inventory"))
+    monkeypatch.setenv("JEWELMATCH_S3__ENDPOINT_URL", s3_endpoint)
+    buckets = ["--catalog-bucket", CATALOG_BUCKET, "--scans-bucket", SCANS_BUCKET]
+    result = CliRunner().invoke(app, ["seed-demo", "--products", "2", *buckets])
+    assert result.exit_code == 0, result.output
+    assert "published 2 product.created events" in result.output
+    assert result.output.count("photo of") == 2 and "no answer" not in result.output
