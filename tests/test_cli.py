@@ -208,13 +208,14 @@ def test_demo_on_a_folder_scans_the_split_and_count_it_is_told_and_shows_what_it
     for product in sorted(data.iterdir()):
         (product / "query_0.jpg").rename(product / "query_val_0.jpg")
         (product / "query_1.jpg").rename(product / "query_train_0.jpg")
+    (data / "p001/query_val_0.jpg").unlink()  # p001 has only a train photo
     use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
     options = ["--images", str(data), "--split", "val", "--max-scans", "3", "--show", "2"]
     result = runner.invoke(app, ["demo", *options])
     assert result.exit_code == 0, result.output
     assert "Generated" not in result.output
     shown = [line.split("│")[2].strip() for line in result.output.splitlines() if "│ p0" in line]
-    assert shown == ["p001", "p002"]  # one val photo of each product in turn, two shown
+    assert shown == ["p002", "p003"]  # one val photo of each product in turn, two shown
     assert "(1 more scans not shown; --show N)" in result.output
     assert re.search(r"demo: \d/3 scans ranked the right product first\n$", result.output)
 
@@ -223,10 +224,14 @@ def test_demo_generates_the_catalog_it_is_told(tmp_path, tiny_model_dir, monkeyp
     use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
     result = runner.invoke(app, ["demo", "--products", "3", "--scans-per-product", "1"])
     assert result.exit_code == 0, result.output
+    assert "worker.consuming" not in result.output  # the worker's log only with --verbose
     assert "Generated a catalog of 3 look-alike rings and pendants, 1 bag photos each." in (
         result.output
     )
     assert re.search(r"demo: \d/3 scans ranked the right product first\n$", result.output)
+    verbose = runner.invoke(app, ["demo", "--products", "3", "--scans-per-product", "1", "-v"])
+    assert verbose.exit_code == 0, verbose.output
+    assert "worker.consuming" in verbose.output
 
 
 def _first_score(output: str) -> float:

@@ -323,12 +323,12 @@ def test_the_demo_seeder_publishes_and_reads_each_as_its_own_role(
 ):
     """What docker compose's `demo` service runs: `seed-demo` logs in as the PIM, a scan
     station and the inventory system (JEWELMATCH_SEED_*_URL), each allowed only its part;
-    its default login here (the review desk's) may do none of them."""
+    its default login here is one the broker does not know."""
     from typer.testing import CliRunner
 
     from worker.cli import app
 
-    monkeypatch.setenv("JEWELMATCH_AMQP__URL", role_url(node, "review-desk"))
+    monkeypatch.setenv("JEWELMATCH_AMQP__URL", role_url(node, "nobody"))
     monkeypatch.setenv("JEWELMATCH_SEED_PIM_URL", role_url(node, "pim"))
     monkeypatch.setenv("JEWELMATCH_SEED_STATION_URL", role_url(node, "scan-station"))
     monkeypatch.setenv("JEWELMATCH_SEED_INVENTORY_URL", role_url(node, "inventory"))
