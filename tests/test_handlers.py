@@ -402,6 +402,10 @@ def test_a_stale_update_or_a_late_update_after_a_delete_changes_nothing(handlers
     assert handlers.matcher.index.product_images(design.product_id) == []
     [recreated] = handlers.handle_catalog([delivery(topology.PRODUCT_CREATED, product(design, 4))])
     assert only_result(recreated).status is CatalogOutcomeStatus.applied
+    late_delete = ProductDeleted(product_id=design.product_id, version=3)  # redelivered late
+    [outcome] = handlers.handle_catalog([delivery(topology.PRODUCT_DELETED, late_delete)])
+    assert only_result(outcome).status is CatalogOutcomeStatus.stale
+    assert len(handlers.matcher.index.product_images(design.product_id)) == 1  # still there
 
 
 class _CountingEmbedder(_WrappedEmbedder):
@@ -466,6 +470,27 @@ def test_an_image_moved_to_a_missing_object_is_one_problem_and_leaves_the_index(
     # dead-lettered, its problems the error operators read there
     assert (outcome.action, outcome.error) == (Action.dead_letter, result.problems[0].detail)
     assert handlers.matcher.index.product_images(design.product_id) == []
+
+
+def test_an_object_deleted_since_it_was_indexed_is_one_problem_and_leaves_the_index(
+    handlers, images
+):
+    design, other = DESIGNS[0], DESIGNS[1]
+    front = {"image_id": "front", "bucket": CATALOG_BUCKET, "key": f"{design.product_id}.jpg"}
+    back = {"image_id": "back", "bucket": CATALOG_BUCKET, "key": f"{other.product_id}.jpg"}
+    two_images = ProductUpserted(product_id=design.product_id, sku=design.sku, images=[front, back])
+    handlers.handle_catalog([delivery(topology.PRODUCT_CREATED, two_images)])
+    assert len(handlers.matcher.index.product_images(design.product_id)) == 2
+    (images / CATALOG_BUCKET / f"{design.product_id}.jpg").unlink()  # gone from the store
+    [outcome] = handlers.handle_catalog([delivery(topology.PRODUCT_UPDATED, two_images)])
+    result = only_result(outcome)
+    assert result.status is CatalogOutcomeStatus.partially_applied
+    assert [(p.image_id, p.reason) for p in result.problems] == [
+        ("front", FailureReason.image_not_found)
+    ]
+    assert result.images_indexed == 1
+    stored = handlers.matcher.index.product_images(design.product_id)
+    assert [image.image_id for image in stored] == ["back"]
 
 
 def test_an_object_replaced_at_the_same_key_is_embedded_again(handlers, images):
