@@ -5,6 +5,9 @@ store's)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 import pytest
 
 from shared.contract import FailureReason, S3Object
@@ -83,3 +86,64 @@ def test_a_local_store_keeps_to_its_buckets_folders(tmp_path):
     # a link out of the bucket's folder is not followed there
     assert reason(lambda: store.fetch(at("link.jpg"))) is FailureReason.image_not_found
     assert reason(lambda: store.fetch(at("nothing.jpg"))) is FailureReason.image_not_found
+
+
+@contextlib.contextmanager
+def iam_checked(endpoint: str, after: int):
+    """The moto server checking every request against its IAM users once `after` more have
+    gone by (`/moto-api/reset-auth`), and trusting all again afterwards (it is shared)."""
+    import requests
+
+    requests.post(f"{endpoint}/moto-api/reset-auth", data=str(after), timeout=10).raise_for_status()
+    try:
+        yield
+    finally:
+        requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
+
+
+def boto3_client(service: str, endpoint: str):
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+
+
+def test_an_object_the_credentials_may_not_read_is_permanent_access_denied(s3, s3_endpoint):
+    """The worker's credentials may read the catalog bucket only: a photo in the other is
+    refused by the store (AccessDenied, or a bare 403 to a HEAD) and never retried; keys
+    the store does not know are refused the same way."""
+    for bucket in (CATALOG_BUCKET, SCANS_BUCKET):
+        s3.put_object(Bucket=bucket, Key="a.jpg", Body=b"x")
+    catalog_only = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Action": ["s3:GetObject"],
+                "Resource": f"arn:aws:s3:::{CATALOG_BUCKET}/*",
+            }
+        ],
+    }
+    iam = boto3_client("iam", s3_endpoint)
+    with iam_checked(s3_endpoint, after=3):  # the three calls that make the worker's user
+        iam.create_user(UserName="worker")
+        iam.put_user_policy(
+            UserName="worker", PolicyName="catalog-only", PolicyDocument=json.dumps(catalog_only)
+        )
+        key = iam.create_access_key(UserName="worker")["AccessKey"]
+        store = s3_store(
+            s3_endpoint, access_key_id=key["AccessKeyId"], secret_access_key=key["SecretAccessKey"]
+        )
+        assert store.fetch(at("a.jpg", CATALOG_BUCKET)).data == b"x"
+        assert store.etag(at("a.jpg", CATALOG_BUCKET))
+        assert reason(lambda: store.fetch(at("a.jpg"))) is FailureReason.image_access_denied
+        assert reason(lambda: store.etag(at("a.jpg"))) is FailureReason.image_access_denied
+        stranger = s3_store(s3_endpoint)  # keys no IAM user holds
+        assert reason(lambda: stranger.fetch(at("a.jpg", CATALOG_BUCKET))) is (
+            FailureReason.image_access_denied
+        )
