@@ -461,6 +461,26 @@ def test_the_server_index_url_names_memory_or_a_folder(tmp_path: Path):
     assert any(folder.iterdir())  # the folder's client keeps its collection there
 
 
+def test_a_qdrant_servers_indexes_and_the_one_in_service_are_read_from_it(tmp_path: Path):
+    """What `reindex`, `model promote` and `backup` ask first, on the server back end (its
+    code path in qdrant-client's folder mode, which one client at a time may open: each
+    question closes its own)."""
+    from worker.index import current_index_model, stored_dimension
+    from worker.index.server import QdrantServerIndex
+
+    settings = IndexSettings(backend="qdrant", url=str(tmp_path / "qdrant"))
+    assert stored_dimension(settings, "m") is None and current_index_model(settings) is None
+    QdrantServerIndex(settings, "m", DIM).close()  # the first index goes into service
+    assert stored_dimension(settings, "m") == DIM and current_index_model(settings) == "m"
+    index = QdrantServerIndex(settings, "n", DIM + 1)
+    index.close()
+    assert stored_dimension(settings, "n") == DIM + 1 and current_index_model(settings) == "m"
+    index = QdrantServerIndex(settings, "n", DIM + 1)
+    index.make_current()
+    index.close()
+    assert current_index_model(settings) == "n" and stored_dimension(settings, "o") is None
+
+
 def test_each_write_hold_is_its_holders_own_and_one_left_behind_lapses(monkeypatch):
     from qdrant_client import QdrantClient
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from pathlib import Path
 
 from worker.index.base import (
@@ -27,11 +28,11 @@ def stored_dimension(settings: IndexSettings, model_id: str) -> int | None:
     if settings.backend is IndexBackend.qdrant:
         from worker.index.server import open_client, references_collection
 
-        client = open_client(settings)
         name = references_collection(settings.collection_prefix, model_id)
-        if not client.collection_exists(name):
-            return None
-        return client.get_collection(name).config.params.vectors.size
+        with closing(open_client(settings)) as client:
+            if not client.collection_exists(name):
+                return None
+            return client.get_collection(name).config.params.vectors.size
     config = Path(settings.path) / model_id / "references" / "edge_config.json"
     if not config.is_file():
         return None
@@ -43,10 +44,11 @@ def current_index_model(settings: IndexSettings) -> str | None:
     if settings.backend is IndexBackend.qdrant:
         from worker.index.server import open_client, references_alias, references_collection
 
-        client = open_client(settings)
         alias = references_alias(settings.collection_prefix)
         prefix = references_collection(settings.collection_prefix, "")
-        for description in client.get_aliases().aliases:
+        with closing(open_client(settings)) as client:
+            aliases = client.get_aliases().aliases
+        for description in aliases:
             if description.alias_name == alias:
                 return description.collection_name.removeprefix(prefix)
         return None
