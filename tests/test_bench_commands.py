@@ -1,0 +1,90 @@
+"""The benchmark commands whose figures the docs quote (`jewelmatch bench latency`,
+`throughput`, `scale`, `models`), run small on the tiny model: each measures what its table
+and JSON file name. Their figures are the benchmarks' business, not these tests'."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from worker.cli import app
+from worker.tools.synthetic import write_catalog
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def tiny(tmp_path, tiny_model_dir, monkeypatch):
+    """The tiny model configured as a terminal would, and a three-product folder data set."""
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
+    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
+    data = tmp_path / "data"
+    write_catalog(data, count=3, scans_per_product=1)
+    return data
+
+
+def bench(*arguments: str) -> tuple[str, dict]:
+    """Run `jewelmatch bench ...`; its printed output and the figures of its JSON file."""
+    result = CliRunner().invoke(app, ["bench", *arguments])
+    assert result.exit_code == 0, result.output
+    out = arguments[arguments.index("--out") + 1]
+    document = json.loads(Path(out).read_text())
+    assert document["command"].startswith("jewelmatch ")
+    return result.output, document["figures"]
+
+
+def test_latency_times_each_scan_by_stage_on_each_runtime_asked(tiny, tmp_path):
+    out = str(tmp_path / "latency.json")
+    options = ["--data", str(tiny), "--scans", "4", "--runtimes", "torch,openvino"]
+    printed, figures = bench("latency", *options, "--out", out)
+    for runtime in ("torch", "openvino"):
+        assert f"Scan latency on {runtime}, 4 scans one at a time (ms)" in printed
+        embed = figures["runtimes"][runtime]["stages_ms"]["embed"]
+        assert 0 < embed["p50"] <= embed["max"]
+    assert re.search(r"embed p50 on openvino: \d+\.\d\d× torch's", printed)
+
+
+def test_throughput_sets_the_pipeline_beside_the_raw_forward_pass(tiny, tmp_path):
+    out = str(tmp_path / "throughput.json")
+    printed, figures = bench("throughput", "--data", str(tiny), "--copies", "2", "--out", out)
+    assert "Catalog ingestion" in printed
+    assert figures["images"] == 3 * 2
+    assert figures["pipeline_images_per_second"] > 0
+    assert figures["raw_forward_images_per_second"] > 0
+    ratio = figures["pipeline_images_per_second"] / figures["raw_forward_images_per_second"]
+    assert figures["pipeline_over_raw"] == pytest.approx(ratio, rel=1e-3)
+
+
+def test_scale_measures_exact_and_hnsw_search_and_the_local_mode(tiny, tmp_path):
+    out = str(tmp_path / "scale.json")
+    options = ["--sizes", "300", "--kinds", "random,real", "--data", str(tiny)]
+    options += ["--real-photos", "6", "--queries", "5", "--hnsw", "8:32", "--ef", "16"]
+    options += ["--hnsw-max-size", "300", "--local-mode-max-size", "300", "--out", out]
+    printed, figures = bench("scale", *options)
+    assert "Grouped top-10 query on the embedded engine" in printed
+    rows = {row["kind"]: row for row in figures["results"]}
+    assert sorted(rows) == ["random", "real"] and {r["size"] for r in rows.values()} == {300}
+    for row in rows.values():
+        edge = row["edge"]
+        assert edge["exact_query_ms"]["p50"] > 0 and edge["insert_points_per_second"] > 0
+        [hnsw] = edge["hnsw"]
+        assert hnsw["hnsw_ef"] == 16 and 0.0 <= hnsw["recall@10"] <= 1.0
+        assert row["qdrant_client_local"]["query_ms"]["p50"] > 0
+
+
+def test_models_compares_accuracy_and_speed_on_the_same_protocol(tiny, tmp_path, tiny_model_dir):
+    out = str(tmp_path / "models.json")
+    name = f"local-dir:{tiny_model_dir}"
+    options = ["--data", str(tiny), "--names", name, "--confirmed", "0", "--split", ""]
+    printed, figures = bench("models", *options, "--out", out)
+    assert f"Models on {tiny}" in printed
+    [row] = figures["models"]
+    assert row["model"] == name and row["runtime"]
+    [run] = row["runs"]
+    assert run["confirmed_per_product"] == 0 and 0.0 <= run["recall@1"] <= 1.0
+    assert row["scan_embed_ms"]["p50"] > 0 and row["catalog_images_per_second"] > 0
