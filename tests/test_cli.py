@@ -180,6 +180,40 @@ def test_commands_on_the_index_in_service_say_when_there_is_none(tmp_path, monke
     assert result.exit_code == 2 and "no index in service" in result.output
 
 
+def test_train_on_an_index_with_no_confirmed_match_says_so_and_keeps_no_version(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    write_catalog(tmp_path / "data", count=3, scans_per_product=1)
+    use_tiny_model(monkeypatch, tiny_model_dir, tmp_path / "index")
+    assert runner.invoke(app, ["ingest", str(tmp_path / "data")]).exit_code == 0
+    result = runner.invoke(app, ["train"])
+    assert result.exit_code == 1 and "no confirmed matches to train on" in result.output
+    listed = runner.invoke(app, ["model", "list"])
+    assert (listed.exit_code, listed.output) == (0, "")  # no version kept
+
+
+def test_prepare_model_exports_the_configured_runtimes_files_once(tmp_path, monkeypatch):
+    """What the Dockerfile runs at build time, so that a worker never exports at start."""
+    model = write_tiny_model(tmp_path / "model")
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{model}")
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("JEWELMATCH_MODEL__RUNTIME", "openvino")
+
+    def exported() -> list[str]:
+        return sorted(path.name for path in tmp_path.rglob("*.onnx"))
+
+    assert exported() == []
+    result = runner.invoke(app, ["prepare-model"])
+    assert result.exit_code == 0, result.output
+    last = result.output.splitlines()[-1]
+    assert re.fullmatch(r"model-\w+ on openvino: 48-d, ready in \d+\.\d s", last)
+    [onnx] = exported()
+    assert "model.exported" in result.output
+    again = runner.invoke(app, ["prepare-model"])
+    assert again.exit_code == 0 and exported() == [onnx]
+    assert "model.exported" not in again.output  # the export is reused
+
+
 def test_rabbitmq_definitions_name_each_role_left_without_a_password(tmp_path, monkeypatch):
     for user in ROLES:
         monkeypatch.delenv(password_variable(user), raising=False)
