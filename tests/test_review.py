@@ -405,3 +405,22 @@ def test_a_warehouse_person_clears_the_worklist_with_the_keyboard(stack, browser
     page.goto(f"{stack.desk.url}/scans/bag-w0")
     expect(page.locator("#confirmation")).to_contain_text(f"Confirmed as {corrected_to}")
     expect(page.locator("#outcome")).to_contain_text("applied", timeout=30_000)
+
+
+def test_a_scan_with_no_product_to_confirm_is_set_aside_and_leaves_the_worklist(stack, browser):
+    stack.scan("bag-lost-1", "never-uploaded.jpg")  # failed: the photo is not in the store
+    stack.scan("bag-lost-2", "never-uploaded-either.jpg")
+    page = sign_in(browser, stack, "rita")
+    page.goto(f"{stack.desk.url}/worklist")
+    expect(page.locator("#to-review .count")).to_have_text("2", timeout=30_000)
+    page.goto(f"{stack.desk.url}/scans/bag-lost-1")
+    page.click("button.set-aside")
+    expect(page).to_have_url(re.compile("/scans/bag-lost-2$"))  # on to the next
+    expect(page.locator("#to-review .count")).to_have_text("1")
+    page.click("button.set-aside")
+    expect(page).to_have_url(re.compile("/worklist$"))  # nothing after it
+    expect(page.locator("#to-review .count")).to_have_text("0")
+    expect(page.locator("article.scan")).to_have_count(0)
+    page.goto(f"{stack.desk.url}/scans/bag-lost-1")
+    expect(page.locator(".detail")).to_contain_text("Set aside by rita.")
+    expect(page.locator("button.set-aside")).to_have_count(0)
