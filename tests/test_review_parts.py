@@ -198,10 +198,11 @@ def test_a_desk_started_before_any_worker_waits_for_the_results_exchange(
         with Connection(amqp_url, transport_options={"confirm_publish": True}) as connection:
             RESULTS(connection.channel()).declare()  # the first worker starts
             assert feed.ready.wait(10)
-            ConfirmedPublisher(connection.channel()).publish(
-                result("late").model_dump_json(), RESULTS, "match.result"
-            )
+            publisher = ConfirmedPublisher(connection.channel())
+            publisher.publish('{"scan_id": "not-an-answer"}', RESULTS, "match.result")
+            publisher.publish(result("late").model_dump_json(), RESULTS, "match.result")
         _wait_for(lambda: history.scan("late") is not None, "the result")
+        assert history.scan("not-an-answer") is None  # unreadable: dropped, not a stuck feed
         # of the catalog outcomes, only a confirmation's is kept with its scan
         outcome = CatalogOutcome(
             event="match.confirmed", product_id="p-RING-1", scan_id="late", status="applied",
