@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 from starlette.testclient import TestClient
 
@@ -26,7 +27,7 @@ from worker.review import auth as auth_module
 from worker.review.auth import Authenticator, hash_password, password_matches
 from worker.review.sessions import SessionStore
 from worker.review.web import create_app
-from worker.settings import AmqpSettings, OpsSettings, Settings
+from worker.settings import AmqpSettings, OpsSettings, S3Settings, Settings
 from worker.tools.bench.servers import free_port
 
 SECRET = "a-review-desk-session-secret-of-48-bytes-for-tests"
@@ -323,6 +324,50 @@ def test_a_non_ascii_form_token_is_refused_not_a_crash(tmp_path):
     sign_in(client, "rita")
     refused = client.post("/logout", data={"csrf_token": "tökén"})
     assert refused.status_code == 403
+
+
+def test_the_image_proxy_serves_images_only_and_says_why_it_does_not(tmp_path):
+    """What a signed-in person's browser may ask `/image/...` for: a picture of an allowed
+    bucket, served with its type; anything else a plain refusal, never the bytes."""
+    buckets = tmp_path / "buckets"
+    (buckets / "scan-photos").mkdir(parents=True)
+    png = buckets / "scan-photos" / "bag.png"
+    Image.new("RGB", (4, 4)).save(png)
+    (buckets / "scan-photos" / "notes.jpg").write_text("<script>alert(1)</script>")
+    settings = desk_settings(tmp_path).model_copy(
+        update={
+            "s3": S3Settings(backend="local", local_root=buckets, allowed_buckets=["scan-photos"])
+        }
+    )
+    client = TestClient(create_app(settings), raise_server_exceptions=False)
+    sign_in(client, "rita")
+    served = client.get("/image/scan-photos/bag.png")
+    assert served.status_code == 200 and served.headers["content-type"] == "image/png"
+    assert served.headers["x-content-type-options"] == "nosniff"
+    assert served.content == png.read_bytes()
+    assert client.get("/image/scan-photos/notes.jpg").status_code == 415  # not an image
+    for path, why in [
+        ("scan-photos/gone.jpg", "image_not_found"),
+        ("catalog-images/bag.png", "bucket_not_allowed"),
+        ("Not_A_Bucket/bag.png", "Not Found"),  # not a bucket name: never asked
+    ]:
+        refused = client.get(f"/image/{path}")
+        assert (refused.status_code, why) == (404, why) and why in refused.text
+    unreachable = desk_settings(tmp_path).model_copy(
+        update={
+            "s3": S3Settings(
+                endpoint_url=f"http://127.0.0.1:{free_port()}",  # nothing listens
+                access_key_id="x",
+                secret_access_key="y",
+                connect_timeout_seconds=0.5,
+                max_attempts=1,
+                allowed_buckets=["scan-photos"],
+            )
+        }
+    )
+    client = TestClient(create_app(unreachable), raise_server_exceptions=False)
+    sign_in(client, "rita")
+    assert client.get("/image/scan-photos/bag.png").status_code == 503
 
 
 # the catalog the desk reads from the workers ---------------------------------------------
