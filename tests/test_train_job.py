@@ -155,6 +155,30 @@ def test_train_keeps_a_judged_version_and_only_a_passed_one_is_promoted(deployme
         assert current_index_model(deployment.index) == base_model
 
 
+def test_a_photo_gone_from_the_store_or_corrupt_is_left_out_of_the_export_and_counted(
+    deployment, s3, tmp_path
+) -> None:
+    """An object deleted or overwritten since it was confirmed is skipped, named in the log,
+    and the rest exported: one bad photo never stops a training run."""
+    from worker.pipeline.storage import open_image_store
+    from worker.tools.training.export import export_confirmations
+
+    gone = f"s3://{SCANS_BUCKET}/bag-{DESIGNS[0].product_id}-0.jpg"
+    corrupt = f"s3://{SCANS_BUCKET}/bag-{DESIGNS[1].product_id}-0.jpg"
+    s3.delete_object(Bucket=SCANS_BUCKET, Key=gone.rsplit("/", 1)[1])
+    s3.put_object(Bucket=SCANS_BUCKET, Key=corrupt.rsplit("/", 1)[1], Body=b"not a jpeg")
+    store = open_image_store(deployment.s3, deployment.images.max_bytes)
+    with opened(deployment) as components:
+        report = export_confirmations(
+            components.index, store, deployment.images, tmp_path / "data", 0.2, 0.2, 0
+        )
+    assert report.skipped == 2
+    assert gone not in report.uris.values() and corrupt not in report.uris.values()
+    photos = [uri for uri in report.uris.values() if uri.startswith(f"s3://{SCANS_BUCKET}/")]
+    assert len(photos) == len(DESIGNS) * PHOTOS - 2
+    assert report.catalog_images == len(DESIGNS)
+
+
 def test_a_promoted_version_serves_from_its_own_index_and_rolls_back(deployment) -> None:
     """The promotion's mechanics, on a version whose gate is taken as passed: reindexed from
     the index in service, made current, loaded by the embedder; rolled back to the weights as
