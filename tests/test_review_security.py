@@ -556,3 +556,42 @@ def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_se
         assert known.status_code == 503 and "broker" in known.text  # checked, then sent
     finally:
         server.shutdown()
+
+
+@pytest.mark.integration
+def test_a_dead_letter_action_the_desk_cannot_do_is_refused_with_why(
+    tmp_path, amqp_url, monkeypatch
+):
+    from tests.test_dead_letters import dead_letter
+    from worker.review import operations
+
+    monkeypatch.setattr(operations, "PUBLISH_SECONDS", 1.0)
+    monkeypatch.setattr(operations, "READ_SECONDS", 1.0)
+
+    with JewelmatchClient(amqp_url) as peer:
+        peer.declare(Topology.build(AmqpSettings(), OpsSettings()))
+    dead_letter(amqp_url, '{"scan_id": "s1"}', routing_key="match.result")  # no worker's event
+    app = create_app(desk_settings(tmp_path, amqp_url))
+    ops = TestClient(app, raise_server_exceptions=False)
+    sign_in(ops, "otto")
+    token = form_token(ops.get("/ops").text)
+    [letter] = app.state.desk.broker.dead_letters(10)
+
+    def act(fingerprint: str, action: str):
+        url = f"/ops/dead-letters/{fingerprint}/{action}"
+        return ops.post(url, data={"csrf_token": token}, follow_redirects=False)
+
+    assert act(letter.fingerprint, "burn").status_code == 404
+    refused = act(letter.fingerprint, "replay")
+    assert refused.status_code == 400 and "not an event the worker consumes" in refused.text
+    gone = act("0" * len(letter.fingerprint), "discard")
+    assert (gone.status_code, gone.headers["location"]) == (303, "/ops?done=gone")
+    assert app.state.desk.broker.dead_letters(10) == [letter]  # still there
+    app.state.desk.broker.close()
+
+    away = create_app(desk_settings(tmp_path, f"amqp://guest:guest@127.0.0.1:{free_port()}//"))
+    ops = TestClient(away, raise_server_exceptions=False)
+    sign_in(ops, "otto")
+    url = f"/ops/dead-letters/{letter.fingerprint}/discard"
+    unavailable = ops.post(url, data={"csrf_token": form_token(ops.get("/ops").text)})
+    assert unavailable.status_code == 503 and "the broker is unavailable" in unavailable.text
