@@ -179,7 +179,7 @@ class ImageSettings(BaseModel):
         default_factory=lambda: ["JPEG", "PNG", "WEBP", "TIFF", "GIF", "BMP"],
         min_length=1,
         description="Image formats opened (Pillow names; JPEG includes multi-picture MPO); any "
-        "other is `image_unreadable`.",
+        "other is `image_unreadable`. A name Pillow does not know (`jpg`) is refused at start.",
     )
     decode_budget_pixels: int = Field(
         default=25_000_000,
@@ -192,6 +192,23 @@ class ImageSettings(BaseModel):
     @classmethod
     def _split_formats(cls, value: object) -> object:
         return split_list(value)
+
+    @field_validator("formats")
+    @classmethod
+    def _known_formats(cls, formats: list[str]) -> list[str]:
+        """Pillow's names, upper case: an unknown one (`jpg`) would make every image
+        unreadable, so it is refused at start."""
+        from PIL import Image
+
+        Image.init()
+        names = [name.strip().upper() for name in formats]
+        unknown = [name for name in names if name not in Image.OPEN]
+        if unknown:
+            raise ValueError(
+                f"not an image format Pillow opens: {', '.join(unknown)} (its names: JPEG, "
+                "PNG, WEBP, TIFF, GIF, BMP, ...)"
+            )
+        return names
 
 
 class ModelRuntime(StrEnum):
