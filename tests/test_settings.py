@@ -85,3 +85,44 @@ def test_the_default_zooms_scenes_and_cuts_sets():
     assert default.catalog_parts is True
     assert model_id_for(default) == "efficientnet-lite1_efficientnet-lite2-v1ac62f"
     assert model_id_for(default.model_copy(update={"catalog_zoom": 0})) != model_id_for(default)
+
+
+@pytest.mark.parametrize(
+    ("url", "over_http", "refused"),
+    [
+        ("http://qdrant:6333", False, True),
+        ("http://qdrant:6333", True, False),  # said out loud: a private network
+        ("https://qdrant:6333", False, False),
+    ],
+)
+def test_the_qdrant_api_key_never_travels_over_plain_http_unless_told(
+    monkeypatch, url, over_http, refused
+):
+    monkeypatch.setenv("JEWELMATCH_INDEX__BACKEND", "qdrant")
+    monkeypatch.setenv("JEWELMATCH_INDEX__URL", url)
+    monkeypatch.setenv("JEWELMATCH_INDEX__API_KEY", "a-qdrant-api-key")
+    monkeypatch.setenv("JEWELMATCH_INDEX__API_KEY_OVER_HTTP", str(over_http).lower())
+    if refused:
+        with pytest.raises(ValidationError, match="would travel over plain http://") as error:
+            Settings(_env_file=None)
+        assert "a-qdrant-api-key" not in str(error.value)
+    else:
+        assert Settings(_env_file=None).index.api_key.get_secret_value() == "a-qdrant-api-key"
+
+
+def test_a_renamed_learning_setting_names_its_new_name(monkeypatch):
+    monkeypatch.setenv("JEWELMATCH_LEARNING__WHITEN_DIM", "64")
+    with pytest.raises(ValidationError, match="JEWELMATCH_LEARNING__WHITENING__DIM"):
+        Settings(_env_file=None)
+    monkeypatch.delenv("JEWELMATCH_LEARNING__WHITEN_DIM")
+    monkeypatch.setenv("JEWELMATCH_LEARNING__WHITENING__DIM", "64")
+    assert Settings(_env_file=None).learning.whitening.dim == 64
+
+
+def test_image_formats_are_pillows_names_and_an_unknown_one_is_refused_at_start(monkeypatch):
+    monkeypatch.setenv("JEWELMATCH_IMAGES__FORMATS", "jpeg, png")
+    assert Settings(_env_file=None).images.formats == ["JPEG", "PNG"]
+    # `jpg` is no Pillow name: every photo would have been refused as corrupt
+    monkeypatch.setenv("JEWELMATCH_IMAGES__FORMATS", "jpg,png")
+    with pytest.raises(ValidationError, match="not an image format Pillow opens: JPG"):
+        Settings(_env_file=None)
