@@ -150,3 +150,36 @@ def test_house_is_kept_again_an_hour_later_but_a_backup_still_running_is_not_dou
     maintenance.wait(timeout=20)
     assert rounds == [1.0, 1.0]
     assert started == [1]
+
+
+class _FailingIndex(InMemoryIndex):
+    """An index whose search structures are due but cannot be built, or cannot be asked."""
+
+    def __init__(self, model_id: str, dim: int, fails_at: str) -> None:
+        super().__init__(model_id, dim)
+        self.fails_at = fails_at
+
+    def needs_optimizing(self) -> bool:
+        if self.fails_at == "check":
+            raise ConnectionError("the index is away")
+        return True
+
+    def optimize(self) -> bool:
+        raise OSError("no space left on device")
+
+
+@pytest.mark.parametrize("fails_at", ["check", "build"])
+def test_background_work_that_fails_is_logged_and_the_worker_goes_on(fails_at):
+    index = _FailingIndex("m", 8, fails_at)
+    learner = Learner(index, VectorLayout(8), LearningSettings(), MatchPolicy())
+
+    def housekeeping() -> None:
+        raise ConnectionError("the scan records cannot be purged now")
+
+    maintenance = Maintenance(learner, index, housekeeping)
+    with structlog.testing.capture_logs() as logs:
+        maintenance.on_idle()  # raises nothing
+        maintenance.wait(timeout=20)
+    warned = sorted(e["event"] for e in logs if e["log_level"] == "warning")
+    failed = "index.optimize_check_failed" if fails_at == "check" else "index.optimize_failed"
+    assert warned == sorted([failed, "housekeeping.failed"])
