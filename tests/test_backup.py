@@ -325,6 +325,12 @@ def test_a_backup_cut_short_or_altered_is_refused(indexes, models, s3, tmp_path)
             [lines[0], json.dumps({"image": {"colour": "red"}}) + "\n", *lines[1:]],
             "an image line with other fields",
         ),
+        "a line after the end": ([*lines, lines[1]], "lines after the end"),
+        "a line of no kind": ([lines[0], '{"note": 1}\n', *lines[1:]], "no image, state or end"),
+        "a state without its product": (
+            [lines[0], '{"state": {"version": 3}}\n', *lines[1:]],
+            "a product state without 'product_id'",
+        ),
     }
     for name, (content, message) in cases.items():
         with pytest.raises(BackupError, match=message):
