@@ -249,6 +249,13 @@ def test_a_scan_event_under_another_routing_key_is_refused_not_crashed_on(handle
     [outcome] = handlers.handle_scans([delivery(topology.PRODUCT_DELETED, body)])
     assert outcome.action is Action.dead_letter
     assert only_result(outcome).reason is FailureReason.invalid_message
+    # a valid catalog event that reached the scans: refused, with no scan to answer
+    ingest(handlers)
+    deletion = ProductDeleted(product_id=DESIGNS[0].product_id)
+    [outcome] = handlers.handle_scans([delivery(topology.PRODUCT_DELETED, deletion)])
+    assert (outcome.action, outcome.results) == (Action.dead_letter, [])
+    assert "product.deleted is not a scan event" in outcome.error
+    assert len(handlers.matcher.index.product_images(DESIGNS[0].product_id)) == 1  # kept
 
 
 # --- scan identity ---------------------------------------------------------------------
