@@ -370,6 +370,33 @@ def test_the_image_proxy_serves_images_only_and_says_why_it_does_not(tmp_path):
     assert client.get("/image/scan-photos/bag.png").status_code == 503
 
 
+def test_a_confirmation_of_an_unknown_scan_or_of_no_valid_product_sends_nothing(tmp_path):
+    from shared.contract import MatchResult, MatchStatus, RankedProduct
+
+    app = create_app(desk_settings(tmp_path))
+    candidate = RankedProduct(
+        rank=1, product_id="p-1", sku="S-1", score=0.9, image_id="front", source="catalog"
+    )
+    app.state.desk.history.record_result(
+        MatchResult(scan_id="s-1", status=MatchStatus.matched, matches=[candidate], model="m")
+    )
+    client = TestClient(app, raise_server_exceptions=False)
+    sign_in(client, "rita")
+    token = form_token(client.get("/scans/s-1").text)
+
+    def confirm(scan_id: str, product_id: str):
+        form = {"csrf_token": token, "product_id": product_id}
+        return client.post(f"/scans/{scan_id}/confirm", data=form, follow_redirects=False)
+
+    unknown = confirm("never-scanned", "p-1")
+    assert unknown.status_code == 404 and "not in the desk's history" in unknown.text
+    for product_id in ("", " ", "p\x1f1", "p" * 201):
+        refused = confirm("s-1", product_id)
+        assert (refused.status_code, product_id) == (400, product_id)
+        assert "not a valid product id" in refused.text
+    assert app.state.desk.history.scan("s-1").confirmed_product is None
+
+
 # the catalog the desk reads from the workers ---------------------------------------------
 
 
