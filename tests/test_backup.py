@@ -505,3 +505,45 @@ def test_an_image_whose_location_is_no_s3_uri_is_unreadable_not_a_crash(tmp_path
     )
     check = check_objects(backup, nowhere)
     assert check.unreadable == {"s3://x": "no S3 location: 's3://x'"}
+
+
+def test_restore_on_a_qdrant_server_builds_beside_and_switches_only_when_told(
+    tmp_path, models, model_dirs, s3, s3_endpoint, monkeypatch
+):
+    """The commands on the server back end (its code path in qdrant-client's folder mode):
+    `restore --no-switch` builds the new model's collection beside the one in service, and a
+    plain `restore` moves the alias to it."""
+    from worker.index import stored_dimension
+
+    old, new = models
+    settings = IndexSettings(backend="qdrant", url=str(tmp_path / "qdrant"))
+    environment = {
+        "JEWELMATCH_INDEX__BACKEND": "qdrant",
+        "JEWELMATCH_INDEX__URL": settings.url,
+        "JEWELMATCH_S3__ENDPOINT_URL": s3_endpoint,
+        "JEWELMATCH_S3__ALLOWED_BUCKETS": f"{CATALOG_BUCKET},{SCANS_BUCKET}",
+        "JEWELMATCH_MODEL__NAME": f"local-dir:{model_dirs[0]}",
+        "JEWELMATCH_MODEL__RUNTIME": "torch",
+        "JEWELMATCH_MODEL__THREADS": "1",
+        "JEWELMATCH_MODEL__SCAN_CROPS": "[1.0]",
+        "JEWELMATCH_MODEL__CATALOG_ZOOM": "0",
+        "JEWELMATCH_MODEL__CATALOG_PARTS": "false",
+    }
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    in_service = QdrantServerIndex(settings, old.model_id, old.dim)  # the first: in service
+    fill(in_service, old, s3)
+    in_service.close()
+    runner, file = CliRunner(), str(tmp_path / "index.jsonl.gz")
+    result = runner.invoke(app, ["backup", file])
+    assert result.exit_code == 0, result.output
+
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{model_dirs[1]}")
+    new_id = model_id_for(Settings(_env_file=None).model)
+    result = runner.invoke(app, ["restore", file, "--no-switch"])
+    assert result.exit_code == 0 and "now current" not in said(result), result.output
+    assert stored_dimension(settings, new_id) == new.dim
+    assert current_index_model(settings) == old.model_id
+    result = runner.invoke(app, ["restore", file])
+    assert result.exit_code == 0 and "now current" in said(result), result.output
+    assert current_index_model(settings) == new_id
