@@ -114,9 +114,16 @@ def export_confirmations(
         for stored in page:
             images.setdefault(stored.product_id, []).append(stored)
         on_progress(len(page))
+    catalogs = {
+        product_id: [s for s in stored if s.source == SOURCE_CATALOG and not is_part(s.image_id)]
+        for product_id, stored in images.items()
+    }
+    # A product with no catalog image left is neither trained nor judged: it takes no part
+    # in the draws (else it could fill a held-out role, or a recent photo's place, for nothing).
     confirmed = {
         product_id: [s for s in stored if s.source == SOURCE_CONFIRMED_SCAN]
         for product_id, stored in images.items()
+        if catalogs[product_id]
     }
     held_out = {
         p for p, photos in confirmed.items() if photos and held_out_product(p, product_share, seed)
@@ -134,14 +141,11 @@ def export_confirmations(
         report.held_out_products, outside, seed
     )
     copies: list[_Copy] = []
-    for product_id, stored in sorted(images.items()):
+    for product_id in sorted(confirmed):
         folder = out / quote(product_id, safe="-_.")
-        catalog = [s for s in stored if s.source == SOURCE_CATALOG and not is_part(s.image_id)]
         photos = sorted(confirmed[product_id], key=lambda s: (s.taken_at or 0.0, s.image_id))
-        if not catalog:
-            continue
         report.products += 1
-        for n, image in enumerate(catalog):
+        for n, image in enumerate(catalogs[product_id]):
             copies.append(_Copy(image, folder / f"catalog_{n:04d}", ("catalog_images",)))
         judging = recent
         if product_id in report.new_products or product_id in report.outside_products:
