@@ -12,10 +12,10 @@ from worker.index.base import SOURCE_CONFIRMED_SCAN, ReferenceImage
 from worker.index.memory import InMemoryIndex
 from worker.pipeline.storage import LocalImageStore
 from worker.settings import ImageSettings
-from worker.tools.training.export import export_confirmations
+from worker.tools.training.export import export_confirmations, held_out_product
 from worker.vectors import part_image_id
 
-PRODUCTS, PHOTOS, RECENT_SHARE = 12, 5, 0.2
+PRODUCTS, PHOTOS, RECENT_SHARE, PRODUCT_SHARE = 12, 10, 0.2, 0.4
 
 
 def taken_at(product: int, photo: int) -> float:
@@ -29,9 +29,19 @@ def image(product_id: str, image_id: str, uri: str, **extra) -> ReferenceImage:
     )
 
 
+def photo_id(product_id: str, n: int) -> str:
+    """Ids that sort against the photos' times: the order must come from the times."""
+    return f"scan:{product_id}-{PHOTOS - n:02d}"
+
+
+UNCONFIRMED = next(f"new-{n}" for n in range(100) if held_out_product(f"new-{n}", PRODUCT_SHARE, 0))
+"""A product with a catalog image and no confirmed photo, which the draw would hold out."""
+
+
 def deployment(tmp_path) -> tuple[InMemoryIndex, LocalImageStore]:
-    """Products p00..p11, each with a catalog image (p00's cut into a piece too) and five
-    confirmed photos, and a product with confirmed photos but no catalog image left."""
+    """Products p00..p11, each with a catalog image (p00's cut into a piece too) and ten
+    confirmed photos, a product with confirmed photos but no catalog image left, and one
+    with a catalog image and no confirmed photo."""
     for bucket in ("catalog", "scans"):
         (tmp_path / "store" / bucket).mkdir(parents=True)
     index = InMemoryIndex("m", 4)
@@ -47,13 +57,15 @@ def deployment(tmp_path) -> tuple[InMemoryIndex, LocalImageStore]:
             references.append(
                 image(
                     product_id,
-                    f"scan:{product_id}-{n}",
+                    photo_id(product_id, n),
                     f"s3://scans/{key}",
                     source=SOURCE_CONFIRMED_SCAN,
                     taken_at=taken_at(k, n),
                 )
             )
     references.append(image("p00", part_image_id("front", 1), "s3://catalog/p00.png"))
+    Image.new("RGB", (32, 32), (0, 99, 0)).save(tmp_path / "store/catalog/unconfirmed.png")
+    references.append(image(UNCONFIRMED, "front", "s3://catalog/unconfirmed.png"))
     Image.new("RGB", (32, 32)).save(tmp_path / "store/scans/orphan.png")
     references.append(
         image(
@@ -72,7 +84,14 @@ def deployment(tmp_path) -> tuple[InMemoryIndex, LocalImageStore]:
 def test_the_latest_confirmations_and_a_share_of_products_are_judged_never_trained(tmp_path):
     index, store = deployment(tmp_path)
     report = export_confirmations(
-        index, store, ImageSettings(), tmp_path / "data", RECENT_SHARE, 0.4, seed=0, outside=1
+        index,
+        store,
+        ImageSettings(),
+        tmp_path / "data",
+        RECENT_SHARE,
+        PRODUCT_SHARE,
+        seed=0,
+        outside=1,
     )
     by_split: dict[str, set[str]] = {"train": set(), "val": set(), "catalog": set()}
     for file, uri in report.uris.items():
@@ -83,6 +102,7 @@ def test_the_latest_confirmations_and_a_share_of_products_are_judged_never_train
     held_out = set(report.held_out_products)
     assert held_out and len(held_out) < PRODUCTS  # the draw leaves products on both sides
     assert "orphan" not in held_out | {file.split("/")[0] for file in report.uris}
+    assert UNCONFIRMED not in held_out  # nothing of it to judge: no role taken for nothing
     trained = [k for k in range(PRODUCTS) if f"p{k:02d}" not in held_out]
     # of the trained products' photos, the latest share overall is judged: here every
     # product's last photo, then the ones before, as the times go
@@ -94,18 +114,19 @@ def test_the_latest_confirmations_and_a_share_of_products_are_judged_never_train
     assert by_split["val"] & trained_uris == judged
     assert by_split["train"] & trained_uris == trained_uris - judged
     # a held-out product is judged on all its photos (left out, or judged as brand new) or,
-    # kept in the catalog, on its own latest one, its earlier ones confirmed but never trained
+    # kept in the catalog, on its own latest share, its earlier ones confirmed, never trained
+    own_latest = round(RECENT_SHARE * PHOTOS)
     for product_id in held_out:
         photos = [f"s3://scans/{product_id}-{n}.png" for n in range(PHOTOS)]
         if product_id in report.kept_products:
-            assert photos[-1] in by_split["val"] and set(photos[:-1]) <= by_split["train"]
+            assert set(photos[-own_latest:]) <= by_split["val"]
+            assert set(photos[:-own_latest]) <= by_split["train"]
         else:
             assert set(photos) <= by_split["val"]
     assert len(report.outside_products) == 1 and report.kept_products  # each role drawn
-    assert report.held_out_references == PHOTOS * len(report.kept_products) - len(
-        report.kept_products
-    )
+    assert report.held_out_references == (PHOTOS - own_latest) * len(report.kept_products)
     assert report.train_photos == len(by_split["train"]) - report.held_out_references
     # catalog images whole, never the pieces cut from them
-    assert by_split["catalog"] == {f"s3://catalog/p{k:02d}.png" for k in range(PRODUCTS)}
-    assert report.catalog_images == PRODUCTS
+    catalog = {f"s3://catalog/p{k:02d}.png" for k in range(PRODUCTS)}
+    assert by_split["catalog"] == catalog | {"s3://catalog/unconfirmed.png"}
+    assert report.catalog_images == PRODUCTS + 1
