@@ -57,6 +57,9 @@ def test_coverage_accuracy_curve():
     assert curve[0] == {"threshold": 0.0, "answered": 1.0, "accuracy": 0.5}
     assert curve[1] == {"threshold": 0.5, "answered": 0.5, "accuracy": 0.5}
     assert curve[2]["answered"] == 0.0 and math.isnan(curve[2]["accuracy"])
+    # at the threshold itself, answered: the decision's own rule (`matched` at >=)
+    [at] = coverage_accuracy_curve([0.8, 0.3], [True, False], thresholds=[0.8])
+    assert (at["answered"], at["accuracy"]) == (0.5, 1.0)
 
 
 def test_a_result_file_names_the_settings_it_was_measured_with_but_no_secret(tmp_path, monkeypatch):
