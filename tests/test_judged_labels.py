@@ -98,3 +98,26 @@ def test_a_doubted_answer_stays_refused_whatever_the_confidence_says():
     ]
     decided_again, _ = decided_with_judged_labels(learner, judged, vectors, doubted, labels)
     assert not any(r.status is MATCHED for n, r in enumerate(decided_again) if n in answered)
+
+
+def test_twin_photos_in_two_folds_are_decided_by_two_different_confidences():
+    """The same picture judged twice, its copies in different folds: each copy is decided by
+    the confidence that did not learn from its own fold, so the two probabilities differ (one
+    confidence learned from every judged photo, itself included, would give both the same)."""
+    learner, index, photo = _trained_learner()
+    folds = learner.learning.confidence.folds
+    judged = [(f"p{p}", f"p{p}/val-{n}.jpg") for p in range(PRODUCTS) for n in range(3)]
+    taken = {zlib.crc32(key.encode()) % folds for _, key in judged[:1]}
+    twin = next(
+        key
+        for key in (f"p0/twin-{n}.jpg" for n in range(100))
+        if zlib.crc32(key.encode()) % folds not in taken
+    )
+    photos = [judged[0], *judged[1:], ("p0", twin)]
+    vectors = np.array([photo(int(pid[1:])) for pid, _ in judged] + [photo(0)])
+    vectors[-1] = vectors[0]  # the very same picture
+    before = rank(learner.snapshot, index, Prototypes(index, learner.layout), vectors, 3)
+    labels = np.ones(len(photos), dtype=bool)
+    decided, _ = decided_with_judged_labels(learner, photos, vectors, before, labels)
+    assert decided[0].hits == decided[-1].hits  # the same evidence
+    assert decided[0].confidence != decided[-1].confidence
