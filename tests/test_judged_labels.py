@@ -69,6 +69,9 @@ def test_judged_photos_are_decided_by_a_confidence_that_learned_from_the_others_
         at_judging + len(judged) - fold.count(f) for f in range(folds)
     ]
     assert report["labels_for_the_others"] == at_judging + len(judged)
+    # towers trained here refuse unknown jewels as the version in service will
+    assert report["unknown_refusal"] == learner.learning.confidence.trained_unknown_refusal
+    assert report["unknown_refusal"] != learner.learning.confidence.unknown_refusal
     assert report["origins"] != ["prior"]
     # the ranking is untouched: only the decision is taken again, on the same evidence
     assert [r.hits for r in decided] == [r.hits for r in before]

@@ -24,6 +24,7 @@ from worker.matching.labels import confirmation_outcomes, labelled_rows
 from worker.matching.learner import Learner
 from worker.matching.ranking import Ranking
 from worker.matching.stages.confidence import Confidence, Outcomes, fit_confidence
+from worker.settings import ConfidenceSettings
 from worker.vectors import SOURCE_CONFIRMED_SCAN
 
 
@@ -55,8 +56,9 @@ def decided_with_judged_labels(
     # the judged photos' rows follow refs' in `both`
     fold_of_key = {both.key(len(refs) + n): photo_fold[i] for n, i in enumerate(judged)}
     fold = np.array([fold_of_key.get(str(key), -1) for key in outcomes.keys])
-    without = [_fit(learner, outcomes.subset(fold != f)) for f in range(settings.folds)]
-    with_all = _fit(learner, outcomes)
+    deciding = settings.for_towers(bool(learner.trained_on))  # as the version in service
+    without = [_fit(learner, deciding, outcomes.subset(fold != f)) for f in range(settings.folds)]
+    with_all = _fit(learner, deciding, outcomes)
     decided = [
         _decided(ranking, without[f] if label else with_all)
         for ranking, label, f in zip(rankings, labels, photo_fold, strict=True)
@@ -69,6 +71,7 @@ def decided_with_judged_labels(
         "min_margins": sorted({round(c.min_margin, 4) for c in without}),
         "labels_for_the_others": with_all.report.get("labels"),
         "origin_for_the_others": with_all.origin,
+        "unknown_refusal": deciding.unknown_refusal,
     }
     return decided, report
 
@@ -82,10 +85,8 @@ def _decided(ranking: Ranking, confidence: Confidence) -> Ranking:
     )
 
 
-def _fit(learner: Learner, outcomes: Outcomes) -> Confidence:
+def _fit(learner: Learner, settings: ConfidenceSettings, outcomes: Outcomes) -> Confidence:
     policy = learner.snapshot.policy
-    learning = learner.learning
-    settings = learning.confidence.for_towers(bool(learner.trained_on))
     return fit_confidence(
-        outcomes, settings, policy.target_precision, policy.prior(), learning.draw_seed
+        outcomes, settings, policy.target_precision, policy.prior(), learner.learning.draw_seed
     )
