@@ -374,18 +374,14 @@ def said(result) -> str:
     return " ".join(result.output.split())
 
 
-def test_backup_and_restore_commands_through_s3_and_a_file(
-    tmp_path, models, model_dirs, s3, s3_endpoint, monkeypatch
-):
-    """The commands: a backup of the index in service to an S3 object and to a file, restored
-    by another model into its own index, made current; an unreadable image is exit status 1,
-    a file cut short one line with exit status 2."""
-    old = models[0]
+def configure_commands(monkeypatch, s3_endpoint: str, model_dir, **index) -> None:
+    """The environment the commands read: moto's S3, the tiny model `model_dir` (catalog
+    images whole, one thread) and the index settings `index` (`INDEX__...=value`)."""
     environment = {
-        "JEWELMATCH_INDEX__PATH": str(tmp_path / "index"),
+        **{f"JEWELMATCH_{name}": value for name, value in index.items()},
         "JEWELMATCH_S3__ENDPOINT_URL": s3_endpoint,
         "JEWELMATCH_S3__ALLOWED_BUCKETS": f"{CATALOG_BUCKET},{SCANS_BUCKET}",
-        "JEWELMATCH_MODEL__NAME": f"local-dir:{model_dirs[0]}",
+        "JEWELMATCH_MODEL__NAME": f"local-dir:{model_dir}",
         "JEWELMATCH_MODEL__RUNTIME": "torch",
         "JEWELMATCH_MODEL__THREADS": "1",
         "JEWELMATCH_MODEL__SCAN_CROPS": "[1.0]",
@@ -394,6 +390,16 @@ def test_backup_and_restore_commands_through_s3_and_a_file(
     }
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
+
+
+def test_backup_and_restore_commands_through_s3_and_a_file(
+    tmp_path, models, model_dirs, s3, s3_endpoint, monkeypatch
+):
+    """The commands: a backup of the index in service to an S3 object and to a file, restored
+    by another model into its own index, made current; an unreadable image is exit status 1,
+    a file cut short one line with exit status 2."""
+    old = models[0]
+    configure_commands(monkeypatch, s3_endpoint, model_dirs[0], INDEX__PATH=str(tmp_path / "index"))
     settings = IndexSettings(path=tmp_path / "index")
     in_service = EdgeIndex(settings, old.model_id, old.dim)
     fill(in_service, old, s3)
@@ -517,20 +523,9 @@ def test_restore_on_a_qdrant_server_builds_beside_and_switches_only_when_told(
 
     old, new = models
     settings = IndexSettings(backend="qdrant", url=str(tmp_path / "qdrant"))
-    environment = {
-        "JEWELMATCH_INDEX__BACKEND": "qdrant",
-        "JEWELMATCH_INDEX__URL": settings.url,
-        "JEWELMATCH_S3__ENDPOINT_URL": s3_endpoint,
-        "JEWELMATCH_S3__ALLOWED_BUCKETS": f"{CATALOG_BUCKET},{SCANS_BUCKET}",
-        "JEWELMATCH_MODEL__NAME": f"local-dir:{model_dirs[0]}",
-        "JEWELMATCH_MODEL__RUNTIME": "torch",
-        "JEWELMATCH_MODEL__THREADS": "1",
-        "JEWELMATCH_MODEL__SCAN_CROPS": "[1.0]",
-        "JEWELMATCH_MODEL__CATALOG_ZOOM": "0",
-        "JEWELMATCH_MODEL__CATALOG_PARTS": "false",
-    }
-    for name, value in environment.items():
-        monkeypatch.setenv(name, value)
+    configure_commands(
+        monkeypatch, s3_endpoint, model_dirs[0], INDEX__BACKEND="qdrant", INDEX__URL=settings.url
+    )
     in_service = QdrantServerIndex(settings, old.model_id, old.dim)  # the first: in service
     fill(in_service, old, s3)
     in_service.close()
