@@ -12,6 +12,7 @@ from rich.progress import Progress
 from typer.testing import CliRunner
 
 from tests.conftest import make_settings
+from tests.support.tiny_model import use_tiny_model
 from worker.cli import app
 from worker.tools.bench.accuracy import AccuracyOptions, _plan, run_accuracy
 from worker.tools.bench.loaded_models import LoadedModels
@@ -229,9 +230,7 @@ def test_fine_tuning_with_nothing_confirmed_trains_on_the_catalog_images_alone(t
 
 def test_bench_accuracy_command_writes_its_json(tmp_path, tiny_model_dir, monkeypatch):
     data = write_dataset(tmp_path / "data")
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
-    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
+    use_tiny_model(monkeypatch, tiny_model_dir)
     out = tmp_path / "accuracy.json"
     products = sorted(p.name for p in data.iterdir())
     kinds = tmp_path / "kinds.csv"
@@ -305,9 +304,7 @@ def test_bench_accuracy_seed_draws_the_protocol_again(tmp_path, tiny_model_dir, 
     """`--seed` picks which products are left out of the catalog: the same seed the same
     products, other seeds others (figures of another draw reproduce by command)."""
     data = write_dataset(tmp_path / "data")
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
-    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
+    use_tiny_model(monkeypatch, tiny_model_dir)
 
     def left_out(seed: int) -> list[str]:
         out = tmp_path / f"accuracy-{seed}.json"

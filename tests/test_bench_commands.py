@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tests.support.tiny_model import use_tiny_model
 from worker.cli import app
 from worker.tools.synthetic import write_catalog
 
@@ -20,9 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def tiny(tmp_path, tiny_model_dir, monkeypatch):
     """The tiny model configured as a terminal would, and a three-product folder data set."""
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{tiny_model_dir}")
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(tiny_model_dir.parent / "cache"))
-    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
+    use_tiny_model(monkeypatch, tiny_model_dir)
     data = tmp_path / "data"
     write_catalog(data, count=3, scans_per_product=1)
     return data

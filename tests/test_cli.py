@@ -11,7 +11,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from tests.support.tiny_model import write_tiny_model
+from tests.support.tiny_model import use_tiny_model, write_tiny_model
 from worker.amqp.definitions import ROLES, password_variable
 from worker.cli import app, main
 from worker.index.edge import current_model
@@ -19,15 +19,6 @@ from worker.tools.synthetic import write_catalog
 from worker.tools.terminal import FOLDER_BUCKET
 
 runner = CliRunner()
-
-
-def use_tiny_model(monkeypatch, model_dir, index_path) -> None:
-    """The commands as a terminal runs them, on the tiny model (its exports cached beside it)
-    and an index at `index_path`."""
-    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{model_dir}")
-    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(model_dir.parent / "cache"))
-    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
-    monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(index_path))
 
 
 def test_schema_command_writes_one_schema_per_message(tmp_path):

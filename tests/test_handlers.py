@@ -132,6 +132,11 @@ def only_result(outcome):
     return result
 
 
+def problems_of(result) -> list[tuple[str | None, FailureReason]]:
+    """Each problem of an outcome as (image id, reason)."""
+    return [(problem.image_id, problem.reason) for problem in result.problems]
+
+
 def ingest(handlers: Handlers) -> None:
     outcomes = handlers.handle_catalog(
         [delivery(topology.PRODUCT_CREATED, product(d)) for d in DESIGNS]
@@ -470,9 +475,7 @@ def test_an_image_moved_to_a_missing_object_is_one_problem_and_leaves_the_index(
     [outcome] = handlers.handle_catalog([delivery(topology.PRODUCT_UPDATED, moved)])
     result = only_result(outcome)
     assert result.status is CatalogOutcomeStatus.rejected
-    assert [(p.image_id, p.reason) for p in result.problems] == [
-        ("front", FailureReason.image_not_found)
-    ]
+    assert problems_of(result) == [("front", FailureReason.image_not_found)]
     assert result.images_indexed == 0
     # dead-lettered, its problems the error operators read there
     assert (outcome.action, outcome.error) == (Action.dead_letter, result.problems[0].detail)
@@ -492,9 +495,7 @@ def test_an_object_deleted_since_it_was_indexed_is_one_problem_and_leaves_the_in
     [outcome] = handlers.handle_catalog([delivery(topology.PRODUCT_UPDATED, two_images)])
     result = only_result(outcome)
     assert result.status is CatalogOutcomeStatus.partially_applied
-    assert [(p.image_id, p.reason) for p in result.problems] == [
-        ("front", FailureReason.image_not_found)
-    ]
+    assert problems_of(result) == [("front", FailureReason.image_not_found)]
     assert result.images_indexed == 1
     stored = handlers.matcher.index.product_images(design.product_id)
     assert [image.image_id for image in stored] == ["back"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 
+import boto3
 import pytest
 
 from shared.contract import FailureReason, S3Object
@@ -101,18 +102,6 @@ def iam_checked(endpoint: str, after: int):
         requests.post(f"{endpoint}/moto-api/reset-auth", data=b"inf", timeout=10)
 
 
-def boto3_client(service: str, endpoint: str):
-    import boto3
-
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-
-
 def test_an_object_the_credentials_may_not_read_is_permanent_access_denied(s3, s3_endpoint):
     """The worker's credentials may read the catalog bucket only: a photo in the other is
     refused by the store (AccessDenied, or a bare 403 to a HEAD) and never retried; keys
@@ -129,7 +118,7 @@ def test_an_object_the_credentials_may_not_read_is_permanent_access_denied(s3, s
             }
         ],
     }
-    iam = boto3_client("iam", s3_endpoint)
+    iam = boto3.client("iam", endpoint_url=s3_endpoint, region_name="us-east-1")
     with iam_checked(s3_endpoint, after=3):  # the three calls that make the worker's user
         iam.create_user(UserName="worker")
         iam.put_user_policy(

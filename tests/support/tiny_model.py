@@ -35,6 +35,16 @@ def write_tiny_model(directory: Path, seed: int = 0) -> Path:
     return _write(directory, TINY_CONFIG, seed)
 
 
+def use_tiny_model(monkeypatch, model_dir: Path, index_path: Path | None = None) -> None:
+    """The commands as a terminal runs them, on the tiny model (its exports cached beside it)
+    and, given `index_path`, an index there."""
+    monkeypatch.setenv("JEWELMATCH_MODEL__NAME", f"local-dir:{model_dir}")
+    monkeypatch.setenv("JEWELMATCH_MODEL__CACHE_DIR", str(model_dir.parent / "cache"))
+    monkeypatch.setenv("JEWELMATCH_MODEL__SCAN_CROPS", "[1.0]")
+    if index_path is not None:
+        monkeypatch.setenv("JEWELMATCH_INDEX__PATH", str(index_path))
+
+
 def tiny_settings(model_dir: Path, cache_dir: Path, **settings) -> ModelSettings:
     """Settings of the tiny model in `model_dir`, its exports in `cache_dir`: one thread and
     torch unless `settings` say otherwise."""
