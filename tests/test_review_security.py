@@ -333,7 +333,11 @@ def test_the_image_proxy_serves_images_only_and_says_why_it_does_not(tmp_path):
     (buckets / "scan-photos").mkdir(parents=True)
     png = buckets / "scan-photos" / "bag.png"
     Image.new("RGB", (4, 4)).save(png)
+    webp = buckets / "scan-photos" / "bag.webp"
+    Image.new("RGB", (4, 4)).save(webp)
     (buckets / "scan-photos" / "notes.jpg").write_text("<script>alert(1)</script>")
+    # a RIFF file, as WebP is, but a sound: RIFF, size, WAVE
+    (buckets / "scan-photos" / "beep.webp").write_bytes(b"RIFF\x24\0\0\0WAVEfmt " + bytes(28))
     settings = desk_settings(tmp_path).model_copy(
         update={
             "s3": S3Settings(backend="local", local_root=buckets, allowed_buckets=["scan-photos"])
@@ -345,7 +349,10 @@ def test_the_image_proxy_serves_images_only_and_says_why_it_does_not(tmp_path):
     assert served.status_code == 200 and served.headers["content-type"] == "image/png"
     assert served.headers["x-content-type-options"] == "nosniff"
     assert served.content == png.read_bytes()
-    assert client.get("/image/scan-photos/notes.jpg").status_code == 415  # not an image
+    served = client.get("/image/scan-photos/bag.webp")
+    assert (served.status_code, served.headers["content-type"]) == (200, "image/webp")
+    for not_an_image in ["notes.jpg", "beep.webp"]:
+        assert client.get(f"/image/scan-photos/{not_an_image}").status_code == 415
     for path, why in [
         ("scan-photos/gone.jpg", "image_not_found"),
         ("catalog-images/bag.png", "bucket_not_allowed"),

@@ -31,9 +31,9 @@ HERE = Path(__file__).parent
 IMAGE_TYPES = {
     b"\xff\xd8\xff": "image/jpeg",
     b"\x89PNG": "image/png",
-    b"RIFF": "image/webp",
     b"GIF8": "image/gif",
 }
+"""Media types by their files' first bytes (WebP, a kind of RIFF file: `image_media_type`)."""
 LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9._~%/?=&+-]*")
 """Where a sign-in may send its person on: a path of this site only."""
 
@@ -45,6 +45,14 @@ def image_url(ref: S3Object | str | None) -> str | None:
     if isinstance(ref, str):
         ref = S3Object.model_validate(ref)
     return f"/image/{quote(ref.bucket)}/{quote(ref.key)}"
+
+
+def image_media_type(data: bytes) -> str | None:
+    """The media type of an image the desk shows, from its first bytes; None for anything
+    else (a RIFF file that is not WebP, a WAV or an AVI, is not an image)."""
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((kind for magic, kind in IMAGE_TYPES.items() if data.startswith(magic)), None)
 
 
 def positive_number(text: str) -> float | None:
@@ -180,9 +188,7 @@ async def image(request: Request) -> Response:
         raise HTTPException(404, error.reason.value) from None
     except TransientError:
         raise HTTPException(503, "image storage unavailable") from None
-    media_type = next(
-        (kind for magic, kind in IMAGE_TYPES.items() if blob.data.startswith(magic)), None
-    )
+    media_type = image_media_type(blob.data)
     if media_type is None:
         raise HTTPException(415, "not an image")
     return Response(
