@@ -578,6 +578,8 @@ def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_se
         found = client.get("/products", params={"q": "ring-4"}).json()["products"]
         assert {p["sku"] for p in found} == {"RING-4", *(f"RING-4{n}" for n in range(10))}
         assert len(client.get("/products", params={"q": "ring"}).json()["products"]) == 20
+        listed = client.get("/catalog", params={"q": " Ring-42 "}).text  # the catalog's search
+        assert 'data-product-id="p-42"' in listed and 'data-product-id="p-41"' not in listed
         token = form_token(page.text)
         typo = client.post(
             "/scans/scan-1/confirm", data={"product_id": "p-1000", "csrf_token": token}

@@ -180,17 +180,18 @@ async def check_in_catalog(desk: Desk, product_id: str) -> None:
 # catalog -----------------------------------------------------------------------------
 
 
+def holds_text(product: dict, text: str) -> bool:
+    """Whether a product's SKU, id or name holds `text` (lower case), as the searches ask."""
+    return text in f"{product['sku']} {product['product_id']} {product.get('name') or ''}".lower()
+
+
 async def catalog(request: Request) -> Response:
     desk: Desk = request.app.state.desk
     person = signed_in(request)
     products = await run_in_threadpool(desk.catalog)
     matched = await run_in_threadpool(desk.history.matched_products)
     text = request.query_params.get("q", "").strip().lower()
-    shown = [
-        p
-        for p in products
-        if not text or text in f"{p['sku']} {p['product_id']} {p.get('name') or ''}".lower()
-    ]
+    shown = [p for p in products if not text or holds_text(p, text)]
     return page(
         request,
         "catalog.html",
@@ -204,9 +205,6 @@ async def catalog(request: Request) -> Response:
     )
 
 
-PRODUCT_SUGGESTIONS = 20
-
-
 async def products(request: Request) -> Response:
     """Up to 20 products whose SKU, id or name holds `q`, for the "none of these" field
     (the whole list never travels to the page)."""
@@ -216,7 +214,7 @@ async def products(request: Request) -> Response:
     found = []
     if text:
         for p in await run_in_threadpool(desk.catalog):
-            if text in f"{p['sku']} {p['product_id']} {p.get('name') or ''}".lower():
+            if holds_text(p, text):
                 found.append({k: p.get(k) for k in ("product_id", "sku", "name")})
                 if len(found) == PRODUCT_SUGGESTIONS:
                     break
