@@ -5,6 +5,8 @@ odd input, and a prompt stop."""
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 import os
 import re
 import signal
@@ -65,6 +67,12 @@ def sign_in(client: TestClient, name: str, password: str | None = None):
     )
 
 
+def session_cookie(client: TestClient) -> dict:
+    """What the desk's signed cookie in this client holds (its payload is plain base64)."""
+    cookie = client.cookies.get("jewelmatch_review")
+    return json.loads(base64.b64decode(cookie.split(".", 1)[0])) if cookie else {}
+
+
 def signed_in_as(client: TestClient) -> str | None:
     page = client.get("/scans", follow_redirects=False)
     if page.status_code != 200:
@@ -109,19 +117,26 @@ def test_a_blank_proxy_header_or_a_peer_without_an_address_names_nobody(tmp_path
     }
     authenticator = Authenticator(settings.review, SessionStore(tmp_path / "s.sqlite3", 60))
     assert authenticator.person(Request(scope)) is None
+    scope["client"] = ("testclient", 50000)  # a peer named, not addressed: no proxy either
+    assert authenticator.person(Request(scope)) is None
     scope["client"] = PROXY
     assert authenticator.person(Request(scope)).name == "otto"
 
 
-def test_a_repeated_proxy_header_names_nobody(tmp_path):
+def test_a_repeated_proxy_header_names_nobody_and_is_logged(tmp_path):
+    from structlog.testing import capture_logs
+
     app = create_app(header_desk(tmp_path))
     client = TestClient(app, client=PROXY)
-    twice = client.get(
-        "/scans",
-        headers=[("X-Forwarded-User", "otto"), ("X-Forwarded-User", "rita")],
-        follow_redirects=False,
-    )
+    with capture_logs() as logs:
+        twice = client.get(
+            "/scans",
+            headers=[("X-Forwarded-User", "otto"), ("X-Forwarded-User", "rita")],
+            follow_redirects=False,
+        )
     assert twice.status_code == 303 and twice.headers["location"].startswith("/login")
+    repeated = [e for e in logs if e["event"] == "review.proxy_header_repeated"]
+    assert [(e["header"], e["count"]) for e in repeated] == [("X-Forwarded-User", 2)]
 
 
 @pytest.mark.parametrize(
@@ -164,6 +179,35 @@ def test_signing_out_ends_the_session_for_every_copy_of_the_cookie(tmp_path):
     assert browser.post("/logout", data={"csrf_token": token}).status_code == 200
     assert signed_in_as(copied) is None
     assert signed_in_as(browser) is None
+    assert "sid" not in session_cookie(browser)  # the browser keeps no session id either
+
+
+def test_a_session_lasts_its_lifetime_and_expired_ones_are_swept(tmp_path, monkeypatch):
+    import sqlite3
+
+    from worker.review import sessions as sessions_module
+
+    now = [1_000_000.0]
+    monkeypatch.setattr(sessions_module.time, "time", lambda: now[0])
+    store = SessionStore(tmp_path / "desk.sqlite3", lifetime_seconds=8 * 3600)
+    session = store.open("rita")
+    now[0] += 8 * 3600 - 1
+    assert store.person(session) == "rita"
+    now[0] += 1
+    assert store.person(session) is None  # session_hours are up
+    store.open("otto")  # opening a session sweeps the expired ones out of the file
+    with sqlite3.connect(tmp_path / "desk.sqlite3") as db:
+        assert db.execute("SELECT person FROM sessions").fetchall() == [("otto",)]
+    store.close()
+
+
+def test_one_form_token_serves_every_page_of_a_session(tmp_path):
+    """Two tabs of the desk: a form loaded in the first still posts after the second opened."""
+    browser = TestClient(create_app(desk_settings(tmp_path)))
+    assert sign_in(browser, "otto").status_code == 303
+    first_tab = form_token(browser.get("/scans").text)
+    assert form_token(browser.get("/worklist").text) == first_tab
+    assert browser.post("/logout", data={"csrf_token": first_tab}).status_code == 200
 
 
 def test_a_name_removed_from_the_user_list_is_signed_out(tmp_path):
@@ -212,11 +256,13 @@ def test_a_password_hash_of_another_scheme_or_another_digest_matches_nothing():
     altered = base64.b64encode(altered[:-1] + bytes([altered[-1] ^ 1])).decode()
     assert not password_matches("rita-reviews-scans", ":".join([scheme, n, r, p, salt, altered]))
     assert not password_matches("rita-reviews-scans", "scrypt:not-a-hash")
+    # a digest of another length (as other scrypt tools write) is checked at its length
+    short = hashlib.scrypt(b"rita-reviews-scans", salt=b"salt", n=2**14, r=8, p=1, dklen=32)
+    other_tool = f"scrypt:16384:8:1:{base64.b64encode(b'salt').decode()}:"
+    assert password_matches("rita-reviews-scans", other_tool + base64.b64encode(short).decode())
 
 
 def test_a_cookie_signed_for_an_invented_person_gets_nothing(tmp_path):
-    import json
-
     from itsdangerous import TimestampSigner
 
     app = create_app(desk_settings(tmp_path))

@@ -145,8 +145,7 @@ class Authenticator:
 
     def open_session(self, request: Request, person: Person) -> None:
         request.session.clear()
-        request.session["sid"] = self.sessions.open(person.name)
-        csrf_token(request)  # a fresh token for the new session
+        request.session["sid"] = self.sessions.open(person.name)  # and, made on use, a new token
 
     def end_session(self, request: Request) -> None:
         session_id = request.session.get("sid")
