@@ -54,6 +54,56 @@ def test_each_piece_of_a_set_on_a_plain_backdrop_is_cut_out():
     assert piece_boxes(Image.new("RGB", (300, 300), "white")) == []
 
 
+SPOTS = [(75, 75), (225, 75), (375, 75), (525, 75), (75, 225), (225, 225), (375, 225)]
+
+
+def _pieces(count: int) -> Image.Image:
+    """`count` round pieces, 40 px across, apart on a white 600 x 300 picture."""
+    picture = Image.new("RGB", (600, 300), "white")
+    for x, y in SPOTS[:count]:
+        ImageDraw.Draw(picture).ellipse((x - 20, y - 20, x + 20, y + 20), fill=(190, 140, 40))
+    return picture
+
+
+@pytest.mark.parametrize("count", range(1, 8))
+def test_a_set_is_two_to_six_pieces(count):
+    """A pair of rings is a set; seven pieces are a pattern or a display, not a set."""
+    boxes = piece_boxes(_pieces(count))
+    assert len(boxes) == (count if 2 <= count <= 6 else 0)
+    in_reading_order = sorted(boxes, key=lambda box: (box[1], box[0]))
+    for (left, top, right, bottom), (x, y) in zip(
+        in_reading_order, SPOTS[: len(boxes)], strict=True
+    ):
+        assert 80 <= right - left == bottom - top < 100  # the piece, its dilation, a margin
+        assert abs((left + right) / 2 - x) <= 3 and abs((top + bottom) / 2 - y) <= 3
+
+
+def test_a_tiny_piece_keeps_a_fifth_of_the_picture_around_it():
+    picture = Image.new("RGB", (300, 300), "white")
+    for x, y in ((75, 75), (225, 225)):
+        ImageDraw.Draw(picture).ellipse((x - 10, y - 10, x + 10, y + 10), fill=(190, 140, 40))
+    assert piece_boxes(picture) == [(46, 46, 106, 106), (196, 196, 256, 256)]
+
+
+def test_a_chain_of_links_is_one_piece_and_stripes_to_the_border_are_a_scene():
+    chains = Image.new("RGB", (600, 300), "white")
+    stripes = Image.new("RGB", (600, 300), "white")
+    for row in (80, 220):  # two chains of six links, each 12 px, 18 px apart
+        for link in range(6):
+            x = 100 + 30 * link
+            ImageDraw.Draw(chains).ellipse((x - 6, row - 6, x + 6, row + 6), fill=(190, 140, 40))
+    for x in (75, 225, 375, 525):  # four stripes across the picture: a backdrop's pattern
+        ImageDraw.Draw(stripes).line((x, 0, x, 299), fill=(150, 110, 60), width=6)
+    assert len(piece_boxes(chains)) == 2
+    assert piece_boxes(stripes) == []
+
+
+def test_a_speck_beside_the_pieces_is_not_one():
+    picture = _pieces(2)
+    ImageDraw.Draw(picture).ellipse((520, 220, 526, 226), fill=(190, 140, 40))
+    assert len(piece_boxes(picture)) == 2
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> str:
     return f"local-dir:{write_tiny_model(tmp_path_factory.mktemp('parts') / 'tiny')}"
