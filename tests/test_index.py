@@ -3,6 +3,7 @@ and the server code path (qdrant-client, in its local mode as the server's stand
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -245,13 +246,36 @@ def test_closing_waits_for_the_calls_in_progress_and_refuses_later_ones():
     thread = threading.Thread(target=long_call)
     thread.start()
     assert inside.wait(timeout=10)
+    closed = []
+    closing = threading.Thread(target=lambda: closed.append(guard.close(300)), daemon=True)
+    closing.start()
     threading.Timer(0.2, leave.set).start()
-    assert guard.close(timeout=10)
+    closing.join(timeout=30)  # woken by the call's end, long before its timeout
+    assert closed == [True]
     order.append("closed")
     thread.join()
     assert order == ["call ended", "closed"]
     with pytest.raises(IndexClosedError), guard.call():
         pass
+
+
+def test_closing_gives_up_on_a_call_that_does_not_end_and_a_failed_call_ends():
+    guard = ShardGuard()
+    stuck, leave = threading.Event(), threading.Event()
+
+    def failing_call() -> None:
+        with contextlib.suppress(RuntimeError), guard.call():
+            stuck.set()
+            leave.wait(timeout=10)
+            raise RuntimeError("the engine failed mid-call")
+
+    thread = threading.Thread(target=failing_call)
+    thread.start()
+    assert stuck.wait(timeout=10)
+    assert guard.close(timeout=0.1) is False  # still in the call: the caller is told
+    leave.set()
+    thread.join(timeout=10)
+    assert guard.close(timeout=10) is True  # the failed call counted as ended
 
 
 def _read_until_closed(index: EdgeIndex, ended_with: list[BaseException]) -> None:
