@@ -71,6 +71,9 @@ def test_small_pieces_and_scenes_are_told_from_iconic_shots():
     assert not shows_piece_small(_nearly_filling())
     assert shows_piece_small(_small_on_backdrop())
     assert shows_piece_small(_in_a_scene())
+    open_above = _in_a_scene()  # a scene may have one plain side (a wall above it)
+    ImageDraw.Draw(open_above).rectangle((0, 0, 299, 29), fill="white")
+    assert shows_piece_small(open_above)
     assert not shows_piece_small(Image.new("RGB", (200, 200), (128, 128, 128)))  # nothing there
 
 
@@ -90,6 +93,24 @@ def test_the_zoom_is_centred_on_a_small_piece_and_a_scene_s_middle():
     left, top, right, bottom = zoom_box(large, 0.5)
     assert left <= 20 and top <= 80 and right >= 260 and bottom >= 320
     assert right - left < 400
+
+
+def test_the_zoom_holds_pieces_of_any_shape_in_a_square_inside_the_picture():
+    bar = Image.new("RGB", (400, 400), "white")  # a bracelet across the picture: not small
+    ImageDraw.Draw(bar).rectangle((20, 180, 380, 220), fill=(180, 140, 40))
+    assert zoom_box(bar, 0.5) is None
+    wide = Image.new("RGB", (600, 300), "white")  # wider, with its margin, than 300 px high
+    ImageDraw.Draw(wide).rectangle((150, 100, 450, 160), fill=(180, 140, 40))
+    assert zoom_box(wide, 0.5) == (150, 0, 450, 300)  # as large as the picture allows
+    at_the_edge = _small_on_backdrop()  # the jewel moved to the right edge
+    at_the_edge.paste(Image.new("RGB", (120, 120), (190, 180, 165)), JEWEL_AT[:2])
+    at_the_edge.paste(render(catalog_designs(1, seed=3)[0], 120), (470, 170))
+    left, top, right, bottom = zoom_box(at_the_edge, 0.5)
+    assert (right, right - left, bottom - top) == (600, 200, 200)  # moved inside, not cut
+    assert left <= 470 and top <= 170 and bottom >= 290
+    dusty = _small_on_backdrop()  # a speck on the backdrop does not move the square
+    ImageDraw.Draw(dusty).rectangle((40, 40, 45, 45), fill=(20, 20, 20))
+    assert zoom_box(dusty, 0.5) == zoom_box(_small_on_backdrop(), 0.5)
 
 
 @pytest.fixture(scope="module")
