@@ -190,6 +190,9 @@ def test_the_confidence_figures_are_served_on_metrics_and_read_back_by_the_desk(
         observe_confidence({"origin": "prior", "min_margin": 0.09})
         # the prior estimates nothing
         assert estimates(url) == {"learned": 0.0, "margin": 1.0, "min_margin": 0.09}
+        observe_confidence({"origin": "labels+margin", "labels": 40, "min_margin": 0.12})
+        # the first labels: learned, and the prior's margin (raised by them) still asked
+        assert estimates(url) == {"learned": 1.0, "margin": 1.0, "labels": 40, "min_margin": 0.12}
     finally:
         server.shutdown()
     assert confidence_figures(url) == {}  # a worker gone: nothing, no error
