@@ -18,11 +18,13 @@ from shared.contract import (
     RankedProduct,
 )
 from worker.amqp.broker import RESULTS, ConfirmedPublisher
+from worker.observability.probes import Health, serve_ops
 from worker.review import feed as feed_module
 from worker.review.auth import hash_password, password_matches
 from worker.review.history import History, ScanFilter
 from worker.review.web import create_app, replica_urls
-from worker.settings import AmqpSettings, Settings
+from worker.settings import AmqpSettings, OpsSettings, Settings
+from worker.tools.bench.servers import free_port
 
 
 def result(scan_id: str, status=MatchStatus.matched, station="st-1", sku="RING-1") -> MatchResult:
@@ -159,18 +161,23 @@ def test_a_name_with_several_addresses_stands_for_each_replica(monkeypatch):
     assert replica_urls("http://single:8080") == ["http://single:8080"]
 
 
-def test_behind_a_trusted_proxy_the_header_names_the_person(tmp_path):
-    settings = Settings(
+def _behind_the_proxy(tmp_path, **review) -> Settings:
+    """A desk that believes 127.0.0.1's X-Forwarded-User; otto is listed as ops, no password."""
+    return Settings(
         _env_file=None,
         review={
             "database": tmp_path / "review.sqlite3",
             "trusted_user_header": "X-Forwarded-User",
             "trusted_proxies": ["127.0.0.1"],
-            "users": [{"name": "otto", "role": "ops"}],  # a role, no password
+            "users": [{"name": "otto", "role": "ops"}],
+            **review,
         },
     )
+
+
+def test_behind_a_trusted_proxy_the_header_names_the_person(tmp_path):
     # no lifespan: no broker needed for these pages; the request comes from the proxy
-    client = TestClient(create_app(settings), client=("127.0.0.1", 50000))
+    client = TestClient(create_app(_behind_the_proxy(tmp_path)), client=("127.0.0.1", 50000))
     page = client.get("/scans", headers={"X-Forwarded-User": "otto"})
     assert page.status_code == 200 and "otto (ops)" in page.text
     page = client.get("/scans", headers={"X-Forwarded-User": "vera"})
@@ -181,6 +188,77 @@ def test_behind_a_trusted_proxy_the_header_names_the_person(tmp_path):
         "/scans/x/confirm", data={"product_id": "p1"}, headers={"X-Forwarded-User": "otto"}
     )
     assert forged.status_code == 403  # no CSRF token
+
+
+def _proxied_desk(tmp_path, **review) -> TestClient:
+    """The desk behind a trusted proxy that names otto on every request (no broker)."""
+    app = create_app(_behind_the_proxy(tmp_path, **review))
+    return TestClient(app, client=("127.0.0.1", 50000), headers={"X-Forwarded-User": "otto"})
+
+
+def _listed(page) -> list[str]:
+    return [part.split('"', 1)[0] for part in page.text.split('data-scan-id="')[1:]]
+
+
+def test_the_scans_page_filters_by_status_station_text_and_hours(tmp_path, monkeypatch):
+    client = _proxied_desk(tmp_path)
+    history = client.app.state.desk.history
+    two_hours_ago = time.time() - 2 * 3600
+    with monkeypatch.context() as earlier:
+        earlier.setattr(time, "time", lambda: two_hours_ago)
+        history.record_result(result("scan-a", station="st-1", sku="RING-1"))
+    history.record_result(result("scan-b", MatchStatus.no_confident_match, "st-2", "RING-2"))
+    history.record_result(result("scan-c", station="st-2", sku="PENDANT-9"))
+    assert sorted(_listed(client.get("/scans"))) == ["scan-a", "scan-b", "scan-c"]
+    for query, shown in [
+        ({"status": "no_confident_match"}, ["scan-b"]),
+        ({"station": "st-2"}, ["scan-b", "scan-c"]),
+        ({"q": "PENDANT-9"}, ["scan-c"]),
+        ({"station": "st-2", "status": "matched"}, ["scan-c"]),
+        ({"hours": "1.5"}, ["scan-b", "scan-c"]),
+        ({"hours": "3"}, ["scan-a", "scan-b", "scan-c"]),
+        ({"status": "", "station": "", "q": ""}, ["scan-a", "scan-b", "scan-c"]),  # a bare form
+    ]:
+        assert sorted(_listed(client.get("/scans", params=query))) == shown, query
+
+
+def test_the_next_page_offers_to_change_the_scan_just_confirmed_for_a_while(tmp_path):
+    client = _proxied_desk(tmp_path)
+    history = client.app.state.desk.history
+    for scan_id in ("scan-a", "scan-b"):
+        history.record_result(result(scan_id, MatchStatus.no_confident_match))
+    history.record_confirmation("scan-a", "p-RING-1", "otto")
+    assert 'id="done"' in client.get("/scans/scan-b", params={"done": "scan-a"}).text
+    assert 'id="done"' in client.get("/worklist", params={"done": "scan-a"}).text
+    for not_confirmed in ("scan-b", "scan-z", ""):  # unconfirmed, unknown, none
+        page = client.get("/worklist", params={"done": not_confirmed})
+        assert page.status_code == 200 and 'id="done"' not in page.text
+    later = _proxied_desk(tmp_path, undo_seconds=0)  # the same history, the moment gone
+    assert 'id="done"' not in later.get("/worklist", params={"done": "scan-a"}).text
+
+
+def test_the_catalog_page_names_new_products_and_products_never_matched(tmp_path):
+    health = Health()
+    health.catalog = lambda: [
+        {"product_id": product, "sku": product.upper(), "name": None, "confirmed_photos": photos}
+        for product, photos in (("p-A", 2), ("p-B", 0), ("p-C", 0))
+    ]
+    port = free_port()
+    server = serve_ops(health, OpsSettings(http_host="127.0.0.1", http_port=port))
+    try:
+        client = _proxied_desk(tmp_path, worker_urls=[f"http://127.0.0.1:{port}"])
+        history = client.app.state.desk.history
+        history.record_result(result("scan-1", sku="A"))  # answered p-A
+        history.record_result(result("scan-2", MatchStatus.no_confident_match, sku="B"))
+        history.record_confirmation("scan-2", "p-C", "otto")  # a person named p-C
+        sections = client.get("/catalog").text.split("<section>")[1:]
+    finally:
+        server.shutdown()
+    chips = [section.split("</ul>", 1)[0].count('href="/catalog?q=') for section in sections]
+    assert "without confirmations (2)" in sections[0] and chips[0] == 2
+    assert "?q=p-B" in sections[0] and "?q=p-C" in sections[0]
+    assert "Never matched in the desk's history (1)" in sections[1] and chips[1] == 1
+    assert "?q=p-B" in sections[1]
 
 
 @pytest.mark.integration

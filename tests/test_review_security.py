@@ -423,10 +423,15 @@ def test_the_image_proxy_serves_images_only_and_says_why_it_does_not(tmp_path):
     assert client.get("/image/scan-photos/bag.png").status_code == 503
 
 
-def test_a_confirmation_of_an_unknown_scan_or_of_no_valid_product_sends_nothing(tmp_path):
+def test_a_confirmation_of_an_unknown_scan_or_of_no_valid_product_sends_nothing(
+    tmp_path, monkeypatch
+):
     from shared.contract import MatchResult, MatchStatus, RankedProduct
+    from worker.review import operations
 
-    app = create_app(desk_settings(tmp_path))
+    monkeypatch.setattr(operations, "PUBLISH_SECONDS", 1.0)
+    nowhere = f"amqp://guest:guest@127.0.0.1:{free_port()}//"  # no broker, no worker listens
+    app = create_app(desk_settings(tmp_path, nowhere))
     candidate = RankedProduct(
         rank=1, product_id="p-1", sku="S-1", score=0.9, image_id="front", source="catalog"
     )
@@ -447,6 +452,10 @@ def test_a_confirmation_of_an_unknown_scan_or_of_no_valid_product_sends_nothing(
         refused = confirm("s-1", product_id)
         assert (refused.status_code, product_id) == (400, product_id)
         assert "not a valid product id" in refused.text
+    assert app.state.desk.history.scan("s-1").confirmed_product is None
+    # a candidate needs no catalog from the workers; the broker away, it is not recorded
+    candidate_chosen = confirm("s-1", " p-1 ")
+    assert candidate_chosen.status_code == 503 and "broker" in candidate_chosen.text
     assert app.state.desk.history.scan("s-1").confirmed_product is None
 
 
@@ -597,17 +606,25 @@ def test_a_worker_logged_in_as_guest_says_so_at_start(capsys):
 # confirming a product typed by hand -------------------------------------------------------
 
 
+NAMES = {7: "signet ring with a lion"}
+
+
 def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_sent(
     tmp_path, monkeypatch
 ):
-    from worker.review import operations
+    from tests.test_review_parts import result
+    from worker.review import operations, scan_pages
 
     monkeypatch.setattr(operations, "PUBLISH_SECONDS", 1.0)
-    from tests.test_review_parts import result
 
     health = Health()
     health.catalog = lambda: [
-        {"product_id": f"p-{n}", "sku": f"RING-{n}", "name": "ring", "confirmed_photos": 0}
+        {
+            "product_id": f"p-{n}",
+            "sku": f"RING-{n}",
+            "name": NAMES.get(n, "ring"),
+            "confirmed_photos": 0,
+        }
         for n in range(100)
     ]
     port = free_port()
@@ -624,8 +641,14 @@ def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_se
         found = client.get("/products", params={"q": "ring-4"}).json()["products"]
         assert {p["sku"] for p in found} == {"RING-4", *(f"RING-4{n}" for n in range(10))}
         assert len(client.get("/products", params={"q": "ring"}).json()["products"]) == 20
+        assert client.get("/products", params={"q": " "}).json()["products"] == []  # nothing typed
+        by_name = client.get("/products", params={"q": "Lion"}).json()["products"]
+        assert by_name == [{"product_id": "p-7", "sku": "RING-7", "name": NAMES[7]}]
         listed = client.get("/catalog", params={"q": " Ring-42 "}).text  # the catalog's search
         assert 'data-product-id="p-42"' in listed and 'data-product-id="p-41"' not in listed
+        monkeypatch.setattr(scan_pages, "CATALOG_ROWS", 30)
+        listed = client.get("/catalog").text  # a long catalog: the first rows, and a hint
+        assert listed.count("data-product-id=") == 30 and "Showing 30 of 100" in listed
         token = form_token(page.text)
         typo = client.post(
             "/scans/scan-1/confirm", data={"product_id": "p-1000", "csrf_token": token}
@@ -636,6 +659,13 @@ def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_se
             "/scans/scan-1/confirm", data={"product_id": "p-7", "csrf_token": token}
         )
         assert known.status_code == 503 and "broker" in known.text  # checked, then sent
+        app.state.desk.history.record_confirmation("scan-1", "p-7", "rita")  # sent after all
+        again = client.post(
+            "/scans/scan-1/confirm",
+            data={"product_id": "p-7", "csrf_token": token},
+            follow_redirects=False,
+        )
+        assert again.status_code == 303  # a second click: already sent, nothing sent again
     finally:
         server.shutdown()
 
