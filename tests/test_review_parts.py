@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 from kombu import Connection
@@ -20,6 +21,7 @@ from shared.contract import (
 from worker.amqp.broker import RESULTS, ConfirmedPublisher
 from worker.observability.probes import Health, serve_ops
 from worker.review import feed as feed_module
+from worker.review import history as history_module
 from worker.review.auth import hash_password, password_matches
 from worker.review.history import History, ScanFilter
 from worker.review.web import create_app, replica_urls
@@ -203,9 +205,9 @@ def _listed(page) -> list[str]:
 def test_the_scans_page_filters_by_status_station_text_and_hours(tmp_path, monkeypatch):
     client = _proxied_desk(tmp_path)
     history = client.app.state.desk.history
-    two_hours_ago = time.time() - 2 * 3600
+    then = time.time() - 2 * 3600
     with monkeypatch.context() as earlier:
-        earlier.setattr(time, "time", lambda: two_hours_ago)
+        earlier.setattr(history_module, "time", SimpleNamespace(time=lambda: then))  # its clock
         history.record_result(result("scan-a", station="st-1", sku="RING-1"))
     history.record_result(result("scan-b", MatchStatus.no_confident_match, "st-2", "RING-2"))
     history.record_result(result("scan-c", station="st-2", sku="PENDANT-9"))

@@ -184,11 +184,12 @@ def test_signing_out_ends_the_session_for_every_copy_of_the_cookie(tmp_path):
 
 def test_a_session_lasts_its_lifetime_and_expired_ones_are_swept(tmp_path, monkeypatch):
     import sqlite3
+    from types import SimpleNamespace
 
     from worker.review import sessions as sessions_module
 
     now = [1_000_000.0]
-    monkeypatch.setattr(sessions_module.time, "time", lambda: now[0])
+    monkeypatch.setattr(sessions_module, "time", SimpleNamespace(time=lambda: now[0]))
     store = SessionStore(tmp_path / "desk.sqlite3", lifetime_seconds=8 * 3600)
     session = store.open("rita")
     now[0] += 8 * 3600 - 1

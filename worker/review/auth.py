@@ -144,8 +144,8 @@ class Authenticator:
         return any(peer in network for network in self.settings.trusted_proxies)
 
     def open_session(self, request: Request, person: Person) -> None:
-        request.session.clear()
-        request.session["sid"] = self.sessions.open(person.name)  # and, made on use, a new token
+        request.session.clear()  # the form token too: the next page makes a fresh one
+        request.session["sid"] = self.sessions.open(person.name)
 
     def end_session(self, request: Request) -> None:
         session_id = request.session.get("sid")
