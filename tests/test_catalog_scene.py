@@ -25,10 +25,10 @@ JEWEL_AT = (330, 170, 450, 290)
 """Where `_small_on_backdrop` puts its jewel's 120 px picture."""
 
 
-def _small_on_backdrop() -> Image.Image:
-    """A 120 px jewel off-centre on a large plain grey-beige backdrop."""
+def _small_on_backdrop(at: tuple[int, int] = JEWEL_AT[:2]) -> Image.Image:
+    """A 120 px jewel off-centre (at `at`) on a large plain grey-beige backdrop."""
     scene = Image.new("RGB", (600, 400), (190, 180, 165))
-    scene.paste(render(catalog_designs(1, seed=3)[0], 120), JEWEL_AT[:2])
+    scene.paste(render(catalog_designs(1, seed=3)[0], 120), at)
     return scene
 
 
@@ -102,10 +102,7 @@ def test_the_zoom_holds_pieces_of_any_shape_in_a_square_inside_the_picture():
     wide = Image.new("RGB", (600, 300), "white")  # wider, with its margin, than 300 px high
     ImageDraw.Draw(wide).rectangle((150, 100, 450, 160), fill=(180, 140, 40))
     assert zoom_box(wide, 0.5) == (150, 0, 450, 300)  # as large as the picture allows
-    at_the_edge = _small_on_backdrop()  # the jewel moved to the right edge
-    at_the_edge.paste(Image.new("RGB", (120, 120), (190, 180, 165)), JEWEL_AT[:2])
-    at_the_edge.paste(render(catalog_designs(1, seed=3)[0], 120), (470, 170))
-    left, top, right, bottom = zoom_box(at_the_edge, 0.5)
+    left, top, right, bottom = zoom_box(_small_on_backdrop(at=(470, 170)), 0.5)  # at the edge
     assert (right, right - left, bottom - top) == (600, 200, 200)  # moved inside, not cut
     assert left <= 470 and top <= 170 and bottom >= 290
     dusty = _small_on_backdrop()  # a speck on the backdrop does not move the square

@@ -13,13 +13,23 @@ from worker.vision.object_region import MIN_PIXELS, object_mask, object_region
 BACKDROP = (190, 180, 165)
 
 
-def _lifestyle_shot() -> tuple[Image.Image, tuple[int, int, int, int]]:
-    """A 120 px jewel (on white) placed off-centre on a large grey-beige backdrop, and its box."""
-    jewel = render(catalog_designs(1, seed=3)[0], 120)
+def _jewel() -> Image.Image:
+    """A 120 px picture of a jewel on white."""
+    return render(catalog_designs(1, seed=3)[0], 120)
+
+
+def _on_backdrop(at: tuple[int, int], size: tuple[int, int] = (120, 120)) -> Image.Image:
+    """A jewel's picture (on white), resized to `size`, at `at` on a 600 x 400 grey-beige
+    backdrop."""
     scene = Image.new("RGB", (600, 400), BACKDROP)
+    scene.paste(_jewel().resize(size), at)
+    return scene
+
+
+def _lifestyle_shot() -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """A 120 px jewel placed off-centre on a large grey-beige backdrop, and its box."""
     left, top = 330, 170
-    scene.paste(jewel, (left, top))
-    return scene, (left, top, left + 120, top + 120)
+    return _on_backdrop((left, top)), (left, top, left + 120, top + 120)
 
 
 def test_a_piece_on_a_plain_backdrop_is_cut_to_its_own_box():
@@ -36,9 +46,7 @@ def test_a_piece_on_a_plain_backdrop_is_cut_to_its_own_box():
 
 @pytest.mark.parametrize("size", [(240, 60), (60, 200)], ids=["wide", "tall"])
 def test_the_square_holds_a_piece_of_any_shape(size):
-    scene = Image.new("RGB", (600, 400), BACKDROP)
-    scene.paste(render(catalog_designs(1, seed=3)[0], 120).resize(size), (200, 120))
-    region = object_region(scene)
+    region = object_region(_on_backdrop((200, 120), size))
     assert region.width == region.height >= 1.1 * max(size)  # with its margin
 
 
@@ -46,16 +54,14 @@ def test_a_piece_on_a_mottled_backdrop_is_cut_to_its_own_box():
     """A real backdrop is never one colour: the shortcut for flat pictures does not take it."""
     mottled = np.asarray(BACKDROP) + np.random.default_rng(0).normal(0, 6, (400, 600, 3))
     scene = Image.fromarray(np.clip(mottled, 0, 255).astype(np.uint8))
-    scene.paste(render(catalog_designs(1, seed=3)[0], 120), (330, 170))
+    scene.paste(_jewel(), (330, 170))
     region = object_region(scene)
     assert 120 <= region.width == region.height < 200
 
 
 @pytest.mark.parametrize("corner", [(440, 25), (40, 255)], ids=["top right", "bottom left"])
 def test_the_square_stops_at_the_pictures_edges(corner):
-    scene = Image.new("RGB", (600, 400), BACKDROP)
-    scene.paste(render(catalog_designs(1, seed=3)[0], 120), corner)
-    region = object_region(scene, margin=1.0)  # a square of about 240 px, cut at two edges
+    region = object_region(_on_backdrop(corner), margin=1.0)  # about 240 px, cut at two edges
     assert 120 < region.width < 235 and 120 < region.height < 235
 
 
