@@ -242,6 +242,7 @@ def test_demo_on_a_folder_scans_the_split_and_count_it_is_told_and_shows_what_it
     shown = [line.split("│")[2].strip() for line in result.output.splitlines() if "│ p0" in line]
     assert shown == ["p002", "p003"]  # one val photo of each product in turn, two shown
     assert "(1 more scans not shown; --show N)" in result.output
+    assert "[/]" not in result.output  # the rank column is styled, not printed as markup
     assert re.search(r"demo: \d/3 scans ranked the right product first\n$", result.output)
 
 

@@ -254,14 +254,26 @@ def test_the_asyncapi_document_is_valid_against_the_asyncapi_3_schema():
     assert not validator.is_valid(document)
 
 
-def test_schema_command_writes_the_asyncapi_document(tmp_path):
+def test_schema_command_writes_each_schema_and_the_asyncapi_document_and_names_them(tmp_path):
     from typer.testing import CliRunner
 
     from worker.cli import app
 
-    result = CliRunner().invoke(app, ["schema", "--out", str(tmp_path)])
+    # folders that do not exist yet, with a name that is no markup, longer than a pipe's 80
+    out = tmp_path / "contract [/b] [bold]" / ("v" * 80)
+    result = CliRunner().invoke(app, ["schema", "--out", str(out)])
     assert result.exit_code == 0, result.output
-    document = json.loads((tmp_path / "asyncapi.json").read_text())
+    assert sorted(result.output.splitlines()) == sorted(
+        str(out / name) for name in [*json_schemas(), "asyncapi.json"]
+    )  # it names each file it wrote, each on one line, as it is
+    for name, schema in json_schemas().items():
+        text = (out / name).read_text()
+        assert json.loads(text) == schema
+        assert schema["x-routing-key"] == name.removesuffix(".schema.json")
+        assert schema["$id"].endswith(f"/schemas/{schema['x-routing-key']}.json")
+        # stable files: keys in order, a final newline, so that a committed copy diffs cleanly
+        assert list(json.loads(text)) == sorted(schema) and text.endswith("}\n")
+    document = json.loads((out / "asyncapi.json").read_text())
     results = document["channels"]["match_result"]["bindings"]["amqp"]["x-queue"]
     assert results["x-arguments"]["x-max-length"] == 1_000_000
 

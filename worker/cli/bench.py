@@ -8,18 +8,18 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from worker.cli.help import OneLineSummaries
+from worker.cli.output import plain_console
 
 bench = typer.Typer(
     cls=OneLineSummaries,
     help="Benchmarks: accuracy, latency, throughput, scale, models.",
     no_args_is_help=True,
 )
-console = Console()
+console = plain_console()
 RESULTS = Path("benchmarks/results")
 
 

@@ -9,14 +9,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from worker.cli.help import OneLineSummaries
+from worker.cli.output import plain_console, styled
 from worker.errors import StartupError
 from worker.observability.logs import load_settings
 
 commands = typer.Typer()
-console = Console()
+console = plain_console()
 
 
 @commands.command()
@@ -270,7 +270,7 @@ def rabbitmq_definitions(
 
     passwords = passwords_from_environment()
     for user in sorted(set(ROLES) - set(passwords)):
-        console.print(f"[yellow]{user}: no password set, cannot log in[/yellow]")
+        styled(console, "yellow", f"{user}: no password set, cannot log in")
     console.print(str(write_definitions(out, passwords)))
 
 
@@ -323,7 +323,7 @@ def train(
                 progress,
             )
         except NothingToTrainOn as error:
-            console.print(f"[yellow]{error}[/yellow]")
+            styled(console, "yellow", str(error))
             raise typer.Exit(1) from None
     card = version.card
     console.print(
@@ -333,10 +333,13 @@ def train(
     for side in ("current", "candidate"):
         console.print(f"{side}: " + json.dumps(decision.to_json()[side]))
     if not decision.passed:
-        console.print("[red]not promoted:[/red] " + "; ".join(decision.reasons))
+        styled(console, "red", "not promoted:", " " + "; ".join(decision.reasons))
         raise typer.Exit(1)
-    console.print(
-        f"[green]passed the gate[/green]; promote: jewelmatch model promote {version.version}"
+    styled(
+        console,
+        "green",
+        "passed the gate",
+        f"; promote: jewelmatch model promote {version.version}",
     )
     if promote:
         _switch_version(settings, version.version)

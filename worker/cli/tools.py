@@ -10,10 +10,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from worker.cli.output import plain_console
 from worker.observability.logs import load_settings
 
 commands = typer.Typer()
-console = Console()
+console = plain_console()
 errors = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)  # plain lines
 
 

@@ -17,6 +17,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from shared import topology
 from shared.contract import (
@@ -190,7 +191,8 @@ def _print_report(report: DemoReport, console: Console, show: int, exchange: str
         cells = [f"{m.product_id} {m.score:.2f}" for m in result.matches[:3]]
         cells += [""] * (3 - len(cells))
         at = ranks.index(query.product_id) + 1 if query.product_id in ranks else None
-        mark = "[green]1 ✓[/]" if at == 1 else (f"[yellow]{at}[/]" if at else "[red]-[/]")
+        right_at = Text("1 ✓", "green") if at == 1 else Text(str(at), "yellow")
+        mark = right_at if at else Text("-", "red")
         table.add_row(str(n), query.product_id, status[result.status.value], *cells, mark)
 
     console.print(table)

@@ -1,0 +1,19 @@
+"""Where the commands print. Their lines carry paths, S3 URIs, product ids and error texts,
+printed as they are: never broken at the terminal's width (a script reads a path per line,
+and a pipe is 80 columns wide to Rich) and never read as Rich markup (a `[` in an S3 key is
+a character, and `[/b]` would be an error). A line that is styled on purpose says so
+(`styled`), with what it carries escaped."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+
+
+def plain_console() -> Console:
+    return Console(soft_wrap=True, markup=False)
+
+
+def styled(console: Console, style: str, text: str, rest: str = "") -> None:
+    """Print `text` in `style`, then `rest` unstyled; both as they are."""
+    console.print(f"[{style}]{escape(text)}[/{style}]{escape(rest)}", markup=True)
