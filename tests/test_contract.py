@@ -8,6 +8,7 @@ import pytest
 
 from shared import topology
 from shared.contract import (
+    SCHEMA_VERSION,
     BagPhotographed,
     FailureReason,
     MatchResult,
@@ -15,7 +16,13 @@ from shared.contract import (
     ProductUpserted,
     S3Object,
 )
-from shared.messages import EVENT_MODELS, InvalidMessage, json_schemas, parse_event
+from shared.messages import (
+    EVENT_MODELS,
+    RESULT_MODELS,
+    InvalidMessage,
+    json_schemas,
+    parse_event,
+)
 
 
 def test_shared_imports_without_torch_boto3_or_qdrant():
@@ -66,7 +73,8 @@ def test_a_uri_and_a_bucket_or_key_that_name_different_objects_are_refused(image
         (b'{"scan_id": "s1", "image": "http://x/a.jpg"}', "s3://bucket/key"),
         (b'{"scan_id": "s1", "image": "s3://scans/a.jpg", "top_k": 0}', "top_k"),
         (b'{"scan_id": "s1", "image": "s3://scans/a.jpg", "schema_version": 2}', "schema_version"),
-        (b"[1, 2]", "Input should be"),
+        (b"[1, 2]", "<body>: Input should be"),
+        (b'{"top_k": 0}', "scan_id: Field required; image: Field required; top_k: Input"),
     ],
 )
 def test_invalid_scans_are_rejected_with_a_readable_error(body, problem):
@@ -237,6 +245,51 @@ def test_the_asyncapi_document_describes_every_message_and_resolves():
     )
 
 
+def test_each_channel_names_the_exchange_queue_and_binding_the_broker_is_given():
+    """Integrators declare what the document says: it must be what the deployment's RabbitMQ
+    definitions hold (the same exchange, queue and binding, with the queue's arguments)."""
+    from shared.asyncapi import asyncapi_document
+    from worker.amqp.definitions import definitions
+
+    broker = definitions()
+    exchanges = {exchange["name"]: exchange for exchange in broker["exchanges"]}
+    queues = {queue["name"]: queue for queue in broker["queues"]}
+    bound = {(b["source"], b["routing_key"], b["destination"]) for b in broker["bindings"]}
+    document = asyncapi_document({name: queue["arguments"] for name, queue in queues.items()})
+    for channel in document["channels"].values():
+        amqp = channel["bindings"]["amqp"]
+        exchange, queue = amqp["exchange"], amqp["x-queue"]
+        assert (exchange["name"], channel["address"], queue["name"]) in bound
+        declared = exchanges[exchange["name"]]
+        assert [exchange[key] for key in ("type", "durable", "autoDelete", "vhost")] == [
+            declared[key] for key in ("type", "durable", "auto_delete", "vhost")
+        ]
+        declared = queues[queue["name"]]
+        assert [queue[key] for key in ("durable", "autoDelete", "vhost", "x-arguments")] == [
+            declared[key] for key in ("durable", "auto_delete", "vhost", "arguments")
+        ]
+        assert queue["exclusive"] is False  # every worker replica and reader shares it
+
+
+def test_the_worker_receives_the_events_and_sends_the_answers_persistent_and_routed():
+    from shared.asyncapi import asyncapi_document
+
+    document = asyncapi_document()
+    for name, operation in document["operations"].items():
+        channel = operation["channel"]["$ref"].removeprefix("#/channels/")
+        action = "send" if document["channels"][channel]["address"] in RESULT_MODELS else "receive"
+        assert (name, operation["action"]) == (f"{action}_{channel}", action)
+        amqp = operation["bindings"]["amqp"]  # as `Broker.publish` publishes
+        assert (amqp["deliveryMode"], amqp["mandatory"]) == (2, True)
+    assert document["info"]["version"].split(".")[0] == str(SCHEMA_VERSION)
+    for message in document["components"]["messages"].values():
+        model = {**EVENT_MODELS, **RESULT_MODELS}[message["name"]]
+        assert (message["title"], message["contentType"]) == (model.__name__, "application/json")
+        assert model.__doc__.strip().startswith(message["summary"])
+        assert "\n\n" not in message["summary"]  # the docstring's first paragraph
+        assert "$defs" not in message["payload"]  # lifted into the components
+
+
 ASYNCAPI_SCHEMA = Path(__file__).parent / "data" / "asyncapi" / "3.0.0-without-id.json"
 
 
@@ -362,3 +415,10 @@ def test_each_bound_accepts_its_last_value_and_refuses_the_next(routing_key, las
 def test_identifiers_and_texts_are_taken_without_surrounding_spaces():
     event = parse_event(PRODUCT, json.dumps(_product(product_id=" p1 ", sku=" S-1 ")))
     assert (event.product_id, event.sku) == ("p1", "S-1")
+
+
+def test_an_updated_product_is_read_as_the_whole_product_like_a_created_one():
+    body = _product(name="Ring", images=_images(2))
+    updated = parse_event(topology.PRODUCT_UPDATED, json.dumps(body))
+    assert updated == parse_event(PRODUCT, json.dumps(body))
+    assert isinstance(updated, ProductUpserted) and len(updated.images) == 2
