@@ -14,6 +14,7 @@ import numpy as np
 import open_clip
 import pytest
 import torch
+from torch import nn
 
 from tests.support.tiny_model import write_tiny_efficientnet, write_tiny_model
 from worker.settings import ModelRuntime, ModelSettings, TrainingSettings
@@ -89,10 +90,43 @@ def test_the_cut_tower_computes_what_the_whole_tower_does(tiny_efficientnet: Pat
     assert len(split.trained_blocks) == 2
 
 
+def test_only_the_last_stages_learn_and_no_batch_norm_statistic_moves(
+    tiny_efficientnet: Path,
+) -> None:
+    model = open_clip.create_model(f"local-dir:{tiny_efficientnet}")
+    blocks = model.visual.trunk.blocks
+    assert len(SplitTower(model, 0).trained_blocks) == 1  # at least one stage
+    assert len(SplitTower(model, len(blocks) + 5).trained_blocks) == len(blocks)  # at most all
+    split = SplitTower(model, 2)
+    split.freeze()
+    learning = [p for p in model.visual.parameters() if p.requires_grad]
+    trunk = model.visual.trunk
+    last = [blocks[-2:], trunk.conv_head, trunk.bn2, model.visual.head]
+    assert {id(p) for p in learning} == {id(p) for part in last for p in part.parameters()}
+    assert {id(p) for p in learning} == {id(p) for p in split.trainable_parameters()}
+    statistics = {name: b.clone() for name, b in model.visual.named_buffers()}
+    split.back(split.front(torch.randn(4, 3, 64, 64))).square().sum().backward()
+    assert all(p.grad is not None for p in learning)
+    for name, buffer in model.visual.named_buffers():
+        assert torch.equal(buffer, statistics[name]), name
+
+
 def test_a_tower_that_cannot_be_cut_is_refused_clearly(tmp_path: Path) -> None:
     vit = open_clip.create_model(f"local-dir:{write_tiny_model(tmp_path / 'vit')}")
     with pytest.raises(UnsupportedTower, match="timm EfficientNet"):
         SplitTower(vit, 2)
+
+
+@pytest.mark.parametrize("missing", ["blocks", "conv_stem", "bn1", "conv_head", "bn2"])
+def test_a_trunk_without_any_one_of_the_parts_the_cut_runs_is_refused(missing: str) -> None:
+    trunk = nn.Module()
+    for name in {"blocks", "conv_stem", "bn1", "conv_head", "bn2"} - {missing}:
+        setattr(trunk, name, nn.Sequential(nn.Identity()))
+    model = nn.Module()
+    model.visual = nn.Module()
+    model.visual.trunk = trunk
+    with pytest.raises(UnsupportedTower):
+        SplitTower(model, 1)
 
 
 def _photo_accuracy(
