@@ -16,9 +16,10 @@ import pytest
 
 from shared.contract import MatchStatus
 from worker.index import ReferenceImage, ScanRecord
+from worker.index.edge import EdgeIndex
 from worker.index.memory import InMemoryIndex
 from worker.matching.matcher import Matcher, MatchPolicy
-from worker.settings import LearningSettings
+from worker.settings import IndexSettings, LearningSettings
 from worker.vectors import VectorLayout, unit_rows
 
 MIN_SCANS = LearningSettings().centring.min_scans
@@ -102,6 +103,27 @@ def test_one_confirmation_never_turns_a_right_answer_into_a_wrong_match(matcher)
         if hit.product_id == "p0"
     ]
     assert confirmed_hit.source == "confirmed_scan"  # the photo reference is now used
+
+
+def test_a_confirmed_scan_is_a_reference_the_index_remembers_and_unknown_ones_change_nothing(
+    tmp_path,
+):
+    """On the embedded index, which keeps copies: the scan's record itself says where its
+    photo went (a later correction moves it from there)."""
+    index = EdgeIndex(IndexSettings(path=tmp_path / "index"), "geometry", DIM)
+    matcher = Matcher(index, VectorLayout(DIM), "geometry", MatchPolicy(min_margin=0.05))
+    geometry = _Geometry(DIM)
+    index.upsert([ReferenceImage(p, "front", f"sku-{p}", geometry.catalog(p)) for p in PRODUCTS])
+    _remember(matcher, "scan-1", geometry.photo("p1"))
+    assert matcher.scans.confirm("never-scanned", "p1") is False
+    assert matcher.scans.confirm("scan-1", "p-unknown") is False
+    assert [image.image_id for image in index.product_images("p1")] == ["front"]
+    assert matcher.scans.confirm("scan-1", "p1") is True
+    assert {image.image_id for image in index.product_images("p1")} == {"front", "scan:scan-1"}
+    assert matcher.scans.recall("scan-1").extra["confirmed_product_id"] == "p1"
+    matcher.scans.forget_before(time.time() + 1)
+    assert matcher.scans.recall("scan-1") is None
+    index.close()
 
 
 def test_the_refit_that_learns_the_photo_domain_is_due_as_soon_as_enough_scans_exist(matcher):
