@@ -15,6 +15,7 @@ from shared.contract import BagPhotographed, MatchStatus, ProductUpserted
 from tests.conftest import CATALOG_BUCKET, SCANS_BUCKET, jpeg_bytes, make_settings
 from worker.index.base import ProductHit, ReferenceImage
 from worker.index.memory import InMemoryIndex
+from worker.matching.matcher import Matcher, MatchPolicy
 from worker.matching.ranking import Prototypes, Snapshot, rank
 from worker.matching.stages.detail import DetailStage, ReferenceDetails, ScanDetails
 from worker.pipeline.handlers import Delivery, Handlers
@@ -229,6 +230,32 @@ def test_rank_applies_the_detail_stage_where_photos_are_given():
     # with the stage off, the scans' features change nothing
     off = replace(snapshot, detail=DetailStage(enabled=False))
     assert rank(off, index, prototypes, vector, 3, details=details)[0].hits == plain.hits
+
+
+def test_a_matcher_compares_detail_once_it_reads_references_and_where_pictures_are_given():
+    index = InMemoryIndex("memory", 8)
+    vector = np.eye(8, dtype=np.float32)[:1]
+    index.upsert(
+        [
+            ReferenceImage(
+                t.product_id, "front", t.sku, vector[0], category="ring", uri=_uri(t.product_id)
+            )
+            for t in TWINS
+        ]
+    )
+    policy = MatchPolicy(min_score=0.3, min_margin=0.02)
+    matcher = Matcher(index, VectorLayout(8), "memory", policy)
+    assert matcher.snapshot.policy == policy
+    last = TWINS[-1]
+    photo = photograph(render(last), random.Random(9))
+    assert not matcher.compares_detail and matcher.scan_details([photo]) is None
+    matcher.read_references_with(Pictures())
+    features = matcher.scan_details([photo])
+    assert matcher.compares_detail and len(features) == 1
+    first = TWINS[0].product_id  # ties in product id order, without the scan's features
+    assert matcher.rank(vector, 3)[0].hits[0].product_id == first
+    assert matcher.rank(vector, 3, "ring", features)[0].hits[0].product_id == last.product_id
+    assert matcher.rank(vector, 3, "pendant", features)[0].hits == []  # the category hint
 
 
 def test_the_worker_tells_signet_twins_apart_by_their_engraving(

@@ -5,8 +5,9 @@ import pytest
 
 from shared.contract import MatchStatus
 from worker.index import ImageHit, ProductHit, group_by_product, point_id
-from worker.matching.matcher import MatchPolicy, Ranking
+from worker.matching.matcher import MatchPolicy, Ranking, policy_from_settings
 from worker.matching.stages.confidence import PRIOR_CALIBRATION
+from worker.settings import MatchingSettings
 
 
 def test_point_ids_are_deterministic_uuids_of_product_image_and_model():
@@ -71,6 +72,11 @@ def test_the_prior_needs_score_and_margin():
     status, confidence = stricter.assess([0.80, 0.70])
     assert status is MatchStatus.no_confident_match
     assert confidence == prior.assess([0.80, 0.70])[1]
+
+
+def test_the_policy_is_what_the_matching_settings_say():
+    settings = MatchingSettings(min_score=0.31, min_margin=0.07, target_precision=0.95)
+    assert policy_from_settings(settings) == MatchPolicy(0.31, 0.07, 0.95)
 
 
 def test_ranking_numbers_products_from_one():
