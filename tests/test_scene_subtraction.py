@@ -10,7 +10,7 @@ from PIL import Image, ImageDraw
 from worker.settings import ModelSettings
 from worker.tools.synthetic import catalog_designs, render
 from worker.vision.embedder import Embedder, ImageKind
-from worker.vision.scene_subtraction import MIDDLE, scene_only
+from worker.vision.scene_subtraction import MIDDLE, scene_only, without_scene
 
 
 def _on_a_weave(seed: int) -> Image.Image:
@@ -27,15 +27,27 @@ def test_the_scene_keeps_the_border_and_paints_the_middle_in_the_median_colour()
     picture = _on_a_weave(3)
     scene = np.asarray(scene_only(picture))
     original = np.asarray(picture)
-    np.testing.assert_array_equal(scene[:20], original[:20])  # the border is the scene
-    np.testing.assert_array_equal(scene[:, :20], original[:, :20])
     height, width = scene.shape[:2]
+    top, left = round(height * (1 - MIDDLE) / 2) - 1, round(width * (1 - MIDDLE) / 2) - 1
+    for frame in (np.s_[:top], np.s_[-top:], np.s_[:, :left], np.s_[:, -left:]):
+        np.testing.assert_array_equal(scene[frame], original[frame])  # the frame is the scene
     middle = scene[
         round(height * (1 - MIDDLE) / 2) + 1 : round(height * (1 + MIDDLE) / 2) - 1,
         round(width * (1 - MIDDLE) / 2) + 1 : round(width * (1 + MIDDLE) / 2) - 1,
     ]
     assert len(np.unique(middle.reshape(-1, 3), axis=0)) == 1  # one colour: the piece is gone
     assert not np.array_equal(np.asarray(picture)[120, 160], middle[0, 0])
+    assert tuple(middle[0, 0]) == (170, 130, 80)  # the weave's own colour, not a blend
+
+
+def test_a_vector_leaning_away_from_its_scene_is_left_orthogonal_to_it_too():
+    scenes = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], np.float32)
+    views = np.array([[-0.6, 0.8, 0.0], [0.0, 0.6, 0.8]], np.float32)  # away, toward
+    taken = without_scene(views, scenes, 1.0)
+    np.testing.assert_allclose(taken, [[0.0, 1.0, 0.0], [0.0, 0.0, 1.0]], atol=1e-6)
+    half = without_scene(views, scenes, 0.5)
+    np.testing.assert_allclose(half[0], np.array([-0.3, 0.8, 0.0]) / np.hypot(0.3, 0.8), atol=1e-6)
+    assert taken.dtype == np.float32
 
 
 def _embedder(name: str, cache, **changes) -> Embedder:
