@@ -328,15 +328,19 @@ def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, mon
     )
     app = create_app(settings)
     app.state.desk.history.record_result(result("scan-1"))
-    client = TestClient(app, headers={"X-Forwarded-User": "otto"}, client=("127.0.0.1", 50000))
-    ops = client.get("/ops")
-    assert ops.status_code == 200
-    assert "The broker cannot be reached" in ops.text and "unreachable" in ops.text
-    page = client.get("/scans/scan-1")
-    token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
-    sent = client.post("/scans/scan-1/confirm", data={"product_id": "p-1", "csrf_token": token})
-    assert sent.status_code == 503 and "nothing was sent" in sent.text
-    assert app.state.desk.history.scan("scan-1").confirmed_product is None
+    named = {"X-Forwarded-User": "otto"}
+    with TestClient(app, headers=named, client=("127.0.0.1", 50000)) as client:  # started
+        ops = client.get("/ops")
+        assert ops.status_code == 200
+        assert "The broker cannot be reached" in ops.text and "unreachable" in ops.text
+        page = client.get("/scans/scan-1")
+        token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        form = {"product_id": "p-1", "csrf_token": token}
+        sent = client.post("/scans/scan-1/confirm", data=form)
+        assert sent.status_code == 503 and "nothing was sent" in sent.text
+        assert app.state.desk.history.scan("scan-1").confirmed_product is None
+        assert app.state.desk.feed._thread.is_alive()  # it keeps trying to reach the broker
+    assert not app.state.desk.feed._thread.is_alive()  # and stops with the desk
 
 
 @pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "https://evil.example"])

@@ -26,6 +26,10 @@ RETRY_SECONDS = 5.0
 STOP_SECONDS = 2.0
 
 
+class FeedStopped(Exception):
+    """Raised out of a wait for the broker once the feed is stopped."""
+
+
 class ResultFeed(ConsumerMixin):
     def __init__(self, amqp: AmqpSettings, history: History, max_length: int) -> None:
         self.connection: Connection = connect(amqp)
@@ -56,6 +60,20 @@ class ResultFeed(ConsumerMixin):
     def on_connection_error(self, exc, interval) -> None:
         log.warning("review.feed.broker_unavailable", error=str(exc), retry_in=interval)
 
+    @contextlib.contextmanager
+    def establish_connection(self):
+        """ConsumerMixin's, but kombu calls `_unless_stopped` each second it waits for the
+        broker (its own loop would retry until the process ends)."""
+        with self.create_connection() as connection:
+            connection.ensure_connection(
+                self.on_connection_error, self.connect_max_retries, callback=self._unless_stopped
+            )
+            yield connection
+
+    def _unless_stopped(self) -> None:
+        if self.should_stop:
+            raise FeedStopped
+
     def on_message(self, message) -> None:
         routing_key = message.delivery_info.get("routing_key")
         try:
@@ -76,6 +94,8 @@ class ResultFeed(ConsumerMixin):
         while not self.should_stop:
             try:
                 self.run()
+            except FeedStopped:
+                return
             except self.connection.channel_errors as error:
                 log.warning("review.feed.waiting", error=str(error), retry_in=RETRY_SECONDS)
                 self.connection.release()
@@ -90,9 +110,10 @@ class ResultFeed(ConsumerMixin):
         return self
 
     def stop(self) -> None:
-        """Within about a second: the consuming loop looks at `should_stop` at least once a
-        second, and a wait for the broker ends at once. (A message being written to SQLite
-        then is acked, or redelivered to the next start: nothing is lost either way.)"""
+        """Within about a second: the consuming loop and a wait for the broker look at
+        `should_stop` at least once a second, and a wait for the results exchange ends at
+        once. (A message being written to SQLite then is acked, or redelivered to the next
+        start: nothing is lost either way.)"""
         self.should_stop = True
         self._stopped.set()
         if self._thread is not None:
