@@ -343,6 +343,28 @@ def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, mon
     assert not app.state.desk.feed._thread.is_alive()  # and stops with the desk
 
 
+def test_the_ops_page_counts_each_persons_confirmations_of_the_last_day(tmp_path, monkeypatch):
+    from worker.review import operations, ops_pages
+
+    monkeypatch.setattr(operations, "PUBLISH_SECONDS", 1.0)
+    monkeypatch.setattr(operations, "READ_SECONDS", 1.0)
+    now = [1_800_000_000.0]
+    clock = SimpleNamespace(time=lambda: now[0])
+    monkeypatch.setattr(history_module, "time", clock)
+    monkeypatch.setattr(ops_pages, "time", clock)
+    settings = _behind_the_proxy(tmp_path, worker_urls=[f"http://127.0.0.1:{free_port()}"])
+    away = AmqpSettings(url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")  # no broker
+    app = create_app(settings.model_copy(update={"amqp": away}))
+    client = TestClient(app, client=("127.0.0.1", 50000), headers={"X-Forwarded-User": "otto"})
+    for scan_id, person, hours_ago in [("a", "rita", 24.2), ("b", "vera", 23.8), ("c", "ida", 1)]:
+        now[0] = 1_800_000_000.0 - hours_ago * 3600
+        app.state.desk.history.record_result(result(scan_id))
+        app.state.desk.history.record_confirmation(scan_id, "p-RING-1", person)
+    now[0] = 1_800_000_000.0
+    work = client.get("/ops").text.split('<table id="work">', 1)[1].split("</table>", 1)[0]
+    assert [row.split('"', 1)[0] for row in work.split('data-person="')[1:]] == ["ida", "vera"]
+
+
 @pytest.mark.parametrize("target", ["//evil.example", "/\\evil.example", "https://evil.example"])
 def test_sign_in_sends_people_only_to_pages_of_the_desk(tmp_path, target):
     from worker.review.auth import hash_password

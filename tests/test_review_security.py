@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image
 from pydantic import ValidationError
 from starlette.testclient import TestClient
@@ -140,6 +142,31 @@ def test_a_repeated_proxy_header_names_nobody_and_is_logged(tmp_path):
 
 
 @pytest.mark.parametrize(
+    "review, warned",
+    [
+        ({"users": []}, True),
+        ({"users": USERS}, False),
+        ({"users": [], "trusted_user_header": "X-User", "trusted_proxies": ["10.0.0.2"]}, False),
+    ],
+    ids=["nobody", "passwords", "proxy"],
+)
+def test_a_desk_nobody_can_sign_in_to_says_so_and_a_taken_port_is_one_line(
+    tmp_path, review, warned
+):
+    from structlog.testing import capture_logs
+
+    from worker.errors import StartupError
+    from worker.review.web import serve
+
+    with socket.create_server(("127.0.0.1", 0)) as taken, capture_logs() as logs:
+        port = taken.getsockname()[1]
+        settings = desk_settings(tmp_path, host="127.0.0.1", port=port, **review)
+        with pytest.raises(StartupError, match=f"review desk on 127.0.0.1:{port}: "):
+            serve(settings)  # before uvicorn would start
+    assert any(e["event"] == "review.nobody_can_sign_in" for e in logs) is warned
+
+
+@pytest.mark.parametrize(
     "review, complaint",
     [
         ({"trusted_user_header": "X-Forwarded-User"}, "trusted_proxies"),
@@ -176,6 +203,8 @@ def test_signing_out_ends_the_session_for_every_copy_of_the_cookie(tmp_path):
     copied = TestClient(app, cookies=dict(browser.cookies))
     assert signed_in_as(copied) == "otto (ops)"
     token = form_token(browser.get("/scans").text)
+    assert browser.get("/logout").status_code == 405  # a link elsewhere signs nobody out
+    assert signed_in_as(browser) == "otto (ops)"
     assert browser.post("/logout", data={"csrf_token": token}).status_code == 200
     assert signed_in_as(copied) is None
     assert signed_in_as(browser) is None
@@ -237,6 +266,21 @@ def test_signing_in_gives_a_fresh_form_token(tmp_path):
     before = form_token(browser.get("/login").text)
     assert sign_in(browser, "rita").status_code == 303
     assert form_token(browser.get("/scans").text) != before
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_the_session_cookie_stays_on_this_site_out_of_scripts_for_the_session_hours(
+    tmp_path, secure
+):
+    settings = desk_settings(tmp_path, session_hours=3, secure_cookies=secure)
+    browser = TestClient(create_app(settings), base_url="https://desk.example")
+    cookie = sign_in(browser, "rita").headers["set-cookie"]
+    name, *attributes = [part.strip().lower() for part in cookie.split(";")]
+    assert name.startswith("jewelmatch_review=")
+    assert "samesite=strict" in attributes  # no other site's form or link carries it
+    assert "httponly" in attributes  # no script reads it
+    assert "max-age=10800" in attributes  # what the server keeps the session for
+    assert ("secure" in attributes) is secure  # over HTTPS only, behind TLS
 
 
 def test_a_post_without_a_session_or_a_token_is_refused_behind_the_proxy(tmp_path):
@@ -504,7 +548,12 @@ def test_the_desk_reads_the_workers_catalog_with_its_token_and_caches_it(tmp_pat
 
 
 @pytest.mark.integration
-def test_the_desk_stops_within_five_seconds_of_sigterm(tmp_path, amqp_url):
+def test_the_served_desk_believes_no_forwarded_address_keeps_its_port_and_stops_in_5_s(
+    tmp_path, amqp_url
+):
+    """Served by uvicorn as in production: an address in X-Forwarded-For does not make a
+    client a trusted proxy (uvicorn would take it from a local peer), and a second desk on
+    the same port says so in one line."""
     with JewelmatchClient(amqp_url) as peer:  # as a worker would on start
         peer.declare(Topology.build(AmqpSettings(), OpsSettings()))
     port = free_port()
@@ -514,6 +563,9 @@ def test_the_desk_stops_within_five_seconds_of_sigterm(tmp_path, amqp_url):
         JEWELMATCH_REVIEW__PORT=str(port),
         JEWELMATCH_REVIEW__DATABASE=str(tmp_path / "review.sqlite3"),
         JEWELMATCH_REVIEW__SESSION_SECRET=SECRET,
+        JEWELMATCH_REVIEW__USERS=json.dumps(USERS),
+        JEWELMATCH_REVIEW__TRUSTED_USER_HEADER="X-Forwarded-User",
+        JEWELMATCH_REVIEW__TRUSTED_PROXIES='["10.0.0.0/30"]',
         JEWELMATCH_LOG__FORMAT="json",
     )
     log_path = tmp_path / "desk.log"
@@ -528,6 +580,16 @@ def test_the_desk_stops_within_five_seconds_of_sigterm(tmp_path, amqp_url):
                 time.sleep(0.2)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as reply:
                 assert reply.status == 200
+            claimed = {"X-Forwarded-For": PROXY[0], "X-Forwarded-User": "otto"}
+            scans = requests.get(
+                f"http://127.0.0.1:{port}/scans", headers=claimed, allow_redirects=False
+            )
+            assert scans.headers["location"].startswith("/login")  # nobody
+            second = subprocess.run(
+                [sys.executable, "-m", "worker", "review"], env=env, capture_output=True, text=True
+            )
+            assert second.returncode == 2, second.stderr
+            assert f"cannot serve the review desk on 127.0.0.1:{port}" in second.stderr
             started = time.monotonic()
             desk.send_signal(signal.SIGTERM)
             desk.wait(timeout=30)
@@ -672,7 +734,7 @@ def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_se
 
 
 @pytest.mark.integration
-def test_a_dead_letter_action_the_desk_cannot_do_is_refused_with_why(
+def test_a_dead_letter_action_of_a_reviewer_without_a_form_token_or_undoable_is_refused(
     tmp_path, amqp_url, monkeypatch
 ):
     from tests.test_dead_letters import dead_letter
@@ -699,6 +761,12 @@ def test_a_dead_letter_action_the_desk_cannot_do_is_refused_with_why(
     assert refused.status_code == 400 and "not an event the worker consumes" in refused.text
     gone = act("0" * len(letter.fingerprint), "discard")
     assert (gone.status_code, gone.headers["location"]) == (303, "/ops?done=gone")
+    reviewer = TestClient(app, raise_server_exceptions=False)
+    sign_in(reviewer, "rita")
+    discard = f"/ops/dead-letters/{letter.fingerprint}/discard"
+    reviewers_form = {"csrf_token": form_token(reviewer.get("/scans").text)}
+    assert reviewer.post(discard, data=reviewers_form).status_code == 403  # ops only
+    assert ops.post(discard, data={}).status_code == 403  # no form token: another site's form
     assert app.state.desk.broker.dead_letters(10) == [letter]  # still there
     app.state.desk.broker.close()
 
