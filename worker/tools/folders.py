@@ -1,6 +1,8 @@
 """Folder data sets: one folder per product holding `catalog_*` reference images and `query_*`
-photos to match (the layout of `../shared/data/grocery-store`). An optional `manifest.csv`
-(columns `product_id, coarse_class, file, role, split`) adds categories and splits.
+photos to match (the layout of `../shared/data/grocery-store`). A photo's split is in its
+name (`query_<split>_<anything>.jpg`; `query_<n>.jpg` has none). An optional `manifest.csv`
+(columns `product_id, coarse_class, ...`) adds each product's category from `coarse_class`;
+its `split` column is not read (in `grocery-store` it agrees with every photo's name).
 """
 
 from __future__ import annotations
