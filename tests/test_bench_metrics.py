@@ -48,6 +48,8 @@ def test_share_of_no_confident_match():
 def test_confusion_pairs_ignore_right_answers_and_sort_by_count():
     pairs = [("a", "b"), ("a", "b"), ("c", "a"), ("a", "a"), ("b", "a"), ("b", "a"), ("d", "e")]
     assert confusion_pairs(pairs, top=2) == [("a", "b", 2), ("b", "a", 2)]
+    pairs = [("d", "e"), ("c", "a"), ("a", "a"), ("a", "a"), ("a", "a")]  # ties: by name
+    assert confusion_pairs(pairs) == [("c", "a", 1), ("d", "e", 1)]
 
 
 def test_coverage_accuracy_curve():
