@@ -737,6 +737,8 @@ def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_se
 def test_a_dead_letter_action_of_a_reviewer_without_a_form_token_or_undoable_is_refused(
     tmp_path, amqp_url, monkeypatch
 ):
+    from structlog.testing import capture_logs
+
     from tests.test_dead_letters import dead_letter
     from worker.review import operations
 
@@ -768,11 +770,20 @@ def test_a_dead_letter_action_of_a_reviewer_without_a_form_token_or_undoable_is_
     assert reviewer.post(discard, data=reviewers_form).status_code == 403  # ops only
     assert ops.post(discard, data={}).status_code == 403  # no form token: another site's form
     assert app.state.desk.broker.dead_letters(10) == [letter]  # still there
+    with capture_logs() as logs:
+        done = act(letter.fingerprint, "discard")
+    assert (done.status_code, done.headers["location"]) == (303, "/ops?done=discard")
+    assert app.state.desk.broker.dead_letters(10) == []
+    [discarded] = [e for e in logs if e["event"] == "review.dead_letter.discarded"]
+    assert discarded["person"] == "otto"  # who threw it away, for the record
     app.state.desk.broker.close()
 
     away = create_app(desk_settings(tmp_path, f"amqp://guest:guest@127.0.0.1:{free_port()}//"))
     ops = TestClient(away, raise_server_exceptions=False)
     sign_in(ops, "otto")
     url = f"/ops/dead-letters/{letter.fingerprint}/discard"
-    unavailable = ops.post(url, data={"csrf_token": form_token(ops.get("/ops").text)})
+    token = form_token(ops.get("/ops").text)
+    with capture_logs() as logs:
+        unavailable = ops.post(url, data={"csrf_token": token})
     assert unavailable.status_code == 503 and "the broker is unavailable" in unavailable.text
+    assert [e["action"] for e in logs if e["event"] == "review.dead_letter_failed"] == ["discard"]
