@@ -6,17 +6,27 @@ import json
 import random
 import shutil
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from rich.progress import Progress
 from typer.testing import CliRunner
 
+from shared.contract import MatchStatus
 from tests.conftest import make_settings
 from tests.support.tiny_model import use_tiny_model
 from worker.cli import app
-from worker.tools.bench.accuracy import AccuracyOptions, _plan, run_accuracy
+from worker.index.base import ProductHit
+from worker.matching.ranking import Ranking
+from worker.tools.bench.accuracy import (
+    AccuracyOptions,
+    AccuracyRun,
+    QueryOutcome,
+    _plan,
+    run_accuracy,
+)
 from worker.tools.bench.loaded_models import LoadedModels
-from worker.tools.folders import read_folder_dataset, with_splits
+from worker.tools.folders import QueryPhoto, read_folder_dataset, with_splits
 from worker.tools.synthetic import catalog_designs, photograph, render
 from worker.vision.versions import read_trained_on
 
@@ -147,6 +157,12 @@ def test_the_day_to_day_mix_reports_new_products_apart(tmp_path, tiny_model_dir)
     }
     assert confirmed_sources == {"catalog"}  # a new product has only its catalog image
     assert zero["recall@1_new"] is not None
+    # judged as labels (the gate's view): the photos of the confirmed products teach the
+    # confidence; a new product's photos, which nobody has confirmed yet, never do
+    as_labels = replace(options, judged_as_labels=True, new_products=new, confirmed=(1,))
+    with Progress(disable=True) as progress:
+        [run] = run_accuracy(settings, as_labels, progress).runs
+    assert run.metric["judged_as_labels"]["judged_labels"] == 3  # 5 in the catalog, 2 new
 
 
 def _fine_tuning_setup(tmp_path, **training):
@@ -316,3 +332,147 @@ def test_bench_accuracy_seed_draws_the_protocol_again(tmp_path, tiny_model_dir, 
     draws = {seed: left_out(seed) for seed in range(4)}
     assert len({tuple(products) for products in draws.values()}) > 1
     assert left_out(1) == draws[1]
+
+
+def _outcome(product: str, ranked: list[tuple[str, float]], confidence: float, photo: str = "a"):
+    status = MatchStatus.matched if confidence >= 0.5 else MatchStatus.no_confident_match
+    hits = [ProductHit(p, p, score, "front", "catalog") for p, score in ranked]
+    query = QueryPhoto(product, Path(f"{product}/query_val_{photo}.jpg"), "val")
+    return QueryOutcome(query, Ranking(status, hits, confidence, "labels"))
+
+
+def test_a_runs_figures_are_those_of_its_photos_each_counted_where_it_belongs():
+    """Hand-made outcomes: the new products' and the confirmed ones' recall apart, each kind
+    of photo apart, the calibration error and both curves of the right photos."""
+    known = [
+        _outcome("new-1", [("new-1", 0.9), ("old-1", 0.5)], 0.9),  # right, sure
+        _outcome("old-1", [("old-2", 0.8), ("old-1", 0.7)], 0.8),  # wrong, sure
+        _outcome("old-1", [("old-1", 0.6), ("old-2", 0.55)], 0.3, "b"),  # right, unsure
+        _outcome("old-2", [("old-2", 0.7)], 0.7),  # right, nobody close
+    ]
+    unknown = [_outcome("gone", [("old-1", 0.6), ("old-2", 0.5)], 0.7)]
+    kinds = {"new-1/query_val_a.jpg": "worn", "old-1/query_val_a.jpg": "studio"}
+    run = AccuracyRun(3, known, unknown, 1.0, new_products=frozenset({"new-1"}), kinds=kinds)
+    summary = run.summary()
+    assert summary["recall@1"] == 0.75 and summary["mrr"] == pytest.approx(3.5 / 4)
+    assert (summary["recall@1_new"], summary["recall@1_confirmed_products"]) == (1.0, 2 / 3)
+    assert summary["by_kind"] == {
+        "studio": {"queries": 1, "recall@1": 0.0, "recall@5": 1.0},
+        "worn": {"queries": 1, "recall@1": 1.0, "recall@5": 1.0},
+    }
+    assert summary["answered_accuracy"] == pytest.approx(2 / 3)  # 3 matched, 2 right
+    assert summary["no_confident_match_open_set"] == 0.0
+    # bins 0.3 (right, said 0.3), 0.7 (right), 0.8 (wrong), 0.9 (right)
+    assert summary["calibration_error"] == pytest.approx((0.7 + 0.3 + 0.8 + 0.1) / 4)
+    [sure] = run.confidence_curve([0.75])
+    assert sure == {"threshold": 0.75, "answered": 0.5, "accuracy": 0.5, "open_set_refused": 1.0}
+    [at_its_own] = run.confidence_curve([0.7])  # answered at its own confidence, as known ones
+    assert at_its_own["open_set_refused"] == 0.0
+    margins = [round(o.margin, 2) for o in known]
+    assert margins == [0.4, 0.1, 0.05, 1.7]  # a lone product: its score above -1
+    [wide] = run.margin_curve([0.08])
+    assert wide == {"threshold": 0.08, "answered": 0.75, "accuracy": 2 / 3, "open_set_refused": 0.0}
+
+
+def _plain_dataset(root, products: int = 4, photos: int = 4):
+    """Products whose train photos are written in reverse order of their names."""
+    for n in range(products):
+        folder = root / f"p{n}"
+        folder.mkdir(parents=True)
+        (folder / "catalog_0.png").write_bytes(b"")
+        for k in reversed(range(photos)):
+            (folder / f"query_train_{k}.jpg").write_bytes(b"")
+        (folder / "query_val_0.jpg").write_bytes(b"")
+    return read_folder_dataset(root)
+
+
+def test_the_protocol_never_judges_a_photo_it_scans_and_confirms_in_name_order(tmp_path):
+    """Judged on the confirmation split itself (`--split train`, for choices): the first
+    photos by name are scanned and later confirmed, and only the others are judged."""
+    dataset = _plain_dataset(tmp_path / "data")
+    options = AccuracyOptions(
+        data=dataset.root,
+        split="train",
+        confirmed=(0, 2),
+        open_set=1,
+        unlabeled_scans_per_product=0,
+    )
+    plan = _plan(dataset, options)
+    scanned = {q.path.name for q in plan.scanned}
+    assert scanned == {"query_train_0.jpg", "query_train_1.jpg"}
+    assert {q.path.name for q in plan.queries} == {"query_train_2.jpg", "query_train_3.jpg"}
+    assert len(plan.queries) == 2 * 4  # every product's, the left-out one's included
+
+
+def test_the_protocol_keeps_a_catalog_and_draws_what_it_is_asked_by_its_seed(tmp_path):
+    dataset = _plain_dataset(tmp_path / "data", products=3)
+    greedy = _plan(dataset, AccuracyOptions(data=dataset.root, open_set=10))
+    assert len(greedy.left_out) == 2 and len(greedy.in_catalog) == 1  # one product stays
+    new = frozenset({"p0", "p1", "x"})  # p0 is outside the catalog, x in no data set
+    named = _plan(
+        dataset, AccuracyOptions(data=dataset.root, left_out=frozenset({"p0"}), new_products=new)
+    )
+    assert named.new_ids == {"p1"}  # new products are products of the catalog
+    capped = [
+        _plan(dataset, AccuracyOptions(data=dataset.root, max_queries=2, seed=seed))
+        for seed in (0, 0, 1, 2, 3)
+    ]
+    assert all(len(plan.queries) == 2 for plan in capped)
+    drawn = [tuple(q.path for q in plan.queries) for plan in capped]
+    assert drawn[0] == drawn[1] and len(set(drawn)) > 1  # the seed draws them
+    everything = _plan(dataset, AccuracyOptions(data=dataset.root, max_queries=99))
+    assert len(everything.queries) == 3
+
+
+def test_with_the_category_hint_each_scan_is_ranked_within_its_products_category(
+    tmp_path, tiny_model_dir
+):
+    data = write_dataset(tmp_path / "data")
+    products = sorted(p.name for p in data.iterdir())
+    rows = [f"{p},{'rings' if n % 2 else 'pendants'},{p}/catalog_0.png,catalog,\n"
+            for n, p in enumerate(products)]  # fmt: skip
+    (data / "manifest.csv").write_text("product_id,coarse_class,file,role,split\n" + "".join(rows))
+    settings = tiny_settings(tmp_path, tiny_model_dir)
+    options = AccuracyOptions(data=data, confirmed=(0,), open_set=1, category_hint=True)
+    with Progress(disable=True) as progress:
+        report = run_accuracy(settings, options, progress)
+    category = {p: ("rings" if n % 2 else "pendants") for n, p in enumerate(products)}
+    [run] = report.runs
+    assert len(run.known) == 5
+    for outcome in [*run.known, *run.unknown]:
+        ranked = {category[p] for p in outcome.ranked}
+        assert ranked == {category[outcome.query.product_id]}  # its own category only
+
+
+def test_the_contact_sheet_shows_errors_first_with_the_right_product_framed_green(tmp_path):
+    from PIL import Image
+
+    from worker.tools.bench.accuracy import write_contact_sheet
+
+    colours = {"p0": (0, 0, 255), "p1": (255, 255, 0)}
+    for product, colour in colours.items():
+        (tmp_path / "data" / product).mkdir(parents=True)
+        Image.new("RGB", (50, 50), colour).save(tmp_path / "data" / product / "catalog_0.png")
+        Image.new("RGB", (50, 50), (128, 128, 128)).save(
+            tmp_path / "data" / product / "query_val_a.jpg"
+        )
+    dataset = read_folder_dataset(tmp_path / "data")
+    right = _outcome("p0", [("p0", 0.9), ("p1", 0.5)], 0.9)
+    wrong = _outcome("p1", [("p0", 0.8), ("p1", 0.7)], 0.8)
+    for outcome in (right, wrong):
+        outcome.query = replace(outcome.query, path=tmp_path / "data" / outcome.query.path)
+    run = AccuracyRun(0, [right, wrong], [], 1.0)
+    tile = 40
+    path = write_contact_sheet(run, dataset, tmp_path / "docs" / "errors" / "sheet.png", tile=tile)
+    sheet = Image.open(path).convert("RGB")
+    assert sheet.size == (6 * tile + 8, 2 * (tile + 14) + 4)  # the photo and 5 candidates
+    red, green = (200, 0, 0), (0, 160, 0)
+    first, second = 2, tile + 14 + 2  # each row's top
+    assert sheet.getpixel((tile + 8, first)) == red  # the wrong answer's row comes first
+    assert sheet.getpixel((2 * tile + 8, first)) == green  # its right product, second
+    assert sheet.getpixel((tile + 8, second)) == green
+    assert sheet.getpixel((tile + 8 + tile // 2, first + tile // 2)) == colours["p0"]
+    assert sheet.getpixel((tile + 8 + tile // 2, second + tile // 2)) == colours["p0"]
+    assert sheet.getpixel((3 * tile + 8, first + tile // 2)) == (255, 255, 255)  # frames end
+    assert sheet.getpixel((tile // 2, first + tile // 2)) == (128, 128, 128)  # the photo
+    assert sheet.getpixel((tile - 1, first)) == (255, 255, 255)  # the photo is not framed
