@@ -24,6 +24,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 from rich.console import Console
+from rich.text import Text
 
 from shared import topology
 from shared.contract import BagPhotographed, ProductUpserted
@@ -190,10 +191,15 @@ def run_review_demo(console: Console, host: str = "127.0.0.1", port: int = 8000)
         wait_until_ready(stack)
         threading.Thread(target=seed, args=(stack, console), daemon=True).start()
         console.print(
-            f"\nreview desk on [bold]http://{host}:{port}/[/bold]\n"
-            f"  sign in as [bold]reviewer[/bold] / {stack.passwords['reviewer']}"
-            f"  or [bold]ops[/bold] / {stack.passwords['ops']}\n"
-            "  Ctrl-C stops the demo and removes its data\n"
+            Text.assemble(
+                "\nreview desk on ",
+                (f"http://{host}:{port}/", "bold"),
+                "\n  sign in as ",
+                ("reviewer", "bold"),
+                f" / {stack.passwords['reviewer']}  or ",
+                ("ops", "bold"),
+                f" / {stack.passwords['ops']}\n  Ctrl-C stops the demo and removes its data\n",
+            )
         )
         serve(stack.settings)
     finally:
