@@ -309,24 +309,20 @@ def _wait_for(condition, what: str) -> None:
         time.sleep(0.1)
 
 
-def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, monkeypatch):
+def _desk_without_a_broker(tmp_path, monkeypatch):
+    """The desk behind the proxy, its broker and workers unreachable (nothing listens), and
+    its broker calls given up after a second."""
     from worker.review import operations
-    from worker.tools.bench.servers import free_port
 
     monkeypatch.setattr(operations, "PUBLISH_SECONDS", 1.0)
     monkeypatch.setattr(operations, "READ_SECONDS", 1.0)
-    settings = Settings(
-        _env_file=None,
-        amqp={"url": f"amqp://guest:guest@127.0.0.1:{free_port()}//"},  # nothing listens
-        review={
-            "database": tmp_path / "review.sqlite3",
-            "trusted_user_header": "X-Forwarded-User",
-            "trusted_proxies": ["127.0.0.1"],
-            "users": [{"name": "otto", "role": "ops"}],
-            "worker_urls": [f"http://127.0.0.1:{free_port()}"],
-        },
-    )
-    app = create_app(settings)
+    settings = _behind_the_proxy(tmp_path, worker_urls=[f"http://127.0.0.1:{free_port()}"])
+    away = AmqpSettings(url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")
+    return create_app(settings.model_copy(update={"amqp": away}))
+
+
+def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, monkeypatch):
+    app = _desk_without_a_broker(tmp_path, monkeypatch)
     app.state.desk.history.record_result(result("scan-1"))
     named = {"X-Forwarded-User": "otto"}
     with TestClient(app, headers=named, client=("127.0.0.1", 50000)) as client:  # started
@@ -344,17 +340,13 @@ def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, mon
 
 
 def test_the_ops_page_counts_each_persons_confirmations_of_the_last_day(tmp_path, monkeypatch):
-    from worker.review import operations, ops_pages
+    from worker.review import ops_pages
 
-    monkeypatch.setattr(operations, "PUBLISH_SECONDS", 1.0)
-    monkeypatch.setattr(operations, "READ_SECONDS", 1.0)
     now = [1_800_000_000.0]
     clock = SimpleNamespace(time=lambda: now[0])
     monkeypatch.setattr(history_module, "time", clock)
     monkeypatch.setattr(ops_pages, "time", clock)
-    settings = _behind_the_proxy(tmp_path, worker_urls=[f"http://127.0.0.1:{free_port()}"])
-    away = AmqpSettings(url=f"amqp://guest:guest@127.0.0.1:{free_port()}//")  # no broker
-    app = create_app(settings.model_copy(update={"amqp": away}))
+    app = _desk_without_a_broker(tmp_path, monkeypatch)
     client = TestClient(app, client=("127.0.0.1", 50000), headers={"X-Forwarded-User": "otto"})
     for scan_id, person, hours_ago in [("a", "rita", 24.2), ("b", "vera", 23.8), ("c", "ida", 1)]:
         now[0] = 1_800_000_000.0 - hours_ago * 3600

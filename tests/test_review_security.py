@@ -781,9 +781,8 @@ def test_a_dead_letter_action_of_a_reviewer_without_a_form_token_or_undoable_is_
     away = create_app(desk_settings(tmp_path, f"amqp://guest:guest@127.0.0.1:{free_port()}//"))
     ops = TestClient(away, raise_server_exceptions=False)
     sign_in(ops, "otto")
-    url = f"/ops/dead-letters/{letter.fingerprint}/discard"
     token = form_token(ops.get("/ops").text)
     with capture_logs() as logs:
-        unavailable = ops.post(url, data={"csrf_token": token})
+        unavailable = ops.post(discard, data={"csrf_token": token})
     assert unavailable.status_code == 503 and "the broker is unavailable" in unavailable.text
     assert [e["action"] for e in logs if e["event"] == "review.dead_letter_failed"] == ["discard"]
