@@ -10,8 +10,8 @@ from rich.console import Console
 from rich.text import Text
 
 
-def plain_console() -> Console:
-    return Console(soft_wrap=True, markup=False)
+def plain_console(stderr: bool = False) -> Console:
+    return Console(stderr=stderr, soft_wrap=True, markup=False)
 
 
 def styled(console: Console, style: str, text: str, rest: str = "") -> None:

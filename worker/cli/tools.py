@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from worker.cli.output import plain_console
@@ -15,7 +14,7 @@ from worker.observability.logs import load_settings
 
 commands = typer.Typer()
 console = plain_console()
-errors = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)  # plain lines
+errors = plain_console(stderr=True)
 
 
 @commands.command()
@@ -41,12 +40,12 @@ def demo(
 
     run_demo(
         load_settings(quiet=not verbose),
+        console,
         images,
         products,
         scans_per_product,
         max_scans,
         split,
-        console,
         show,
     )
 

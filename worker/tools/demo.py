@@ -121,15 +121,14 @@ def _wait(
 
 def run_demo(
     base: Settings,
+    console: Console,
     images: Path | None = None,
     products: int = 16,
     scans_per_product: int = 2,
     max_scans: int | None = None,
     split: str | None = None,
-    console: Console | None = None,
     show: int = 40,
 ) -> DemoReport:
-    console = console or Console()
     with tempfile.TemporaryDirectory(prefix="jewelmatch-demo-") as tmp:
         workdir = Path(tmp)
         if images is None:
