@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
@@ -377,9 +378,20 @@ def test_seed_demo_is_answered_by_a_running_worker(settings, s3, tiny_embedder):
 
     console = Console(record=True, width=200)
     with WorkerHarness(settings, tiny_embedder):
-        seed_demo(settings, CATALOG_BUCKET, SCANS_BUCKET, 3, console, timeout=120)
+        right = seed_demo(settings, CATALOG_BUCKET, SCANS_BUCKET, 3, console, timeout=120)
     printed = console.export_text()
     assert "published 3 product.created events" in printed
     assert "published 3 bag.photographed events" in printed
-    assert printed.count("photo of") == 3
-    assert "no answer" not in printed
+    answers = re.findall(
+        r"^demo-(p\d{3})-query_0-\d+: photo of (p\d{3}) → (p\d{3}) \((\w+)\)$", printed, re.M
+    )
+    assert sorted(photo for photo, *_ in answers) == ["p001", "p002", "p003"]
+    assert all(
+        in_id == photo and status in {"matched", "no_confident_match"}
+        for in_id, photo, _, status in answers
+    )
+    assert right == sum(best == photo for _, photo, best, _ in answers)
+    assert f"seed-demo: {right}/3 scans ranked the right product first" in printed
+    for bucket, name in ((CATALOG_BUCKET, "catalog_0.png"), (SCANS_BUCKET, "query_0.jpg")):
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+        assert sorted(keys) == [f"demo/p00{n}/{name}" for n in (1, 2, 3)]

@@ -53,7 +53,10 @@ class Design:
 
 
 def catalog_designs(count: int = 16, seed: int = 7) -> list[Design]:
-    """`count` designs in look-alike families: each family varies one detail of a base."""
+    """`count` designs in look-alike families: a base and two or three variants of it, each
+    with another metal, stone or cut (band width and number of stones differ between
+    families). A variant is drawn for every detail, used or not, so that a seed keeps giving
+    the catalog that tests and figures were measured on."""
     rng = random.Random(seed)
     designs: list[Design] = []
     seen: set[tuple] = set()
