@@ -162,16 +162,19 @@ def test_help_names_the_main_settings_and_points_to_all_of_them(command):
 def test_seeding_writes_to_the_local_back_end(tmp_path):
     put = object_writer(S3Settings(backend="local", local_root=tmp_path))
     put("catalog-images", "demo/p1/front.png", b"png bytes")
+    put("catalog-images", "demo/p1/back.png", b"more bytes")  # into a folder already made
     assert (tmp_path / "catalog-images/demo/p1/front.png").read_bytes() == b"png bytes"
+    assert (tmp_path / "catalog-images/demo/p1/back.png").read_bytes() == b"more bytes"
 
 
 def test_seeding_an_s3_store_that_refuses_is_one_line(tmp_path):
     from worker.tools.bench.servers import free_port
 
+    endpoint = f"http://127.0.0.1:{free_port()}"  # nothing listens
     done = jewelmatch(
         "seed-demo",
         env={
-            "JEWELMATCH_S3__ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",  # nothing listens
+            "JEWELMATCH_S3__ENDPOINT_URL": endpoint,
             "JEWELMATCH_S3__CONNECT_TIMEOUT_SECONDS": "0.5",
             "JEWELMATCH_S3__MAX_ATTEMPTS": "1",
             "AWS_ACCESS_KEY_ID": "x",
@@ -179,7 +182,7 @@ def test_seeding_an_s3_store_that_refuses_is_one_line(tmp_path):
         },
         cwd=tmp_path,
     )
-    assert_one_line(done, "cannot upload to bucket 'catalog-images'")
+    assert_one_line(done, f"cannot upload to bucket 'catalog-images' at {endpoint}: ")
 
 
 @pytest.mark.parametrize(

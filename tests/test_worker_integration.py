@@ -395,3 +395,22 @@ def test_seed_demo_is_answered_by_a_running_worker(settings, s3, tiny_embedder):
     for bucket, name in ((CATALOG_BUCKET, "catalog_0.png"), (SCANS_BUCKET, "query_0.jpg")):
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
         assert sorted(keys) == [f"demo/p00{n}/{name}" for n in (1, 2, 3)]
+
+
+def test_seed_demo_without_a_worker_says_so_and_ends(settings, s3):
+    """The queues are there (a worker ran once) but no worker answers: each scan is listed
+    as unanswered once the wait is over, and none counts as right."""
+    from kombu import Connection
+    from rich.console import Console
+
+    from worker.amqp.broker import Topology
+    from worker.tools.seed import seed_demo
+
+    with Connection(settings.amqp.url.get_secret_value()) as connection:
+        Topology.build(settings.amqp, settings.ops).declare(connection.channel())
+    console = Console(record=True, width=200)
+    right = seed_demo(settings, CATALOG_BUCKET, SCANS_BUCKET, 2, console, timeout=1)
+    printed = console.export_text()
+    assert right == 0
+    assert len(re.findall(r"photo of p00[12] → None \(no answer\)$", printed, re.M)) == 2
+    assert "seed-demo: 0/2 scans ranked the right product first" in printed
