@@ -43,8 +43,16 @@ def test_latency_times_each_scan_by_stage_on_each_runtime_asked(tiny, tmp_path):
     printed, figures = bench("latency", *options, "--out", out)
     for runtime in ("torch", "openvino"):
         assert f"Scan latency on {runtime}, 4 scans one at a time (ms)" in printed
-        embed = figures["runtimes"][runtime]["stages_ms"]["embed"]
-        assert 0 < embed["p50"] <= embed["max"]
+        run = figures["runtimes"][runtime]
+        assert (run["scans"], run["catalog_products"]) == (4, 3)
+        assert list(run["stages_ms"]) == ["fetch", "decode", "embed", "detail", "query"]
+        embed = run["stages_ms"]["embed"]
+        assert 0 < embed["p50"] <= embed["p95"] <= embed["p99"] <= embed["max"]
+        # each scan's time end to end holds the worker's stages and the broker's share
+        end_to_end, within = run["end_to_end_ms"], run["worker_stages_total_ms"]
+        assert end_to_end["max"] >= within["max"] >= embed["max"]
+        assert run["broker_and_publish_ms"]["p50"] > 0
+        assert end_to_end["p50"] >= run["broker_and_publish_ms"]["p50"]
     assert re.search(r"embed p50 on openvino: \d+\.\d\d× torch's", printed)
 
 
@@ -52,7 +60,8 @@ def test_throughput_sets_the_pipeline_beside_the_raw_forward_pass(tiny, tmp_path
     out = str(tmp_path / "throughput.json")
     printed, figures = bench("throughput", "--data", str(tiny), "--copies", "2", "--out", out)
     assert "Catalog ingestion" in printed
-    assert figures["images"] == 3 * 2
+    assert figures["images"] == 3 * 2 and figures["products"] == 3 * 2
+    assert figures["pipeline_seconds"] > 0 and figures["batch_size"] >= 1
     assert figures["pipeline_images_per_second"] > 0
     assert figures["raw_forward_images_per_second"] > 0
     ratio = figures["pipeline_images_per_second"] / figures["raw_forward_images_per_second"]

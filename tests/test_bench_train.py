@@ -28,9 +28,13 @@ def test_bench_train_times_the_whole_job_and_leaves_nothing_behind(tmp_path, mon
         picture.save(folder / "catalog_0.png")
         for n in range(PHOTOS + 1):  # one photo more than confirmed: it stays out
             photograph(picture, rng, 128).save(folder / f"query_train_{n}.jpg")
-    lonely = data / "too-few-photos"
+        photograph(picture, rng, 128).save(folder / "query_val_0.jpg")  # another split's
+    lonely = data / "too-few-photos"  # fewer than asked: not a deployment's product
     lonely.mkdir()
-    render(catalog_designs(1, seed=9)[0], 160).save(lonely / "catalog_0.png")
+    picture = render(catalog_designs(1, seed=9)[0], 160)
+    picture.save(lonely / "catalog_0.png")
+    for n in range(PHOTOS - 1):
+        photograph(picture, rng, 128).save(lonely / f"query_train_{n}.jpg")
     cache = tmp_path / "cache"
     environment = {
         "JEWELMATCH_MODEL__NAME": f"local-dir:{write_tiny_efficientnet(tmp_path / 'tiny')}",
@@ -61,6 +65,10 @@ def test_bench_train_times_the_whole_job_and_leaves_nothing_behind(tmp_path, mon
         + data_counts["photos_of_held_out_products"]
         == PRODUCTS * PHOTOS
     )
+    # confirmed in rounds, every product's first photo, then every product's second...: the
+    # latest confirmations, held out of training (20 %: 6 of the 30 photos of the 6 products
+    # not held out whole), take the last photo of each
+    assert data_counts["confirmed_per_product_at_most"] == PHOTOS - 1
     assert 0 < figures["training_seconds"] < figures["seconds"]
     assert set(figures["gate"]) >= {"passed", "reasons", "current", "candidate"}
     assert "train photos" in result.output
