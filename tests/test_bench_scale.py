@@ -42,7 +42,7 @@ def test_a_product_s_images_are_near_duplicates_in_consecutive_runs(kind):
     real = np.random.default_rng(5).standard_normal((50, DIM)).astype(np.float32)
     vectors = make_vectors(kind, 160, DIM, PER_PRODUCT, np.random.default_rng(1), real)
     within, across = _within_and_across(vectors)
-    assert within > 0.9 and across < 0.5  # measured, seeds 0–5: 0.98 within, 0.02–0.26 across
+    assert within > 0.97 and across < 0.5  # measured, seeds 0–5: 0.978 within, 0.02–0.26 across
 
 
 def test_random_vectors_are_independent_directions():
@@ -82,7 +82,7 @@ def test_queries_are_perturbed_copies_of_stored_images():
     queries = _queries(vectors, 10, np.random.default_rng(4))
     assert queries.shape == (10, DIM) and np.allclose(_norms(queries), 1.0, atol=1e-5)
     closest = (queries @ vectors.T).max(axis=1)
-    assert closest.min() > 0.95 and closest.max() < 0.99  # near one image (0.98), not on it
+    assert closest.min() > 0.97 and closest.max() < 0.99  # near one image (0.98), not on it
 
 
 def test_recall_is_the_share_of_the_exact_top_products_found():

@@ -56,6 +56,9 @@ def test_the_demo_desk_serves_seeded_scans_and_stops_clean_on_ctrl_c(tmp_path):
                 assert time.monotonic() < deadline
                 time.sleep(1)
             assert desk.get(f"{base}/ops", timeout=10).status_code == 403  # a reviewer
+            started = subprocess.run(["pgrep", "-P", str(demo.pid)], capture_output=True, text=True)
+            children = [int(pid) for pid in started.stdout.split()]
+            assert len(children) >= 2  # the node and the worker
             demo.send_signal(signal.SIGINT)
             assert demo.wait(timeout=60) == 0, output.read_text()[-3000:]
         finally:
@@ -64,3 +67,12 @@ def test_the_demo_desk_serves_seeded_scans_and_stops_clean_on_ctrl_c(tmp_path):
     assert not workdir.exists()  # broker data, images, index and history removed
     leftover = subprocess.run(["pgrep", "-f", str(workdir)], capture_output=True, text=True)
     assert leftover.stdout == ""  # no node or worker left running
+    assert not [pid for pid in children if _running(pid)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
