@@ -734,6 +734,35 @@ def test_a_typed_product_id_is_checked_against_the_catalog_before_anything_is_se
 
 
 @pytest.mark.integration
+def test_the_ops_page_lists_the_oldest_dead_letters_it_is_told_and_acts_on_those_only(
+    tmp_path, amqp_url
+):
+    from tests.test_dead_letters import dead_letter
+
+    with JewelmatchClient(amqp_url) as peer:
+        peer.declare(Topology.build(AmqpSettings(), OpsSettings()))
+    for n in range(3):
+        dead_letter(amqp_url, f'{{"n": {n}}}')
+    app = create_app(desk_settings(tmp_path, amqp_url, dead_letters_shown=2))
+    ops = TestClient(app, raise_server_exceptions=False)
+    sign_in(ops, "otto")
+    page = ops.get("/ops").text
+    assert "Dead letters (3 waiting, oldest first)" in page
+    assert page.count('class="dead-letter"') == 2
+    assert "{&#34;n&#34;: 0}" in page and "{&#34;n&#34;: 1}" in page
+    assert "{&#34;n&#34;: 2}" not in page
+    *_, third = app.state.desk.broker.dead_letters(10)
+    beyond = ops.post(
+        f"/ops/dead-letters/{third.fingerprint}/discard",
+        data={"csrf_token": form_token(page)},
+        follow_redirects=False,
+    )
+    assert beyond.headers["location"] == "/ops?done=gone"  # not one the page lists
+    assert len(app.state.desk.broker.dead_letters(10)) == 3
+    app.state.desk.broker.close()
+
+
+@pytest.mark.integration
 def test_a_dead_letter_action_of_a_reviewer_without_a_form_token_or_undoable_is_refused(
     tmp_path, amqp_url, monkeypatch
 ):
