@@ -337,4 +337,5 @@ def test_the_demo_seeder_publishes_and_reads_each_as_its_own_role(
     result = CliRunner().invoke(app, ["seed-demo", "--products", "2", *buckets])
     assert result.exit_code == 0, result.output
     assert "published 2 product.created events" in result.output
+    assert "catalog: 2 of 2 products answered, 2 indexed" in result.output  # read as the PIM
     assert result.output.count("photo of") == 2 and "no answer" not in result.output

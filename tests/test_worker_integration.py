@@ -381,6 +381,7 @@ def test_seed_demo_is_answered_by_a_running_worker(settings, s3, tiny_embedder):
         right = seed_demo(settings, CATALOG_BUCKET, SCANS_BUCKET, 3, console, timeout=120)
     printed = console.export_text()
     assert "published 3 product.created events" in printed
+    assert "catalog: 3 of 3 products answered, 3 indexed" in printed
     assert "published 3 bag.photographed events" in printed
     answers = re.findall(
         r"^demo-(p\d{3})-query_0-\d+: photo of (p\d{3}) → (p\d{3}) \((\w+)\)$", printed, re.M
@@ -398,8 +399,8 @@ def test_seed_demo_is_answered_by_a_running_worker(settings, s3, tiny_embedder):
 
 
 def test_seed_demo_without_a_worker_says_so_and_ends(settings, s3):
-    """The queues are there (a worker ran once) but no worker answers: each scan is listed
-    as unanswered once the wait is over, and none counts as right."""
+    """The queues are there (a worker ran once) but no worker answers: neither the catalog
+    nor the scans, each listed as unanswered once its wait is over, none counted as right."""
     from kombu import Connection
     from rich.console import Console
 
@@ -412,5 +413,6 @@ def test_seed_demo_without_a_worker_says_so_and_ends(settings, s3):
     right = seed_demo(settings, CATALOG_BUCKET, SCANS_BUCKET, 2, console, timeout=1)
     printed = console.export_text()
     assert right == 0
+    assert "catalog: 0 of 2 products answered, 0 indexed" in printed
     assert len(re.findall(r"photo of p00[12] → None \(no answer\)$", printed, re.M)) == 2
     assert "seed-demo: 0/2 scans ranked the right product first" in printed

@@ -1,8 +1,10 @@
 """`jewelmatch seed-demo`: what a PIM and a scan station would send, against a running stack.
 
 Generates the demo's jewelry catalog, uploads its images to the configured S3 store, publishes
-`product.created` for each product and `bag.photographed` for each bag photo, then prints
-the answers read from the results queue (the workers log each match too).
+`product.created` for each product, waits for the catalog's outcomes (the worker takes scans
+first, so a scan sent earlier would be matched against part of the catalog), publishes
+`bag.photographed` for each bag photo, then prints the answers read from the results queue
+(the workers log each match too).
 """
 
 from __future__ import annotations
@@ -19,7 +21,12 @@ from pydantic import SecretStr
 from rich.console import Console
 
 from shared import topology
-from shared.contract import BagPhotographed, MatchResult
+from shared.contract import (
+    BagPhotographed,
+    CatalogOutcome,
+    CatalogOutcomeStatus,
+    MatchResult,
+)
 from worker.amqp.client import JewelmatchClient, Received
 from worker.errors import StartupError
 from worker.pipeline.storage import s3_client
@@ -66,6 +73,31 @@ def object_writer(s3: S3Settings) -> Callable[[str, str, bytes], None]:
     return put_object
 
 
+INDEXED = (CatalogOutcomeStatus.applied, CatalogOutcomeStatus.partially_applied)
+
+
+def _catalog_outcomes(
+    pim: JewelmatchClient, product_ids: set[str], timeout: float
+) -> dict[str, CatalogOutcome]:
+    """Each product's outcome, read as the PIM reads them, until every product has one or
+    `timeout` is over (an outcome that an earlier run left unread counts too)."""
+    landed: dict[str, CatalogOutcome] = {}
+
+    def note(message: Received) -> None:
+        outcome = message.parse(CatalogOutcome)
+        if outcome.product_id in product_ids:
+            landed[outcome.product_id] = outcome
+
+    with contextlib.suppress(TimeoutError):
+        pim.receive(
+            topology.CATALOG_OUTCOMES_QUEUE,
+            until=lambda _: product_ids <= landed.keys(),
+            timeout=timeout,
+            on_each=note,
+        )
+    return landed
+
+
 def _client(settings: Settings, url: str) -> JewelmatchClient:
     return JewelmatchClient(settings.amqp.model_copy(update={"url": SecretStr(url)}))
 
@@ -100,8 +132,13 @@ def seed_demo(
     with _client(settings, urls.pim) as pim:
         for event in events:
             pim.publish(topology.PRODUCT_CREATED, event)
-    console.print(f"published {len(events)} product.created events")
-    time.sleep(5)  # scans come first in the worker: let the catalog land before them
+        console.print(f"published {len(events)} product.created events")
+        # scans come first in the worker: the catalog must land before them
+        landed = _catalog_outcomes(pim, {event.product_id for event in events}, timeout)
+    applied = [o for o in landed.values() if o.status in INDEXED]
+    console.print(
+        f"catalog: {len(landed)} of {len(events)} products answered, {len(applied)} indexed"
+    )
     with _client(settings, urls.station) as station:
         for scan_id, (_, key) in scans.items():
             station.publish(
