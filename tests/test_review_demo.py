@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,14 @@ def test_the_demo_desk_serves_seeded_scans_and_stops_clean_on_ctrl_c(tmp_path):
             while desk.get(f"{base}/scans", timeout=10).text.count('class="scan ') < 18:
                 assert time.monotonic() < deadline
                 time.sleep(1)
+            # every scan answered against the whole catalog (seeded once it was indexed),
+            # five candidates each, from the three stations
+            scans = desk.get(f"{base}/scans", timeout=10).text
+            assert scans.count('class="score"') == 18 * 5
+            assert all(f"· station station-{n}" in scans for n in (1, 2, 3))
+            # the desk reads the catalog from the worker, with the token the worker was given
+            catalog = desk.get(f"{base}/catalog", timeout=10).text
+            assert catalog.count("<tr data-product-id=") == 12
             assert desk.get(f"{base}/ops", timeout=10).status_code == 403  # a reviewer
             started = subprocess.run(["pgrep", "-P", str(demo.pid)], capture_output=True, text=True)
             children = [int(pid) for pid in started.stdout.split()]
@@ -76,3 +85,23 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_a_demo_on_a_taken_port_stops_at_once_in_one_line(tmp_path):
+    """Before a node or a worker is started (a minute's work)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("JEWELMATCH_")}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env.update(JEWELMATCH_REVIEW__PORT=str(port))
+        done = subprocess.run(
+            [sys.executable, "-m", "worker", "review", "--demo"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert f"cannot serve the review desk on 127.0.0.1:{port}" in done.stderr
+    assert "starting a RabbitMQ node" not in done.stdout + done.stderr
