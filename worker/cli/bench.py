@@ -315,7 +315,9 @@ def scale(
         str, typer.Option(help="random, clustered, real (needs --data).")
     ] = "random,clustered,real",
     data: Annotated[Path | None, typer.Option(help="Folder data set for real vectors.")] = None,
-    real_photos: Annotated[int, typer.Option(help="Photos embedded for real vectors.")] = 400,
+    real_photos: Annotated[
+        int, typer.Option(help="About this many photos (every n-th) and the catalog images.")
+    ] = 400,
     dim: Annotated[int | None, typer.Option(help="Vector size (default: the model's).")] = None,
     queries: Annotated[int, typer.Option(help="Grouped queries per measurement.")] = 200,
     hnsw: Annotated[
