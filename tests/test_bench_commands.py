@@ -96,3 +96,26 @@ def test_models_compares_accuracy_and_speed_on_the_same_protocol(tiny, tmp_path,
     [run] = row["runs"]
     assert run["confirmed_per_product"] == 0 and 0.0 <= run["recall@1"] <= 1.0
     assert row["scan_embed_ms"]["p50"] > 0 and row["catalog_images_per_second"] > 0
+
+
+def test_throughput_ingests_each_copy_as_a_product_of_its_own(tmp_path, s3):
+    """Copies share the catalog image but not the product: a product sent again with the
+    images it has would be answered without embedding them, and the figure would be a
+    broker's, not a worker's."""
+    from rich.progress import Progress
+
+    from worker.settings import Settings
+    from worker.tools.bench.pipeline import CATALOG_BUCKET, _upload_catalog, bench_s3
+
+    data = tmp_path / "data"
+    write_catalog(data, count=2, scans_per_product=0)
+    base = Settings(_env_file=None)
+    endpoint = s3.meta.endpoint_url
+    settings = base.model_copy(update={"s3": bench_s3(base.s3, endpoint, [CATALOG_BUCKET])})
+    with Progress(disable=True) as progress:
+        events = _upload_catalog(settings, data, 3, progress)
+    ids = [event.product_id for event in events]
+    assert ids == ["p001", "p001.copy1", "p001.copy2", "p002", "p002.copy1", "p002.copy2"]
+    assert {event.images[0].key for event in events} == {"p001/catalog_0.png", "p002/catalog_0.png"}
+    stored = s3.list_objects_v2(Bucket=CATALOG_BUCKET)["Contents"]
+    assert sorted(o["Key"] for o in stored) == ["p001/catalog_0.png", "p002/catalog_0.png"]
