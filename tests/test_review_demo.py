@@ -61,12 +61,12 @@ def test_the_demo_desk_serves_seeded_scans_and_stops_clean_on_ctrl_c(tmp_path):
             scans = desk.get(f"{base}/scans", timeout=10).text
             assert scans.count('class="score"') == 18 * 5
             assert all(f"· station station-{n}" in scans for n in (1, 2, 3))
-            # the desk reads the catalog from the worker, with the token the worker was given
+            # the desk reads the catalog from the worker
             catalog = desk.get(f"{base}/catalog", timeout=10).text
             assert catalog.count("<tr data-product-id=") == 12
             assert desk.get(f"{base}/ops", timeout=10).status_code == 403  # a reviewer
-            started = subprocess.run(["pgrep", "-P", str(demo.pid)], capture_output=True, text=True)
-            children = [int(pid) for pid in started.stdout.split()]
+            listed = subprocess.run(["pgrep", "-P", str(demo.pid)], capture_output=True, text=True)
+            children = [int(pid) for pid in listed.stdout.split()]
             assert len(children) >= 2  # the node and the worker
             demo.send_signal(signal.SIGINT)
             assert demo.wait(timeout=60) == 0, output.read_text()[-3000:]
