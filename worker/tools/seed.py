@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import SecretStr
@@ -76,26 +77,29 @@ def object_writer(s3: S3Settings) -> Callable[[str, str, bytes], None]:
 INDEXED = (CatalogOutcomeStatus.applied, CatalogOutcomeStatus.partially_applied)
 
 
-def _catalog_outcomes(
-    pim: JewelmatchClient, product_ids: set[str], timeout: float
-) -> dict[str, CatalogOutcome]:
-    """Each product's outcome, read as the PIM reads them, until every product has one or
-    `timeout` is over (an outcome that an earlier run left unread counts too)."""
-    landed: dict[str, CatalogOutcome] = {}
+Answer = TypeVar("Answer", CatalogOutcome, MatchResult)
+
+
+def _answers(
+    client: JewelmatchClient,
+    queue: str,
+    kind: type[Answer],
+    key: Callable[[Answer], str],
+    wanted: set[str],
+    timeout: float,
+) -> dict[str, Answer]:
+    """The answer to each of `wanted` (by `key`), read off `queue` until each has one or
+    `timeout` is over (an answer that an earlier run left unread counts too)."""
+    found: dict[str, Answer] = {}
 
     def note(message: Received) -> None:
-        outcome = message.parse(CatalogOutcome)
-        if outcome.product_id in product_ids:
-            landed[outcome.product_id] = outcome
+        answer = message.parse(kind)
+        if (wanted_key := key(answer)) in wanted:
+            found[wanted_key] = answer
 
     with contextlib.suppress(TimeoutError):
-        pim.receive(
-            topology.CATALOG_OUTCOMES_QUEUE,
-            until=lambda _: product_ids <= landed.keys(),
-            timeout=timeout,
-            on_each=note,
-        )
-    return landed
+        client.receive(queue, until=lambda _: wanted <= found.keys(), timeout=timeout, on_each=note)
+    return found
 
 
 def _client(settings: Settings, url: str) -> JewelmatchClient:
@@ -134,7 +138,14 @@ def seed_demo(
             pim.publish(topology.PRODUCT_CREATED, event)
         console.print(f"published {len(events)} product.created events")
         # scans come first in the worker: the catalog must land before them
-        landed = _catalog_outcomes(pim, {event.product_id for event in events}, timeout)
+        landed = _answers(
+            pim,
+            topology.CATALOG_OUTCOMES_QUEUE,
+            CatalogOutcome,
+            lambda outcome: outcome.product_id,
+            {event.product_id for event in events},
+            timeout,
+        )
     applied = [o for o in landed.values() if o.status in INDEXED]
     console.print(
         f"catalog: {len(landed)} of {len(events)} products answered, {len(applied)} indexed"
@@ -147,18 +158,14 @@ def seed_demo(
             )
     console.print(f"published {len(scans)} bag.photographed events")
     # the demo stack has no inventory system: this reads the results in its place
-    answers: dict[str, MatchResult] = {}
-
-    def note(message: Received) -> None:
-        result = message.parse(MatchResult)
-        answers[result.scan_id] = result
-
-    with _client(settings, urls.inventory) as inventory, contextlib.suppress(TimeoutError):
-        inventory.receive(
+    with _client(settings, urls.inventory) as inventory:
+        answers = _answers(
+            inventory,
             topology.RESULTS_QUEUE,
-            until=lambda _: scans.keys() <= answers.keys(),
-            timeout=timeout,
-            on_each=note,
+            MatchResult,
+            lambda result: result.scan_id,
+            set(scans),
+            timeout,
         )
     right = 0
     for scan_id, (product_id, _) in scans.items():
