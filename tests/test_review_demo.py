@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.test_review_security import form_token
 from worker.tools.bench.servers import free_port
 
 pytestmark = pytest.mark.integration
@@ -45,7 +46,7 @@ def test_the_demo_desk_serves_seeded_scans_and_stops_clean_on_ctrl_c(tmp_path):
             desk = requests.Session()
             base = f"http://127.0.0.1:{port}"
             form = desk.get(f"{base}/login", timeout=10).text
-            token = form.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+            token = form_token(form)
             signed_in = desk.post(
                 f"{base}/login",
                 data={"name": "reviewer", "password": password, "csrf_token": token},

@@ -18,6 +18,7 @@ from shared.contract import (
     MatchStatus,
     RankedProduct,
 )
+from tests.test_review_security import form_token
 from worker.amqp.broker import RESULTS, ConfirmedPublisher
 from worker.observability.probes import Health, serve_ops
 from worker.review import feed as feed_module
@@ -330,7 +331,7 @@ def test_without_a_broker_the_pages_say_so_and_nothing_is_recorded(tmp_path, mon
         assert ops.status_code == 200
         assert "The broker cannot be reached" in ops.text and "unreachable" in ops.text
         page = client.get("/scans/scan-1")
-        token = page.text.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+        token = form_token(page.text)
         form = {"product_id": "p-1", "csrf_token": token}
         sent = client.post("/scans/scan-1/confirm", data=form)
         assert sent.status_code == 503 and "nothing was sent" in sent.text
@@ -370,7 +371,7 @@ def test_sign_in_sends_people_only_to_pages_of_the_desk(tmp_path, target):
     )
     client = TestClient(create_app(settings))
     form = client.get("/login").text
-    token = form.split('name="csrf_token" value="', 1)[1].split('"', 1)[0]
+    token = form_token(form)
     signed_in = client.post(
         "/login",
         data={"name": "ana", "password": "pw-of-ana", "next": target, "csrf_token": token},
